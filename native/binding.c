@@ -1,0 +1,892 @@
+/* openhook native binding: the syscalls Node lacks, and nothing else.
+ *
+ * No policy lives here. Calls on the request path return a result or -errno, because building and
+ * throwing an Error costs microseconds; set-up calls throw Node-style errors (code, errno, syscall).
+ * The TypeScript side (src/native.ts) gives every function a typed signature.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/openat2.h>
+#include <node_api.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <uchar.h>
+#include <uv.h>
+
+#ifndef SO_PEERGROUPS
+#define SO_PEERGROUPS 59
+#endif
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+#define MAX_FDS_PER_MSG 253 /* SCM_MAX_FD */
+
+#define CHECK(call)                                                                                \
+  do {                                                                                             \
+    if ((call) != napi_ok) return throw_last(env);                                                 \
+  } while (0)
+
+static napi_value throw_last(napi_env env) {
+  const napi_extended_error_info *info = NULL;
+  bool pending = false;
+  napi_is_exception_pending(env, &pending);
+  if (!pending) {
+    napi_get_last_error_info(env, &info);
+    napi_throw_error(env, "ERR_OPENHOOK_NAPI", info && info->error_message ? info->error_message : "N-API call failed");
+  }
+  return NULL;
+}
+
+static const char *errno_code(int e) {
+  switch (e) {
+#define E(x) case x: return #x;
+    E(EPERM) E(ENOENT) E(ESRCH) E(EINTR) E(EIO) E(ENXIO) E(E2BIG) E(EBADF) E(EAGAIN) E(ENOMEM) E(EACCES)
+    E(EFAULT) E(EBUSY) E(EEXIST) E(EXDEV) E(ENODEV) E(ENOTDIR) E(EISDIR) E(EINVAL) E(ENFILE) E(EMFILE)
+    E(ETXTBSY) E(EFBIG) E(ENOSPC) E(ESPIPE) E(EROFS) E(EMLINK) E(EPIPE) E(ERANGE) E(ENAMETOOLONG)
+    E(ENOSYS) E(ENOTEMPTY) E(ELOOP) E(ENOPROTOOPT) E(EPROTO) E(EMSGSIZE) E(ENOTSOCK) E(EPROTOTYPE)
+    E(EOPNOTSUPP) E(EADDRINUSE) E(EADDRNOTAVAIL) E(ECONNRESET) E(ENOBUFS) E(EISCONN) E(ENOTCONN)
+    E(ETIMEDOUT) E(ECONNREFUSED) E(EALREADY) E(EINPROGRESS) E(EDQUOT) E(ESTALE) E(EOVERFLOW)
+#undef E
+    default: return "EUNKNOWN";
+  }
+}
+
+/* Throws an Error shaped like Node's SystemError: message "CODE: strerror, syscall", and the
+ * properties code, errno (negative, as libuv reports it) and syscall. */
+static napi_value throw_errno(napi_env env, int err, const char *syscall_name) {
+  char msg[256];
+  snprintf(msg, sizeof msg, "%s: %s, %s", errno_code(err), strerror(err), syscall_name);
+  napi_value code, message, error, errno_value, syscall_value;
+  napi_create_string_utf8(env, errno_code(err), NAPI_AUTO_LENGTH, &code);
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message);
+  napi_create_error(env, code, message, &error);
+  napi_create_int32(env, -err, &errno_value);
+  napi_create_string_utf8(env, syscall_name, NAPI_AUTO_LENGTH, &syscall_value);
+  napi_set_named_property(env, error, "errno", errno_value);
+  napi_set_named_property(env, error, "syscall", syscall_value);
+  napi_throw(env, error);
+  return NULL;
+}
+
+static napi_value make_int(napi_env env, int64_t v) {
+  napi_value out;
+  napi_create_int64(env, v, &out);
+  return out;
+}
+
+static int arg_int(napi_env env, napi_value v, int32_t *out) {
+  return napi_get_value_int32(env, v, out) == napi_ok ? 0 : -1;
+}
+
+static int arg_uint(napi_env env, napi_value v, uint32_t *out) {
+  return napi_get_value_uint32(env, v, out) == napi_ok ? 0 : -1;
+}
+
+/* A path argument is a Buffer, or a byte string: a JS string whose every char is one byte (latin1),
+ * the form the TypeScript side uses so that paths that are not UTF-8 keep their exact bytes. The
+ * result is NUL-terminated in `out`; an embedded NUL, a char above 0xFF or an over-long path is
+ * refused, never truncated or re-encoded. */
+static int arg_path(napi_env env, napi_value v, char *out, size_t cap, size_t *len_out) {
+  bool is_buffer = false;
+  napi_is_buffer(env, v, &is_buffer);
+  size_t len = 0;
+  if (is_buffer) {
+    void *data;
+    if (napi_get_buffer_info(env, v, &data, &len) != napi_ok) return -EINVAL;
+    if (len >= cap) return -ENAMETOOLONG;
+    memcpy(out, data, len);
+  } else {
+    char16_t wide[PATH_MAX];
+    if (napi_get_value_string_utf16(env, v, NULL, 0, &len) != napi_ok) return -EINVAL;
+    if (len >= cap || len >= PATH_MAX) return -ENAMETOOLONG;
+    napi_get_value_string_utf16(env, v, wide, PATH_MAX, &len);
+    for (size_t i = 0; i < len; i++) {
+      if (wide[i] > 0xff) return -EINVAL;
+      out[i] = (char)wide[i];
+    }
+  }
+  out[len] = 0;
+  if (memchr(out, 0, len)) return -EINVAL;
+  if (len_out) *len_out = len;
+  return 0;
+}
+
+#define ARGS(n)                                                                                    \
+  size_t argc = n;                                                                                 \
+  napi_value argv[n];                                                                              \
+  napi_value self;                                                                                 \
+  CHECK(napi_get_cb_info(env, info, &argc, argv, &self, NULL));                                    \
+  (void)self;                                                                                      \
+  if (argc < n) {                                                                                  \
+    napi_throw_type_error(env, "ERR_INVALID_ARG", "too few arguments");                            \
+    return NULL;                                                                                   \
+  }
+
+#define INT_ARG(i, name)                                                                           \
+  int32_t name;                                                                                    \
+  if (arg_int(env, argv[i], &name)) {                                                              \
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", #name " must be an integer");               \
+    return NULL;                                                                                   \
+  }
+
+#define UINT_ARG(i, name)                                                                          \
+  uint32_t name;                                                                                   \
+  if (arg_uint(env, argv[i], &name)) {                                                             \
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", #name " must be an unsigned integer");      \
+    return NULL;                                                                                   \
+  }
+
+/* ---- sockets ---------------------------------------------------------------------------------- */
+
+static napi_value js_socket(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  INT_ARG(0, type);
+  int fd = socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return throw_errno(env, errno, "socket");
+  return make_int(env, fd);
+}
+
+static napi_value js_socketpair(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  INT_ARG(0, type);
+  bool nonblock = false;
+  napi_get_value_bool(env, argv[1], &nonblock);
+  int sv[2];
+  if (socketpair(AF_UNIX, type | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0), 0, sv) < 0)
+    return throw_errno(env, errno, "socketpair");
+  napi_value out;
+  CHECK(napi_create_array_with_length(env, 2, &out));
+  napi_set_element(env, out, 0, make_int(env, sv[0]));
+  napi_set_element(env, out, 1, make_int(env, sv[1]));
+  return out;
+}
+
+static int split_path(const char *path, char *dir, size_t dircap, const char **base) {
+  const char *slash = strrchr(path, '/');
+  if (!slash) {
+    snprintf(dir, dircap, ".");
+    *base = path;
+  } else {
+    size_t n = (size_t)(slash - path);
+    if (n == 0) n = 1; /* "/sock" lives in "/" */
+    if (n >= dircap) return -ENAMETOOLONG;
+    memcpy(dir, path, n);
+    dir[n] = 0;
+    *base = slash + 1;
+  }
+  if (!**base || !strcmp(*base, ".") || !strcmp(*base, "..")) return -EINVAL;
+  return 0;
+}
+
+/* An inode number alone can be reused at once after an unlink, so a socket file is known by its
+ * device, inode and birth time together (rename changes ctime, never btime), folded into 64 bits.
+ * Where the filesystem has no birth time, device and inode remain. */
+static uint64_t file_identity(int dirfd, const char *name) {
+  struct statx stx;
+  if (statx(dirfd, name, AT_SYMLINK_NOFOLLOW, STATX_TYPE | STATX_INO | STATX_BTIME, &stx) < 0) return 0;
+  if ((stx.stx_mode & S_IFMT) != S_IFSOCK) return 0;
+  uint64_t btime_s = (stx.stx_mask & STATX_BTIME) ? (uint64_t)stx.stx_btime.tv_sec : 0;
+  uint64_t btime_ns = (stx.stx_mask & STATX_BTIME) ? stx.stx_btime.tv_nsec : 0;
+  uint64_t parts[5] = {stx.stx_dev_major, stx.stx_dev_minor, stx.stx_ino, btime_s, btime_ns};
+  uint64_t h = 1469598103934665603ull;
+  for (int i = 0; i < 5; i++) h = (h ^ parts[i]) * 1099511628211ull;
+  return h | 1; /* never 0, which means "not a socket" */
+}
+
+/* listenUnix(path, type, mode, backlog) -> { fd, identity }
+ *
+ * The socket is bound inside a fresh private directory next to PATH, given its mode there, and only
+ * then renamed into place with RENAME_NOREPLACE. So the socket is never reachable with the wrong mode,
+ * the process umask is never touched (it is process-wide and other threads create files), and
+ * nothing that is not a socket, and no symlink, is ever unlinked or followed at PATH. */
+static napi_value js_listen_unix(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  INT_ARG(1, type);
+  UINT_ARG(2, mode);
+  INT_ARG(3, backlog);
+  char path[PATH_MAX], dir[PATH_MAX], tmpl[PATH_MAX], bindpath[64];
+  const char *base;
+  int r = arg_path(env, argv[0], path, sizeof path, NULL);
+  if (r) return throw_errno(env, -r, "bind");
+  if ((r = split_path(path, dir, sizeof dir, &base))) return throw_errno(env, -r, "bind");
+
+  int dirfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (dirfd < 0) return throw_errno(env, errno, "open");
+  struct stat st;
+  if (fstatat(dirfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      close(dirfd);
+      return throw_errno(env, EEXIST, "bind (path exists and is not a socket)");
+    }
+    if (unlinkat(dirfd, base, 0) < 0 && errno != ENOENT) {
+      int e = errno;
+      close(dirfd);
+      return throw_errno(env, e, "unlink");
+    }
+  }
+
+  if ((size_t)snprintf(tmpl, sizeof tmpl, "%s/.openhook-XXXXXX", dir) >= sizeof tmpl) {
+    close(dirfd);
+    return throw_errno(env, ENAMETOOLONG, "bind");
+  }
+  if (!mkdtemp(tmpl)) {
+    int e = errno;
+    close(dirfd);
+    return throw_errno(env, e, "mkdtemp");
+  }
+  int tmpfd = open(tmpl, O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+  int fd = -1, err = 0;
+  uint64_t identity = 0;
+  const char *failed = NULL;
+  if (tmpfd < 0) {
+    err = errno, failed = "open";
+    goto out;
+  }
+  fd = socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) {
+    err = errno, failed = "socket";
+    goto out;
+  }
+  /* Bind through the directory fd's magic link: the private path is short whatever PATH's length. */
+  snprintf(bindpath, sizeof bindpath, "/proc/self/fd/%d/s", tmpfd);
+  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  memcpy(addr.sun_path, bindpath, strlen(bindpath) + 1);
+  if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+    err = errno, failed = "bind";
+    goto out;
+  }
+  if (fchmodat(tmpfd, "s", mode & 07777, 0) < 0) {
+    err = errno, failed = "chmod";
+    goto out;
+  }
+  identity = file_identity(tmpfd, "s");
+  if (syscall(SYS_renameat2, tmpfd, "s", dirfd, base, RENAME_NOREPLACE) < 0) {
+    err = errno, failed = "rename";
+    goto out;
+  }
+  if (listen(fd, backlog) < 0) {
+    err = errno, failed = "listen";
+    unlinkat(dirfd, base, 0);
+    goto out;
+  }
+out:
+  if (err && tmpfd >= 0) unlinkat(tmpfd, "s", 0);
+  rmdir(tmpl);
+  if (tmpfd >= 0) close(tmpfd);
+  close(dirfd);
+  if (err) {
+    if (fd >= 0) close(fd);
+    return throw_errno(env, err, failed);
+  }
+  napi_value out;
+  CHECK(napi_create_object(env, &out));
+  napi_set_named_property(env, out, "fd", make_int(env, fd));
+  napi_value identity_value;
+  napi_create_bigint_uint64(env, identity, &identity_value);
+  napi_set_named_property(env, out, "identity", identity_value);
+  return out;
+}
+
+/* unlinkSocket(path, identity) -> boolean: removes PATH only if it is still the socket we bound, so
+ * that a broker never removes a socket that another broker (or systemd) put there since. */
+static napi_value js_unlink_socket(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  char path[PATH_MAX];
+  int r = arg_path(env, argv[0], path, sizeof path, NULL);
+  if (r) return throw_errno(env, -r, "unlink");
+  uint64_t identity;
+  bool lossless;
+  if (napi_get_value_bigint_uint64(env, argv[1], &identity, &lossless) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "identity must be a bigint");
+    return NULL;
+  }
+  bool removed = identity != 0 && file_identity(AT_FDCWD, path) == identity && unlink(path) == 0;
+  napi_value out;
+  napi_get_boolean(env, removed, &out);
+  return out;
+}
+
+/* connectUnix(path, type) -> fd. Non-blocking; EAGAIN (backlog full) is thrown for the caller to
+ * retry, so that a busy broker never blocks the event loop. */
+static napi_value js_connect_unix(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  INT_ARG(1, type);
+  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  size_t len;
+  int r = arg_path(env, argv[0], addr.sun_path, sizeof addr.sun_path, &len);
+  if (r) return throw_errno(env, -r, "connect");
+  int fd = socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return throw_errno(env, errno, "socket");
+  while (connect(fd, (struct sockaddr *)&addr, offsetof(struct sockaddr_un, sun_path) + len + 1) < 0) {
+    if (errno == EINTR) continue;
+    int e = errno;
+    close(fd);
+    return throw_errno(env, e, "connect");
+  }
+  return make_int(env, fd);
+}
+
+/* accept(fd) -> fd, or -errno (-EAGAIN when nothing is pending). */
+static napi_value js_accept(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  INT_ARG(0, lfd);
+  int fd;
+  do fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  while (fd < 0 && errno == EINTR);
+  return make_int(env, fd < 0 ? -errno : fd);
+}
+
+static int get_buffer(napi_env env, napi_value v, uint8_t **data, size_t *len) {
+  bool ok = false;
+  napi_is_buffer(env, v, &ok);
+  if (ok) return napi_get_buffer_info(env, v, (void **)data, len) == napi_ok ? 0 : -1;
+  napi_is_typedarray(env, v, &ok);
+  if (!ok) return -1;
+  napi_typedarray_type t;
+  size_t n, off;
+  napi_value ab;
+  if (napi_get_typedarray_info(env, v, &t, &n, (void **)data, &ab, &off) != napi_ok) return -1;
+  size_t width = t == napi_int32_array || t == napi_uint32_array || t == napi_float32_array ? 4
+               : t == napi_int16_array || t == napi_uint16_array ? 2
+               : t == napi_float64_array || t == napi_bigint64_array || t == napi_biguint64_array ? 8 : 1;
+  *len = n * width;
+  return 0;
+}
+
+/* send(fd, buf, offset, length, passFd) -> bytes sent or -errno. passFd < 0 sends no fd.
+ * MSG_NOSIGNAL: a client that hung up must never kill the broker with SIGPIPE. */
+static napi_value js_send(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  INT_ARG(0, fd);
+  uint8_t *data;
+  size_t cap;
+  if (get_buffer(env, argv[1], &data, &cap)) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "buf must be a Buffer");
+    return NULL;
+  }
+  UINT_ARG(2, offset);
+  UINT_ARG(3, length);
+  INT_ARG(4, pass_fd);
+  if ((size_t)offset + length > cap) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "offset + length exceeds the buffer");
+    return NULL;
+  }
+  struct iovec iov = {data + offset, length};
+  struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+  union {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } ctl;
+  if (pass_fd >= 0) {
+    memset(&ctl, 0, sizeof ctl);
+    m.msg_control = ctl.buf;
+    m.msg_controllen = sizeof ctl.buf;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+  }
+  ssize_t n;
+  do n = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  return make_int(env, n < 0 ? -errno : n);
+}
+
+/* sendFds(fd, buf, fds[]) -> bytes sent or -errno: several fds with one message, as QMP's add-fd
+ * and getfd need. */
+static napi_value js_send_fds(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  INT_ARG(0, fd);
+  uint8_t *data;
+  size_t len;
+  if (get_buffer(env, argv[1], &data, &len)) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "buf must be a Buffer");
+    return NULL;
+  }
+  uint32_t nfds = 0;
+  napi_get_array_length(env, argv[2], &nfds);
+  if (nfds > MAX_FDS_PER_MSG) return throw_errno(env, EINVAL, "sendmsg");
+  int fds[MAX_FDS_PER_MSG];
+  for (uint32_t i = 0; i < nfds; i++) {
+    napi_value v;
+    napi_get_element(env, argv[2], i, &v);
+    if (arg_int(env, v, &fds[i])) {
+      napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "fds must be integers");
+      return NULL;
+    }
+  }
+  struct iovec iov = {data, len};
+  struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+  union {
+    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS_PER_MSG)];
+    struct cmsghdr align;
+  } ctl;
+  if (nfds) {
+    memset(&ctl, 0, sizeof ctl);
+    m.msg_control = ctl.buf;
+    m.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+  }
+  ssize_t n;
+  do n = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  return make_int(env, n < 0 ? -errno : n);
+}
+
+/* ---- the receive arena ------------------------------------------------------------------------
+ * Every poller in receive mode drains its socket into one arena shared with JS: a byte area and an
+ * Int32 index of records [offset, length, msg_flags, nfds, fd...]. JS owns the memory (registered once
+ * with setRecvArena) and must consume a batch before its callback returns; the event loop is single
+ * threaded, so the next batch cannot overwrite it earlier. No allocation per message. */
+static uint8_t *arena;
+static size_t arena_len;
+static int32_t *meta;
+static size_t meta_len;
+static napi_ref arena_ref, meta_ref;
+
+static napi_value js_set_recv_arena(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  uint8_t *a, *m;
+  size_t al, ml;
+  if (get_buffer(env, argv[0], &a, &al) || get_buffer(env, argv[1], &m, &ml) || al < 70000 ||
+      ml < sizeof(int32_t) * (4 + MAX_FDS_PER_MSG) * 2) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG", "arena must be a Buffer >= 70000 bytes, meta an Int32Array >= 514");
+    return NULL;
+  }
+  if (arena_ref) napi_delete_reference(env, arena_ref);
+  if (meta_ref) napi_delete_reference(env, meta_ref);
+  napi_create_reference(env, argv[0], 1, &arena_ref);
+  napi_create_reference(env, argv[1], 1, &meta_ref);
+  arena = a, arena_len = al, meta = (int32_t *)m, meta_len = ml / sizeof(int32_t);
+  return NULL;
+}
+
+#define FRAME_MAX (18 + 65535) /* the largest legal RFC frame; a bigger message is truncated */
+
+enum { STATUS_OK = 0, STATUS_EOF = 1 };
+
+/* Receives up to max_msgs messages (each one chunk of a stream) into the arena.
+ * Returns the count; *status is 0, STATUS_EOF, or -errno. discard_fds closes every received fd at
+ * once (the broker keeps nothing of a client's) and records only how many there were. */
+static int drain(int fd, int max_msgs, bool discard_fds, int *status) {
+  size_t off = 0, mi = 0;
+  int count = 0;
+  *status = STATUS_OK;
+  union {
+    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS_PER_MSG)];
+    struct cmsghdr align;
+  } ctl;
+  while (count < max_msgs && arena_len - off > FRAME_MAX && meta_len - mi >= 4 + MAX_FDS_PER_MSG) {
+    struct iovec iov = {arena + off, arena_len - off};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
+    ssize_t n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) *status = -errno;
+      break;
+    }
+    int nfds = 0;
+    size_t rec = mi;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t j = 0; j < k; j++) {
+        int got;
+        memcpy(&got, CMSG_DATA(c) + j * sizeof(int), sizeof(int));
+        if (discard_fds || nfds >= MAX_FDS_PER_MSG) close(got);
+        else meta[rec + 4 + nfds] = got;
+        if (discard_fds || nfds < MAX_FDS_PER_MSG) nfds++;
+      }
+    }
+    if (n == 0 && nfds == 0 && !(m.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+      *status = STATUS_EOF;
+      break;
+    }
+    meta[rec] = (int32_t)off;
+    meta[rec + 1] = (int32_t)n;
+    meta[rec + 2] = m.msg_flags & ~MSG_CMSG_CLOEXEC; /* the kernel echoes the request flag */
+    meta[rec + 3] = nfds;
+    mi += 4 + (discard_fds ? 0 : nfds);
+    off += (size_t)n;
+    count++;
+  }
+  return count;
+}
+
+/* ---- poller: a libuv poll watcher that calls into JS -----------------------------------------
+ * In receive mode, a readable wake-up drains ready messages into the arena and makes one call into
+ * JS for the whole batch: callback(events, count, status). Otherwise callback(events, 0, status). */
+typedef struct {
+  uv_poll_t handle;
+  napi_env env;
+  napi_ref self_ref; /* strong while started, so the JS object outlives its active watcher */
+  napi_ref callback_ref;
+  napi_async_context async_ctx;
+  int fd;
+  int mode; /* 0 notify, 1 receive and keep fds, 2 receive and close fds */
+  int max_msgs;
+  bool started, closed;
+  bool handle_closed, finalized; /* freed when both the uv handle and the JS object are gone */
+} poller_t;
+
+enum { MODE_NOTIFY = 0, MODE_RECV = 1, MODE_RECV_DISCARD_FDS = 2 };
+
+static void poller_handle_closed(uv_handle_t *h) {
+  poller_t *p = h->data;
+  p->handle_closed = true;
+  if (p->finalized) free(p);
+}
+
+static void on_poll(uv_poll_t *h, int status, int events) {
+  poller_t *p = h->data;
+  napi_env env = p->env;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  int count = 0, st = status; /* libuv's status is already -errno */
+  if (status == 0 && p->mode != MODE_NOTIFY && (events & UV_READABLE))
+    count = drain(p->fd, p->max_msgs, p->mode == MODE_RECV_DISCARD_FDS, &st);
+  napi_value self, cb, args[3], result;
+  napi_get_reference_value(env, p->self_ref, &self);
+  napi_get_reference_value(env, p->callback_ref, &cb);
+  napi_create_int32(env, events, &args[0]);
+  napi_create_int32(env, count, &args[1]);
+  napi_create_int32(env, st, &args[2]);
+  if (self && cb) {
+    napi_status s = napi_make_callback(env, p->async_ctx, self, cb, 3, args, &result);
+    if (s == napi_pending_exception) {
+      /* Without this, an exception thrown in the callback would vanish. */
+      napi_value exc;
+      napi_get_and_clear_last_exception(env, &exc);
+      napi_fatal_exception(env, exc);
+    }
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static void poller_close(napi_env env, poller_t *p) {
+  if (p->closed) return;
+  p->closed = true;
+  if (p->started) {
+    uv_poll_stop(&p->handle);
+    p->started = false;
+    uint32_t rc;
+    napi_reference_unref(env, p->self_ref, &rc);
+  }
+  napi_async_destroy(env, p->async_ctx);
+  napi_delete_reference(env, p->callback_ref);
+  p->callback_ref = NULL;
+  uv_close((uv_handle_t *)&p->handle, poller_handle_closed);
+}
+
+static void poller_finalize(napi_env env, void *data, void *hint) {
+  (void)hint;
+  poller_t *p = data;
+  /* A started poller holds a strong reference to its JS object, so only a stopped or closed one
+   * reaches here. */
+  p->finalized = true;
+  if (p->self_ref) napi_delete_reference(env, p->self_ref);
+  p->self_ref = NULL;
+  if (!p->closed) poller_close(env, p);
+  else if (p->handle_closed) free(p);
+}
+
+static poller_t *unwrap_poller(napi_env env, napi_value self) {
+  poller_t *p = NULL;
+  napi_unwrap(env, self, (void **)&p);
+  if (!p || p->closed) {
+    napi_throw_error(env, "ERR_POLLER_CLOSED", "poller is closed");
+    return NULL;
+  }
+  return p;
+}
+
+/* new Poller(fd, mode, maxMsgs, callback) */
+static napi_value poller_new(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  INT_ARG(0, fd);
+  INT_ARG(1, mode);
+  INT_ARG(2, max_msgs);
+  if (mode != MODE_NOTIFY && !arena) {
+    napi_throw_error(env, "ERR_NO_ARENA", "setRecvArena must be called before a receiving poller is made");
+    return NULL;
+  }
+  poller_t *p = calloc(1, sizeof *p);
+  if (!p) return throw_errno(env, ENOMEM, "calloc");
+  p->env = env, p->fd = fd, p->mode = mode, p->max_msgs = max_msgs > 0 ? max_msgs : 1;
+  uv_loop_t *loop;
+  napi_get_uv_event_loop(env, &loop);
+  int r = uv_poll_init(loop, &p->handle, fd);
+  if (r < 0) {
+    free(p);
+    return throw_errno(env, -r, "uv_poll_init");
+  }
+  p->handle.data = p;
+  napi_value name;
+  napi_create_string_utf8(env, "openhook:poll", NAPI_AUTO_LENGTH, &name);
+  napi_async_init(env, self, name, &p->async_ctx);
+  napi_create_reference(env, argv[3], 1, &p->callback_ref);
+  napi_wrap(env, self, p, poller_finalize, NULL, &p->self_ref);
+  return self;
+}
+
+/* start(events): UV_READABLE=1 | UV_WRITABLE=2 | UV_DISCONNECT=4; 0 stops. */
+static napi_value poller_start(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  INT_ARG(0, events);
+  poller_t *p = unwrap_poller(env, self);
+  if (!p) return NULL;
+  if (events == 0) {
+    if (p->started) {
+      uv_poll_stop(&p->handle);
+      p->started = false;
+      uint32_t rc;
+      napi_reference_unref(env, p->self_ref, &rc);
+    }
+    return NULL;
+  }
+  int r = uv_poll_start(&p->handle, events, on_poll);
+  if (r < 0) return throw_errno(env, -r, "uv_poll_start");
+  if (!p->started) {
+    p->started = true;
+    uint32_t rc;
+    napi_reference_ref(env, p->self_ref, &rc);
+  }
+  return NULL;
+}
+
+static napi_value poller_ref(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  bool on = true;
+  napi_get_value_bool(env, argv[0], &on);
+  poller_t *p = unwrap_poller(env, self);
+  if (!p) return NULL;
+  if (on) uv_ref((uv_handle_t *)&p->handle);
+  else uv_unref((uv_handle_t *)&p->handle);
+  return NULL;
+}
+
+static napi_value poller_close_js(napi_env env, napi_callback_info info) {
+  napi_value self;
+  CHECK(napi_get_cb_info(env, info, NULL, NULL, &self, NULL));
+  poller_t *p = NULL;
+  napi_unwrap(env, self, (void **)&p);
+  if (p) poller_close(env, p);
+  return NULL;
+}
+
+/* ---- peer credentials ------------------------------------------------------------------------- */
+
+static napi_value js_peer_cred(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  INT_ARG(0, fd);
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) return throw_errno(env, errno, "getsockopt");
+  napi_value out;
+  CHECK(napi_create_object(env, &out));
+  napi_set_named_property(env, out, "pid", make_int(env, cred.pid));
+  napi_set_named_property(env, out, "uid", make_int(env, cred.uid));
+  napi_set_named_property(env, out, "gid", make_int(env, cred.gid));
+  return out;
+}
+
+/* peerGroups(fd) -> number[] | null (null: the kernel has no SO_PEERGROUPS) */
+static napi_value js_peer_groups(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  INT_ARG(0, fd);
+  gid_t small[64], *groups = small;
+  socklen_t len = sizeof small;
+  int r = getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len);
+  if (r < 0 && errno == ERANGE) {
+    groups = malloc(len);
+    if (!groups) return throw_errno(env, ENOMEM, "malloc");
+    r = getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len);
+  }
+  napi_value out = NULL;
+  if (r < 0) {
+    int e = errno;
+    if (groups != small) free(groups);
+    if (e == ENOPROTOOPT) {
+      napi_get_null(env, &out);
+      return out;
+    }
+    return throw_errno(env, e, "getsockopt");
+  }
+  size_t n = len / sizeof(gid_t);
+  napi_create_array_with_length(env, n, &out);
+  for (size_t i = 0; i < n; i++) napi_set_element(env, out, (uint32_t)i, make_int(env, groups[i]));
+  if (groups != small) free(groups);
+  return out;
+}
+
+/* peerPidfd(fd) -> pidfd, or -errno (-ENOPROTOOPT before Linux 6.5) */
+static napi_value js_peer_pidfd(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  INT_ARG(0, fd);
+  int pidfd = -1;
+  socklen_t len = sizeof pidfd;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) < 0) return make_int(env, -errno);
+  fcntl(pidfd, F_SETFD, FD_CLOEXEC);
+  return make_int(env, pidfd);
+}
+
+static napi_value js_socket_type(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  INT_ARG(0, fd);
+  int type = 0;
+  socklen_t len = sizeof type;
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) return make_int(env, -errno);
+  return make_int(env, type);
+}
+
+/* ---- files ------------------------------------------------------------------------------------ */
+
+/* openat2(dirfd, path, flags, mode, resolve) -> fd or -errno. */
+static napi_value js_openat2(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  INT_ARG(0, dirfd);
+  UINT_ARG(2, flags);
+  UINT_ARG(3, mode);
+  UINT_ARG(4, resolve);
+  char path[PATH_MAX];
+  int r = arg_path(env, argv[1], path, sizeof path, NULL);
+  if (r) return make_int(env, r);
+  struct open_how how = {.flags = flags, .mode = (flags & (O_CREAT | __O_TMPFILE)) ? mode : 0, .resolve = resolve};
+  long fd;
+  do fd = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+  while (fd < 0 && errno == EINTR);
+  return make_int(env, fd < 0 ? -errno : fd);
+}
+
+/* open(path, flags, mode) -> fd or -errno: for set-up (rule roots), never for client requests. */
+static napi_value js_open(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  UINT_ARG(1, flags);
+  UINT_ARG(2, mode);
+  char path[PATH_MAX];
+  int r = arg_path(env, argv[0], path, sizeof path, NULL);
+  if (r) return make_int(env, r);
+  int fd;
+  do fd = open(path, (int)flags | O_CLOEXEC, mode);
+  while (fd < 0 && errno == EINTR);
+  return make_int(env, fd < 0 ? -errno : fd);
+}
+
+/* reopen(fd, flags) -> fd or -errno. Turns an O_PATH fd into an open file description through
+ * /proc/self/fd, the one race-free way to open exactly the inode already resolved and checked. */
+static napi_value js_reopen(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  INT_ARG(0, fd);
+  UINT_ARG(1, flags);
+  char path[40];
+  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  int out;
+  do out = open(path, (int)(flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW | O_PATH)));
+  while (out < 0 && errno == EINTR);
+  return make_int(env, out < 0 ? -errno : out);
+}
+
+/* fstat(fd, out: Float64Array(8)) -> 0 or -errno.
+ * out = [mode, nlink, uid, gid, size, rdev, dev, ino]; dev and ino are exact below 2^53. */
+static napi_value js_fstat(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  INT_ARG(0, fd);
+  napi_typedarray_type t;
+  size_t n;
+  double *out;
+  napi_value ab;
+  size_t off;
+  if (napi_get_typedarray_info(env, argv[1], &t, &n, (void **)&out, &ab, &off) != napi_ok ||
+      t != napi_float64_array || n < 8) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "out must be a Float64Array of 8");
+    return NULL;
+  }
+  struct stat st;
+  if (fstat(fd, &st) < 0) return make_int(env, -errno);
+  out[0] = st.st_mode, out[1] = (double)st.st_nlink, out[2] = st.st_uid, out[3] = st.st_gid;
+  out[4] = (double)st.st_size, out[5] = (double)st.st_rdev, out[6] = (double)st.st_dev, out[7] = (double)st.st_ino;
+  return make_int(env, 0);
+}
+
+static napi_value js_close(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  INT_ARG(0, fd);
+  /* Never retry close on EINTR: on Linux the fd is gone either way. */
+  return make_int(env, close(fd) < 0 ? -errno : 0);
+}
+
+/* ---- module ----------------------------------------------------------------------------------- */
+
+static void set_int(napi_env env, napi_value obj, const char *name, int64_t v) {
+  napi_set_named_property(env, obj, name, make_int(env, v));
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor fns[] = {
+#define FN(name, fn) {name, NULL, fn, NULL, NULL, NULL, napi_default, NULL}
+    FN("socket", js_socket),
+    FN("socketpair", js_socketpair),
+    FN("listenUnix", js_listen_unix),
+    FN("unlinkSocket", js_unlink_socket),
+    FN("connectUnix", js_connect_unix),
+    FN("accept", js_accept),
+    FN("send", js_send),
+    FN("sendFds", js_send_fds),
+    FN("setRecvArena", js_set_recv_arena),
+    FN("peerCred", js_peer_cred),
+    FN("peerGroups", js_peer_groups),
+    FN("peerPidfd", js_peer_pidfd),
+    FN("socketType", js_socket_type),
+    FN("openat2", js_openat2),
+    FN("open", js_open),
+    FN("reopen", js_reopen),
+    FN("fstat", js_fstat),
+    FN("close", js_close),
+#undef FN
+  };
+  napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns);
+
+  napi_property_descriptor methods[] = {
+    {"start", NULL, poller_start, NULL, NULL, NULL, napi_default, NULL},
+    {"ref", NULL, poller_ref, NULL, NULL, NULL, napi_default, NULL},
+    {"close", NULL, poller_close_js, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_value poller;
+  napi_define_class(env, "Poller", NAPI_AUTO_LENGTH, poller_new, NULL, 3, methods, &poller);
+  napi_set_named_property(env, exports, "Poller", poller);
+
+  napi_value c;
+  napi_create_object(env, &c);
+#define K(x) set_int(env, c, #x, x)
+  K(SOCK_STREAM); K(SOCK_SEQPACKET); K(SOCK_DGRAM);
+  K(O_RDONLY); K(O_WRONLY); K(O_RDWR); K(O_ACCMODE); K(O_CREAT); K(O_EXCL); K(O_NOCTTY); K(O_TRUNC);
+  K(O_APPEND); K(O_NONBLOCK); K(O_DSYNC); K(O_SYNC); K(O_DIRECT); K(O_LARGEFILE); K(O_DIRECTORY);
+  K(O_NOFOLLOW); K(O_NOATIME); K(O_CLOEXEC); K(O_PATH); K(O_TMPFILE); K(FASYNC);
+  K(RESOLVE_NO_XDEV); K(RESOLVE_NO_MAGICLINKS); K(RESOLVE_NO_SYMLINKS); K(RESOLVE_BENEATH);
+  K(RESOLVE_IN_ROOT); K(RESOLVE_CACHED);
+  K(S_IFMT); K(S_IFREG); K(S_IFDIR); K(S_IFLNK); K(S_IFIFO); K(S_IFSOCK); K(S_IFCHR); K(S_IFBLK);
+  K(MSG_TRUNC); K(MSG_CTRUNC);
+  K(UV_READABLE); K(UV_WRITABLE); K(UV_DISCONNECT);
+#undef K
+  set_int(env, c, "STATUS_EOF", STATUS_EOF);
+  set_int(env, c, "FRAME_MAX", FRAME_MAX);
+  set_int(env, c, "MAX_FDS_PER_MSG", MAX_FDS_PER_MSG);
+  napi_set_named_property(env, exports, "constants", c);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

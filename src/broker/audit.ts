@@ -1,0 +1,33 @@
+/**
+ * What the broker tells an audit sink about each decision. The sink must never block the broker: it
+ * takes the record and returns at once (see the policy issue's audit log for the real writer).
+ */
+import type { ByteString } from '../bytestring.js';
+import type { Peer } from '../policy/policy.js';
+import type { Rule } from '../policy/rule.js';
+
+export interface AuditRecord {
+  /** wall-clock time of the request, ms since the epoch */
+  time: number;
+  peer: Peer;
+  command: number;
+  /** the path as the client sent it (exact bytes), or '' for commands without one */
+  path: ByteString;
+  flags: number;
+  mode: number;
+  /** access bits the request needed */
+  access: number;
+  allowed: boolean;
+  /** the rule that decided, or null */
+  rule: Rule | null;
+  /** 0 when an fd was sent, else the errno the client got (positive) */
+  errno: number;
+  /** why, in words */
+  reason: string;
+  /** microseconds from decode to reply */
+  latencyUs: number;
+}
+
+export interface AuditSink {
+  record(entry: AuditRecord): void;
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env node
+/** The openhook command line: one file per command. */
+import { Command } from 'commander';
+import { demoCommand } from './demo.js';
+import { serveCommand } from './serve.js';
+
+const program = new Command('openhook')
+  .description('delegate open() to a policy broker over a UNIX socket')
+  .version('0.1.0')
+  .addCommand(serveCommand())
+  .addCommand(demoCommand());
+
+await program.parseAsync(process.argv);

@@ -1,0 +1,8 @@
+/** Small parsers shared by commands. */
+import { InvalidArgumentError } from 'commander';
+
+/** '0600' or '600' -> 0o600 */
+export function parseMode(text: string): number {
+  if (!/^0?[0-7]{3,4}$/.test(text)) throw new InvalidArgumentError(`mode must be octal, like 0600: '${text}'`);
+  return parseInt(text, 8);
+}

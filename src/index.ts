@@ -1,0 +1,12 @@
+/** openhook: delegate open() to a policy broker over a UNIX socket. */
+export { connect, OpenHookClient, type ConnectOptions, type RequestOptions } from './client/client.js';
+export { AbortError, ClientClosedError, OpenHookError, ProtocolError, TimeoutError } from './client/errors.js';
+export { toFlags, type OpenFlags } from './client/flags.js';
+export { Broker, Listener, type BrokerOptions, type ListenOptions } from './broker/broker.js';
+export type { AuditRecord, AuditSink } from './broker/audit.js';
+export { Resolver } from './broker/resolver.js';
+export { Policy, type Decision, type Peer, type PolicyOptions } from './policy/policy.js';
+export { parseAllowFlag, parseDenyFlag, PolicyError, type Rule } from './policy/rule.js';
+export { Access, formatAccess, parseAccess } from './policy/access.js';
+export * as protocol from './protocol/frames.js';
+export { Command, Feature } from './protocol/constants.js';

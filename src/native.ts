@@ -1,0 +1,151 @@
+/**
+ * Typed loader for the native addon (native/binding.c).
+ *
+ * The addon holds only the syscalls Node lacks. Calls on the request path return a result or a
+ * negative errno; use `check()` to turn a negative result into a Node-style error where throwing is
+ * the right thing. Set-up calls throw Node-style errors (`code`, `errno`, `syscall`) themselves.
+ */
+import { createRequire } from 'node:module';
+import { constants as osConstants } from 'node:os';
+
+export interface NativeConstants {
+  SOCK_STREAM: number; SOCK_SEQPACKET: number; SOCK_DGRAM: number;
+  O_RDONLY: number; O_WRONLY: number; O_RDWR: number; O_ACCMODE: number; O_CREAT: number; O_EXCL: number;
+  O_NOCTTY: number; O_TRUNC: number; O_APPEND: number; O_NONBLOCK: number; O_DSYNC: number; O_SYNC: number;
+  O_DIRECT: number; O_LARGEFILE: number; O_DIRECTORY: number; O_NOFOLLOW: number; O_NOATIME: number;
+  O_CLOEXEC: number; O_PATH: number; O_TMPFILE: number; FASYNC: number;
+  RESOLVE_NO_XDEV: number; RESOLVE_NO_MAGICLINKS: number; RESOLVE_NO_SYMLINKS: number;
+  RESOLVE_BENEATH: number; RESOLVE_IN_ROOT: number; RESOLVE_CACHED: number;
+  S_IFMT: number; S_IFREG: number; S_IFDIR: number; S_IFLNK: number; S_IFIFO: number; S_IFSOCK: number;
+  S_IFCHR: number; S_IFBLK: number;
+  MSG_TRUNC: number; MSG_CTRUNC: number;
+  UV_READABLE: number; UV_WRITABLE: number; UV_DISCONNECT: number;
+  /** status passed to a receiving poller's callback when the peer has closed */
+  STATUS_EOF: number;
+  /** the largest legal RFC frame: 18 header bytes + a 65535-byte name */
+  FRAME_MAX: number;
+  MAX_FDS_PER_MSG: number;
+}
+
+/** What a poller does when its socket is readable. */
+export const PollMode = {
+  /** only report readiness */
+  Notify: 0,
+  /** drain messages into the receive arena, keeping received fds for the caller */
+  Receive: 1,
+  /** drain messages, closing every received fd at once (the broker keeps nothing of a client's) */
+  ReceiveDiscardFds: 2,
+} as const;
+export type PollMode = (typeof PollMode)[keyof typeof PollMode];
+
+/**
+ * callback(events, count, status): events is a UV_* mask; count is the number of messages drained
+ * into the arena (receive modes); status is 0, STATUS_EOF when the peer closed, or -errno.
+ */
+export type PollCallback = (events: number, count: number, status: number) => void;
+
+export interface NativePoller {
+  /** events: UV_READABLE | UV_WRITABLE; 0 stops the watcher */
+  start(events: number): void;
+  /** whether the watcher keeps the event loop alive */
+  ref(on: boolean): void;
+  close(): void;
+}
+
+interface NativeBinding {
+  constants: NativeConstants;
+  socket(type: number): number;
+  socketpair(type: number, nonblocking: boolean): [number, number];
+  /** identity: device, inode and ctime of the socket file, to recognise it at unlink time */
+  listenUnix(path: string | Buffer, type: number, mode: number, backlog: number): { fd: number; identity: bigint };
+  unlinkSocket(path: string | Buffer, identity: bigint): boolean;
+  connectUnix(path: string | Buffer, type: number): number;
+  accept(fd: number): number;
+  send(fd: number, buf: Uint8Array, offset: number, length: number, passFd: number): number;
+  sendFds(fd: number, buf: Uint8Array, fds: number[]): number;
+  setRecvArena(arena: Buffer, meta: Int32Array): void;
+  peerCred(fd: number): { pid: number; uid: number; gid: number };
+  peerGroups(fd: number): number[] | null;
+  peerPidfd(fd: number): number;
+  socketType(fd: number): number;
+  openat2(dirfd: number, path: string | Buffer, flags: number, mode: number, resolve: number): number;
+  open(path: string | Buffer, flags: number, mode: number): number;
+  reopen(fd: number, flags: number): number;
+  fstat(fd: number, out: Float64Array): number;
+  close(fd: number): number;
+  Poller: new (fd: number, mode: PollMode, maxMessages: number, callback: PollCallback) => NativePoller;
+}
+
+const require = createRequire(import.meta.url);
+export const native: NativeBinding = require('../build/Release/openhook.node');
+export const C = native.constants;
+
+/**
+ * The receive arena shared by every receiving poller: message bytes, and an index of records
+ * [offset, length, msgFlags, nfds, fd...]. A batch is valid only inside the poller callback that
+ * reported it; copy what must outlive it.
+ */
+export const recvArena = Buffer.allocUnsafeSlow(512 * 1024);
+export const recvMeta = new Int32Array(16 * 1024);
+native.setRecvArena(recvArena, recvMeta);
+
+const errnoNames = new Map<number, string>();
+for (const [name, value] of Object.entries(osConstants.errno)) {
+  if (!errnoNames.has(value)) errnoNames.set(value, name);
+}
+
+/** 'EACCES' for 13 (or -13). */
+export function errnoName(errno: number): string {
+  return errnoNames.get(Math.abs(errno)) ?? `E${Math.abs(errno)}`;
+}
+
+/** An errno number for a name: errnoValue('EACCES') === 13. */
+export function errnoValue(name: string): number | undefined {
+  return (osConstants.errno as Record<string, number>)[name];
+}
+
+export interface SystemError extends Error {
+  code: string;
+  errno: number;
+  syscall: string;
+  path?: string;
+}
+
+/** A Node-style error for an errno (positive or negative): code, errno (negative, as Node has it), syscall. */
+export function systemError(errno: number, syscall: string, path?: string): SystemError {
+  const code = errnoName(errno);
+  const text = describeErrno(errno);
+  const err = new Error(`${code}: ${text}, ${syscall}${path !== undefined ? ` '${path}'` : ''}`) as SystemError;
+  err.code = code;
+  err.errno = -Math.abs(errno);
+  err.syscall = syscall;
+  if (path !== undefined) err.path = path;
+  return err;
+}
+
+/** Returns a non-negative result, or throws the Node-style error for a negative one. */
+export function check(result: number, syscall: string, path?: string): number {
+  if (result < 0) throw systemError(result, syscall, path);
+  return result;
+}
+
+const descriptions: Record<string, string> = {
+  EPERM: 'operation not permitted', ENOENT: 'no such file or directory', EIO: 'i/o error',
+  EBADF: 'bad file descriptor', EAGAIN: 'resource temporarily unavailable', ENOMEM: 'not enough memory',
+  EACCES: 'permission denied', EEXIST: 'file already exists', EXDEV: 'cross-device link not permitted',
+  ENOTDIR: 'not a directory', EISDIR: 'illegal operation on a directory', EINVAL: 'invalid argument',
+  ENFILE: 'file table overflow', EMFILE: 'too many open files', ENOSPC: 'no space left on device',
+  EROFS: 'read-only file system', EPIPE: 'broken pipe', ENAMETOOLONG: 'name too long',
+  ELOOP: 'too many symbolic links encountered', EPROTO: 'protocol error', ENXIO: 'no such device or address',
+  ECONNREFUSED: 'connection refused', ECONNRESET: 'connection reset by peer', ETIMEDOUT: 'operation timed out',
+  ENOTSOCK: 'socket operation on non-socket', EOPNOTSUPP: 'operation not supported on socket',
+  ENOSYS: 'function not implemented', ETXTBSY: 'text file is busy', EFBIG: 'file too large',
+  ENODEV: 'no such device', EBUSY: 'resource busy or locked', ECANCELED: 'operation canceled',
+  ENOTCONN: 'socket is not connected', EMSGSIZE: 'message too long',
+};
+
+/** A lower-case description, as Node's own errors word them. */
+export function describeErrno(errno: number): string {
+  const code = errnoName(errno);
+  return descriptions[code] ?? code.toLowerCase();
+}

@@ -1,0 +1,37 @@
+/**
+ * Access rights, as rules grant them and requests need them. Letters: r read, w write (includes
+ * truncate), c create new files (needs w).
+ */
+export const Access = {
+  READ: 1,
+  WRITE: 2,
+  CREATE: 4,
+} as const;
+
+const letters: ReadonlyArray<[string, number]> = [
+  ['r', Access.READ],
+  ['w', Access.WRITE],
+  ['c', Access.CREATE],
+];
+
+export class AccessError extends Error {
+  override name = 'AccessError';
+}
+
+/** 'rwc' -> bits. Throws AccessError on an unknown or repeated letter, or on c without w. */
+export function parseAccess(text: string): number {
+  let bits = 0;
+  for (const ch of text) {
+    const entry = letters.find(([l]) => l === ch);
+    if (!entry) throw new AccessError(`unknown access letter '${ch}' in '${text}' (use r, w, c)`);
+    if (bits & entry[1]) throw new AccessError(`access letter '${ch}' repeated in '${text}'`);
+    bits |= entry[1];
+  }
+  if (bits === 0) throw new AccessError('empty access: give at least one of r, w, c');
+  if (bits & Access.CREATE && !(bits & Access.WRITE)) throw new AccessError(`'c' (create) needs 'w' in '${text}'`);
+  return bits;
+}
+
+export function formatAccess(bits: number): string {
+  return letters.map(([l, b]) => (bits & b ? l : '')).join('') || '-';
+}

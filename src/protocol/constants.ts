@@ -1,0 +1,45 @@
+/**
+ * Wire constants. The RFC's frame (command 1) is the contract every client may rely on; the rest are
+ * openhook's extensions, specified in docs/protocol.md. All integers are in host byte order.
+ */
+
+/** Command numbers. */
+export const Command = {
+  /** The RFC's request: open a file, answer with an fd or -errno. Replies keep request order. */
+  QEMU_OPEN: 1,
+  /** Version and feature discovery. A broker that predates it answers -EPROTO, as to any unknown command. */
+  HELLO: 0x100,
+  /** QEMU_OPEN with a client-chosen id; replies carry the id and may arrive out of order. */
+  OPEN_TAGGED: 0x101,
+} as const;
+export type Command = (typeof Command)[keyof typeof Command];
+
+export const PROTOCOL_VERSION = 1;
+
+/** Feature bits exchanged by HELLO. */
+export const Feature = {
+  TAGGED_OPEN: 1 << 0,
+} as const;
+
+/** Byte sizes of the fixed parts of frames. */
+export const Size = {
+  /** u32 size | u32 command | u32 flags | u32 mode | u16 len */
+  OPEN_HEADER: 18,
+  /** u32 size | u32 command | u32 id | u32 flags | u32 mode | u16 len */
+  TAGGED_HEADER: 22,
+  /** u32 size | u32 command | u32 version | u32 features */
+  HELLO_REQUEST: 16,
+  /** u32 size | u32 command | s32 result */
+  REPLY: 12,
+  /** REPLY | u32 id */
+  TAGGED_REPLY: 16,
+  /** REPLY | u32 version | u32 features */
+  HELLO_REPLY: 20,
+  /** the longest name a u16 length can state */
+  NAME_MAX_WIRE: 0xffff,
+} as const;
+
+/** No frame can be longer: the tagged header plus the longest name. */
+export const MAX_FRAME = Size.TAGGED_HEADER + Size.NAME_MAX_WIRE;
+/** Every frame starts with u32 size and u32 command. */
+export const MIN_FRAME = 8;

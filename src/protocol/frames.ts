@@ -1,0 +1,200 @@
+/**
+ * Encoding and decoding of frames (docs/protocol.md). Pure functions over bytes: no sockets here.
+ *
+ * Decoding fills a caller-owned Request and never copies the name: it records where the name lies in
+ * the buffer, so that a broker can decide on the exact bytes without allocating per request.
+ */
+import { Command, MAX_FRAME, MIN_FRAME, PROTOCOL_VERSION, Size } from './constants.js';
+import { hostEndian } from './endian.js';
+
+export interface Request {
+  command: number;
+  /** the id of an OPEN_TAGGED request, 0 otherwise */
+  id: number;
+  /** open(2) flags (QEMU_OPEN, OPEN_TAGGED) */
+  flags: number;
+  /** create mode (QEMU_OPEN, OPEN_TAGGED) */
+  mode: number;
+  /** HELLO: the client's version and wanted features */
+  version: number;
+  features: number;
+  /** the buffer holding the frame, and where the name lies in it */
+  buf: Buffer;
+  nameOffset: number;
+  nameLength: number;
+}
+
+export function newRequest(): Request {
+  return { command: 0, id: 0, flags: 0, mode: 0, version: 0, features: 0, buf: Buffer.alloc(0), nameOffset: 0, nameLength: 0 };
+}
+
+/** Why a frame could not be decoded. Every one is answered with -EPROTO. */
+export const DecodeError = {
+  OK: 0,
+  /** fewer bytes than the command's fixed header */
+  SHORT: 1,
+  /** the size field disagrees with the bytes received, or with header + len */
+  SIZE_MISMATCH: 2,
+  /** a command this broker does not know */
+  UNKNOWN_COMMAND: 3,
+  /** an open with len == 0 */
+  EMPTY_NAME: 4,
+} as const;
+export type DecodeError = (typeof DecodeError)[keyof typeof DecodeError];
+
+const { readU32, readS32, readU16, writeU32, writeS32, writeU16 } = hostEndian;
+
+/**
+ * Decodes the one frame in buf[offset, offset+length). `length` is the message length for
+ * SOCK_SEQPACKET, or the frame's size field for SOCK_STREAM once that many bytes have arrived.
+ */
+export function decodeRequest(buf: Buffer, offset: number, length: number, out: Request): DecodeError {
+  if (length < MIN_FRAME) return DecodeError.SHORT;
+  const size = readU32(buf, offset);
+  const command = readU32(buf, offset + 4);
+  out.command = command;
+  out.buf = buf;
+  out.id = 0;
+  if (size !== length) return DecodeError.SIZE_MISMATCH;
+  switch (command) {
+    case Command.QEMU_OPEN: {
+      if (length < Size.OPEN_HEADER) return DecodeError.SHORT;
+      out.flags = readU32(buf, offset + 8);
+      out.mode = readU32(buf, offset + 12);
+      const len = readU16(buf, offset + 16);
+      if (Size.OPEN_HEADER + len !== size) return DecodeError.SIZE_MISMATCH;
+      if (len === 0) return DecodeError.EMPTY_NAME;
+      out.nameOffset = offset + Size.OPEN_HEADER;
+      out.nameLength = len;
+      return DecodeError.OK;
+    }
+    case Command.OPEN_TAGGED: {
+      if (length < Size.TAGGED_HEADER) return DecodeError.SHORT;
+      out.id = readU32(buf, offset + 8);
+      out.flags = readU32(buf, offset + 12);
+      out.mode = readU32(buf, offset + 16);
+      const len = readU16(buf, offset + 20);
+      if (Size.TAGGED_HEADER + len !== size) return DecodeError.SIZE_MISMATCH;
+      if (len === 0) return DecodeError.EMPTY_NAME;
+      out.nameOffset = offset + Size.TAGGED_HEADER;
+      out.nameLength = len;
+      return DecodeError.OK;
+    }
+    case Command.HELLO: {
+      if (length !== Size.HELLO_REQUEST) return DecodeError.SIZE_MISMATCH;
+      out.version = readU32(buf, offset + 8);
+      out.features = readU32(buf, offset + 12);
+      out.nameLength = 0;
+      return DecodeError.OK;
+    }
+    default:
+      return DecodeError.UNKNOWN_COMMAND;
+  }
+}
+
+/** The size field of a frame at offset, for stream reassembly; no validation beyond the bounds. */
+export function frameSize(buf: Buffer, offset: number): number {
+  return readU32(buf, offset);
+}
+
+export function isValidFrameSize(size: number): boolean {
+  return size >= MIN_FRAME && size <= MAX_FRAME;
+}
+
+/** Writes an RFC reply (12 bytes) at offset. */
+export function encodeReply(buf: Buffer, offset: number, command: number, result: number): number {
+  writeU32(buf, offset, Size.REPLY);
+  writeU32(buf, offset + 4, command);
+  writeS32(buf, offset + 8, result);
+  return Size.REPLY;
+}
+
+/** Writes an OPEN_TAGGED reply (16 bytes) at offset. */
+export function encodeTaggedReply(buf: Buffer, offset: number, id: number, result: number): number {
+  writeU32(buf, offset, Size.TAGGED_REPLY);
+  writeU32(buf, offset + 4, Command.OPEN_TAGGED);
+  writeS32(buf, offset + 8, result);
+  writeU32(buf, offset + 12, id);
+  return Size.TAGGED_REPLY;
+}
+
+/** Writes a HELLO reply (20 bytes) at offset. */
+export function encodeHelloReply(buf: Buffer, offset: number, features: number): number {
+  writeU32(buf, offset, Size.HELLO_REPLY);
+  writeU32(buf, offset + 4, Command.HELLO);
+  writeS32(buf, offset + 8, 0);
+  writeU32(buf, offset + 12, PROTOCOL_VERSION);
+  writeU32(buf, offset + 16, features);
+  return Size.HELLO_REPLY;
+}
+
+/** A whole QEMU_OPEN request frame. `name` is bytes (exact) or a string (UTF-8). */
+export function encodeOpen(name: Buffer | string, flags: number, mode: number): Buffer {
+  const bytes = typeof name === 'string' ? Buffer.from(name) : name;
+  if (bytes.length > Size.NAME_MAX_WIRE) throw new RangeError(`name is ${bytes.length} bytes; a frame holds at most ${Size.NAME_MAX_WIRE}`);
+  const buf = Buffer.allocUnsafe(Size.OPEN_HEADER + bytes.length);
+  writeU32(buf, 0, buf.length);
+  writeU32(buf, 4, Command.QEMU_OPEN);
+  writeU32(buf, 8, flags >>> 0);
+  writeU32(buf, 12, mode >>> 0);
+  writeU16(buf, 16, bytes.length);
+  bytes.copy(buf, Size.OPEN_HEADER);
+  return buf;
+}
+
+/** A whole OPEN_TAGGED request frame. */
+export function encodeTaggedOpen(id: number, name: Buffer | string, flags: number, mode: number): Buffer {
+  const bytes = typeof name === 'string' ? Buffer.from(name) : name;
+  if (bytes.length > Size.NAME_MAX_WIRE) throw new RangeError(`name is ${bytes.length} bytes; a frame holds at most ${Size.NAME_MAX_WIRE}`);
+  const buf = Buffer.allocUnsafe(Size.TAGGED_HEADER + bytes.length);
+  writeU32(buf, 0, buf.length);
+  writeU32(buf, 4, Command.OPEN_TAGGED);
+  writeU32(buf, 8, id >>> 0);
+  writeU32(buf, 12, flags >>> 0);
+  writeU32(buf, 16, mode >>> 0);
+  writeU16(buf, 20, bytes.length);
+  bytes.copy(buf, Size.TAGGED_HEADER);
+  return buf;
+}
+
+export function encodeHello(features: number): Buffer {
+  const buf = Buffer.allocUnsafe(Size.HELLO_REQUEST);
+  writeU32(buf, 0, Size.HELLO_REQUEST);
+  writeU32(buf, 4, Command.HELLO);
+  writeU32(buf, 8, PROTOCOL_VERSION);
+  writeU32(buf, 12, features >>> 0);
+  return buf;
+}
+
+export interface Reply {
+  command: number;
+  result: number;
+  /** OPEN_TAGGED: the request's id */
+  id: number;
+  /** HELLO: the broker's version and granted features */
+  version: number;
+  features: number;
+}
+
+/** Decodes a reply frame; null if it is malformed. */
+export function decodeReply(buf: Buffer, offset: number, length: number): Reply | null {
+  if (length < Size.REPLY) return null;
+  const size = readU32(buf, offset);
+  if (size !== length) return null;
+  const command = readU32(buf, offset + 4);
+  const result = readS32(buf, offset + 8);
+  const reply: Reply = { command, result, id: 0, version: 0, features: 0 };
+  if (command === Command.OPEN_TAGGED) {
+    if (size !== Size.TAGGED_REPLY) return null;
+    reply.id = readU32(buf, offset + 12);
+  } else if (command === Command.HELLO && result === 0) {
+    if (size !== Size.HELLO_REPLY) return null;
+    reply.version = readU32(buf, offset + 12);
+    reply.features = readU32(buf, offset + 16);
+  } else if (size !== Size.REPLY) {
+    return null;
+  }
+  return reply;
+}
+
+export { MAX_FRAME, MIN_FRAME };

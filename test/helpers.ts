@@ -1,0 +1,98 @@
+/**
+ * Shared test helpers: temporary directories, a real `openhook serve` process, C fixtures compiled on
+ * demand, and fd counting through /proc. Nothing here mocks a socket or a syscall.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+export const CLI = join(ROOT, 'dist', 'cli', 'main.js');
+
+/** A fresh directory, removed by the returned cleanup. */
+export function tempDir(prefix = 'openhook-test-'): { path: string; cleanup: () => void } {
+  const path = mkdtempSync(join(tmpdir(), prefix));
+  return { path, cleanup: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+/** Compiles test/fixtures/NAME.c once per run into build/test-fixtures/NAME; returns the binary's path. */
+export function fixture(name: string, extraFlags: string[] = []): string {
+  const src = join(ROOT, 'test', 'fixtures', `${name}.c`);
+  const outDir = join(ROOT, 'build', 'test-fixtures');
+  const out = join(outDir, name);
+  if (!existsSync(out) || statSync(out).mtimeMs < statSync(src).mtimeMs) {
+    mkdirSync(outDir, { recursive: true });
+    execFileSync('cc', ['-O2', '-Wall', '-o', out, src, ...extraFlags], { stdio: 'inherit' });
+  }
+  return out;
+}
+
+export interface ServeProcess {
+  child: ChildProcess;
+  socket: string;
+  stderr: () => string;
+  /** SIGTERM, then wait for exit; resolves to the exit code */
+  stop: (signal?: NodeJS.Signals) => Promise<number | null>;
+}
+
+/** Starts `openhook serve` and waits until its socket exists. */
+export async function startServe(socket: string, args: string[]): Promise<ServeProcess> {
+  const child = spawn(process.execPath, [CLI, 'serve', '--socket', socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (d) => (err += d));
+  child.stdout!.resume();
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  for (let i = 0; i < 500; i++) {
+    if (existsSync(socket) && err.includes('serving')) break;
+    if (child.exitCode !== null) throw new Error(`serve exited with ${child.exitCode}: ${err}`);
+    await sleep(10);
+  }
+  if (!existsSync(socket)) throw new Error(`serve did not create ${socket}: ${err}`);
+  return {
+    child,
+    socket,
+    stderr: () => err,
+    stop: async (signal = 'SIGTERM') => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+}
+
+/** The number of open fds of a process. */
+export function fdCount(pid: number): number {
+  return readdirSync(`/proc/${pid}/fd`).length;
+}
+
+/** Runs rfc-probe with frames; returns its output lines. */
+export function probe(socket: string, kind: 'stream' | 'seqpacket', frames: Buffer[]): string[] {
+  const out = execFileSync(fixture('rfc-probe'), [socket, kind, ...frames.map((f) => f.toString('hex'))], { encoding: 'utf8' });
+  return out.trim().split('\n');
+}
+
+/** Little-endian helpers to write frames byte for byte in tests, independent of the codec. */
+export function rfcOpenFrame(name: string | Buffer, flags: number, mode = 0): Buffer {
+  const bytes = typeof name === 'string' ? Buffer.from(name) : name;
+  const buf = Buffer.alloc(18 + bytes.length);
+  buf.writeUInt32LE(18 + bytes.length, 0);
+  buf.writeUInt32LE(1, 4);
+  buf.writeUInt32LE(flags >>> 0, 8);
+  buf.writeUInt32LE(mode >>> 0, 12);
+  buf.writeUInt16LE(bytes.length, 16);
+  bytes.copy(buf, 18);
+  return buf;
+}
+
+/** The 12-byte RFC reply as hex, for exact comparison. */
+export function rfcReplyHex(command: number, result: number): string {
+  const buf = Buffer.alloc(12);
+  buf.writeUInt32LE(12, 0);
+  buf.writeUInt32LE(command, 4);
+  buf.writeInt32LE(result, 8);
+  return buf.toString('hex');
+}
+
+export { sleep };
