@@ -557,8 +557,16 @@ static void on_poll(uv_poll_t *h, int status, int events) {
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
   int count = 0, st = status; /* libuv's status is already -errno */
-  if (status == 0 && p->mode != MODE_NOTIFY && (events & UV_READABLE))
+  if (status < 0 && !uv_is_active((uv_handle_t *)h) && p->started) {
+    /* libuv stops a watcher whose fd reports EPOLLERR; keep our state in step. */
+    p->started = false;
+    uint32_t rc;
+    napi_reference_unref(env, p->self_ref, &rc);
+  }
+  /* EPOLLERR reaches us as UV_EBADF; a receive tells the real story (ECONNRESET, EOF, data left). */
+  if (p->mode != MODE_NOTIFY && (status == UV_EBADF || (status == 0 && (events & UV_READABLE))))
     count = drain(p->fd, p->max_msgs, p->mode == MODE_RECV_DISCARD_FDS, &st);
+  if (status < 0 && st == 0) st = status; /* the watcher is stopped: the caller must not wait on it */
   napi_value self, cb, args[3], result;
   napi_get_reference_value(env, p->self_ref, &self);
   napi_get_reference_value(env, p->callback_ref, &cb);

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { C, native, PollMode, recvArena, recvMeta } from '../src/native.js';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const CLI = join(ROOT, 'dist', 'cli', 'main.js');
@@ -93,6 +94,26 @@ export function rfcReplyHex(command: number, result: number): string {
   buf.writeUInt32LE(command, 4);
   buf.writeInt32LE(result, 8);
   return buf.toString('hex');
+}
+
+/** Waits for the next message on a socket; returns its bytes as hex and the fds that came with it. */
+export function receiveOne(fd: number, timeoutMs = 5000): Promise<{ bytes: string; fds: number[] }> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => (poller.close(), reject(new Error('no message'))), timeoutMs);
+    const poller = new native.Poller(fd, PollMode.Receive, 1, (_events, count, status) => {
+      if (count === 0) {
+        if (status !== 0) (clearTimeout(timer), poller.close(), reject(new Error(`socket status ${status}`)));
+        return;
+      }
+      const nfds = recvMeta[3]!;
+      const bytes = recvArena.toString('hex', recvMeta[0]!, recvMeta[0]! + recvMeta[1]!);
+      const fds = Array.from(recvMeta.subarray(4, 4 + nfds));
+      clearTimeout(timer);
+      poller.close();
+      resolve({ bytes, fds });
+    });
+    poller.start(C.UV_READABLE);
+  });
 }
 
 export { sleep };

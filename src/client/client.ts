@@ -49,7 +49,7 @@ interface Pending {
   abandoned: boolean;
 }
 
-const EAGAIN = 11;
+const EAGAIN = 11, ECONNRESET = 104;
 const CONNECT_RETRY_MS = 5;
 
 /** Connects to a broker by socket path, by inherited fd, or through $OPENHOOK_FD. */
@@ -278,7 +278,8 @@ export class OpenHookClient extends EventEmitter {
       }
     }
     if (status !== 0 && !this.#closed) {
-      this.#shutdown(status > 0 ? new ClientClosedError('the broker closed the connection') : systemError(status, 'recvmsg'));
+      const gone = status === C.STATUS_EOF || status === -ECONNRESET;
+      this.#shutdown(gone ? new ClientClosedError('the broker closed the connection') : systemError(status, 'recvmsg'));
     }
   }
 
