@@ -1,0 +1,25 @@
+/**
+ * `npm run bench`: openhook against the C reference broker, in one run on one machine, as a table of
+ * ratios. Options: --runs N (repetitions per case, medians reported; default 5), --count N (opens
+ * per synchronous run; default 20000), --only NAME (a case group: broker).
+ */
+import { parseArgs } from 'node:util';
+import { benchBroker } from './broker.js';
+import { printTable, type Row } from './lib.js';
+import { cpus } from 'node:os';
+
+const { values } = parseArgs({
+  options: {
+    runs: { type: 'string', default: '5' },
+    count: { type: 'string', default: '20000' },
+    only: { type: 'string' },
+  },
+});
+const runs = Number(values.runs), count = Number(values.count);
+const wanted = (name: string): boolean => !values.only || values.only.split(',').includes(name);
+
+console.log(`openhook bench: ${runs} runs per case, medians; ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}; node ${process.version}`);
+console.log('ratio ≥ 1.0× means openhook is as fast as the C reference broker (rates: openhook/ref; latencies: ref/openhook)\n');
+const rows: Row[] = [];
+if (wanted('broker')) rows.push(...(await benchBroker({ runs, count })));
+printTable(rows);
