@@ -16,6 +16,10 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <linux/magic.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -479,10 +483,16 @@ static napi_value js_set_recv_arena(napi_env env, napi_callback_info info) {
 
 enum { STATUS_OK = 0, STATUS_EOF = 1 };
 
-/* Receives up to max_msgs messages (each one chunk of a stream) into the arena.
- * Returns the count; *status is 0, STATUS_EOF, or -errno. discard_fds closes every received fd at
- * once (the broker keeps nothing of a client's) and records only how many there were. */
-static int drain(int fd, int max_msgs, bool discard_fds, int *status) {
+/* Receives up to max_msgs messages (each one chunk of a stream) into the arena, and at most max_bytes
+ * bytes when max_bytes > 0 (for SOCK_STREAM only: it bounds how many frames one wake-up can carry, so
+ * that one flooding client cannot hold the loop; on SOCK_SEQPACKET it would truncate messages).
+ * Returns the count; *status is 0, STATUS_EOF, or -errno.
+ *
+ * discard_fds: the broker keeps nothing of a client's. It receives with no control buffer at all, so
+ * the kernel never installs a client's fds in the broker's table: it drops them (the last reference
+ * goes at once) and flags the message MSG_CTRUNC, which the caller treats as a protocol error. A
+ * client cannot even briefly spend the broker's fds this way. */
+static int drain(int fd, int max_msgs, size_t max_bytes, bool discard_fds, int *status) {
   size_t off = 0, mi = 0;
   int count = 0;
   *status = STATUS_OK;
@@ -491,8 +501,14 @@ static int drain(int fd, int max_msgs, bool discard_fds, int *status) {
     struct cmsghdr align;
   } ctl;
   while (count < max_msgs && arena_len - off > FRAME_MAX && meta_len - mi >= 4 + MAX_FDS_PER_MSG) {
-    struct iovec iov = {arena + off, arena_len - off};
-    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
+    size_t room = arena_len - off;
+    if (max_bytes) {
+      if (off >= max_bytes) break;
+      if (room > max_bytes - off) room = max_bytes - off;
+    }
+    struct iovec iov = {arena + off, room};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (!discard_fds) m.msg_control = ctl.buf, m.msg_controllen = sizeof ctl.buf;
     ssize_t n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -501,15 +517,14 @@ static int drain(int fd, int max_msgs, bool discard_fds, int *status) {
     }
     int nfds = 0;
     size_t rec = mi;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+    for (struct cmsghdr *c = m.msg_controllen ? CMSG_FIRSTHDR(&m) : NULL; c; c = CMSG_NXTHDR(&m, c)) {
       if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
       size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
       for (size_t j = 0; j < k; j++) {
         int got;
         memcpy(&got, CMSG_DATA(c) + j * sizeof(int), sizeof(int));
-        if (discard_fds || nfds >= MAX_FDS_PER_MSG) close(got);
-        else meta[rec + 4 + nfds] = got;
-        if (discard_fds || nfds < MAX_FDS_PER_MSG) nfds++;
+        if (nfds >= MAX_FDS_PER_MSG) close(got);
+        else meta[rec + 4 + nfds++] = got;
       }
     }
     if (n == 0 && nfds == 0 && !(m.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
@@ -520,7 +535,7 @@ static int drain(int fd, int max_msgs, bool discard_fds, int *status) {
     meta[rec + 1] = (int32_t)n;
     meta[rec + 2] = m.msg_flags & ~MSG_CMSG_CLOEXEC; /* the kernel echoes the request flag */
     meta[rec + 3] = nfds;
-    mi += 4 + (discard_fds ? 0 : nfds);
+    mi += 4 + nfds;
     off += (size_t)n;
     count++;
   }
@@ -539,6 +554,7 @@ typedef struct {
   int fd;
   int mode; /* 0 notify, 1 receive and keep fds, 2 receive and close fds */
   int max_msgs;
+  size_t max_bytes; /* 0: no byte budget per wake-up */
   bool started, closed;
   bool handle_closed, finalized; /* freed when both the uv handle and the JS object are gone */
 } poller_t;
@@ -565,7 +581,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
   }
   /* EPOLLERR reaches us as UV_EBADF; a receive tells the real story (ECONNRESET, EOF, data left). */
   if (p->mode != MODE_NOTIFY && (status == UV_EBADF || (status == 0 && (events & UV_READABLE))))
-    count = drain(p->fd, p->max_msgs, p->mode == MODE_RECV_DISCARD_FDS, &st);
+    count = drain(p->fd, p->max_msgs, p->max_bytes, p->mode == MODE_RECV_DISCARD_FDS, &st);
   if (status < 0 && st == 0) st = status; /* the watcher is stopped: the caller must not wait on it */
   napi_value self, cb, args[3], result;
   napi_get_reference_value(env, p->self_ref, &self);
@@ -622,12 +638,20 @@ static poller_t *unwrap_poller(napi_env env, napi_value self) {
   return p;
 }
 
-/* new Poller(fd, mode, maxMsgs, callback) */
+/* new Poller(fd, mode, maxMsgs, callback, maxBytes = 0) */
 static napi_value poller_new(napi_env env, napi_callback_info info) {
-  ARGS(4);
+  size_t argc = 5;
+  napi_value argv[5], self;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, &self, NULL));
+  if (argc < 4) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG", "too few arguments");
+    return NULL;
+  }
   INT_ARG(0, fd);
   INT_ARG(1, mode);
   INT_ARG(2, max_msgs);
+  int32_t max_bytes = 0;
+  if (argc >= 5 && arg_int(env, argv[4], &max_bytes)) max_bytes = 0;
   if (mode != MODE_NOTIFY && !arena) {
     napi_throw_error(env, "ERR_NO_ARENA", "setRecvArena must be called before a receiving poller is made");
     return NULL;
@@ -635,6 +659,8 @@ static napi_value poller_new(napi_env env, napi_callback_info info) {
   poller_t *p = calloc(1, sizeof *p);
   if (!p) return throw_errno(env, ENOMEM, "calloc");
   p->env = env, p->fd = fd, p->mode = mode, p->max_msgs = max_msgs > 0 ? max_msgs : 1;
+  /* A budget below one whole frame could never make progress on a frame's tail; round it up. */
+  p->max_bytes = max_bytes <= 0 ? 0 : max_bytes < 4096 ? 4096 : (size_t)max_bytes;
   uv_loop_t *loop;
   napi_get_uv_event_loop(env, &loop);
   int r = uv_poll_init(loop, &p->handle, fd);
@@ -763,6 +789,88 @@ static napi_value js_socket_type(napi_env env, napi_callback_info info) {
 
 /* ---- files ------------------------------------------------------------------------------------ */
 
+static int sys_openat2(int dirfd, const char *path, uint32_t flags, uint32_t mode, uint32_t resolve) {
+  struct open_how how = {.flags = flags, .mode = (flags & (O_CREAT | __O_TMPFILE)) ? mode : 0, .resolve = resolve};
+  long fd;
+  do fd = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+  while (fd < 0 && errno == EINTR);
+  return fd < 0 ? -errno : (int)fd;
+}
+
+/* /proc/self/fd as a directory fd, opened once and checked to be procfs: reopening "N" beneath it
+ * costs one lookup instead of four, and a /proc that is later unmounted or covered cannot redirect
+ * a reopen. /proc/self names the process, not the thread, so pool threads use it too. */
+static int proc_fd_dir = -1;
+
+static int proc_fd_dir_get(void) {
+  if (proc_fd_dir >= 0) return proc_fd_dir;
+  int fd = open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return -errno;
+  struct statfs sfs;
+  if (fstatfs(fd, &sfs) < 0 || sfs.f_type != PROC_SUPER_MAGIC) {
+    close(fd);
+    return -ENOENT;
+  }
+  proc_fd_dir = fd;
+  return fd;
+}
+
+/* Opens exactly the inode that an O_PATH fd holds, with real flags: the one race-free way to open
+ * what was resolved and checked. Flags that concern lookup or creation are dropped (O_NOFOLLOW would
+ * refuse the magic link itself). */
+static int reopen_fd(int fd, uint32_t flags) {
+  int dir = proc_fd_dir;
+  if (dir < 0) return -ENOENT;
+  char name[16];
+  int i = sizeof name - 1;
+  name[i] = 0;
+  unsigned v = (unsigned)fd;
+  do name[--i] = (char)('0' + v % 10), v /= 10;
+  while (v && i > 0);
+  int out;
+  do out = openat(dir, name + i, (int)(flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW | O_PATH)));
+  while (out < 0 && errno == EINTR);
+  return out < 0 ? -errno : out;
+}
+
+/* O_PATH lookup and the facts the resolver checks before any I/O: the fd, or -errno. */
+static int lookup_fd(int dirfd, const char *path, uint32_t flags, uint32_t resolve, struct stat *st) {
+  int fd = sys_openat2(dirfd, path, flags, 0, resolve);
+  if (fd < 0) return fd;
+  if (fstat(fd, st) < 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
+  return fd;
+}
+
+/* Creates with openat2 (the caller passes O_CREAT|O_EXCL), then sets the mode explicitly: the
+ * process umask is process-wide state that the broker neither reads nor trusts, so the created file
+ * gets exactly the mode the resolver computed. */
+static int create_fd(int dirfd, const char *path, uint32_t flags, uint32_t mode, uint32_t resolve) {
+  int fd = sys_openat2(dirfd, path, flags, mode, resolve);
+  if (fd >= 0) fchmod(fd, mode & 07777); /* a failure leaves the stricter umask-reduced mode */
+  return fd;
+}
+
+static void stat_out(double *out, const struct stat *st) {
+  out[0] = st->st_mode, out[1] = (double)st->st_nlink, out[2] = st->st_uid, out[3] = st->st_gid;
+  out[4] = (double)st->st_size, out[5] = (double)st->st_rdev, out[6] = (double)st->st_dev, out[7] = (double)st->st_ino;
+}
+
+static double *arg_stat_array(napi_env env, napi_value v) {
+  napi_typedarray_type t;
+  size_t n, off;
+  double *out;
+  napi_value ab;
+  if (napi_get_typedarray_info(env, v, &t, &n, (void **)&out, &ab, &off) != napi_ok || t != napi_float64_array || n < 8) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "out must be a Float64Array of 8");
+    return NULL;
+  }
+  return out;
+}
+
 /* openat2(dirfd, path, flags, mode, resolve) -> fd or -errno. */
 static napi_value js_openat2(napi_env env, napi_callback_info info) {
   ARGS(5);
@@ -773,11 +881,39 @@ static napi_value js_openat2(napi_env env, napi_callback_info info) {
   char path[PATH_MAX];
   int r = arg_path(env, argv[1], path, sizeof path, NULL);
   if (r) return make_int(env, r);
-  struct open_how how = {.flags = flags, .mode = (flags & (O_CREAT | __O_TMPFILE)) ? mode : 0, .resolve = resolve};
-  long fd;
-  do fd = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
-  while (fd < 0 && errno == EINTR);
-  return make_int(env, fd < 0 ? -errno : fd);
+  return make_int(env, sys_openat2(dirfd, path, flags, mode, resolve));
+}
+
+/* lookup(dirfd, path, flags, resolve, out: Float64Array(8)) -> fd or -errno: openat2 (the caller
+ * passes O_PATH) and fstat of the result in one call; out as for fstat. */
+static napi_value js_lookup(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  INT_ARG(0, dirfd);
+  UINT_ARG(2, flags);
+  UINT_ARG(3, resolve);
+  double *out = arg_stat_array(env, argv[4]);
+  if (!out) return NULL;
+  char path[PATH_MAX];
+  int r = arg_path(env, argv[1], path, sizeof path, NULL);
+  if (r) return make_int(env, r);
+  struct stat st;
+  int fd = lookup_fd(dirfd, path, flags, resolve, &st);
+  if (fd >= 0) stat_out(out, &st);
+  return make_int(env, fd);
+}
+
+/* create(dirfd, path, flags, mode, resolve) -> fd or -errno: openat2 with O_CREAT, then fchmod to
+ * exactly mode. */
+static napi_value js_create(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  INT_ARG(0, dirfd);
+  UINT_ARG(2, flags);
+  UINT_ARG(3, mode);
+  UINT_ARG(4, resolve);
+  char path[PATH_MAX];
+  int r = arg_path(env, argv[1], path, sizeof path, NULL);
+  if (r) return make_int(env, r);
+  return make_int(env, create_fd(dirfd, path, flags, mode, resolve));
 }
 
 /* open(path, flags, mode) -> fd or -errno: for set-up (rule roots), never for client requests. */
@@ -795,17 +931,14 @@ static napi_value js_open(napi_env env, napi_callback_info info) {
 }
 
 /* reopen(fd, flags) -> fd or -errno. Turns an O_PATH fd into an open file description through
- * /proc/self/fd, the one race-free way to open exactly the inode already resolved and checked. */
+ * /proc/self/fd (see reopen_fd). */
 static napi_value js_reopen(napi_env env, napi_callback_info info) {
   ARGS(2);
   INT_ARG(0, fd);
   UINT_ARG(1, flags);
-  char path[40];
-  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-  int out;
-  do out = open(path, (int)(flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW | O_PATH)));
-  while (out < 0 && errno == EINTR);
-  return make_int(env, out < 0 ? -errno : out);
+  int dir = proc_fd_dir_get();
+  if (dir < 0) return make_int(env, dir);
+  return make_int(env, reopen_fd(fd, flags));
 }
 
 /* fstat(fd, out: Float64Array(8)) -> 0 or -errno.
@@ -813,21 +946,314 @@ static napi_value js_reopen(napi_env env, napi_callback_info info) {
 static napi_value js_fstat(napi_env env, napi_callback_info info) {
   ARGS(2);
   INT_ARG(0, fd);
-  napi_typedarray_type t;
-  size_t n;
-  double *out;
-  napi_value ab;
-  size_t off;
-  if (napi_get_typedarray_info(env, argv[1], &t, &n, (void **)&out, &ab, &off) != napi_ok ||
-      t != napi_float64_array || n < 8) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "out must be a Float64Array of 8");
-    return NULL;
-  }
+  double *out = arg_stat_array(env, argv[1]);
+  if (!out) return NULL;
   struct stat st;
   if (fstat(fd, &st) < 0) return make_int(env, -errno);
-  out[0] = st.st_mode, out[1] = (double)st.st_nlink, out[2] = st.st_uid, out[3] = st.st_gid;
-  out[4] = (double)st.st_size, out[5] = (double)st.st_rdev, out[6] = (double)st.st_dev, out[7] = (double)st.st_ino;
+  stat_out(out, &st);
   return make_int(env, 0);
+}
+
+/* fsMagic(fd) -> the filesystem's magic number (statfs f_type, as an unsigned 32-bit value), or
+ * -errno. Tells the broker whether opens beneath a root may block (network, FUSE). */
+static napi_value js_fs_magic(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  INT_ARG(0, fd);
+  struct statfs sfs;
+  int r;
+  do r = fstatfs(fd, &sfs);
+  while (r < 0 && errno == EINTR);
+  return make_int(env, r < 0 ? -errno : (int64_t)(uint32_t)sfs.f_type);
+}
+
+/* ---- slow opens: a small pool of threads ------------------------------------------------------
+ * An open that may block (a network or FUSE filesystem, a FIFO) runs here, off the event loop. Each
+ * job is one of the resolver's steps (lookup, create, reopen); the resolver in TypeScript chains
+ * them, so the logic stays there. Threads start on demand up to a maximum and block every signal, so
+ * that Node's signal handling is undisturbed. Results come back through one uv_async_t, and each one
+ * calls callback(id, result, statMode, statNlink). A job that finishes after close() has its fd
+ * closed here. */
+enum { JOB_LOOKUP = 1, JOB_CREATE = 2, JOB_REOPEN = 3 };
+
+typedef struct job {
+  struct job *next;
+  uint32_t id;
+  int op, dirfd;
+  uint32_t flags, mode, resolve;
+  int result;
+  double st_mode, st_nlink;
+  char path[];
+} job_t;
+
+typedef struct {
+  napi_env env;
+  napi_ref callback_ref;
+  napi_async_context async_ctx;
+  uv_async_t async;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  job_t *queue, *queue_tail, *done, *done_tail;
+  int threads, idle, max_threads, queued, max_queued;
+  unsigned pending; /* submitted and not yet delivered; event loop thread only */
+  bool closed, handle_closed;
+} pool_t;
+
+static void pool_free(pool_t *p) {
+  pthread_mutex_destroy(&p->mu);
+  pthread_cond_destroy(&p->cv);
+  free(p);
+}
+
+static void job_run(job_t *j) {
+  struct stat st;
+  switch (j->op) {
+    case JOB_LOOKUP:
+      j->result = lookup_fd(j->dirfd, j->path, j->flags, j->resolve, &st);
+      if (j->result >= 0) j->st_mode = st.st_mode, j->st_nlink = (double)st.st_nlink;
+      break;
+    case JOB_CREATE:
+      j->result = create_fd(j->dirfd, j->path, j->flags, j->mode, j->resolve);
+      break;
+    case JOB_REOPEN:
+      j->result = reopen_fd(j->dirfd, j->flags);
+      break;
+    default:
+      j->result = -EINVAL;
+  }
+}
+
+static void *pool_thread(void *arg) {
+  pool_t *p = arg;
+  pthread_mutex_lock(&p->mu);
+  for (;;) {
+    while (!p->queue && !p->closed) {
+      p->idle++;
+      pthread_cond_wait(&p->cv, &p->mu);
+      p->idle--;
+    }
+    if (p->closed) break;
+    job_t *j = p->queue;
+    p->queue = j->next;
+    if (!p->queue) p->queue_tail = NULL;
+    p->queued--;
+    pthread_mutex_unlock(&p->mu);
+    job_run(j);
+    pthread_mutex_lock(&p->mu);
+    if (p->closed) {
+      if (j->result >= 0) close(j->result);
+      free(j);
+      break;
+    }
+    j->next = NULL;
+    if (p->done_tail) p->done_tail->next = j;
+    else p->done = j;
+    p->done_tail = j;
+    uv_async_send(&p->async); /* only while not closed: close() sets closed before uv_close */
+  }
+  bool last = --p->threads == 0 && p->handle_closed;
+  pthread_mutex_unlock(&p->mu);
+  if (last) pool_free(p);
+  return NULL;
+}
+
+static void pool_deliver(uv_async_t *h) {
+  pool_t *p = h->data;
+  pthread_mutex_lock(&p->mu);
+  job_t *j = p->done;
+  p->done = p->done_tail = NULL;
+  pthread_mutex_unlock(&p->mu);
+  napi_env env = p->env;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  napi_value cb = NULL, recv, args[4], result;
+  if (p->callback_ref) napi_get_reference_value(env, p->callback_ref, &cb);
+  napi_get_undefined(env, &recv);
+  while (j) {
+    job_t *next = j->next;
+    p->pending--;
+    if (cb && !p->closed) {
+      napi_create_uint32(env, j->id, &args[0]);
+      napi_create_int32(env, j->result, &args[1]);
+      napi_create_double(env, j->st_mode, &args[2]);
+      napi_create_double(env, j->st_nlink, &args[3]);
+      napi_status s = napi_make_callback(env, p->async_ctx, recv, cb, 4, args, &result);
+      if (s == napi_pending_exception) {
+        napi_value exc;
+        napi_get_and_clear_last_exception(env, &exc);
+        napi_fatal_exception(env, exc);
+      }
+    } else if (j->result >= 0) {
+      close(j->result);
+    }
+    free(j);
+    j = next;
+  }
+  if (p->pending == 0 && !p->closed) uv_unref((uv_handle_t *)&p->async);
+  napi_close_handle_scope(env, scope);
+}
+
+static void pool_handle_closed(uv_handle_t *h) {
+  pool_t *p = h->data;
+  pthread_mutex_lock(&p->mu);
+  p->handle_closed = true;
+  bool last = p->threads == 0;
+  pthread_mutex_unlock(&p->mu);
+  if (last) pool_free(p);
+}
+
+static void pool_close(napi_env env, pool_t *p) {
+  if (p->closed) return;
+  pthread_mutex_lock(&p->mu);
+  p->closed = true;
+  job_t *q = p->queue, *d = p->done;
+  p->queue = p->queue_tail = p->done = p->done_tail = NULL;
+  p->queued = 0;
+  pthread_cond_broadcast(&p->cv);
+  pthread_mutex_unlock(&p->mu);
+  while (q) { job_t *n = q->next; free(q); q = n; }
+  while (d) { job_t *n = d->next; if (d->result >= 0) close(d->result); free(d); d = n; }
+  napi_async_destroy(env, p->async_ctx);
+  napi_delete_reference(env, p->callback_ref);
+  p->callback_ref = NULL;
+  uv_close((uv_handle_t *)&p->async, pool_handle_closed);
+}
+
+static void pool_finalize(napi_env env, void *data, void *hint) {
+  (void)hint;
+  pool_close(env, data);
+}
+
+static pool_t *unwrap_pool(napi_env env, napi_value self) {
+  pool_t *p = NULL;
+  napi_unwrap(env, self, (void **)&p);
+  if (!p || p->closed) {
+    napi_throw_error(env, "ERR_POOL_CLOSED", "pool is closed");
+    return NULL;
+  }
+  return p;
+}
+
+/* new OpenPool(maxThreads, maxQueued, callback) */
+static napi_value pool_new(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  INT_ARG(0, max_threads);
+  INT_ARG(1, max_queued);
+  pool_t *p = calloc(1, sizeof *p);
+  if (!p) return throw_errno(env, ENOMEM, "calloc");
+  p->env = env;
+  p->max_threads = max_threads > 0 ? max_threads : 1;
+  p->max_queued = max_queued > 0 ? max_queued : 1;
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->cv, NULL);
+  uv_loop_t *loop;
+  napi_get_uv_event_loop(env, &loop);
+  int r = uv_async_init(loop, &p->async, pool_deliver);
+  if (r < 0) {
+    pool_free(p);
+    return throw_errno(env, -r, "uv_async_init");
+  }
+  p->async.data = p;
+  uv_unref((uv_handle_t *)&p->async);
+  napi_value name;
+  napi_create_string_utf8(env, "openhook:pool", NAPI_AUTO_LENGTH, &name);
+  napi_async_init(env, self, name, &p->async_ctx);
+  napi_create_reference(env, argv[2], 1, &p->callback_ref);
+  napi_wrap(env, self, p, pool_finalize, NULL, NULL);
+  return self;
+}
+
+/* submit(id, op, dirfd, path, flags, mode, resolve) -> 0, or -EAGAIN when the queue is full, or
+ * another -errno (a bad path, no thread could start). */
+static napi_value pool_submit(napi_env env, napi_callback_info info) {
+  ARGS(7);
+  UINT_ARG(0, id);
+  INT_ARG(1, op);
+  INT_ARG(2, dirfd);
+  UINT_ARG(4, flags);
+  UINT_ARG(5, mode);
+  UINT_ARG(6, resolve);
+  pool_t *p = unwrap_pool(env, self);
+  if (!p) return NULL;
+  char path[PATH_MAX];
+  size_t len = 0;
+  path[0] = 0;
+  if (op != JOB_REOPEN) {
+    int r = arg_path(env, argv[3], path, sizeof path, &len);
+    if (r) return make_int(env, r);
+  } else {
+    int r = proc_fd_dir_get();
+    if (r < 0) return make_int(env, r);
+  }
+  pthread_mutex_lock(&p->mu);
+  bool full = p->queued >= p->max_queued;
+  pthread_mutex_unlock(&p->mu);
+  if (full) return make_int(env, -EAGAIN);
+  job_t *j = malloc(sizeof *j + len + 1);
+  if (!j) return make_int(env, -ENOMEM);
+  *j = (job_t){.id = id, .op = op, .dirfd = dirfd, .flags = flags, .mode = mode, .resolve = resolve, .result = -EINVAL};
+  memcpy(j->path, path, len + 1);
+  pthread_mutex_lock(&p->mu);
+  if (p->idle == 0 && p->threads < p->max_threads) {
+    pthread_t t;
+    pthread_attr_t attr;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    pthread_sigmask(SIG_SETMASK, &all, &old); /* the new thread inherits a mask that blocks all */
+    int r = pthread_create(&t, &attr, pool_thread, p);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    if (r == 0) p->threads++;
+    else if (p->threads == 0) {
+      pthread_mutex_unlock(&p->mu);
+      free(j);
+      return make_int(env, -r);
+    }
+  }
+  if (p->queue_tail) p->queue_tail->next = j;
+  else p->queue = j;
+  p->queue_tail = j;
+  p->queued++;
+  pthread_cond_signal(&p->cv);
+  pthread_mutex_unlock(&p->mu);
+  if (p->pending++ == 0) uv_ref((uv_handle_t *)&p->async);
+  return make_int(env, 0);
+}
+
+/* stats() -> [threads, idle, queued, pending] */
+static napi_value pool_stats(napi_env env, napi_callback_info info) {
+  napi_value self;
+  CHECK(napi_get_cb_info(env, info, NULL, NULL, &self, NULL));
+  pool_t *p = unwrap_pool(env, self);
+  if (!p) return NULL;
+  pthread_mutex_lock(&p->mu);
+  int v[4] = {p->threads, p->idle, p->queued, (int)p->pending};
+  pthread_mutex_unlock(&p->mu);
+  napi_value out;
+  napi_create_array_with_length(env, 4, &out);
+  for (int i = 0; i < 4; i++) napi_set_element(env, out, i, make_int(env, v[i]));
+  return out;
+}
+
+static napi_value pool_close_js(napi_env env, napi_callback_info info) {
+  napi_value self;
+  CHECK(napi_get_cb_info(env, info, NULL, NULL, &self, NULL));
+  pool_t *p = NULL;
+  napi_unwrap(env, self, (void **)&p);
+  if (p) pool_close(env, p);
+  return NULL;
+}
+
+/* dup(fd) -> a new fd (close-on-exec) for the same open file, or -errno: a slow open holds its own
+ * reference to its rule's root, so that a policy reload closing the root cannot leave it a number
+ * that some other open has since been given. */
+static napi_value js_dup(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  INT_ARG(0, fd);
+  int out = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  return make_int(env, out < 0 ? -errno : out);
 }
 
 static napi_value js_close(napi_env env, napi_callback_info info) {
@@ -861,8 +1287,12 @@ static napi_value init(napi_env env, napi_value exports) {
     FN("socketType", js_socket_type),
     FN("openat2", js_openat2),
     FN("open", js_open),
+    FN("lookup", js_lookup),
+    FN("create", js_create),
     FN("reopen", js_reopen),
     FN("fstat", js_fstat),
+    FN("fsMagic", js_fs_magic),
+    FN("dup", js_dup),
     FN("close", js_close),
 #undef FN
   };
@@ -877,6 +1307,16 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_define_class(env, "Poller", NAPI_AUTO_LENGTH, poller_new, NULL, 3, methods, &poller);
   napi_set_named_property(env, exports, "Poller", poller);
 
+  napi_property_descriptor pool_methods[] = {
+    {"submit", NULL, pool_submit, NULL, NULL, NULL, napi_default, NULL},
+    {"stats", NULL, pool_stats, NULL, NULL, NULL, napi_default, NULL},
+    {"close", NULL, pool_close_js, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_value pool;
+  napi_define_class(env, "OpenPool", NAPI_AUTO_LENGTH, pool_new, NULL, 3, pool_methods, &pool);
+  napi_set_named_property(env, exports, "OpenPool", pool);
+  proc_fd_dir_get(); /* early, while /proc is surely there; retried on demand if it was not */
+
   napi_value c;
   napi_create_object(env, &c);
 #define K(x) set_int(env, c, #x, x)
@@ -888,6 +1328,7 @@ static napi_value init(napi_env env, napi_value exports) {
   K(RESOLVE_IN_ROOT); K(RESOLVE_CACHED);
   K(S_IFMT); K(S_IFREG); K(S_IFDIR); K(S_IFLNK); K(S_IFIFO); K(S_IFSOCK); K(S_IFCHR); K(S_IFBLK);
   K(MSG_TRUNC); K(MSG_CTRUNC);
+  K(JOB_LOOKUP); K(JOB_CREATE); K(JOB_REOPEN);
   K(UV_READABLE); K(UV_WRITABLE); K(UV_DISCONNECT);
 #undef K
   set_int(env, c, "STATUS_EOF", STATUS_EOF);

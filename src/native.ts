@@ -19,6 +19,8 @@ export interface NativeConstants {
   S_IFMT: number; S_IFREG: number; S_IFDIR: number; S_IFLNK: number; S_IFIFO: number; S_IFSOCK: number;
   S_IFCHR: number; S_IFBLK: number;
   MSG_TRUNC: number; MSG_CTRUNC: number;
+  /** OpenPool job kinds */
+  JOB_LOOKUP: number; JOB_CREATE: number; JOB_REOPEN: number;
   UV_READABLE: number; UV_WRITABLE: number; UV_DISCONNECT: number;
   /** status passed to a receiving poller's callback when the peer has closed */
   STATUS_EOF: number;
@@ -33,7 +35,10 @@ export const PollMode = {
   Notify: 0,
   /** drain messages into the receive arena, keeping received fds for the caller */
   Receive: 1,
-  /** drain messages, closing every received fd at once (the broker keeps nothing of a client's) */
+  /**
+   * drain messages with no control buffer: the kernel never installs a client's fds in this process,
+   * drops them at once, and flags the message MSG_CTRUNC (nfds is always 0)
+   */
   ReceiveDiscardFds: 2,
 } as const;
 export type PollMode = (typeof PollMode)[keyof typeof PollMode];
@@ -43,6 +48,21 @@ export type PollMode = (typeof PollMode)[keyof typeof PollMode];
  * into the arena (receive modes); status is 0, STATUS_EOF when the peer closed, or -errno.
  */
 export type PollCallback = (events: number, count: number, status: number) => void;
+
+/** callback(id, result, statMode, statNlink): result is an fd or -errno; the stat facts come with a lookup. */
+export type PoolCallback = (id: number, result: number, statMode: number, statNlink: number) => void;
+
+/**
+ * A small pool of threads for opens that may block (network and FUSE filesystems, FIFOs). Each job is
+ * one resolver step; results come back on the event loop through the callback.
+ */
+export interface NativeOpenPool {
+  /** 0 when queued, -EAGAIN when the queue is full, or another -errno */
+  submit(id: number, job: number, dirfd: number, path: string, flags: number, mode: number, resolve: number): number;
+  /** [threads, idle, queued, pending] */
+  stats(): [number, number, number, number];
+  close(): void;
+}
 
 export interface NativePoller {
   /** events: UV_READABLE | UV_WRITABLE; 0 stops the watcher */
@@ -69,11 +89,23 @@ interface NativeBinding {
   peerPidfd(fd: number): number;
   socketType(fd: number): number;
   openat2(dirfd: number, path: string | Buffer, flags: number, mode: number, resolve: number): number;
+  /** openat2 (pass O_PATH) and fstat of the result in one call; out as for fstat */
+  lookup(dirfd: number, path: string | Buffer, flags: number, resolve: number, out: Float64Array): number;
+  /** openat2 with O_CREAT (pass O_EXCL too), then fchmod to exactly mode, whatever the process umask */
+  create(dirfd: number, path: string | Buffer, flags: number, mode: number, resolve: number): number;
   open(path: string | Buffer, flags: number, mode: number): number;
+  /** opens the inode of an O_PATH fd with real flags, through a procfs /proc/self/fd opened once */
   reopen(fd: number, flags: number): number;
+  /** out = [mode, nlink, uid, gid, size, rdev, dev, ino] */
   fstat(fd: number, out: Float64Array): number;
+  /** statfs f_type of the filesystem holding fd (unsigned), or -errno */
+  fsMagic(fd: number): number;
+  /** F_DUPFD_CLOEXEC: a new fd for the same open file, or -errno */
+  dup(fd: number): number;
   close(fd: number): number;
-  Poller: new (fd: number, mode: PollMode, maxMessages: number, callback: PollCallback) => NativePoller;
+  /** maxBytes > 0 caps the bytes drained per wake-up (SOCK_STREAM only; at least 4096) */
+  Poller: new (fd: number, mode: PollMode, maxMessages: number, callback: PollCallback, maxBytes?: number) => NativePoller;
+  OpenPool: new (maxThreads: number, maxQueued: number, callback: PoolCallback) => NativeOpenPool;
 }
 
 const require = createRequire(import.meta.url);

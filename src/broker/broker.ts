@@ -4,18 +4,38 @@
  * The policy can be swapped while clients are connected: each request reads the current policy, so
  * the next request of every client sees the new one, and a request in progress finishes under the
  * policy it started with.
+ *
+ * What clients can cost the broker is bounded (DESIGN.md, invariant 6): a total and a per-uid
+ * connection cap, per-connection limits (see connection.ts), and accept that survives running out
+ * of fds without spinning.
  */
 import { C, native, type NativePoller, PollMode, check } from '../native.js';
 import type { Peer, Policy } from '../policy/policy.js';
 import type { AuditSink } from './audit.js';
-import { Connection, type ConnectionHost, type SocketKind } from './connection.js';
-import { Resolver } from './resolver.js';
+import { Connection, DEFAULT_CONNECTION_LIMITS, type ConnectionHost, type ConnectionLimits, type SocketKind } from './connection.js';
+import { DEFAULT_OPEN_OPTIONS, Resolver, type OpenOptions } from './resolver.js';
 import type { ServiceContext } from './service.js';
+
+export interface BrokerLimits extends ConnectionLimits {
+  /** connections served at once; beyond, new ones are closed at accept (default 4096) */
+  connections: number;
+  /** connections per peer uid at once (default 1024) */
+  connectionsPerUid: number;
+}
+
+export const DEFAULT_BROKER_LIMITS: Readonly<BrokerLimits> = Object.freeze({
+  ...DEFAULT_CONNECTION_LIMITS,
+  connections: 4096,
+  connectionsPerUid: 1024,
+});
 
 export interface BrokerOptions {
   policy: Policy;
   resolver?: Resolver;
   audit?: AuditSink | null;
+  /** how allowed opens treat symlinks, directories, FIFOs and hard links (DEFAULT_OPEN_OPTIONS) */
+  openOptions?: Partial<OpenOptions>;
+  limits?: Partial<BrokerLimits>;
   /** where warnings go (accept failures, faults); default: stderr */
   log?: (message: string) => void;
 }
@@ -31,23 +51,43 @@ export interface ListenOptions {
 const EAGAIN = 11, EMFILE = 24, ENFILE = 23, ENOBUFS = 105, ENOMEM = 12;
 /** Connections accepted per wake-up, so that a connection storm cannot monopolise the loop. */
 const ACCEPT_BATCH = 64;
-/** How long accepting pauses when the process is out of fds, instead of spinning on EMFILE. */
+/** How long accepting pauses when the process is out of fds and no reserve fd is left. */
 const ACCEPT_PAUSE_MS = 100;
+/** A warning of one kind at most this often; the rest are counted. */
+const WARN_INTERVAL_MS = 5_000;
 
 export class Broker implements ConnectionHost {
+  readonly limits: Readonly<BrokerLimits>;
   #ctx: ServiceContext;
   #listeners = new Set<Listener>();
   #connections = new Set<Connection>();
+  #perUid = new Map<number, number>();
+  #watched = new Set<Connection>();
+  #sweep: NodeJS.Timeout | null = null;
+  /** A spare fd, given up for a moment to accept and close a connection when the process has no fd left. */
+  #reserve = -1;
+  #warned = new Map<string, { at: number; suppressed: number }>();
   #log: (message: string) => void;
   #closed = false;
 
   constructor(options: BrokerOptions) {
-    this.#ctx = { policy: options.policy, resolver: options.resolver ?? new Resolver(), audit: options.audit ?? null };
+    this.limits = Object.freeze({ ...DEFAULT_BROKER_LIMITS, ...options.limits });
+    this.#ctx = {
+      policy: options.policy,
+      resolver: options.resolver ?? new Resolver(),
+      audit: options.audit ?? null,
+      openOptions: Object.freeze({ ...DEFAULT_OPEN_OPTIONS, ...options.openOptions }),
+    };
     this.#log = options.log ?? ((m) => process.stderr.write(`openhook: ${m}\n`));
+    this.#reserve = native.open('/dev/null', C.O_RDONLY, 0);
   }
 
   get policy(): Policy {
     return this.#ctx.policy;
+  }
+
+  get resolver(): Resolver {
+    return this.#ctx.resolver;
   }
 
   /** Swaps in a new policy for every later request, and closes the old one. */
@@ -61,6 +101,19 @@ export class Broker implements ConnectionHost {
     return this.#connections.size;
   }
 
+  /** Connections of one peer uid. */
+  connectionsOf(uid: number): number {
+    return this.#perUid.get(uid) ?? 0;
+  }
+
+  /**
+   * Whether one more connection for this uid is within the caps. Accept checks it; so must anything
+   * that makes connections on a client's request (an extension that hands out new sockets).
+   */
+  admits(uid: number): boolean {
+    return this.#connections.size < this.limits.connections && this.connectionsOf(uid) < this.limits.connectionsPerUid;
+  }
+
   /** Listens on a UNIX socket path. */
   listen(path: string, options: ListenOptions = {}): Listener {
     if (this.#closed) throw new Error('broker is closed');
@@ -71,11 +124,12 @@ export class Broker implements ConnectionHost {
     return listener;
   }
 
-  /** Serves an already-connected socket, such as one end of a socketpair given to a launched program. */
+  /**
+   * Serves an already-connected socket, such as one end of a socketpair given to a launched program.
+   * Counted against the caps, but never refused: the caller decided to serve it.
+   */
   adopt(fd: number, kind: SocketKind, peer?: Partial<Peer>): Connection {
-    const conn = new Connection(this, fd, { ...peerOf(fd), ...peer }, kind);
-    this.#connections.add(conn);
-    return conn;
+    return this.#serve(fd, kind, { ...peerOf(fd), ...peer });
   }
 
   /** Called by a listener for each accepted socket. */
@@ -84,11 +138,24 @@ export class Broker implements ConnectionHost {
     try {
       peer = peerOf(fd);
     } catch (err) {
-      this.#log(`cannot read peer credentials: ${(err as Error).message}`);
+      this.warn(`cannot read peer credentials: ${(err as Error).message}`, 'peercred');
       native.close(fd);
       return;
     }
-    this.#connections.add(new Connection(this, fd, peer, kind));
+    if (!this.admits(peer.uid)) {
+      // Over a cap: the client sees its connection closed at once, and learns nothing else.
+      this.warn(`connection from uid ${peer.uid} (pid ${peer.pid}) refused: ${this.#connections.size >= this.limits.connections ? `${this.limits.connections} connections` : `${this.limits.connectionsPerUid} connections for this uid`}`, `cap:${peer.uid}`);
+      native.close(fd);
+      return;
+    }
+    this.#serve(fd, kind, peer);
+  }
+
+  #serve(fd: number, kind: SocketKind, peer: Peer): Connection {
+    const conn = new Connection(this, fd, peer, kind);
+    this.#connections.add(conn);
+    this.#perUid.set(peer.uid, this.connectionsOf(peer.uid) + 1);
+    return conn;
   }
 
   context(): ServiceContext {
@@ -96,25 +163,83 @@ export class Broker implements ConnectionHost {
   }
 
   released(conn: Connection): void {
-    this.#connections.delete(conn);
+    if (!this.#connections.delete(conn)) return;
+    const n = this.connectionsOf(conn.peer.uid) - 1;
+    if (n > 0) this.#perUid.set(conn.peer.uid, n);
+    else this.#perUid.delete(conn.peer.uid);
+    this.#watched.delete(conn);
+  }
+
+  /** Deadlines (a half-sent frame, an unread reply) are checked by one timer, running only while some are pending. */
+  watch(conn: Connection): void {
+    this.#watched.add(conn);
+    if (this.#sweep || this.#closed) return;
+    const tick = Math.max(10, Math.min(this.limits.stallMs, this.limits.frameMs) / 4);
+    this.#sweep = setInterval(() => this.#expire(), tick);
+    this.#sweep.unref();
+  }
+
+  #expire(): void {
+    const now = Date.now();
+    for (const conn of this.#watched) {
+      const deadline = conn.deadline();
+      if (deadline === 0 || conn.closed) this.#watched.delete(conn);
+      else if (now >= deadline) conn.expire();
+    }
+    if (this.#watched.size === 0 && this.#sweep) {
+      clearInterval(this.#sweep);
+      this.#sweep = null;
+    }
+  }
+
+  /**
+   * Out of fds at accept: give up the reserve fd for a moment, accept the oldest pending connection
+   * and close it at once, so that the client gets a prompt end instead of waiting in the backlog, and
+   * the listener is drained instead of spinning. Returns false if there is no reserve to give.
+   */
+  shed(listenFd: number): boolean {
+    if (this.#reserve < 0) return false;
+    native.close(this.#reserve);
+    const fd = native.accept(listenFd);
+    if (fd >= 0) native.close(fd);
+    this.#reserve = native.open('/dev/null', C.O_RDONLY, 0);
+    return fd >= 0;
   }
 
   fault(conn: Connection, err: unknown): void {
     this.#log(`dropped connection from pid ${conn.peer.pid}: ${(err as Error)?.stack ?? String(err)}`);
   }
 
-  warn(message: string): void {
-    this.#log(message);
+  /**
+   * A warning for people, at most one per kind every few seconds: a flood of the same event (EMFILE
+   * at accept, a cap) must not turn into a flood of synchronous writes to stderr.
+   */
+  warn(message: string, kind = message): void {
+    const now = Date.now();
+    const seen = this.#warned.get(kind);
+    if (seen && now - seen.at < WARN_INTERVAL_MS) {
+      seen.suppressed++;
+      return;
+    }
+    const more = seen?.suppressed ? ` (and ${seen.suppressed} more like it)` : '';
+    this.#warned.set(kind, { at: now, suppressed: 0 });
+    if (this.#warned.size > 1000) this.#warned.clear();
+    this.#log(message + more);
   }
 
-  /** Stops listening (removing the socket files), closes every connection, and the policy. */
+  /** Stops listening (removing the socket files), closes every connection, the policy, and the thread pool. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
     for (const l of this.#listeners) l.close();
     this.#listeners.clear();
     for (const c of [...this.#connections]) c.close();
+    if (this.#sweep) clearInterval(this.#sweep);
+    this.#sweep = null;
     this.#ctx.policy.close();
+    this.#ctx.resolver.close();
+    if (this.#reserve >= 0) native.close(this.#reserve);
+    this.#reserve = -1;
   }
 }
 
@@ -146,9 +271,16 @@ export class Listener {
         continue;
       }
       if (fd === -EAGAIN) return;
+      if (fd === -EMFILE || fd === -ENFILE) {
+        const what = fd === -EMFILE ? 'EMFILE' : 'ENFILE';
+        if (this.#broker.shed(this.fd)) {
+          this.#broker.warn(`accept: ${what}: out of fds, closing new connections at once`, 'accept-shed');
+          continue;
+        }
+      }
       if (fd === -EMFILE || fd === -ENFILE || fd === -ENOBUFS || fd === -ENOMEM) {
         // The pending connection stays queued; polling again at once would spin. Pause instead.
-        this.#broker.warn(`accept: ${fd === -EMFILE ? 'EMFILE' : fd === -ENFILE ? 'ENFILE' : 'out of memory'}; pausing ${ACCEPT_PAUSE_MS} ms`);
+        this.#broker.warn(`accept: ${fd === -EMFILE ? 'EMFILE' : fd === -ENFILE ? 'ENFILE' : 'out of memory'}; pausing ${ACCEPT_PAUSE_MS} ms`, 'accept-pause');
         this.#poller.start(0);
         this.#pause = setTimeout(() => {
           this.#pause = null;

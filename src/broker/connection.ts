@@ -1,10 +1,20 @@
 /**
  * One client connection: receives frames, hands each to the service, and sends the replies.
  *
- * Replies on one connection leave in request order, as the RFC's synchronous clients expect. A reply
- * that the socket cannot take now waits in a bounded outbox (with its fd still open); while anything
- * waits there, the connection reads no more requests, so a client that never reads its replies stalls
- * only itself.
+ * The client is assumed hostile. What it can cost the broker is bounded:
+ * - Replies leave in request order, as the RFC's synchronous clients expect. A reply that the socket
+ *   cannot take now waits in the connection's queue, and while anything waits there the connection
+ *   reads nothing more: a client that never reads its replies stalls only itself. Requests already
+ *   read behind a waiting reply are kept as bytes and served (opened) only when their turn comes, so
+ *   the queue holds at most one open fd. If the queue makes no progress for `stallMs`, the client
+ *   is dropped.
+ * - Each wake-up reads at most BATCH messages (and STREAM_BUDGET bytes on SOCK_STREAM), so one
+ *   flooding client gets its turn like every other and no more.
+ * - On SOCK_STREAM, a frame that has begun must be complete within `frameMs`.
+ * - Fds that a client attaches never enter the broker's fd table (see PollMode.ReceiveDiscardFds);
+ *   the message is answered -EPROTO.
+ * - An open that may block runs on the resolver's thread pool. An RFC open waits for it in order; a
+ *   tagged open's reply goes out whenever it is ready, and the connection keeps reading meanwhile.
  */
 import { C, native, PollMode, recvArena, recvMeta, type NativePoller } from '../native.js';
 import type { Peer } from '../policy/policy.js';
@@ -12,67 +22,150 @@ import { Command } from '../protocol/constants.js';
 import { hostEndian } from '../protocol/endian.js';
 import { DecodeError, decodeRequest, encodeHelloReply, encodeReply, encodeTaggedReply, newRequest } from '../protocol/frames.js';
 import { FrameAssembler } from '../protocol/stream.js';
+import { OpenCancel } from './resolver.js';
 import { FEATURES, serveOpen, type ServiceContext } from './service.js';
 
-const EPROTO = 71;
+const EPROTO = 71, EAGAIN = 11;
 /** Messages drained per wake-up: enough to amortise the call into JS, few enough to be fair. */
 const BATCH = 64;
-/** Replies that may wait for a slow reader before the connection is dropped. */
-const OUTBOX_LIMIT = 256;
+/** Bytes drained per wake-up on SOCK_STREAM, where one read can hold many frames. */
+const STREAM_BUDGET = 16 * 1024;
 
 export type SocketKind = 'seqpacket' | 'stream';
 
-interface Pending {
-  bytes: Buffer;
-  fd: number;
+export interface ConnectionLimits {
+  /** entries (replies and requests) that may wait in one connection's queue before it is dropped */
+  queue: number;
+  /** ms that a waiting reply may go unread before the client is dropped */
+  stallMs: number;
+  /** ms within which a frame that has begun must complete (SOCK_STREAM) */
+  frameMs: number;
+  /** tagged opens that one connection may have on the thread pool; beyond, it reads no more until one ends */
+  slowTagged: number;
 }
+
+export const DEFAULT_CONNECTION_LIMITS: Readonly<ConnectionLimits> = Object.freeze({
+  queue: 1024,
+  stallMs: 10_000,
+  frameMs: 5_000,
+  slowTagged: 16,
+});
 
 export interface ConnectionHost {
   context(): ServiceContext;
+  readonly limits: Readonly<ConnectionLimits>;
+  /** asks the host to call expire() once now >= conn.deadline() */
+  watch(conn: Connection): void;
   /** called once, when the connection has closed */
   released(conn: Connection): void;
   /** an unexpected fault: reported, then the connection is closed */
   fault(conn: Connection, err: unknown): void;
 }
 
+const READY = 0, WAITING = 1, DEFERRED = 2, DONE = 3;
+
+/** One place in the reply order. */
+interface Entry {
+  /** READY: bytes (+fd) to send; WAITING: a slow open under way; DEFERRED: a request not yet served; DONE: nothing */
+  state: number;
+  /** READY: the reply; DEFERRED: the request frame */
+  bytes: Buffer;
+  /** READY: the fd to send with the first byte, or -1 */
+  fd: number;
+}
+
 /** Scratch space shared by all connections: requests are served one at a time on the event loop. */
 const request = newRequest();
 const replyBuf = Buffer.alloc(32);
+const EMPTY = Buffer.alloc(0);
 
 export class Connection {
   readonly fd: number;
   readonly peer: Peer;
   readonly kind: SocketKind;
   #host: ConnectionHost;
+  #limits: Readonly<ConnectionLimits>;
   #poller: NativePoller;
+  #events = 0;
   #assembler: FrameAssembler | null;
-  #outbox: Pending[] = [];
+  #queue: Entry[] = [];
+  #cancel = new OpenCancel();
+  #slowTagged = 0;
+  /** no more requests will be read: EOF, or a stream that cannot be resynchronised */
+  #ending = false;
+  /** when the head reply first could not be sent (0: it is not blocked) */
+  #blockedSince = 0;
+  /** SOCK_STREAM: when the frame now being assembled began (0: none) */
+  #partialSince = 0;
+  #framesSeen = 0;
   #closed = false;
-  #onFrame = (buf: Buffer, offset: number, length: number): void => this.#serve(buf, offset, length);
+  #onFrame = (buf: Buffer, offset: number, length: number): void => {
+    this.#framesSeen++;
+    this.#frame(buf, offset, length);
+  };
 
   constructor(host: ConnectionHost, fd: number, peer: Peer, kind: SocketKind) {
     this.#host = host;
+    this.#limits = host.limits;
     this.fd = fd;
     this.peer = peer;
     this.kind = kind;
     this.#assembler = kind === 'stream' ? new FrameAssembler() : null;
-    this.#poller = new native.Poller(fd, PollMode.ReceiveDiscardFds, BATCH, (events, count, status) => this.#onPoll(events, count, status));
-    this.#poller.start(C.UV_READABLE);
+    this.#poller = new native.Poller(fd, PollMode.ReceiveDiscardFds, BATCH, (events, count, status) => this.#onPoll(events, count, status), kind === 'stream' ? STREAM_BUDGET : 0);
+    this.#interest(C.UV_READABLE);
   }
 
   get closed(): boolean {
     return this.#closed;
   }
 
+  /** Replies and requests waiting in order. */
+  get queued(): number {
+    return this.#queue.length;
+  }
+
+  /** When this connection must be expired (ms, Date.now() clock), or 0 if it has no deadline. */
+  deadline(): number {
+    const stall = this.#blockedSince ? this.#blockedSince + this.#limits.stallMs : 0;
+    const frame = this.#partialSince ? this.#partialSince + this.#limits.frameMs : 0;
+    return stall && frame ? Math.min(stall, frame) : stall || frame;
+  }
+
+  /** Called by the host when deadline() has passed. */
+  expire(): void {
+    if (this.#closed) return;
+    const d = this.deadline();
+    if (d === 0 || Date.now() < d) return;
+    if (this.#partialSince && this.#partialSince + this.#limits.frameMs <= Date.now()) {
+      // A half-sent frame: say why, best effort, and end (the stream cannot be resynchronised).
+      this.#partialSince = 0;
+      this.#protocolEnd();
+      return;
+    }
+    this.close();
+  }
+
   #onPoll(events: number, count: number, status: number): void {
     try {
-      if (events & C.UV_WRITABLE) this.#flush();
-      for (let i = 0, m = 0; i < count && !this.#closed; i++) {
+      if (events & C.UV_WRITABLE) this.#pump();
+      for (let i = 0, m = 0; i < count && !this.#closed && !this.#ending; i++) {
         const offset = recvMeta[m]!, length = recvMeta[m + 1]!, flags = recvMeta[m + 2]!;
-        m += 4; // fds were closed by the poller and are not listed
+        m += 4; // no fds: the kernel dropped them (MSG_CTRUNC)
         this.#receive(offset, length, flags);
       }
-      if (status !== 0 && !this.#closed) this.close();
+      if (this.#closed) return;
+      if (status === C.STATUS_EOF) {
+        this.#ending = true; // answer what was asked (a stream may have shut down only its writing), then close
+      } else if (status !== 0) {
+        this.close(); // ECONNRESET and the like: the client is gone
+        return;
+      } else if (count === 0 && events & C.UV_DISCONNECT && !(events & C.UV_READABLE)) {
+        // The client hung up while we were not reading (a reply or a slow open waits): whatever
+        // waits for it is cancelled, so that a FIFO open cannot pin a thread for a client long gone.
+        this.#ending = true;
+        this.#cancel.cancel();
+      }
+      this.#settle();
     } catch (err) {
       this.#host.fault(this, err);
       this.close();
@@ -81,109 +174,242 @@ export class Connection {
 
   #receive(offset: number, length: number, msgFlags: number): void {
     if (this.#assembler) {
+      if (msgFlags & C.MSG_CTRUNC) {
+        // Fds on a stream: a protocol error that no frame can carry; answer and end.
+        this.#protocolEnd();
+        return;
+      }
+      const before = this.#framesSeen;
+      const wasPartial = this.#assembler.pendingBytes > 0;
       if (!this.#assembler.push(recvArena, offset, length, this.#onFrame)) {
         // A stream with an impossible size cannot be resynchronised.
-        this.#reply(encodeReply(replyBuf, 0, 0, -EPROTO), -1);
-        this.close();
+        this.#protocolEnd();
+        return;
+      }
+      if (this.#assembler.pendingBytes === 0) this.#partialSince = 0;
+      else if (!wasPartial || this.#framesSeen !== before) {
+        this.#partialSince = Date.now();
+        this.#host.watch(this);
       }
       return;
     }
     if (msgFlags & (C.MSG_TRUNC | C.MSG_CTRUNC)) {
-      // Truncated data or control data is a protocol error, never a partial request.
-      this.#reply(encodeReply(replyBuf, 0, length >= 8 ? hostEndian.readU32(recvArena, offset + 4) : 0, -EPROTO), -1);
+      // Truncated data, or control data (fds) that the broker refuses to take: a protocol error,
+      // never a partial request.
+      this.#inOrder(encodeReply(replyBuf, 0, length >= 8 ? hostEndian.readU32(recvArena, offset + 4) : 0, -EPROTO), -1, null);
       return;
     }
-    this.#serve(recvArena, offset, length);
+    this.#frame(recvArena, offset, length);
   }
 
-  #serve(buf: Buffer, offset: number, length: number): void {
+  /** A complete frame: served now if nothing waits before it, else kept (copied) for its turn. */
+  #frame(buf: Buffer, offset: number, length: number): void {
     if (this.#closed) return;
+    if (this.#queue.length === 0) {
+      this.#serve(buf, offset, length, null);
+      return;
+    }
+    this.#push(DEFERRED, Buffer.from(buf.subarray(offset, offset + length)), -1);
+  }
+
+  /** Serves one frame. Its reply goes to slot (a deferred entry whose turn it is), or out at once when slot is null. */
+  #serve(buf: Buffer, offset: number, length: number, slot: Entry | null): void {
     const err = decodeRequest(buf, offset, length, request);
     if (err !== DecodeError.OK) {
-      this.#reply(encodeReply(replyBuf, 0, err === DecodeError.SHORT && length < 8 ? 0 : request.command, -EPROTO), -1);
+      this.#inOrder(encodeReply(replyBuf, 0, err === DecodeError.SHORT && length < 8 ? 0 : request.command, -EPROTO), -1, slot);
       return;
     }
     switch (request.command) {
       case Command.QEMU_OPEN: {
-        const out = serveOpen(this.#host.context(), this.peer, request);
-        this.#reply(encodeReply(replyBuf, 0, Command.QEMU_OPEN, out.result), out.fd);
+        const out = serveOpen(this.#host.context(), this.peer, request, this.#cancel);
+        if (out.slow) {
+          this.#waitFor(out.slow, slot);
+          return;
+        }
+        this.#inOrder(encodeReply(replyBuf, 0, Command.QEMU_OPEN, out.result), out.fd, slot);
         return;
       }
       case Command.OPEN_TAGGED: {
         const id = request.id;
-        const out = serveOpen(this.#host.context(), this.peer, request);
-        this.#reply(encodeTaggedReply(replyBuf, 0, id, out.result), out.fd);
+        const out = serveOpen(this.#host.context(), this.peer, request, this.#cancel);
+        if (out.slow) {
+          if (slot) slot.state = DONE;
+          this.#slowTagged++;
+          out.slow.then((fd) => this.#taggedDone(id, fd), (err: unknown) => this.#guard(() => { throw err; }));
+          return;
+        }
+        this.#inOrder(encodeTaggedReply(replyBuf, 0, id, out.result), out.fd, slot);
         return;
       }
       case Command.HELLO:
-        this.#reply(encodeHelloReply(replyBuf, 0, FEATURES & request.features), -1);
+        this.#inOrder(encodeHelloReply(replyBuf, 0, FEATURES & request.features), -1, slot);
         return;
     }
   }
 
-  /** Sends replyBuf[0, length) with fd (closed here once sent or dropped), or queues it. */
-  #reply(length: number, fd: number): void {
+  /**
+   * A reply in request order: replyBuf[0, length) with fd (owned from here on). Into slot if given;
+   * else straight to the socket, queued if it cannot take it now.
+   */
+  #inOrder(length: number, fd: number, slot: Entry | null): void {
     if (this.#closed) {
       if (fd >= 0) native.close(fd);
       return;
     }
-    if (this.#outbox.length === 0) {
+    if (slot) {
+      slot.state = READY;
+      slot.bytes = Buffer.from(replyBuf.subarray(0, length));
+      slot.fd = fd;
+      return;
+    }
+    if (this.#queue.length === 0) {
       const n = native.send(this.fd, replyBuf, 0, length, fd);
       if (n === length) {
         if (fd >= 0) native.close(fd);
         return;
       }
-      if (n >= 0 || n === -11 /* EAGAIN */) {
+      if (n >= 0 || n === -EAGAIN) {
         // A stream took part of it (the fd went with the first byte), or the socket is full.
-        this.#enqueue(replyBuf.subarray(n > 0 ? n : 0, length), n > 0 ? -1 : fd);
         if (n > 0 && fd >= 0) native.close(fd);
+        this.#push(READY, Buffer.from(replyBuf.subarray(n > 0 ? n : 0, length)), n > 0 ? -1 : fd);
+        this.#blocked();
         return;
       }
       if (fd >= 0) native.close(fd);
       this.close(); // EPIPE, ECONNRESET: the client is gone
       return;
     }
-    this.#enqueue(replyBuf.subarray(0, length), fd);
+    this.#push(READY, Buffer.from(replyBuf.subarray(0, length)), fd);
   }
 
-  #enqueue(bytes: Buffer, fd: number): void {
-    this.#outbox.push({ bytes: Buffer.from(bytes), fd });
-    if (this.#outbox.length > OUTBOX_LIMIT) {
-      this.close();
+  /** An RFC open on the thread pool: its place in the order waits until it is done. */
+  #waitFor(slow: Promise<number>, slot: Entry | null): void {
+    const entry = slot ?? this.#push(WAITING, EMPTY, -1);
+    entry.state = WAITING;
+    slow.then((fd) => {
+      if (this.#closed) {
+        if (fd >= 0) native.close(fd);
+        return;
+      }
+      entry.state = READY;
+      entry.bytes = Buffer.alloc(12);
+      encodeReply(entry.bytes, 0, Command.QEMU_OPEN, fd < 0 ? fd : 0);
+      entry.fd = fd < 0 ? -1 : fd;
+      this.#guard(() => this.#pump());
+    }, (err: unknown) => this.#guard(() => { throw err; }));
+  }
+
+  /** A tagged open from the thread pool: its reply may overtake others. */
+  #taggedDone(id: number, fd: number): void {
+    this.#slowTagged--;
+    if (this.#closed) {
+      if (fd >= 0) native.close(fd);
       return;
     }
-    // Read nothing more until the client has taken its replies: it stalls only itself.
-    this.#poller.start(C.UV_WRITABLE);
+    const bytes = Buffer.alloc(16);
+    encodeTaggedReply(bytes, 0, id, fd < 0 ? fd : 0);
+    this.#push(READY, bytes, fd < 0 ? -1 : fd);
+    this.#guard(() => this.#pump());
   }
 
-  #flush(): void {
-    while (this.#outbox.length > 0) {
-      const head = this.#outbox[0]!;
+  #push(state: number, bytes: Buffer, fd: number): Entry {
+    const entry: Entry = { state, bytes, fd };
+    this.#queue.push(entry);
+    if (this.#queue.length > this.#limits.queue) this.close();
+    return entry;
+  }
+
+  /** Sends what is ready at the head of the queue, serving deferred requests as their turn comes. */
+  #pump(): void {
+    const queue = this.#queue;
+    while (queue.length > 0 && !this.#closed) {
+      const head = queue[0]!;
+      if (head.state === WAITING) break;
+      if (head.state === DONE) {
+        queue.shift();
+        continue;
+      }
+      if (head.state === DEFERRED) {
+        const frame = head.bytes;
+        this.#serve(frame, 0, frame.length, head);
+        continue;
+      }
       const n = native.send(this.fd, head.bytes, 0, head.bytes.length, head.fd);
-      if (n === -11) return;
+      if (n === -EAGAIN) {
+        this.#blocked();
+        break;
+      }
       if (n < 0) {
         this.close();
         return;
       }
       if (head.fd >= 0) native.close(head.fd);
       head.fd = -1;
+      this.#blockedSince = 0;
       if (n < head.bytes.length) {
         head.bytes = head.bytes.subarray(n);
         continue;
       }
-      this.#outbox.shift();
+      queue.shift();
     }
-    this.#poller.start(C.UV_READABLE);
+    if (queue.length === 0 || queue[0]!.state === WAITING) this.#blockedSince = 0;
+    this.#settle();
+  }
+
+  #blocked(): void {
+    if (this.#blockedSince === 0) {
+      this.#blockedSince = Date.now();
+      this.#host.watch(this);
+    }
+  }
+
+  /** Reads only when nothing waits; wants writability only while a reply is blocked; ends when all is answered. */
+  #settle(): void {
+    if (this.#closed) return;
+    const idle = this.#queue.length === 0;
+    if (this.#ending && idle && this.#slowTagged === 0) {
+      this.close();
+      return;
+    }
+    let events = 0;
+    if (idle && !this.#ending && this.#slowTagged < this.#limits.slowTagged) events |= C.UV_READABLE;
+    if (this.#blockedSince) events |= C.UV_WRITABLE;
+    // While not reading, still notice a hang-up (EPOLLRDHUP); once ending, never again (it would repeat).
+    if (!(events & C.UV_READABLE) && !this.#ending) events |= C.UV_DISCONNECT;
+    this.#interest(events);
+  }
+
+  #interest(events: number): void {
+    if (events === this.#events) return;
+    this.#events = events;
+    this.#poller.start(events);
+  }
+
+  /** -EPROTO, then no more reading; the connection closes once its replies are out. */
+  #protocolEnd(): void {
+    this.#inOrder(encodeReply(replyBuf, 0, 0, -EPROTO), -1, null);
+    this.#ending = true;
+    this.#partialSince = 0;
+    if (!this.#closed) this.#settle();
+  }
+
+  #guard(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.#host.fault(this, err);
+      this.close();
+    }
   }
 
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#cancel.cancel();
     this.#poller.close();
-    for (const p of this.#outbox) if (p.fd >= 0) native.close(p.fd);
-    this.#outbox.length = 0;
+    for (const e of this.#queue) if (e.fd >= 0) native.close(e.fd);
+    this.#queue.length = 0;
     native.close(this.fd);
     this.#host.released(this);
   }
 }
-

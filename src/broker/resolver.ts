@@ -7,60 +7,200 @@
  *    what the policy decided lexically, so a symlink swap cannot win a race against a check.
  * 2. Resolve with O_PATH first, and look at what was found before opening it for I/O: a FIFO, a
  *    device or a socket is refused without ever being opened, so there is no side effect and no hang.
+ *    A regular file with more than one link is refused for writing unless the rule allows it: a hard
+ *    link can make a file from outside the tree appear inside it, and no path check can tell.
  * 3. Reopen the checked inode through /proc/self/fd with the real flags, so that what is opened is
  *    exactly what was checked.
  * 4. A file that does not exist yet is created with O_CREAT|O_EXCL, which cannot follow a planted
- *    symlink and always makes a regular file.
+ *    symlink and always makes a regular file; its mode is then set explicitly (setuid, setgid and
+ *    sticky removed, the resolver's umask applied, the process umask irrelevant).
+ * 5. openat2 answers EAGAIN when a rename or mount raced a lookup that it cannot prove safe; that is
+ *    retried a bounded number of times, then EAGAIN goes to the client. There is no fallback.
  *
- * Results are fds or negative errnos; nothing here throws on the request path.
+ * Opens that may block (beneath a network or FUSE filesystem, or where FIFOs are allowed) run the
+ * same steps on a small thread pool: `openSlow`. Results are fds or negative errnos; nothing here
+ * throws on the request path.
  */
-import { C, native } from '../native.js';
+import { C, native, type NativeOpenPool } from '../native.js';
 import type { ByteString } from '../bytestring.js';
 
-const EACCES = 13, EAGAIN = 11, EEXIST = 17, ENOENT = 2, ENOTDIR = 20, EISDIR = 21;
+const EACCES = 13, EAGAIN = 11, EEXIST = 17, ENOENT = 2, ENOTDIR = 20, EISDIR = 21, ELOOP = 40, ECANCELED = 125;
 
-/** openat2 reports EAGAIN when a rename or mount raced the lookup; retry a bounded number of times. */
+/** Retries after an EAGAIN from openat2 before the client gets EAGAIN. */
 export const EAGAIN_RETRIES = 8;
+
+/**
+ * What to do with a regular file that has more than one hard link:
+ * 'allow' opens it; 'read-only' (the default) refuses write access (O_WRONLY, O_RDWR, O_TRUNC) with
+ * EACCES; 'refuse' refuses every open of it.
+ */
+export type HardlinkRule = 'allow' | 'read-only' | 'refuse';
 
 export interface OpenOptions {
   /** follow symlinks that stay beneath the root (the kernel still refuses any that leave it) */
   followSymlinks: boolean;
   /** directories may be opened (read-only) */
   directories: boolean;
+  /** FIFOs may be opened; such opens always run on the thread pool, since they block until the other end opens */
+  fifos: boolean;
+  hardlinks: HardlinkRule;
 }
 
-export const DEFAULT_OPEN_OPTIONS: OpenOptions = { followSymlinks: false, directories: false };
+export const DEFAULT_OPEN_OPTIONS: Readonly<OpenOptions> = Object.freeze({
+  followSymlinks: false,
+  directories: false,
+  fifos: false,
+  hardlinks: 'read-only',
+});
 
 export interface ResolverOptions {
-  /** permission bits removed from every create mode, on top of setuid, setgid and sticky */
+  /** permission bits removed from every create mode, on top of setuid, setgid and sticky (default 0o022) */
   umask?: number;
+  /**
+   * Which opens run on the thread pool. 'auto' (default): beneath roots on network and FUSE
+   * filesystems, and wherever FIFOs are allowed. 'always': every open (slower; for tests and for
+   * filesystems this resolver does not recognise).
+   */
+  offload?: 'auto' | 'always';
+  /** EAGAIN retries (default EAGAIN_RETRIES) */
+  eagainRetries?: number;
+  /** most threads the pool may start (default 16) */
+  poolThreads?: number;
+  /** most jobs waiting for a thread (default 1024); beyond, a slow open gets EAGAIN */
+  poolQueue?: number;
+}
+
+/** Counters, for tests and for `STATUS`-style reports. */
+export interface ResolverStats {
+  /** EAGAIN answers from openat2 (each one retried, up to the bound) */
+  eagain: number;
+  /** requests that got EAGAIN after every retry */
+  eagainFailures: number;
+  /** opens run on the thread pool */
+  slowOpens: number;
+}
+
+/**
+ * Cancels a connection's slow opens when it goes away. A FIFO open blocked on a pool thread is
+ * released by opening the FIFO's other end (O_RDWR|O_NONBLOCK never blocks on a FIFO), so that a
+ * client that disconnects cannot pin a thread forever. An open stalled in a filesystem cannot be
+ * interrupted; its result is closed when it arrives.
+ */
+export class OpenCancel {
+  cancelled = false;
+  /** O_PATH fds of FIFOs whose reopen is in flight */
+  readonly fifos = new Set<number>();
+
+  cancel(): void {
+    if (this.cancelled) return;
+    this.cancelled = true;
+    for (const fd of this.fifos) {
+      const poke = native.reopen(fd, C.O_RDWR | C.O_NONBLOCK | C.O_CLOEXEC);
+      if (poke >= 0) native.close(poke);
+    }
+  }
+}
+
+/** Filesystems on which a lookup or an open can wait on a network or a user-space server. */
+const BLOCKING_FILESYSTEMS = new Set([
+  0x6969, // NFS
+  0x517b, // SMB
+  0xff534d42, // CIFS
+  0xfe534d42, // SMB2
+  0x65735546, // FUSE (sshfs, virtiofs, ...)
+  0x00c36400, // Ceph
+  0x01021997, // 9P
+  0x6b414653, 0x5346414f, // AFS
+  0x73757245, // Coda
+  0x7461636f, // OCFS2
+  0x01161970, // GFS2
+  0x0bd00bd0, // Lustre
+  0x13661366, // OrangeFS
+  0x47504653, // GPFS
+  0x786f4256, // VirtualBox shared folders
+]);
+
+/** Whether a filesystem magic number (statfs f_type) names a filesystem whose opens may block. */
+export function mayBlock(fsMagic: number): boolean {
+  return BLOCKING_FILESYSTEMS.has(fsMagic >>> 0);
+}
+
+interface JobResult {
+  result: number;
+  mode: number;
+  nlink: number;
 }
 
 export class Resolver {
   readonly umask: number;
+  readonly offload: 'auto' | 'always';
+  readonly eagainRetries: number;
+  readonly stats: ResolverStats = { eagain: 0, eagainFailures: 0, slowOpens: 0 };
+  /** Why the last refusal by type or links happened, for the audit log: a constant string. */
+  refusal = '';
   readonly #stat = new Float64Array(8);
+  /** Per rule root: does it lie on a filesystem whose opens may block? Keyed by the rule object, since fd numbers are reused after a reload. */
+  readonly #rootBlocks = new WeakMap<object, boolean>();
+  readonly #poolThreads: number;
+  readonly #poolQueue: number;
+  #pool: NativeOpenPool | null = null;
+  #jobs = new Map<number, (r: JobResult) => void>();
+  #nextJob = 1;
 
   constructor(options: ResolverOptions = {}) {
     this.umask = (options.umask ?? 0o022) & 0o777;
+    this.offload = options.offload ?? 'auto';
+    this.eagainRetries = options.eagainRetries ?? EAGAIN_RETRIES;
+    this.#poolThreads = options.poolThreads ?? 16;
+    this.#poolQueue = options.poolQueue ?? 1024;
   }
 
-  /** Opens rest beneath rootFd. flags must have passed flagsError(). Returns an fd or -errno. */
+  /**
+   * Whether an open beneath this root must run on the thread pool (openSlow) rather than on the event
+   * loop (open). One fstatfs per rule, the first time it is asked.
+   */
+  offloads(rule: object, rootFd: number, options: OpenOptions): boolean {
+    if (options.fifos || this.offload === 'always') return true;
+    let blocks = this.#rootBlocks.get(rule);
+    if (blocks === undefined) {
+      const magic = native.fsMagic(rootFd);
+      blocks = magic >= 0 && mayBlock(magic);
+      this.#rootBlocks.set(rule, blocks);
+    }
+    return blocks;
+  }
+
+  /** Opens rest beneath rootFd, on the event loop. flags must have passed flagsError(). Returns an fd or -errno. */
   open(rootFd: number, rest: ByteString, flags: number, mode: number, options: OpenOptions = DEFAULT_OPEN_OPTIONS): number {
-    const resolve = C.RESOLVE_BENEATH | C.RESOLVE_NO_MAGICLINKS | C.RESOLVE_NO_XDEV | (options.followSymlinks ? 0 : C.RESOLVE_NO_SYMLINKS);
-    // O_NOCTTY always; O_CLOEXEC on the broker's copy, which is closed once sent.
-    const ioFlags = (flags | C.O_NOCTTY | C.O_CLOEXEC) & ~(C.O_CREAT | C.O_EXCL);
+    const resolve = resolveFlags(options);
+    const ioFlags = ioFlagsOf(flags);
     const pathFlags = C.O_PATH | C.O_CLOEXEC | (flags & C.O_NOFOLLOW);
     const create = (flags & C.O_CREAT) !== 0;
     const exclusive = create && (flags & C.O_EXCL) !== 0;
+    const stat = this.#stat;
+    let raced = false;
 
-    for (let attempt = 0; ; attempt++) {
-      if (attempt > EAGAIN_RETRIES) return -EAGAIN;
-      const found = this.#openat2(rootFd, rest, pathFlags, 0, resolve);
-      if (found === -EAGAIN) continue;
+    for (let again = 0; ; again++) {
+      if (again > this.eagainRetries) return this.#gaveUp();
+      const found = native.lookup(rootFd, rest, pathFlags, resolve, stat);
+      if (found === -EAGAIN) {
+        this.stats.eagain++;
+        continue;
+      }
       if (found === -ENOENT && create) {
-        const made = this.#openat2(rootFd, rest, ioFlags | C.O_CREAT | C.O_EXCL, mode & 0o777 & ~this.umask, resolve);
-        // Someone else created it between our two looks: without O_EXCL, open what is there now.
-        if ((made === -EEXIST && !exclusive) || made === -EAGAIN) continue;
+        const made = native.create(rootFd, rest, ioFlags | C.O_CREAT | C.O_EXCL, this.createMode(mode), resolve);
+        if (made === -EAGAIN) {
+          this.stats.eagain++;
+          continue;
+        }
+        if (made === -EEXIST && !exclusive) {
+          // Someone created it between our two looks: open what is there now, once. A second
+          // time means the name is a symlink to nothing (we never create through one).
+          if (raced) return this.#refuse('O_CREAT through a dangling symlink');
+          raced = true;
+          again--;
+          continue;
+        }
         return made;
       }
       if (found < 0) return found;
@@ -68,7 +208,7 @@ export class Resolver {
         native.close(found);
         return -EEXIST;
       }
-      const refused = this.#checkType(found, flags, options);
+      const refused = this.#check(stat[0]!, stat[1]!, flags, options);
       if (refused) {
         native.close(found);
         return -refused;
@@ -79,21 +219,158 @@ export class Resolver {
     }
   }
 
-  /** The errno that refuses what fd is, or 0 if it may be opened with flags. */
-  #checkType(fd: number, flags: number, options: OpenOptions): number {
-    const err = native.fstat(fd, this.#stat);
-    if (err < 0) return -err;
-    const type = this.#stat[0]! & C.S_IFMT;
-    if (type === C.S_IFREG) return flags & C.O_DIRECTORY ? ENOTDIR : 0;
-    if (type === C.S_IFDIR) {
-      if ((flags & C.O_ACCMODE) !== C.O_RDONLY || flags & C.O_TRUNC) return EISDIR;
-      return options.directories ? 0 : EACCES;
-    }
-    // FIFOs, devices, sockets, and a symlink reached with O_NOFOLLOW: never opened for I/O.
-    return flags & C.O_NOFOLLOW && type === C.S_IFLNK ? 40 /* ELOOP, as open(2) says */ : EACCES;
+  /**
+   * The same steps as open(), each on a pool thread, so that a stalled filesystem or a FIFO waiting
+   * for its other end never blocks the event loop. Resolves to an fd or -errno, never rejects.
+   */
+  openSlow(rootFd: number, rest: ByteString, flags: number, mode: number, options: OpenOptions, cancel: OpenCancel | null): Promise<number> {
+    this.stats.slowOpens++;
+    // The root is the policy's; a reload may close it while the jobs wait. Hold our own.
+    const root = native.dup(rootFd);
+    if (root < 0) return Promise.resolve(root);
+    return this.#openSlow(root, rest, flags, mode, options, cancel).finally(() => native.close(root));
   }
 
-  #openat2(dirfd: number, path: ByteString, flags: number, mode: number, resolve: number): number {
-    return native.openat2(dirfd, path, flags, mode, resolve);
+  async #openSlow(rootFd: number, rest: ByteString, flags: number, mode: number, options: OpenOptions, cancel: OpenCancel | null): Promise<number> {
+    const resolve = resolveFlags(options);
+    const ioFlags = ioFlagsOf(flags);
+    const pathFlags = C.O_PATH | C.O_CLOEXEC | (flags & C.O_NOFOLLOW);
+    const create = (flags & C.O_CREAT) !== 0;
+    const exclusive = create && (flags & C.O_EXCL) !== 0;
+    let raced = false;
+
+    for (let again = 0; ; again++) {
+      if (again > this.eagainRetries) return this.#gaveUp();
+      if (cancel?.cancelled) return -ECANCELED;
+      const found = await this.#job(C.JOB_LOOKUP, rootFd, rest, pathFlags, 0, resolve);
+      if (found.result === -EAGAIN) {
+        this.stats.eagain++;
+        continue;
+      }
+      if (found.result === -ENOENT && create) {
+        const made = (await this.#job(C.JOB_CREATE, rootFd, rest, ioFlags | C.O_CREAT | C.O_EXCL, this.createMode(mode), resolve)).result;
+        if (made === -EAGAIN) {
+          this.stats.eagain++;
+          continue;
+        }
+        if (made === -EEXIST && !exclusive) {
+          if (raced) return this.#refuse('O_CREAT through a dangling symlink');
+          raced = true;
+          again--;
+          continue;
+        }
+        return this.#unlessCancelled(made, cancel);
+      }
+      if (found.result < 0) return found.result;
+      const path = found.result;
+      if (exclusive || cancel?.cancelled) {
+        native.close(path);
+        return exclusive ? -EEXIST : -ECANCELED;
+      }
+      const refused = this.#check(found.mode, found.nlink, flags, options);
+      if (refused) {
+        native.close(path);
+        return -refused;
+      }
+      const fifo = (found.mode & C.S_IFMT) === C.S_IFIFO;
+      if (fifo) cancel?.fifos.add(path);
+      const opened = await this.#job(C.JOB_REOPEN, path, '', ioFlags, 0, 0);
+      if (fifo) cancel?.fifos.delete(path);
+      native.close(path);
+      return this.#unlessCancelled(opened.result, cancel);
+    }
   }
+
+  /** The mode a created file gets: permission bits only, less the umask. */
+  createMode(mode: number): number {
+    return mode & 0o777 & ~this.umask;
+  }
+
+  /** Stops the pool; slow opens still in flight have their fds closed when they finish. */
+  close(): void {
+    this.#pool?.close();
+    this.#pool = null;
+    for (const done of this.#jobs.values()) done({ result: -ECANCELED, mode: 0, nlink: 0 });
+    this.#jobs.clear();
+  }
+
+  /** [threads, idle, queued, pending] of the pool, or null before the first slow open. */
+  poolStats(): [number, number, number, number] | null {
+    return this.#pool?.stats() ?? null;
+  }
+
+  #unlessCancelled(fd: number, cancel: OpenCancel | null): number {
+    if (fd >= 0 && cancel?.cancelled) {
+      native.close(fd);
+      return -ECANCELED;
+    }
+    return fd;
+  }
+
+  #job(job: number, dirfd: number, path: ByteString, flags: number, mode: number, resolve: number): Promise<JobResult> {
+    if (!this.#pool) this.#pool = new native.OpenPool(this.#poolThreads, this.#poolQueue, (id, result, m, n) => this.#done(id, result, m, n));
+    const id = this.#nextJob;
+    this.#nextJob = (this.#nextJob % 0xffffffff) + 1;
+    const queued = this.#pool.submit(id, job, dirfd, path, flags, mode, resolve);
+    if (queued < 0) return Promise.resolve({ result: queued, mode: 0, nlink: 0 });
+    return new Promise((resolve) => this.#jobs.set(id, resolve));
+  }
+
+  #done(id: number, result: number, mode: number, nlink: number): void {
+    const resolve = this.#jobs.get(id);
+    if (!resolve) {
+      if (result >= 0) native.close(result);
+      return;
+    }
+    this.#jobs.delete(id);
+    resolve({ result, mode, nlink });
+  }
+
+  /** The errno that refuses what was found, or 0 if it may be opened with flags. */
+  #check(mode: number, nlink: number, flags: number, options: OpenOptions): number {
+    const type = mode & C.S_IFMT;
+    if (type === C.S_IFREG) {
+      if (flags & C.O_DIRECTORY) return ENOTDIR;
+      if (nlink > 1 && options.hardlinks !== 'allow' && (options.hardlinks === 'refuse' || writes(flags))) {
+        this.refusal = options.hardlinks === 'refuse' ? 'file has more than one hard link' : 'file has more than one hard link: write access refused';
+        return EACCES;
+      }
+      return 0;
+    }
+    if (type === C.S_IFDIR) {
+      if ((flags & C.O_ACCMODE) !== C.O_RDONLY || flags & C.O_TRUNC) return EISDIR;
+      if (options.directories) return 0;
+      this.refusal = 'directories are not allowed by this rule';
+      return EACCES;
+    }
+    if (type === C.S_IFIFO && options.fifos) return 0;
+    // A symlink is found only with O_NOFOLLOW (open(2) says ELOOP); FIFOs, devices and sockets are
+    // never opened for I/O.
+    if (type === C.S_IFLNK) return ELOOP;
+    this.refusal = type === C.S_IFIFO ? 'FIFO refused' : type === C.S_IFSOCK ? 'socket refused' : 'device refused';
+    return EACCES;
+  }
+
+  #gaveUp(): number {
+    this.stats.eagainFailures++;
+    return -EAGAIN;
+  }
+
+  #refuse(reason: string): number {
+    this.refusal = reason;
+    return -EACCES;
+  }
+}
+
+function resolveFlags(options: OpenOptions): number {
+  return C.RESOLVE_BENEATH | C.RESOLVE_NO_MAGICLINKS | C.RESOLVE_NO_XDEV | (options.followSymlinks ? 0 : C.RESOLVE_NO_SYMLINKS);
+}
+
+/** The flags of the real open: O_NOCTTY always; O_CLOEXEC on the broker's own copy, which is closed once sent. */
+function ioFlagsOf(flags: number): number {
+  return (flags | C.O_NOCTTY | C.O_CLOEXEC) & ~(C.O_CREAT | C.O_EXCL);
+}
+
+function writes(flags: number): boolean {
+  return (flags & C.O_ACCMODE) !== C.O_RDONLY || (flags & C.O_TRUNC) !== 0;
 }

@@ -3,44 +3,52 @@
  *
  *   decode (connection) -> validate flags -> normalise path -> policy.decide -> resolver.open
  *     -> reply (+fd) -> audit
+ *
+ * An open that may block (a network or FUSE filesystem, an allowed FIFO) takes the same path, but
+ * the resolver runs it on a thread pool and the reply follows when it is done (outcome.slow).
  */
-import { fromBytes } from '../bytestring.js';
-import type { Policy, Peer } from '../policy/policy.js';
+import { fromBytes, type ByteString } from '../bytestring.js';
+import type { Decision, Policy, Peer } from '../policy/policy.js';
 import { normalise } from '../policy/path.js';
 import { Command, Feature } from '../protocol/constants.js';
 import type { Request } from '../protocol/frames.js';
 import { accessFor, flagsError } from './flags.js';
 import type { AuditSink } from './audit.js';
-import { Resolver } from './resolver.js';
+import { DEFAULT_OPEN_OPTIONS, OpenCancel, Resolver, type OpenOptions } from './resolver.js';
 
 export const FEATURES = Feature.TAGGED_OPEN;
 
-/** The outcome of an open request: an fd to send (result 0) or a negative errno. */
+/** The outcome of an open request: an fd to send (result 0), a negative errno, or a slow open under way. */
 export interface OpenOutcome {
   result: number;
   fd: number;
+  /** set when the open runs on the thread pool: resolves to an fd or -errno (the caller owns the fd) */
+  slow: Promise<number> | null;
 }
 
 export interface ServiceContext {
   policy: Policy;
   resolver: Resolver;
   audit: AuditSink | null;
+  /** how allowed opens treat symlinks, directories, FIFOs and hard links */
+  openOptions: Readonly<OpenOptions>;
 }
 
-const outcome: OpenOutcome = { result: 0, fd: -1 };
+const outcome: OpenOutcome = { result: 0, fd: -1, slow: null };
 
 /**
  * Decides and performs one open. The returned object is reused by the next call: read it at once.
- * The caller owns outcome.fd and must close it after sending.
+ * The caller owns outcome.fd (and the fd a slow open resolves to) and must close it after sending.
  */
-export function serveOpen(ctx: ServiceContext, peer: Peer, req: Request): OpenOutcome {
+export function serveOpen(ctx: ServiceContext, peer: Peer, req: Request, cancel: OpenCancel | null): OpenOutcome {
   const started = ctx.audit ? performance.now() : 0;
   const raw = fromBytes(req.buf, req.nameOffset, req.nameOffset + req.nameLength);
   let errno = 0;
   let reason = '';
   let access = 0;
-  let decision = null;
+  let decision: Decision | null = null;
   outcome.fd = -1;
+  outcome.slow = null;
 
   const badFlags = flagsError(req.flags);
   const norm = normalise(raw);
@@ -53,37 +61,61 @@ export function serveOpen(ctx: ServiceContext, peer: Peer, req: Request): OpenOu
   } else {
     access = accessFor(req.flags);
     decision = ctx.policy.decide(peer, norm.path, access);
+    reason = decision.reason;
     if (!decision.allowed) {
       errno = decision.errno;
     } else {
-      const fd = ctx.resolver.open(decision.rootFd, decision.rest, req.flags, req.mode);
-      if (fd < 0) errno = -fd;
-      else outcome.fd = fd;
+      const options = ctx.openOptions;
+      const resolver = ctx.resolver;
+      if (resolver.offloads(decision.rule!, decision.rootFd, options)) {
+        const slow = resolver.openSlow(decision.rootFd, decision.rest, req.flags, req.mode, options, cancel);
+        outcome.slow = ctx.audit ? audited(ctx, peer, req, raw, access, decision, started, slow) : slow;
+        outcome.result = 0;
+        return outcome;
+      }
+      resolver.refusal = '';
+      const fd = resolver.open(decision.rootFd, decision.rest, req.flags, req.mode, options);
+      if (fd < 0) {
+        errno = -fd;
+        if (resolver.refusal) reason = resolver.refusal;
+      } else {
+        outcome.fd = fd;
+      }
     }
-    reason = decision.reason;
   }
   outcome.result = -errno;
 
-  if (ctx.audit) {
-    ctx.audit.record({
-      time: Date.now(),
-      peer,
-      command: req.command,
-      path: raw,
-      flags: req.flags,
-      mode: req.mode,
-      access,
-      allowed: decision?.allowed ?? false,
-      rule: decision?.rule ?? null,
-      errno,
-      reason,
-      latencyUs: Math.round((performance.now() - started) * 1000),
-    });
-  }
+  if (ctx.audit) record(ctx.audit, peer, req.command, raw, req.flags, req.mode, access, decision, errno, reason, started);
   return outcome;
+}
+
+/** A slow open's audit record, written when its result is known. */
+async function audited(ctx: ServiceContext, peer: Peer, req: Request, raw: ByteString, access: number, decision: Decision, started: number, slow: Promise<number>): Promise<number> {
+  const { command, flags, mode } = req; // req is reused by the next request: copy now
+  const result = await slow;
+  record(ctx.audit!, peer, command, raw, flags, mode, access, decision, result < 0 ? -result : 0, `${decision.reason} (slow open)`, started);
+  return result;
+}
+
+function record(audit: AuditSink, peer: Peer, command: number, path: ByteString, flags: number, mode: number, access: number, decision: Decision | null, errno: number, reason: string, started: number): void {
+  audit.record({
+    time: Date.now(),
+    peer,
+    command,
+    path,
+    flags,
+    mode,
+    access,
+    allowed: decision?.allowed ?? false,
+    rule: decision?.rule ?? null,
+    errno,
+    reason,
+    latencyUs: Math.round((performance.now() - started) * 1000),
+  });
 }
 
 export function isOpenCommand(command: number): boolean {
   return command === Command.QEMU_OPEN || command === Command.OPEN_TAGGED;
 }
 
+export { DEFAULT_OPEN_OPTIONS };

@@ -1,14 +1,16 @@
 /** `openhook serve`: the broker as a daemon on a UNIX socket. */
 import { Command } from 'commander';
-import { Broker } from '../broker/broker.js';
+import { Broker, DEFAULT_BROKER_LIMITS } from '../broker/broker.js';
 import { PolicyError } from '../policy/rule.js';
 import { addPolicyOptions, policyFromFlags, type PolicyFlags } from './policy-options.js';
-import { parseMode } from './util.js';
+import { parseCount, parseMode } from './util.js';
 
 interface ServeOptions extends PolicyFlags {
   socket: string;
   stream?: boolean;
   mode: number;
+  maxConnections?: number;
+  maxConnectionsPerUid?: number;
 }
 
 export function serveCommand(): Command {
@@ -16,7 +18,9 @@ export function serveCommand(): Command {
     .description('run the broker on a UNIX socket')
     .requiredOption('--socket <PATH>', 'socket path to listen on')
     .option('--stream', 'listen with SOCK_STREAM instead of SOCK_SEQPACKET')
-    .option('--mode <OCTAL>', 'file mode of the socket', parseMode, 0o600);
+    .option('--mode <OCTAL>', 'file mode of the socket', parseMode, 0o600)
+    .option('--max-connections <N>', `connections served at once (default ${DEFAULT_BROKER_LIMITS.connections})`, parseCount)
+    .option('--max-connections-per-uid <N>', `connections per client uid (default ${DEFAULT_BROKER_LIMITS.connectionsPerUid})`, parseCount);
   addPolicyOptions(cmd);
   return cmd.action((opts: ServeOptions) => serve(opts));
 }
@@ -24,7 +28,13 @@ export function serveCommand(): Command {
 function serve(opts: ServeOptions): void {
   let broker: Broker;
   try {
-    broker = new Broker({ policy: policyFromFlags(opts) });
+    broker = new Broker({
+      policy: policyFromFlags(opts),
+      limits: {
+        ...(opts.maxConnections !== undefined && { connections: opts.maxConnections }),
+        ...(opts.maxConnectionsPerUid !== undefined && { connectionsPerUid: opts.maxConnectionsPerUid }),
+      },
+    });
   } catch (err) {
     if (err instanceof PolicyError) {
       process.stderr.write(`openhook serve: ${err.message}\n`);
