@@ -995,7 +995,7 @@ typedef struct {
   job_t *queue, *queue_tail, *done, *done_tail;
   int threads, idle, max_threads, queued, max_queued;
   unsigned pending; /* submitted and not yet delivered; event loop thread only */
-  bool closed, handle_closed;
+  bool closed, handle_closed, finalized; /* freed once no thread, no uv handle and no JS object needs it */
 } pool_t;
 
 static void pool_free(pool_t *p) {
@@ -1050,7 +1050,7 @@ static void *pool_thread(void *arg) {
     p->done_tail = j;
     uv_async_send(&p->async); /* only while not closed: close() sets closed before uv_close */
   }
-  bool last = --p->threads == 0 && p->handle_closed;
+  bool last = --p->threads == 0 && p->handle_closed && p->finalized;
   pthread_mutex_unlock(&p->mu);
   if (last) pool_free(p);
   return NULL;
@@ -1067,7 +1067,7 @@ static void pool_deliver(uv_async_t *h) {
   napi_open_handle_scope(env, &scope);
   napi_value cb = NULL, recv, args[4], result;
   if (p->callback_ref) napi_get_reference_value(env, p->callback_ref, &cb);
-  napi_get_undefined(env, &recv);
+  napi_get_global(env, &recv);
   while (j) {
     job_t *next = j->next;
     p->pending--;
@@ -1096,7 +1096,7 @@ static void pool_handle_closed(uv_handle_t *h) {
   pool_t *p = h->data;
   pthread_mutex_lock(&p->mu);
   p->handle_closed = true;
-  bool last = p->threads == 0;
+  bool last = p->threads == 0 && p->finalized;
   pthread_mutex_unlock(&p->mu);
   if (last) pool_free(p);
 }
@@ -1120,7 +1120,13 @@ static void pool_close(napi_env env, pool_t *p) {
 
 static void pool_finalize(napi_env env, void *data, void *hint) {
   (void)hint;
-  pool_close(env, data);
+  pool_t *p = data;
+  pool_close(env, p);
+  pthread_mutex_lock(&p->mu);
+  p->finalized = true;
+  bool last = p->threads == 0 && p->handle_closed;
+  pthread_mutex_unlock(&p->mu);
+  if (last) pool_free(p);
 }
 
 static pool_t *unwrap_pool(napi_env env, napi_value self) {

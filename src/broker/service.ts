@@ -8,6 +8,7 @@
  * the resolver runs it on a thread pool and the reply follows when it is done (outcome.slow).
  */
 import { fromBytes, type ByteString } from '../bytestring.js';
+import { C } from '../native.js';
 import type { Decision, Policy, Peer } from '../policy/policy.js';
 import { normalise } from '../policy/path.js';
 import { Command, Feature } from '../protocol/constants.js';
@@ -17,6 +18,9 @@ import type { AuditSink } from './audit.js';
 import { DEFAULT_OPEN_OPTIONS, OpenCancel, Resolver, type OpenOptions } from './resolver.js';
 
 export const FEATURES = Feature.TAGGED_OPEN;
+
+const { O_CREAT, O_DIRECTORY } = C;
+const EISDIR = 21;
 
 /** The outcome of an open request: an fd to send (result 0), a negative errno, or a slow open under way. */
 export interface OpenOutcome {
@@ -50,8 +54,14 @@ export function serveOpen(ctx: ServiceContext, peer: Peer, req: Request, cancel:
   outcome.fd = -1;
   outcome.slow = null;
 
-  const badFlags = flagsError(req.flags);
+  let flags = req.flags;
+  let badFlags = flagsError(flags);
   const norm = normalise(raw);
+  if (!badFlags && raw.length > 1 && raw.charCodeAt(raw.length - 1) === 0x2f) {
+    // A trailing '/' names a directory, as in open(2): a file is then ENOTDIR, and O_CREAT is EISDIR.
+    if (flags & O_CREAT) badFlags = EISDIR;
+    else flags |= O_DIRECTORY;
+  }
   if (badFlags) {
     errno = badFlags;
     reason = 'flags refused';
@@ -68,13 +78,13 @@ export function serveOpen(ctx: ServiceContext, peer: Peer, req: Request, cancel:
       const options = ctx.openOptions;
       const resolver = ctx.resolver;
       if (resolver.offloads(decision.rule!, decision.rootFd, options)) {
-        const slow = resolver.openSlow(decision.rootFd, decision.rest, req.flags, req.mode, options, cancel);
+        const slow = resolver.openSlow(decision.rootFd, decision.rest, flags, req.mode, options, cancel);
         outcome.slow = ctx.audit ? audited(ctx, peer, req, raw, access, decision, started, slow) : slow;
         outcome.result = 0;
         return outcome;
       }
       resolver.refusal = '';
-      const fd = resolver.open(decision.rootFd, decision.rest, req.flags, req.mode, options);
+      const fd = resolver.open(decision.rootFd, decision.rest, flags, req.mode, options);
       if (fd < 0) {
         errno = -fd;
         if (resolver.refusal) reason = resolver.refusal;
