@@ -3,12 +3,14 @@
  * each reply exactly as it arrives. No codec of ours decides what is sent. Also: an in-process broker
  * on a temporary socket, and small facts about fds.
  */
-import { readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Broker, type BrokerOptions } from '../src/broker/broker.js';
 import { C, native, PollMode, recvArena, recvMeta, type NativePoller } from '../src/native.js';
 import { Policy } from '../src/policy/policy.js';
 import { parseAllowFlag, parseDenyFlag } from '../src/policy/rule.js';
+import { CLI, sleep, type ServeProcess } from './helpers.js';
 
 export interface RawReply {
   /** the reply's bytes */
@@ -190,4 +192,39 @@ export function fdFlags(fd: number): number {
 
 export function closeAll(fds: number[]): void {
   for (const fd of fds) native.close(fd);
+}
+
+/**
+ * Starts `openhook serve` under a wrapper command (for example prlimit) and waits until it serves.
+ * The wrapper must exec the broker, so that the child's pid is the broker's.
+ */
+export async function startServeUnder(wrapper: string[], socket: string, args: string[]): Promise<ServeProcess> {
+  const [cmd, ...rest] = wrapper.length ? wrapper : [process.execPath];
+  const argv = [...rest, ...(wrapper.length ? [process.execPath] : []), CLI, 'serve', '--socket', socket, ...args];
+  const child = spawn(cmd!, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (d) => (err += d));
+  child.stdout!.resume();
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  for (let i = 0; i < 1000 && !(existsSync(socket) && err.includes('serving')); i++) {
+    if (child.exitCode !== null) throw new Error(`serve exited with ${child.exitCode}: ${err}`);
+    await sleep(10);
+  }
+  if (!err.includes('serving')) throw new Error(`serve did not start: ${err}`);
+  return {
+    child,
+    socket,
+    stderr: () => err,
+    stop: async (signal = 'SIGTERM') => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+}
+
+/** CPU time (user + system) a process has used, in seconds. */
+export function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
 }
