@@ -973,7 +973,7 @@ static napi_value js_fs_magic(napi_env env, napi_callback_info info) {
  * that Node's signal handling is undisturbed. Results come back through one uv_async_t, and each one
  * calls callback(id, result, statMode, statNlink). A job that finishes after close() has its fd
  * closed here. */
-enum { JOB_LOOKUP = 1, JOB_CREATE = 2, JOB_REOPEN = 3 };
+enum { JOB_LOOKUP = 1, JOB_CREATE = 2, JOB_REOPEN = 3, JOB_STATFS = 4, JOB_CLOSE = 5 };
 
 typedef struct job {
   struct job *next;
@@ -1004,6 +1004,10 @@ static void pool_free(pool_t *p) {
   free(p);
 }
 
+static bool job_makes_fd(const job_t *j) {
+  return j->op == JOB_LOOKUP || j->op == JOB_CREATE || j->op == JOB_REOPEN;
+}
+
 static void job_run(job_t *j) {
   struct stat st;
   switch (j->op) {
@@ -1016,6 +1020,18 @@ static void job_run(job_t *j) {
       break;
     case JOB_REOPEN:
       j->result = reopen_fd(j->dirfd, j->flags);
+      break;
+    case JOB_STATFS: { /* the magic number comes back as statMode (an unsigned value) */
+      struct statfs sfs;
+      int r;
+      do r = fstatfs(j->dirfd, &sfs);
+      while (r < 0 && errno == EINTR);
+      j->result = r < 0 ? -errno : 0;
+      if (r == 0) j->st_mode = (double)(uint32_t)sfs.f_type;
+      break;
+    }
+    case JOB_CLOSE: /* close() may wait: FUSE sends FLUSH, NFS may write back */
+      j->result = close(j->dirfd) < 0 ? -errno : 0;
       break;
     default:
       j->result = -EINVAL;
@@ -1040,7 +1056,7 @@ static void *pool_thread(void *arg) {
     job_run(j);
     pthread_mutex_lock(&p->mu);
     if (p->closed) {
-      if (j->result >= 0) close(j->result);
+      if (j->result >= 0 && job_makes_fd(j)) close(j->result);
       free(j);
       break;
     }
@@ -1082,7 +1098,7 @@ static void pool_deliver(uv_async_t *h) {
         napi_get_and_clear_last_exception(env, &exc);
         napi_fatal_exception(env, exc);
       }
-    } else if (j->result >= 0) {
+    } else if (j->result >= 0 && job_makes_fd(j)) {
       close(j->result);
     }
     free(j);
@@ -1110,8 +1126,8 @@ static void pool_close(napi_env env, pool_t *p) {
   p->queued = 0;
   pthread_cond_broadcast(&p->cv);
   pthread_mutex_unlock(&p->mu);
-  while (q) { job_t *n = q->next; free(q); q = n; }
-  while (d) { job_t *n = d->next; if (d->result >= 0) close(d->result); free(d); d = n; }
+  while (q) { job_t *n = q->next; if (q->op == JOB_CLOSE) close(q->dirfd); free(q); q = n; }
+  while (d) { job_t *n = d->next; if (d->result >= 0 && job_makes_fd(d)) close(d->result); free(d); d = n; }
   napi_async_destroy(env, p->async_ctx);
   napi_delete_reference(env, p->callback_ref);
   p->callback_ref = NULL;
@@ -1183,15 +1199,15 @@ static napi_value pool_submit(napi_env env, napi_callback_info info) {
   char path[PATH_MAX];
   size_t len = 0;
   path[0] = 0;
-  if (op != JOB_REOPEN) {
+  if (op == JOB_LOOKUP || op == JOB_CREATE) {
     int r = arg_path(env, argv[3], path, sizeof path, &len);
     if (r) return make_int(env, r);
-  } else {
+  } else if (op == JOB_REOPEN) {
     int r = proc_fd_dir_get();
     if (r < 0) return make_int(env, r);
   }
   pthread_mutex_lock(&p->mu);
-  bool full = p->queued >= p->max_queued;
+  bool full = p->queued >= p->max_queued && op != JOB_CLOSE; /* a close is never refused: it would leak */
   pthread_mutex_unlock(&p->mu);
   if (full) return make_int(env, -EAGAIN);
   job_t *j = malloc(sizeof *j + len + 1);
@@ -1334,7 +1350,7 @@ static napi_value init(napi_env env, napi_value exports) {
   K(RESOLVE_IN_ROOT); K(RESOLVE_CACHED);
   K(S_IFMT); K(S_IFREG); K(S_IFDIR); K(S_IFLNK); K(S_IFIFO); K(S_IFSOCK); K(S_IFCHR); K(S_IFBLK);
   K(MSG_TRUNC); K(MSG_CTRUNC);
-  K(JOB_LOOKUP); K(JOB_CREATE); K(JOB_REOPEN);
+  K(JOB_LOOKUP); K(JOB_CREATE); K(JOB_REOPEN); K(JOB_STATFS); K(JOB_CLOSE);
   K(UV_READABLE); K(UV_WRITABLE); K(UV_DISCONNECT);
 #undef K
   set_int(env, c, "STATUS_EOF", STATUS_EOF);

@@ -20,7 +20,7 @@ export interface NativeConstants {
   S_IFCHR: number; S_IFBLK: number;
   MSG_TRUNC: number; MSG_CTRUNC: number;
   /** OpenPool job kinds */
-  JOB_LOOKUP: number; JOB_CREATE: number; JOB_REOPEN: number;
+  JOB_LOOKUP: number; JOB_CREATE: number; JOB_REOPEN: number; JOB_STATFS: number; JOB_CLOSE: number;
   UV_READABLE: number; UV_WRITABLE: number; UV_DISCONNECT: number;
   /** status passed to a receiving poller's callback when the peer has closed */
   STATUS_EOF: number;

@@ -72,6 +72,8 @@ interface Entry {
   bytes: Buffer;
   /** READY: the fd to send with the first byte, or -1 */
   fd: number;
+  /** the fd came from a slow open: the resolver closes it off the event loop */
+  slow: boolean;
 }
 
 /** Scratch space shared by all connections: requests are served one at a time on the event loop. */
@@ -288,13 +290,14 @@ export class Connection {
     entry.state = WAITING;
     slow.then((fd) => {
       if (this.#closed) {
-        if (fd >= 0) native.close(fd);
+        this.#release(fd, true);
         return;
       }
       entry.state = READY;
       entry.bytes = Buffer.alloc(12);
       encodeReply(entry.bytes, 0, Command.QEMU_OPEN, fd < 0 ? fd : 0);
       entry.fd = fd < 0 ? -1 : fd;
+      entry.slow = true;
       this.#guard(() => this.#pump());
     }, (err: unknown) => this.#guard(() => { throw err; }));
   }
@@ -303,17 +306,17 @@ export class Connection {
   #taggedDone(id: number, fd: number): void {
     this.#slowTagged--;
     if (this.#closed) {
-      if (fd >= 0) native.close(fd);
+      this.#release(fd, true);
       return;
     }
     const bytes = Buffer.alloc(16);
     encodeTaggedReply(bytes, 0, id, fd < 0 ? fd : 0);
-    this.#push(READY, bytes, fd < 0 ? -1 : fd);
+    this.#push(READY, bytes, fd < 0 ? -1 : fd, true);
     this.#guard(() => this.#pump());
   }
 
-  #push(state: number, bytes: Buffer, fd: number): Entry {
-    const entry: Entry = { state, bytes, fd };
+  #push(state: number, bytes: Buffer, fd: number, slow = false): Entry {
+    const entry: Entry = { state, bytes, fd, slow };
     this.#queue.push(entry);
     if (this.#queue.length > this.#limits.queue) this.close();
     return entry;
@@ -343,7 +346,7 @@ export class Connection {
         this.close();
         return;
       }
-      if (head.fd >= 0) native.close(head.fd);
+      this.#release(head.fd, head.slow);
       head.fd = -1;
       this.#blockedSince = 0;
       if (n < head.bytes.length) {
@@ -393,6 +396,13 @@ export class Connection {
     if (!this.#closed) this.#settle();
   }
 
+  /** Closes the broker's copy of a sent (or unsendable) fd. */
+  #release(fd: number, slow: boolean): void {
+    if (fd < 0) return;
+    if (slow) this.#host.context().resolver.release(fd);
+    else native.close(fd);
+  }
+
   #guard(fn: () => void): void {
     try {
       fn();
@@ -407,7 +417,7 @@ export class Connection {
     this.#closed = true;
     this.#cancel.cancel();
     this.#poller.close();
-    for (const e of this.#queue) if (e.fd >= 0) native.close(e.fd);
+    for (const e of this.#queue) this.#release(e.fd, e.slow);
     this.#queue.length = 0;
     native.close(this.fd);
     this.#host.released(this);

@@ -144,6 +144,7 @@ export class Resolver {
   readonly #poolThreads: number;
   readonly #poolQueue: number;
   #pool: NativeOpenPool | null = null;
+  #closed = false;
   #jobs = new Map<number, (r: JobResult) => void>();
   #nextJob = 1;
 
@@ -157,17 +158,35 @@ export class Resolver {
 
   /**
    * Whether an open beneath this root must run on the thread pool (openSlow) rather than on the event
-   * loop (open). One fstatfs per rule, the first time it is asked.
+   * loop (open): where FIFOs are allowed, and beneath a root on a network or FUSE filesystem. With
+   * RESOLVE_NO_XDEV every file opened lies on the root's own filesystem, so the root decides. One
+   * statfs per rule, on the pool.
    */
   offloads(rule: object, rootFd: number, options: OpenOptions): boolean {
     if (options.fifos || this.offload === 'always') return true;
-    let blocks = this.#rootBlocks.get(rule);
-    if (blocks === undefined) {
-      const magic = native.fsMagic(rootFd);
-      blocks = magic >= 0 && mayBlock(magic);
-      this.#rootBlocks.set(rule, blocks);
+    const known = this.#rootBlocks.get(rule);
+    if (known !== undefined) return known;
+    // Not known yet. statfs itself can wait on a stalled server, so ask on the pool, and offload
+    // until the answer comes.
+    this.#rootBlocks.set(rule, true);
+    const root = native.dup(rootFd);
+    if (root >= 0) {
+      void this.#job(C.JOB_STATFS, root, '', 0, 0, 0).then((r) => {
+        native.close(root); // an O_PATH fd: closing it never waits
+        this.#rootBlocks.set(rule, r.result < 0 || mayBlock(r.mode));
+      });
     }
-    return blocks;
+    return true;
+  }
+
+  /**
+   * Closes the broker's copy of an fd that openSlow gave, on the pool: close() sends FLUSH on FUSE
+   * and may write back on NFS, so on a stalled filesystem it could block the event loop.
+   */
+  release(fd: number): void {
+    if (fd < 0) return;
+    if (this.#closed) native.close(fd);
+    else void this.#job(C.JOB_CLOSE, fd, '', 0, 0, 0);
   }
 
   /** Opens rest beneath rootFd, on the event loop. flags must have passed flagsError(). Returns an fd or -errno. */
@@ -288,6 +307,7 @@ export class Resolver {
 
   /** Stops the pool; slow opens still in flight have their fds closed when they finish. */
   close(): void {
+    this.#closed = true;
     this.#pool?.close();
     this.#pool = null;
     for (const done of this.#jobs.values()) done({ result: -ECANCELED, mode: 0, nlink: 0 });
@@ -301,13 +321,14 @@ export class Resolver {
 
   #unlessCancelled(fd: number, cancel: OpenCancel | null): number {
     if (fd >= 0 && cancel?.cancelled) {
-      native.close(fd);
+      this.release(fd);
       return -ECANCELED;
     }
     return fd;
   }
 
   #job(job: number, dirfd: number, path: ByteString, flags: number, mode: number, resolve: number): Promise<JobResult> {
+    if (this.#closed) return Promise.resolve({ result: -ECANCELED, mode: 0, nlink: 0 });
     if (!this.#pool) this.#pool = new native.OpenPool(this.#poolThreads, this.#poolQueue, (id, result, m, n) => this.#done(id, result, m, n));
     const id = this.#nextJob;
     this.#nextJob = (this.#nextJob % 0xffffffff) + 1;
@@ -318,10 +339,7 @@ export class Resolver {
 
   #done(id: number, result: number, mode: number, nlink: number): void {
     const resolve = this.#jobs.get(id);
-    if (!resolve) {
-      if (result >= 0) native.close(result);
-      return;
-    }
+    if (!resolve) return; // the resolver was closed: the pool closes the fds of jobs it finishes after that
     this.#jobs.delete(id);
     resolve({ result, mode, nlink });
   }
