@@ -3,12 +3,12 @@
  * broker survives running out of fds (EMFILE at accept and at open) without spinning, and recovers.
  */
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { C, native } from '../src/native.js';
-import { fdCount, fixture, sleep, tempDir } from './helpers.js';
+import { CLI, fdCount, fixture, sleep, tempDir } from './helpers.js';
 import { closeAll, cpuSeconds, inodeOf, openFrame, RawClient, startServeUnder } from './raw.js';
 
 const EMFILE = 24, ENFILE = 23, EAGAIN = 11;
@@ -217,4 +217,13 @@ describe('limits: caps and fairness', () => {
       }
     });
   }
+});
+
+describe('start-up: fails closed', () => {
+  it('refuses to start without procfs, saying why, rather than failing every request', () => {
+    const socket = join(tmp.path, 'noproc.sock');
+    const r = spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', 'umount -l /proc && exec "$0" "$@"', process.execPath, CLI, 'serve', '--socket', socket, `--allow=${data}/:r`], { encoding: 'utf8', timeout: 20_000 });
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /procfs is not mounted at \/proc/);
+  });
 });

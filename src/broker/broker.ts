@@ -13,7 +13,7 @@ import { C, native, type NativePoller, PollMode, check } from '../native.js';
 import type { Peer, Policy } from '../policy/policy.js';
 import type { AuditSink } from './audit.js';
 import { Connection, DEFAULT_CONNECTION_LIMITS, type ConnectionHost, type ConnectionLimits, type SocketKind } from './connection.js';
-import { DEFAULT_OPEN_OPTIONS, Resolver, type OpenOptions } from './resolver.js';
+import { DEFAULT_OPEN_OPTIONS, missingSupport, Resolver, type OpenOptions } from './resolver.js';
 import type { ServiceContext } from './service.js';
 
 export interface BrokerLimits extends ConnectionLimits {
@@ -48,6 +48,12 @@ export interface ListenOptions {
   backlog?: number;
 }
 
+/** The kernel or process lacks what the resolver needs (openat2, procfs). */
+export class UnsupportedSystemError extends Error {
+  override name = 'UnsupportedSystemError';
+  readonly code = 'ERR_OPENHOOK_UNSUPPORTED';
+}
+
 const EAGAIN = 11, EMFILE = 24, ENFILE = 23, ENOBUFS = 105, ENOMEM = 12;
 /** Connections accepted per wake-up, so that a connection storm cannot monopolise the loop. */
 const ACCEPT_BATCH = 64;
@@ -71,6 +77,8 @@ export class Broker implements ConnectionHost {
   #closed = false;
 
   constructor(options: BrokerOptions) {
+    const missing = missingSupport();
+    if (missing) throw new UnsupportedSystemError(`openhook cannot broker opens safely here: ${missing}`);
     this.limits = Object.freeze({ ...DEFAULT_BROKER_LIMITS, ...options.limits });
     this.#ctx = {
       policy: options.policy,

@@ -131,6 +131,29 @@ interface JobResult {
   nlink: number;
 }
 
+/**
+ * What this kernel and process lack for the resolver to be safe, or null. The broker refuses to start
+ * without openat2 and its RESOLVE_* flags (Linux 5.6), or without procfs at /proc (to reopen a checked
+ * inode): failing closed at start is clearer than failing every request.
+ */
+export function missingSupport(): string | null {
+  const root = native.open('/', C.O_PATH | C.O_DIRECTORY, 0);
+  if (root < 0) return `cannot open / (errno ${-root})`;
+  try {
+    const fd = native.openat2(root, '.', C.O_PATH | C.O_CLOEXEC, 0, resolveFlags(DEFAULT_OPEN_OPTIONS));
+    if (fd === -38) return 'this kernel has no openat2 (Linux 5.6 or later is needed)';
+    if (fd === -22) return 'this kernel lacks a RESOLVE_* flag of openat2 (Linux 5.6 or later is needed)';
+    if (fd < 0) return `openat2 failed (errno ${-fd})`;
+    const again = native.reopen(fd, C.O_RDONLY | C.O_DIRECTORY | C.O_CLOEXEC);
+    native.close(fd);
+    if (again < 0) return 'procfs is not mounted at /proc (needed to reopen exactly the checked file)';
+    native.close(again);
+    return null;
+  } finally {
+    native.close(root);
+  }
+}
+
 export class Resolver {
   readonly umask: number;
   readonly offload: 'auto' | 'always';

@@ -1,6 +1,6 @@
 /** `openhook serve`: the broker as a daemon on a UNIX socket. */
 import { Command } from 'commander';
-import { Broker, DEFAULT_BROKER_LIMITS } from '../broker/broker.js';
+import { Broker, DEFAULT_BROKER_LIMITS, UnsupportedSystemError } from '../broker/broker.js';
 import { PolicyError } from '../policy/rule.js';
 import { addPolicyOptions, policyFromFlags, type PolicyFlags } from './policy-options.js';
 import { parseCount, parseMode } from './util.js';
@@ -39,6 +39,10 @@ function serve(opts: ServeOptions): void {
     if (err instanceof PolicyError) {
       process.stderr.write(`openhook serve: ${err.message}\n`);
       process.exit(2);
+    }
+    if (err instanceof UnsupportedSystemError) {
+      process.stderr.write(`openhook serve: ${err.message}\n`);
+      process.exit(1);
     }
     throw err;
   }
