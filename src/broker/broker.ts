@@ -88,6 +88,11 @@ export class Broker implements ConnectionHost {
       native.close(fd);
       return;
     }
+    if (!this.#ctx.policy.admits(peer)) {
+      // The policy refuses clients that match none of its sections: close before reading anything.
+      native.close(fd);
+      return;
+    }
     this.#connections.add(new Connection(this, fd, peer, kind));
   }
 

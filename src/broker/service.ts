@@ -56,7 +56,8 @@ export function serveOpen(ctx: ServiceContext, peer: Peer, req: Request): OpenOu
     if (!decision.allowed) {
       errno = decision.errno;
     } else {
-      const fd = ctx.resolver.open(decision.rootFd, decision.rest, req.flags, req.mode);
+      const fd = ctx.resolver.open(decision.rootFd, decision.rest, req.flags, req.mode, decision.open);
+      ctx.policy.release(decision); // the root may close now, if a reload retired it
       if (fd < 0) errno = -fd;
       else outcome.fd = fd;
     }

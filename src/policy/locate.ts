@@ -1,0 +1,217 @@
+/**
+ * Where things are in a TOML document: the line and column of each table of an array of tables
+ * (`[[rule]]`, or `{ ... }` inside `rule = [ ... ]`) and, on request, of every key. The parser
+ * (smol-toml) gives values but no positions; rules need their file:line, and validation errors need
+ * the line and column of the offending key.
+ *
+ * The input has already been parsed successfully, so this scanner only has to know enough TOML to
+ * stay in step: strings of all four kinds, comments, headers, arrays and inline tables.
+ *
+ * Paths name what the parser returned: `rule[3]`, `client[0].rule[2].access`, `deny_errno`.
+ */
+
+export interface Position {
+  line: number;
+  column: number;
+}
+
+const NL = 0x0a, HASH = 0x23, LBRACK = 0x5b, RBRACK = 0x5d, LBRACE = 0x7b, RBRACE = 0x7d;
+const COMMA = 0x2c, EQ = 0x3d, DOT = 0x2e, DQ = 0x22, SQ = 0x27, BSLASH = 0x5c;
+
+/** Positions by path. Tables of arrays of tables always; keys (and plain tables) when withKeys. */
+export function locate(text: string, withKeys: boolean): Map<string, Position> {
+  return new Scanner(text, withKeys).run();
+}
+
+class Scanner {
+  #s: string;
+  #i = 0;
+  #line = 1;
+  #lineStart = 0;
+  #keys: boolean;
+  #out = new Map<string, Position>();
+  #arrayCounts = new Map<string, number>();
+
+  constructor(text: string, withKeys: boolean) {
+    this.#s = text;
+    this.#keys = withKeys;
+  }
+
+  run(): Map<string, Position> {
+    const s = this.#s;
+    let table = '';
+    if (s.charCodeAt(0) === 0xfeff) this.#i = 1;
+    for (;;) {
+      this.#skipBlank(true);
+      if (this.#i >= s.length) break;
+      if (s.charCodeAt(this.#i) === LBRACK) {
+        table = this.#header();
+      } else {
+        const pos = this.#pos();
+        const key = this.#key(EQ);
+        const path = table ? `${table}.${key}` : key;
+        if (this.#keys) this.#out.set(path, pos);
+        this.#i++; // '='
+        this.#skipBlank(false);
+        this.#value(path);
+      }
+      this.#skipToEol();
+    }
+    return this.#out;
+  }
+
+  #pos(): Position {
+    return { line: this.#line, column: this.#i - this.#lineStart + 1 };
+  }
+
+  #newline(at: number): void {
+    this.#line++;
+    this.#lineStart = at + 1;
+  }
+
+  /** Skips spaces, tabs, comments and (if newlines) line ends. */
+  #skipBlank(newlines: boolean): void {
+    const s = this.#s;
+    while (this.#i < s.length) {
+      const c = s.charCodeAt(this.#i);
+      if (c === 0x20 || c === 0x09 || c === 0x0d) this.#i++;
+      else if (c === HASH) while (this.#i < s.length && s.charCodeAt(this.#i) !== NL) this.#i++;
+      else if (c === NL && newlines) this.#newline(this.#i++);
+      else break;
+    }
+  }
+
+  #skipToEol(): void {
+    this.#skipBlank(false);
+  }
+
+  /** `[a.b]` or `[[a.b]]`; returns the path of the table the following keys belong to. */
+  #header(): string {
+    const s = this.#s;
+    const pos = this.#pos();
+    const array = s.charCodeAt(this.#i + 1) === LBRACK;
+    this.#i += array ? 2 : 1;
+    const parts: string[] = [];
+    for (;;) {
+      this.#skipBlank(false);
+      parts.push(this.#simpleKey());
+      this.#skipBlank(false);
+      if (s.charCodeAt(this.#i) === DOT) this.#i++;
+      else break;
+    }
+    this.#i += array ? 2 : 1; // ']' or ']]'
+    let path = '';
+    for (let j = 0; j < parts.length; j++) {
+      path = path ? `${path}.${parts[j]}` : parts[j]!;
+      const count = this.#arrayCounts.get(path);
+      if (j < parts.length - 1 && count !== undefined) path += `[${count - 1}]`;
+    }
+    if (array) {
+      const n = this.#arrayCounts.get(path) ?? 0;
+      this.#arrayCounts.set(path, n + 1);
+      path += `[${n}]`;
+      this.#out.set(path, pos);
+    } else if (this.#keys) {
+      this.#out.set(path, pos);
+    }
+    return path;
+  }
+
+  /** A dotted key, up to (not including) the `=`. */
+  #key(end: number): string {
+    const s = this.#s;
+    let key = '';
+    for (;;) {
+      this.#skipBlank(false);
+      key += this.#simpleKey();
+      this.#skipBlank(false);
+      const c = s.charCodeAt(this.#i);
+      if (c === DOT) {
+        this.#i++;
+        key += '.';
+      } else if (c === end || this.#i >= s.length) return key;
+      else return key; // cannot happen in a document the parser accepted
+    }
+  }
+
+  #simpleKey(): string {
+    const s = this.#s;
+    const c = s.charCodeAt(this.#i);
+    if (c === DQ || c === SQ) {
+      const start = this.#i;
+      this.#string();
+      const raw = s.slice(start + 1, this.#i - 1);
+      return c === DQ ? raw.replace(/\\(["\\])/g, '$1') : raw;
+    }
+    const start = this.#i;
+    while (this.#i < s.length && /[A-Za-z0-9_-]/.test(s[this.#i]!)) this.#i++;
+    return s.slice(start, this.#i);
+  }
+
+  /** Any string at #i; leaves #i after its closing quote(s). */
+  #string(): void {
+    const s = this.#s;
+    const q = s.charCodeAt(this.#i);
+    const multi = s.charCodeAt(this.#i + 1) === q && s.charCodeAt(this.#i + 2) === q;
+    this.#i += multi ? 3 : 1;
+    while (this.#i < s.length) {
+      const c = s.charCodeAt(this.#i);
+      if (c === BSLASH && q === DQ) {
+        if (s.charCodeAt(this.#i + 1) === NL) this.#newline(this.#i + 1);
+        this.#i += 2;
+        continue;
+      }
+      if (c === NL) this.#newline(this.#i);
+      if (c === q && (!multi || (s.charCodeAt(this.#i + 1) === q && s.charCodeAt(this.#i + 2) === q))) {
+        this.#i += multi ? 3 : 1;
+        // A multi-line string may end with up to two more quotes that belong to its content.
+        if (multi) for (let k = 0; k < 2 && s.charCodeAt(this.#i) === q; k++) this.#i++;
+        return;
+      }
+      this.#i++;
+    }
+  }
+
+  #value(path: string): void {
+    const s = this.#s;
+    const c = s.charCodeAt(this.#i);
+    if (c === DQ || c === SQ) return this.#string();
+    if (c === LBRACK) {
+      this.#i++;
+      for (let k = 0; ; k++) {
+        this.#skipBlank(true);
+        if (this.#i >= s.length || s.charCodeAt(this.#i) === RBRACK) break;
+        const element = `${path}[${k}]`;
+        if (this.#keys || s.charCodeAt(this.#i) === LBRACE) this.#out.set(element, this.#pos());
+        this.#value(element);
+        this.#skipBlank(true);
+        if (s.charCodeAt(this.#i) === COMMA) this.#i++;
+      }
+      this.#i++;
+      return;
+    }
+    if (c === LBRACE) {
+      this.#i++;
+      for (;;) {
+        this.#skipBlank(true);
+        if (this.#i >= s.length || s.charCodeAt(this.#i) === RBRACE) break;
+        const pos = this.#pos();
+        const key = `${path}.${this.#key(EQ)}`;
+        if (this.#keys) this.#out.set(key, pos);
+        this.#i++; // '='
+        this.#skipBlank(false);
+        this.#value(key);
+        this.#skipBlank(true);
+        if (s.charCodeAt(this.#i) === COMMA) this.#i++;
+      }
+      this.#i++;
+      return;
+    }
+    // A number, boolean or date: up to the next delimiter.
+    while (this.#i < s.length) {
+      const d = s.charCodeAt(this.#i);
+      if (d === COMMA || d === RBRACK || d === RBRACE || d === NL || d === HASH) break;
+      this.#i++;
+    }
+  }
+}
