@@ -27,6 +27,14 @@ export interface OpenOptions {
   followSymlinks: boolean;
   /** directories may be opened (read-only) */
   directories: boolean;
+  /**
+   * Called with the resolved O_PATH fd before anything is opened for I/O (so O_TRUNC has not
+   * happened yet); returns 0, or an errno to refuse with. The policy uses it to hold deny carve-outs
+   * on the real path when symlinks are followed. When it is set, a new file is never created through
+   * a symlink (the create step resolves with RESOLVE_NO_SYMLINKS), since a created file cannot be
+   * checked before it exists.
+   */
+  verify?: (pathFd: number) => number;
 }
 
 export const DEFAULT_OPEN_OPTIONS: OpenOptions = { followSymlinks: false, directories: false };
@@ -58,7 +66,7 @@ export class Resolver {
       const found = this.#openat2(rootFd, rest, pathFlags, 0, resolve);
       if (found === -EAGAIN) continue;
       if (found === -ENOENT && create) {
-        const made = this.#openat2(rootFd, rest, ioFlags | C.O_CREAT | C.O_EXCL, mode & 0o777 & ~this.umask, resolve);
+        const made = this.#openat2(rootFd, rest, ioFlags | C.O_CREAT | C.O_EXCL, mode & 0o777 & ~this.umask, options.verify ? resolve | C.RESOLVE_NO_SYMLINKS : resolve);
         // Someone else created it between our two looks: without O_EXCL, open what is there now.
         if ((made === -EEXIST && !exclusive) || made === -EAGAIN) continue;
         return made;
@@ -68,7 +76,7 @@ export class Resolver {
         native.close(found);
         return -EEXIST;
       }
-      const refused = this.#checkType(found, flags, options);
+      const refused = this.#checkType(found, flags, options) || (options.verify ? options.verify(found) : 0);
       if (refused) {
         native.close(found);
         return -refused;
