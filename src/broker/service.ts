@@ -47,6 +47,9 @@ export function serveOpen(ctx: ServiceContext, peer: Peer, req: Request): OpenOu
   if (badFlags) {
     errno = badFlags;
     reason = 'flags refused';
+  } else if (ctx.audit?.refusing) {
+    errno = 5; // EIO: the audit log cannot be written, and it is fail-closed
+    reason = 'the audit log cannot be written (fail-closed)';
   } else if (!norm.ok) {
     errno = norm.errno === 'EINVAL' ? 22 : norm.errno === 'ENAMETOOLONG' ? 36 : ctx.policy.denyErrno;
     reason = norm.reason;

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /** The openhook command line: one file per command. */
 import { Command } from 'commander';
+import { checkCommand } from './check.js';
 import { demoCommand } from './demo.js';
 import { serveCommand } from './serve.js';
 
@@ -8,6 +9,7 @@ const program = new Command('openhook')
   .description('delegate open() to a policy broker over a UNIX socket')
   .version('0.1.0')
   .addCommand(serveCommand())
+  .addCommand(checkCommand())
   .addCommand(demoCommand());
 
 await program.parseAsync(process.argv);

@@ -3,4 +3,4 @@ export { Access, AccessError, formatAccess, parseAccess } from './access.js';
 export { compilePolicy, loadPolicyFile, parsePolicyText, readPolicyFile, type PolicySpec } from './file.js';
 export { normalise } from './path.js';
 export { Policy, Section, type Decision, type Peer, type PolicyOptions, type SectionSpec } from './policy.js';
-export { makeRule, parseAllowFlag, parseDenyFlag, PolicyError, type Rule } from './rule.js';
+export { describeRule, makeRule, parseAllowFlag, parseDenyFlag, PolicyError, type Rule } from './rule.js';

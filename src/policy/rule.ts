@@ -2,9 +2,9 @@
  * A rule: allow or deny, on an exact file, a directory tree (`PATH/`), or a glob pattern (`*` within
  * one component, `**` across components). Allow rules carry access letters and options.
  */
-import { fromText, type ByteString } from '../bytestring.js';
+import { display, fromText, type ByteString } from '../bytestring.js';
 import { errnoName, errnoValue } from '../native.js';
-import { parseAccess } from './access.js';
+import { formatAccess, parseAccess } from './access.js';
 import { NAME_MAX, PATH_MAX } from './path.js';
 
 export interface Rule {
@@ -197,4 +197,11 @@ export function parseDenyFlag(spec: string): Rule {
   } catch (err) {
     throw new PolicyError(`${origin}: ${(err as Error).message}`);
   }
+}
+
+/** A rule as people write it: `allow /srv/vm/ rw (follow_symlinks)`, `deny /srv/vm/private/`. */
+export function describeRule(rule: Rule): string {
+  const path = display(rule.path) + (rule.tree && rule.path !== '/' ? '/' : '');
+  if (rule.effect === 'deny') return `deny ${path}${rule.denyErrno ? ` (${errnoName(rule.denyErrno)})` : ''}`;
+  return `allow ${path} ${formatAccess(rule.access)}${rule.followSymlinks ? ' (follow_symlinks)' : ''}`;
 }
