@@ -22,9 +22,9 @@
 import { readFileSync } from 'node:fs';
 import { isUtf8 } from 'node:buffer';
 import { parse, TomlError } from 'smol-toml';
-import { locate, type Position } from './locate.js';
+import { locate, type Located, type Position } from './locate.js';
 import { Policy, type PolicyOptions, type SectionSpec } from './policy.js';
-import { makeRule, parseErrno, PolicyError, type Rule } from './rule.js';
+import { makeRule, parseErrno, PolicyError, type Rule, type RuleSpec } from './rule.js';
 
 /** A policy file, parsed and checked but not compiled (no fds, no trie). */
 export interface PolicySpec {
@@ -138,12 +138,11 @@ export function parsePolicyText(text: string, file: string): PolicySpec {
     throw err;
   }
   // Table positions give every rule its file:line; key positions are needed only for an error.
-  const tables = locate(text, false);
   try {
-    return build(doc, tables, file);
+    return build(doc, locate(text, false), file);
   } catch (err) {
     if (!(err instanceof Issue)) throw err;
-    const pos = positionOf(locate(text, true), err.path);
+    const pos = positionOf(locate(text, true).keys, err.path);
     throw new PolicyError(err.message, { file, ...pos });
   }
 }
@@ -158,10 +157,14 @@ function positionOf(positions: Map<string, Position>, path: string): Position | 
   return undefined;
 }
 
-function build(doc: Table, tables: Map<string, Position>, file: string): PolicySpec {
+function build(doc: Table, where: Located, file: string): PolicySpec {
   checkTable(doc, TOP, '', 'the policy');
-  const origin = (path: string): string => `${file}:${tables.get(path)?.line ?? '?'}`;
-  const rules = buildRules((doc.rule as Table[] | undefined) ?? [], 'rule', origin);
+  const lineOf = (array: string, i: number): string => `${file}:${where.arrays.get(array)?.[i] ?? '?'}`;
+  const origin = (path: string): string => {
+    const m = /^(.*)\[(\d+)\]$/.exec(path)!;
+    return lineOf(m[1]!, Number(m[2]));
+  };
+  const rules = buildRules((doc.rule as Table[] | undefined) ?? [], 'rule', lineOf);
   const sections: SectionSpec[] = ((doc.client as Table[] | undefined) ?? []).map((c, i) => {
     const path = `client[${i}]`;
     checkTable(c, CLIENT, path, '[[client]]');
@@ -175,7 +178,7 @@ function build(doc: Table, tables: Map<string, Position>, file: string): PolicyS
       gids: list(c.gid as number | number[] | undefined),
       sessions: list(c.session as string | string[] | undefined),
       includeDefault: (c.include_default as boolean | undefined) ?? false,
-      rules: buildRules((c.rule as Table[] | undefined) ?? [], `${path}.rule`, origin),
+      rules: buildRules((c.rule as Table[] | undefined) ?? [], `${path}.rule`, lineOf),
       origin: origin(path),
     };
   });
@@ -187,7 +190,7 @@ function build(doc: Table, tables: Map<string, Position>, file: string): PolicyS
   return { rules, sections, denyErrno, unmatched: (doc.unmatched as 'default' | 'refuse' | undefined) ?? 'default', source: file };
 }
 
-function buildRules(list: Table[], base: string, origin: (path: string) => string): Rule[] {
+function buildRules(list: Table[], base: string, lineOf: (array: string, i: number) => string): Rule[] {
   const rules: Rule[] = new Array(list.length);
   for (let i = 0; i < list.length; i++) {
     const t = list[i]!;
@@ -199,17 +202,14 @@ function buildRules(list: Table[], base: string, origin: (path: string) => strin
     if (isAllow && t.deny_errno !== undefined) throw new Issue(`${path}.deny_errno`, 'deny_errno belongs on deny rules (or at the top, for every denial)');
     if (!isAllow && t.access !== undefined) throw new Issue(`${path}.access`, 'a deny rule takes no access letters: it denies every access');
     if (!isAllow && t.follow_symlinks !== undefined) throw new Issue(`${path}.follow_symlinks`, 'follow_symlinks belongs on allow rules');
-    const spec = {
-      allow: t.allow as string | undefined,
-      deny: t.deny as string | undefined,
-      access: t.access as string | undefined,
-      followSymlinks: t.follow_symlinks as boolean | undefined,
-      denyErrno: t.deny_errno as string | number | undefined,
-    };
     // Point at the key that is wrong: the path, the letters, or the errno.
-    rules[i] = wrap(path, () => makeRule(spec, origin(path)), (msg) =>
-      /access|letter/.test(msg) ? `${path}.access` : /errno/.test(msg) ? `${path}.deny_errno` : `${path}.${isAllow ? 'allow' : 'deny'}`,
-    );
+    try {
+      rules[i] = makeRule(t as RuleSpec, lineOf(base, i));
+    } catch (err) {
+      if (!(err instanceof PolicyError)) throw err;
+      const key = /access|letter/.test(err.message) ? 'access' : /errno/.test(err.message) ? 'deny_errno' : isAllow ? 'allow' : 'deny';
+      throw new Issue(`${path}.${key}`, err.message);
+    }
   }
   return rules;
 }

@@ -18,8 +18,14 @@ export interface Position {
 const NL = 0x0a, HASH = 0x23, LBRACK = 0x5b, RBRACK = 0x5d, LBRACE = 0x7b, RBRACE = 0x7d;
 const COMMA = 0x2c, EQ = 0x3d, DOT = 0x2e, DQ = 0x22, SQ = 0x27, BSLASH = 0x5c;
 
-/** Positions by path. Tables of arrays of tables always; keys (and plain tables) when withKeys. */
-export function locate(text: string, withKeys: boolean): Map<string, Position> {
+export interface Located {
+  /** for each array of tables ("rule", "client[0].rule"), the line of each of its tables, in order */
+  arrays: Map<string, number[]>;
+  /** with keys: the position of every key and table ("client[0].uid", "rule[3]") */
+  keys: Map<string, Position>;
+}
+
+export function locate(text: string, withKeys: boolean): Located {
   return new Scanner(text, withKeys).run();
 }
 
@@ -30,14 +36,14 @@ class Scanner {
   #lineStart = 0;
   #keys: boolean;
   #out = new Map<string, Position>();
-  #arrayCounts = new Map<string, number>();
+  #arrays = new Map<string, number[]>();
 
   constructor(text: string, withKeys: boolean) {
     this.#s = text;
     this.#keys = withKeys;
   }
 
-  run(): Map<string, Position> {
+  run(): Located {
     const s = this.#s;
     let table = '';
     if (s.charCodeAt(0) === 0xfeff) this.#i = 1;
@@ -47,17 +53,29 @@ class Scanner {
       if (s.charCodeAt(this.#i) === LBRACK) {
         table = this.#header();
       } else {
-        const pos = this.#pos();
+        const pos = this.#keys ? this.#pos() : null;
         const key = this.#key(EQ);
         const path = table ? `${table}.${key}` : key;
-        if (this.#keys) this.#out.set(path, pos);
+        if (pos) this.#out.set(path, pos);
         this.#i++; // '='
         this.#skipBlank(false);
         this.#value(path);
       }
       this.#skipToEol();
     }
-    return this.#out;
+    return { arrays: this.#arrays, keys: this.#out };
+  }
+
+  /** Records an element of an array of tables; returns its path. */
+  #element(array: string, line: number, column: number): string {
+    let list = this.#arrays.get(array);
+    if (!list) this.#arrays.set(array, (list = []));
+    list.push(line);
+    // Only errors need the element's path and column: building them for 100k rules costs load time.
+    if (!this.#keys) return '';
+    const path = `${array}[${list.length - 1}]`;
+    this.#out.set(path, { line, column });
+    return path;
   }
 
   #pos(): Position {
@@ -88,7 +106,7 @@ class Scanner {
   /** `[a.b]` or `[[a.b]]`; returns the path of the table the following keys belong to. */
   #header(): string {
     const s = this.#s;
-    const pos = this.#pos();
+    const line = this.#line, column = this.#i - this.#lineStart + 1;
     const array = s.charCodeAt(this.#i + 1) === LBRACK;
     this.#i += array ? 2 : 1;
     const parts: string[] = [];
@@ -103,17 +121,11 @@ class Scanner {
     let path = '';
     for (let j = 0; j < parts.length; j++) {
       path = path ? `${path}.${parts[j]}` : parts[j]!;
-      const count = this.#arrayCounts.get(path);
-      if (j < parts.length - 1 && count !== undefined) path += `[${count - 1}]`;
+      const list = this.#arrays.get(path);
+      if (j < parts.length - 1 && list !== undefined) path += `[${list.length - 1}]`;
     }
-    if (array) {
-      const n = this.#arrayCounts.get(path) ?? 0;
-      this.#arrayCounts.set(path, n + 1);
-      path += `[${n}]`;
-      this.#out.set(path, pos);
-    } else if (this.#keys) {
-      this.#out.set(path, pos);
-    }
+    if (array) path = this.#element(path, line, column) || `${path}[${this.#arrays.get(path)!.length - 1}]`;
+    else if (this.#keys) this.#out.set(path, { line, column });
     return path;
   }
 
@@ -144,8 +156,13 @@ class Scanner {
       return c === DQ ? raw.replace(/\\(["\\])/g, '$1') : raw;
     }
     const start = this.#i;
-    while (this.#i < s.length && /[A-Za-z0-9_-]/.test(s[this.#i]!)) this.#i++;
-    return s.slice(start, this.#i);
+    let i = start;
+    for (; i < s.length; i++) {
+      const k = s.charCodeAt(i);
+      if (!((k >= 0x61 && k <= 0x7a) || (k >= 0x41 && k <= 0x5a) || (k >= 0x30 && k <= 0x39) || k === 0x5f || k === 0x2d)) break;
+    }
+    this.#i = i;
+    return s.slice(start, i);
   }
 
   /** Any string at #i; leaves #i after its closing quote(s). */
@@ -181,8 +198,8 @@ class Scanner {
       for (let k = 0; ; k++) {
         this.#skipBlank(true);
         if (this.#i >= s.length || s.charCodeAt(this.#i) === RBRACK) break;
-        const element = `${path}[${k}]`;
-        if (this.#keys || s.charCodeAt(this.#i) === LBRACE) this.#out.set(element, this.#pos());
+        const element = (s.charCodeAt(this.#i) === LBRACE && this.#element(path, this.#line, this.#i - this.#lineStart + 1)) || `${path}[${k}]`;
+        if (this.#keys) this.#out.set(element, this.#pos());
         this.#value(element);
         this.#skipBlank(true);
         if (s.charCodeAt(this.#i) === COMMA) this.#i++;

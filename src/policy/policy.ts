@@ -17,9 +17,9 @@ import type { ByteString } from '../bytestring.js';
 import { display } from '../bytestring.js';
 import { errnoName } from '../native.js';
 import { Access, formatAccess } from './access.js';
-import { rootOf, type Rule } from './rule.js';
+import type { Rule } from './rule.js';
 import { DEFAULT_ROOT_LIMIT, RootTable, type Root, type RootHandle } from './roots.js';
-import { Trie } from './trie.js';
+import { Trie, type Entry } from './trie.js';
 
 export interface Peer {
   pid: number;
@@ -77,12 +77,21 @@ export interface PolicyOptions {
   rootLimit?: number;
 }
 
-/** A rule with what deciding needs precomputed. */
-interface CompiledRule extends Rule {
-  root: Root;
-  /** rootPath.length, or 0 for "/" */
-  rootLength: number;
-  open: OpenOptions;
+/** A rule with what deciding needs precomputed: what the trie stores. */
+class CompiledRule implements Entry {
+  readonly rule: Rule;
+  readonly root: Root;
+  /** root.path.length, or 0 for "/" */
+  readonly rootLength: number;
+  readonly open: OpenOptions;
+
+  constructor(rule: Rule, root: Root) {
+    this.rule = rule;
+    this.root = root;
+    this.rootLength = root.path === '/' ? 0 : root.path.length;
+    const dirs = (rule.access & Access.DIRECTORY) !== 0;
+    this.open = rule.followSymlinks ? { followSymlinks: true, directories: dirs } : dirs ? DIRECTORIES : NO_OPTIONS;
+  }
 }
 
 export class Section {
@@ -93,9 +102,9 @@ export class Section {
   readonly sessions: readonly string[] | null;
   readonly rules: readonly Rule[];
   /** @internal */
-  readonly trie: Trie;
+  readonly trie: Trie<CompiledRule>;
 
-  constructor(spec: Omit<SectionSpec, 'rules'> & { rules: readonly Rule[] }, trie: Trie) {
+  constructor(spec: Omit<SectionSpec, 'rules'> & { rules: readonly Rule[] }, trie: Trie<CompiledRule>) {
     this.name = spec.name ?? spec.origin;
     this.origin = spec.origin;
     this.uids = spec.uids?.length ? spec.uids : null;
@@ -134,15 +143,10 @@ export class Policy {
     this.unmatched = options.unmatched ?? 'default';
     this.source = options.source ?? 'command line';
     this.#roots = new RootTable(options.rootLimit ?? DEFAULT_ROOT_LIMIT);
-    const compiled = new Map<Rule, CompiledRule>();
-    const compile = (rule: Rule): CompiledRule => {
-      let c = compiled.get(rule);
-      if (!c) compiled.set(rule, (c = this.#compileRule(rule)));
-      return c;
-    };
-    const build = (list: readonly Rule[]): Trie => {
-      const trie = new Trie();
-      for (const r of list) trie.add(compile(r));
+    const make = (rule: Rule) => (root: Root) => new CompiledRule(rule, root);
+    const build = (list: readonly Rule[]): Trie<CompiledRule> => {
+      const trie = new Trie<CompiledRule>();
+      for (const r of list) trie.add(r, make(r));
       return trie;
     };
     this.defaultSection = new Section({ name: 'default', origin: 'default section', rules }, build(rules));
@@ -150,17 +154,6 @@ export class Policy {
       const all = s.includeDefault ? [...s.rules, ...rules] : s.rules;
       return new Section(s, build(all));
     });
-  }
-
-  #compileRule(rule: Rule): CompiledRule {
-    const rootPath = rootOf(rule);
-    const dirs = (rule.access & Access.DIRECTORY) !== 0;
-    return {
-      ...rule,
-      root: this.#roots.root(rootPath),
-      rootLength: rootPath === '/' ? 0 : rootPath.length,
-      open: rule.followSymlinks ? { followSymlinks: true, directories: dirs } : dirs ? DIRECTORIES : NO_OPTIONS,
-    };
   }
 
   /** The number of rules, counting each once. */
@@ -186,18 +179,19 @@ export class Policy {
   decide(peer: Peer, path: ByteString, access: number): Decision {
     const section = this.sectionFor(peer);
     if (section === null) return deny(null, this.denyErrno, 'this client matches no section of the policy, and unmatched clients are refused');
-    const rule = section.trie.match(path) as CompiledRule | null;
-    if (rule === null) return deny(null, this.denyErrno, `no rule covers this path (default deny${section === this.defaultSection ? '' : `, section ${section.name}`})`);
+    const c = section.trie.match(path);
+    if (c === null) return deny(null, this.denyErrno, `no rule covers this path (default deny${section === this.defaultSection ? '' : `, section ${section.name}`})`);
+    const rule = c.rule;
     if (rule.effect === 'deny') return deny(rule, rule.denyErrno || this.denyErrno, `denied by ${rule.origin}`);
     if ((rule.access & access) !== access) {
       return deny(rule, this.denyErrno, `${rule.origin} grants '${formatAccess(rule.access)}', the request needs '${formatAccess(access)}'`);
     }
-    const h = this.#roots.acquire(rule.root);
+    const h = this.#roots.acquire(c.root);
     if (typeof h === 'number') {
-      return deny(rule, -h, `allowed by ${rule.origin}, but its root ${display(rule.root.path)} cannot be opened (${errnoName(h)})`);
+      return deny(rule, -h, `allowed by ${rule.origin}, but its root ${display(c.root.path)} cannot be opened (${errnoName(h)})`);
     }
-    const rest = path.length === rule.rootLength || path === '/' ? '.' : path.slice(rule.rootLength + 1);
-    const open = rule.followSymlinks ? { ...rule.open, verify: (fd: number) => this.#verify(section, access, rule, h, fd) } : rule.open;
+    const rest = path.length === c.rootLength || path === '/' ? '.' : path.slice(c.rootLength + 1);
+    const open = rule.followSymlinks ? { ...c.open, verify: (fd: number) => this.#verify(section, access, c, h, fd) } : c.open;
     return { allowed: true, errno: 0, rule, rootFd: h.fd, rest, reason: `allowed by ${rule.origin}`, open, handle: h };
   }
 
@@ -228,7 +222,7 @@ export class Policy {
     else if (rootReal === '/' && real.startsWith('/')) lexical = joinPath(rule.root.path, real.slice(1));
     else if (real.startsWith(rootReal) && real.charCodeAt(rootReal.length) === 0x2f) lexical = joinPath(rule.root.path, real.slice(rootReal.length + 1));
     else return this.denyErrno; // outside the root: the kernel should have refused already
-    const again = section.trie.match(lexical);
+    const again = section.trie.match(lexical)?.rule ?? null;
     if (again === null || again.effect === 'deny') return again?.denyErrno || this.denyErrno;
     return (again.access & access) === access ? 0 : this.denyErrno;
   }

@@ -42,26 +42,18 @@ export class Root {
 
 export const DEFAULT_ROOT_LIMIT = 1024;
 
+/**
+ * The open roots of one policy. Root objects live in the policy's tries (one per directory); this
+ * table bounds how many of them hold an fd at once.
+ */
 export class RootTable {
   readonly limit: number;
-  #roots = new Map<ByteString, Root>();
   /** open roots, oldest first */
   #open: Root[] = [];
   #closed = false;
 
   constructor(limit = DEFAULT_ROOT_LIMIT) {
     this.limit = Math.max(1, limit);
-  }
-
-  /** The shared Root for a directory path (compile time). */
-  root(path: ByteString): Root {
-    let r = this.#roots.get(path);
-    if (!r) this.#roots.set(path, (r = new Root(path)));
-    return r;
-  }
-
-  get size(): number {
-    return this.#roots.size;
   }
 
   /** How many roots hold an open fd now. */

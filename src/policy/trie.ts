@@ -20,32 +20,40 @@
  * costs one Map lookup per component. It allocates nothing but the path's component strings.
  */
 import type { ByteString } from '../bytestring.js';
-import { segments, type Glob, type Rule } from './rule.js';
+import { Root } from './roots.js';
+import { rootOf, segments, type Glob, type Rule } from './rule.js';
+
+/** What the trie stores for a rule: the rule, and whatever deciding needs precomputed. */
+export interface Entry {
+  readonly rule: Rule;
+}
 
 const LIT = 4, PART = 3, STAR = 2, WIDE = 1;
 const END_EXACT = 2, END_TREE = 1;
 
-interface GlobEdge {
+interface GlobEdge<E extends Entry> {
   glob: Glob;
   rank: number;
-  node: Node;
+  node: Node<E>;
 }
 
-class Node {
-  lit: Map<ByteString, Node> | null = null;
-  globs: GlobEdge[] | null = null;
-  wide: Node | null = null;
-  exact: Rule | null = null;
-  tree: Rule | null = null;
+class Node<E extends Entry> {
+  lit: Map<ByteString, Node<E>> | null = null;
+  globs: GlobEdge<E>[] | null = null;
+  wide: Node<E> | null = null;
+  exact: E | null = null;
+  tree: E | null = null;
+  /** the directory this node names, shared by every rule that opens beneath it */
+  root: Root | null = null;
   /** sequence numbers of exact and tree, for "written first wins" */
   exactSeq = 0;
   treeSeq = 0;
 }
 
 /** Whether a is preferred to b at the same place: deny first, then the earlier rule. */
-function better(a: Rule, aSeq: number, b: Rule | null, bSeq: number): boolean {
+function better(a: Entry, aSeq: number, b: Entry | null, bSeq: number): boolean {
   if (b === null) return true;
-  if (a.effect !== b.effect) return a.effect === 'deny';
+  if (a.rule.effect !== b.rule.effect) return a.rule.effect === 'deny';
   return aSeq < bSeq;
 }
 
@@ -70,18 +78,14 @@ const comps: ByteString[] = [];
 const cur = new Uint8Array(MAX_COMPONENTS);
 const best = new Uint8Array(MAX_COMPONENTS);
 
-export interface Match {
-  rule: Rule;
-}
-
-export class Trie {
-  #root = new Node();
+export class Trie<E extends Entry> {
+  #root = new Node<E>();
   #seq = 0;
   #count = 0;
 
   // search state
   #n = 0;
-  #best: Rule | null = null;
+  #best: E | null = null;
   #bestEnd = 0;
   #bestSeq = 0;
   #gen = 0;
@@ -90,11 +94,20 @@ export class Trie {
     return this.#count;
   }
 
-  add(rule: Rule): void {
+  /**
+   * Adds a rule. make() builds its entry, given the Root of the directory it opens beneath (shared
+   * with every other rule of this trie that has the same root).
+   */
+  add(rule: Rule, make: (root: Root) => E): E {
     const seq = this.#seq++;
     this.#count++;
+    const segs = segments(rule);
+    let rootDepth = rule.tree ? segs.length : segs.length - 1;
+    if (rule.glob) rootDepth = segs.findIndex((g) => typeof g !== 'string');
     let node = this.#root;
-    for (const seg of segments(rule)) {
+    let root: Root | null = rootDepth === 0 ? (node.root ??= new Root('/')) : null;
+    for (let d = 0; d < segs.length; d++) {
+      const seg = segs[d]!;
       if (typeof seg === 'string') {
         node.lit ??= new Map();
         let next = node.lit.get(seg);
@@ -113,16 +126,19 @@ export class Trie {
         }
         node = edge.node;
       }
+      if (d + 1 === rootDepth) root = node.root ??= new Root(rootOf(rule));
     }
+    const entry = make(root!);
     if (rule.tree) {
-      if (better(rule, seq, node.tree, node.treeSeq)) (node.tree = rule), (node.treeSeq = seq);
-    } else if (better(rule, seq, node.exact, node.exactSeq)) {
-      (node.exact = rule), (node.exactSeq = seq);
+      if (better(entry, seq, node.tree, node.treeSeq)) (node.tree = entry), (node.treeSeq = seq);
+    } else if (better(entry, seq, node.exact, node.exactSeq)) {
+      (node.exact = entry), (node.exactSeq = seq);
     }
+    return entry;
   }
 
-  /** The deciding rule for a normalised absolute path, or null if none matches. */
-  match(path: ByteString): Rule | null {
+  /** The deciding rule's entry for a normalised absolute path, or null if none matches. */
+  match(path: ByteString): E | null {
     let n = 0;
     if (path.length > 1) {
       let start = 1;
@@ -148,7 +164,7 @@ export class Trie {
    * Walks node at component i. cmp compares the ranks so far (cur[0, i)) with the best match's:
    * 1 better (or no best yet), 0 equal, -1 worse (never searched).
    */
-  #search(node: Node, i: number, cmp: number): void {
+  #search(node: Node<E>, i: number, cmp: number): void {
     const n = this.#n;
     if (i === n) {
       // Every candidate here has the same ranks; a new best makes the prefix equal to it (cmp 0).
@@ -197,14 +213,14 @@ export class Trie {
     }
   }
 
-  #step(next: Node, i: number, rank: number, cmp: number): void {
+  #step(next: Node<E>, i: number, rank: number, cmp: number): void {
     if (cmp === 0) cmp = rank > best[i]! ? 1 : rank < best[i]! ? -1 : 0;
     if (cmp < 0) return;
     cur[i] = rank;
     this.#search(next, i + 1, cmp);
   }
 
-  #consider(rule: Rule, seq: number, end: number, cmp: number): void {
+  #consider(rule: E, seq: number, end: number, cmp: number): void {
     if (cmp < 0) return;
     if (cmp === 0 && this.#best !== null) {
       if (end < this.#bestEnd) return;
