@@ -24,8 +24,20 @@ export class AccessError extends Error {
   override name = 'AccessError';
 }
 
+const parsed = new Map<string, number>();
+
 /** 'rwc' -> bits. Throws AccessError on an unknown or repeated letter, c without w, or d without r. */
 export function parseAccess(text: string): number {
+  // Large policies repeat a handful of access strings many times over.
+  let bits = parsed.get(text);
+  if (bits === undefined) {
+    bits = parseLetters(text);
+    if (parsed.size < 64) parsed.set(text, bits);
+  }
+  return bits;
+}
+
+function parseLetters(text: string): number {
   let bits = 0;
   for (const ch of text) {
     const entry = letters.find(([l]) => l === ch);

@@ -37,6 +37,8 @@ class Scanner {
   #keys: boolean;
   #out = new Map<string, Position>();
   #arrays = new Map<string, number[]>();
+  #lastRaw = '';
+  #lastArray = '';
 
   constructor(text: string, withKeys: boolean) {
     this.#s = text;
@@ -108,6 +110,14 @@ class Scanner {
     const s = this.#s;
     const line = this.#line, column = this.#i - this.#lineStart + 1;
     const array = s.charCodeAt(this.#i + 1) === LBRACK;
+    // A header written again right after its own tables (`[[rule]]` 100,000 times) names the same
+    // array: no header in between can have changed the index of an enclosing table.
+    const close = s.indexOf(']', this.#i);
+    const raw = close > 0 ? s.slice(this.#i, close) : '';
+    if (array && raw === this.#lastRaw && !/["']/.test(raw)) {
+      this.#i = close + 2;
+      return this.#element(this.#lastArray, line, column) || `${this.#lastArray}[${this.#arrays.get(this.#lastArray)!.length - 1}]`;
+    }
     this.#i += array ? 2 : 1;
     const parts: string[] = [];
     for (;;) {
@@ -124,6 +134,8 @@ class Scanner {
       const list = this.#arrays.get(path);
       if (j < parts.length - 1 && list !== undefined) path += `[${list.length - 1}]`;
     }
+    this.#lastRaw = array ? raw : '';
+    this.#lastArray = path;
     if (array) path = this.#element(path, line, column) || `${path}[${this.#arrays.get(path)!.length - 1}]`;
     else if (this.#keys) this.#out.set(path, { line, column });
     return path;
