@@ -143,8 +143,10 @@ export function parseRulePath(text: string): { path: ByteString; tree: boolean; 
     parts.pop();
     tree = true;
   }
-  const path = '/' + parts.join('/');
+  let path = '/' + parts.join('/');
   const glob = firstUnescapedStar(path) >= 0;
+  // Without a glob, the escapes have done their work: the path is the exact name.
+  if (!glob) path = unescape(path);
   return { path, tree: tree || path === '/', glob };
 }
 
