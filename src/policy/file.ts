@@ -207,8 +207,7 @@ function buildRules(list: Table[], base: string, lineOf: (array: string, i: numb
       rules[i] = makeRule(t as RuleSpec, lineOf(base, i));
     } catch (err) {
       if (!(err instanceof PolicyError)) throw err;
-      const key = /access|letter/.test(err.message) ? 'access' : /errno/.test(err.message) ? 'deny_errno' : isAllow ? 'allow' : 'deny';
-      throw new Issue(`${path}.${key}`, err.message);
+      throw new Issue(err.key ? `${path}.${err.key}` : path, err.message);
     }
   }
   return rules;

@@ -35,13 +35,16 @@ export class PolicyError extends Error {
   readonly file: string | undefined;
   readonly line: number | undefined;
   readonly column: number | undefined;
+  /** the key of a rule that is wrong ('allow', 'deny', 'access', 'deny_errno'), where known */
+  readonly key: string | undefined;
 
-  constructor(message: string, where?: { file?: string; line?: number; column?: number }) {
+  constructor(message: string, where?: { file?: string; line?: number; column?: number; key?: string }) {
     const prefix = where?.file !== undefined ? `${where.file}${where.line ? `:${where.line}${where.column ? `:${where.column}` : ''}` : ''}: ` : '';
     super(prefix + message);
     this.file = where?.file;
     this.line = where?.line;
     this.column = where?.column;
+    this.key = where?.key;
   }
 }
 
@@ -173,16 +176,20 @@ export interface RuleSpec {
 /** Builds a rule from its parts; throws PolicyError without a place (callers add it). */
 export function makeRule(spec: RuleSpec, origin: string): Rule {
   const effect = spec.allow !== undefined ? 'allow' : 'deny';
-  const { path, tree, glob } = parseRulePath((spec.allow ?? spec.deny)!);
-  let access = 0;
-  if (effect === 'allow') {
+  const at = (key: string, f: () => void): void => {
     try {
-      access = parseAccess(spec.access ?? '');
+      f();
     } catch (err) {
-      throw new PolicyError((err as Error).message);
+      throw new PolicyError((err as Error).message, { key });
     }
-  }
-  const denyErrno = spec.deny_errno !== undefined ? parseErrno(spec.deny_errno) : 0;
+  };
+  let parsed!: ReturnType<typeof parseRulePath>;
+  at(effect, () => (parsed = parseRulePath((spec.allow ?? spec.deny)!)));
+  let access = 0;
+  if (effect === 'allow') at('access', () => (access = parseAccess(spec.access ?? '')));
+  let denyErrno = 0;
+  if (spec.deny_errno !== undefined) at('deny_errno', () => (denyErrno = parseErrno(spec.deny_errno!)));
+  const { path, tree, glob } = parsed;
   return { effect, path, tree, glob, access, followSymlinks: spec.follow_symlinks ?? false, denyErrno, origin };
 }
 
