@@ -9,7 +9,7 @@ import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { C } from '../src/native.js';
-import { CLI, probe, rfcOpenFrame, ROOT, sleep, startServe, tempDir, type ServeProcess } from './helpers.js';
+import { CLI, fdCount, probe, rfcOpenFrame, ROOT, sleep, startServe, tempDir, type ServeProcess } from './helpers.js';
 
 const tmp = tempDir();
 after(tmp.cleanup);
@@ -163,6 +163,7 @@ describe('reload under load', () => {
     child.stdout!.on('data', (d) => (out += d));
     try {
       await sleep(200);
+      const fdsBefore = fdCount(serve.child.pid!);
       for (let i = 1; i <= 100; i++) {
         install(file, i % 2 ? second : first);
         serve.child.kill('SIGHUP');
@@ -170,6 +171,8 @@ describe('reload under load', () => {
       }
       child.stdin!.end('stop\n');
       await new Promise((r) => child.on('close', r));
+      // Every retired policy's root fds were closed once no open used them any more.
+      assert.ok(fdCount(serve.child.pid!) <= fdsBefore + 1, `fds ${fdsBefore} -> ${fdCount(serve.child.pid!)}`);
     } finally {
       await serve.stop();
     }
