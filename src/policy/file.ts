@@ -194,7 +194,7 @@ function buildRules(list: Table[], base: string, lineOf: (array: string, i: numb
   const rules: Rule[] = new Array(list.length);
   for (let i = 0; i < list.length; i++) {
     const t = list[i]!;
-    const path = `${base}[${i}]`;
+    const path = `${base}[${i}]`; // a cons string: cheap unless an error flattens it
     checkTable(t, RULE, path, '[[rule]]');
     const isAllow = t.allow !== undefined;
     if (isAllow === (t.deny !== undefined)) throw new Issue(path, 'a rule needs exactly one of allow = "PATH" or deny = "PATH"');
@@ -213,12 +213,12 @@ function buildRules(list: Table[], base: string, lineOf: (array: string, i: numb
   return rules;
 }
 
-/** Runs f, turning a PolicyError into an Issue at path (or at where(message)). */
-function wrap<T>(path: string, f: () => T, where?: (message: string) => string): T {
+/** Runs f, turning a PolicyError into an Issue at path. */
+function wrap<T>(path: string, f: () => T): T {
   try {
     return f();
   } catch (err) {
-    if (err instanceof PolicyError) throw new Issue(where ? where(err.message) : path, err.message);
+    if (err instanceof PolicyError) throw new Issue(path, err.message);
     throw err;
   }
 }
