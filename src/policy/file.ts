@@ -160,11 +160,15 @@ function positionOf(positions: Map<string, Position>, path: string): Position | 
 function build(doc: Table, where: Located, file: string): PolicySpec {
   checkTable(doc, TOP, '', 'the policy');
   const lineOf = (array: string, i: number): string => `${file}:${where.arrays.get(array)?.[i] ?? '?'}`;
+  const linesOf = (array: string): ((i: number) => string) => {
+    const lines = where.arrays.get(array) ?? [];
+    return (i) => `${file}:${lines[i] ?? '?'}`;
+  };
   const origin = (path: string): string => {
     const m = /^(.*)\[(\d+)\]$/.exec(path)!;
     return lineOf(m[1]!, Number(m[2]));
   };
-  const rules = buildRules((doc.rule as Table[] | undefined) ?? [], 'rule', lineOf);
+  const rules = buildRules((doc.rule as Table[] | undefined) ?? [], 'rule', linesOf('rule'));
   const sections: SectionSpec[] = ((doc.client as Table[] | undefined) ?? []).map((c, i) => {
     const path = `client[${i}]`;
     checkTable(c, CLIENT, path, '[[client]]');
@@ -178,7 +182,7 @@ function build(doc: Table, where: Located, file: string): PolicySpec {
       gids: list(c.gid as number | number[] | undefined),
       sessions: list(c.session as string | string[] | undefined),
       includeDefault: (c.include_default as boolean | undefined) ?? false,
-      rules: buildRules((c.rule as Table[] | undefined) ?? [], `${path}.rule`, lineOf),
+      rules: buildRules((c.rule as Table[] | undefined) ?? [], `${path}.rule`, linesOf(`${path}.rule`)),
       origin: origin(path),
     };
   });
@@ -190,7 +194,7 @@ function build(doc: Table, where: Located, file: string): PolicySpec {
   return { rules, sections, denyErrno, unmatched: (doc.unmatched as 'default' | 'refuse' | undefined) ?? 'default', source: file };
 }
 
-function buildRules(list: Table[], base: string, lineOf: (array: string, i: number) => string): Rule[] {
+function buildRules(list: Table[], base: string, originOf: (i: number) => string): Rule[] {
   const rules: Rule[] = new Array(list.length);
   for (let i = 0; i < list.length; i++) {
     const t = list[i]!;
@@ -204,7 +208,7 @@ function buildRules(list: Table[], base: string, lineOf: (array: string, i: numb
     if (!isAllow && t.follow_symlinks !== undefined) throw new Issue(`${path}.follow_symlinks`, 'follow_symlinks belongs on allow rules');
     // Point at the key that is wrong: the path, the letters, or the errno.
     try {
-      rules[i] = makeRule(t as RuleSpec, lineOf(base, i));
+      rules[i] = makeRule(t as RuleSpec, originOf(i));
     } catch (err) {
       if (!(err instanceof PolicyError)) throw err;
       throw new Issue(err.key ? `${path}.${err.key}` : path, err.message);

@@ -182,7 +182,19 @@ class Scanner {
     const s = this.#s;
     const q = s.charCodeAt(this.#i);
     const multi = s.charCodeAt(this.#i + 1) === q && s.charCodeAt(this.#i + 2) === q;
-    this.#i += multi ? 3 : 1;
+    if (!multi) {
+      // One line, no newlines to count: jump from quote to quote, skipping escaped ones.
+      let at = this.#i + 1;
+      for (;;) {
+        const end = s.indexOf(q === DQ ? '"' : "'", at);
+        if (end < 0) return void (this.#i = s.length);
+        let slashes = 0;
+        if (q === DQ) while (s.charCodeAt(end - 1 - slashes) === BSLASH) slashes++;
+        if (slashes % 2 === 0) return void (this.#i = end + 1);
+        at = end + 1;
+      }
+    }
+    this.#i += 3;
     while (this.#i < s.length) {
       const c = s.charCodeAt(this.#i);
       if (c === BSLASH && q === DQ) {

@@ -101,6 +101,7 @@ export class Trie<E extends Entry> {
   add(rule: Rule, make: (root: Root) => E): E {
     const seq = this.#seq++;
     this.#count++;
+    if (!rule.glob) return this.#addLiteral(rule, seq, make);
     const segs = segments(rule);
     let rootDepth = rule.tree ? segs.length : segs.length - 1;
     if (rule.glob) rootDepth = segs.findIndex((g) => typeof g !== 'string');
@@ -128,7 +129,32 @@ export class Trie<E extends Entry> {
       }
       if (d + 1 === rootDepth) root = node.root ??= new Root(rootOf(rule));
     }
-    const entry = make(root!);
+    return this.#place(node, rule, seq, make(root!));
+  }
+
+  /** add() for a rule without globs: walks the path's components without splitting it. */
+  #addLiteral(rule: Rule, seq: number, make: (root: Root) => E): E {
+    const path = rule.path;
+    let node = this.#root;
+    let root: Root | null = null;
+    // The root: the tree itself, or an exact file's directory.
+    const rootEnd = rule.tree ? path.length : path.lastIndexOf('/');
+    if (rootEnd <= 0) root = node.root ??= new Root('/');
+    for (let start = 1; start < path.length; ) {
+      let end = path.indexOf('/', start);
+      if (end < 0) end = path.length;
+      const name = path.slice(start, end);
+      node.lit ??= new Map();
+      let next = node.lit.get(name);
+      if (!next) node.lit.set(name, (next = new Node()));
+      node = next;
+      if (end === rootEnd) root = node.root ??= new Root(path.slice(0, end));
+      start = end + 1;
+    }
+    return this.#place(node, rule, seq, make(root!));
+  }
+
+  #place(node: Node<E>, rule: Rule, seq: number, entry: E): E {
     if (rule.tree) {
       if (better(entry, seq, node.tree, node.treeSeq)) (node.tree = entry), (node.treeSeq = seq);
     } else if (better(entry, seq, node.exact, node.exactSeq)) {
