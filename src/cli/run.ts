@@ -7,6 +7,7 @@
  * not found.
  */
 import { renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import type { AuditSink } from '../broker/audit.js';
 import { Broker } from '../broker/broker.js';
@@ -101,7 +102,7 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
       broker,
       session: opts.session,
       hookFd: opts.fd,
-      readOnly: opts.ro,
+      readOnly: opts.ro.map((path) => resolve(path)),
       allowUnconfined: opts.allowUnconfined,
       allowUnixSockets: opts.allowUnixSockets,
       // Wait for the report before CMD starts whenever something must be said first.
