@@ -142,7 +142,7 @@ describe('run: the program cannot open files itself', () => {
     assert.equal(out.nnp, '1');
   });
 
-  it('cannot signal processes outside its sandbox, nor reach outside abstract sockets (Landlock ABI 6)', async (t) => {
+  it('cannot signal processes outside its sandbox, nor reach outside abstract sockets (Landlock ABI 6)', { timeout: 30_000 }, async (t) => {
     if (landlockAbi() < 6) return t.skip('Landlock ABI < 6');
     const { out } = probe(['kill-parent']);
     assert.equal(out.kill, 'EPERM');
@@ -162,7 +162,7 @@ describe('run: the program cannot open files itself', () => {
 });
 
 describe('run: fds', () => {
-  it('closes every fd but stdio and the hook, even ones run itself inherited', async () => {
+  it('closes every fd but stdio and the hook, even ones run itself inherited', { timeout: 30_000 }, async () => {
     const leaked = openSync(secret, 'r');
     const child = spawn(process.execPath, [CLI, 'run', '--ro', FIXTURES, '--', PROBE, 'fds'], {
       env: cleanEnv(),
@@ -218,13 +218,14 @@ describe('run: files through the hook', () => {
     assert.equal(got.content, 'the secret');
   });
 
-  it('ends the session when the program exits, even if a descendant keeps the hook', async () => {
+  it('ends the session when the program exits, even if a descendant keeps the hook', { timeout: 30_000 }, async () => {
     const child = spawn(process.execPath, [CLI, 'run', '--allow', `${outside}/:r`, '--ro', FIXTURES, '--', PROBE, 'linger', '1500', secret], { env: cleanEnv() });
     let out = '';
     child.stdout.on('data', (d) => (out += d));
+    const closed = new Promise((res) => child.stdout.on('close', res)); // when the descendant exits too
     const status = await new Promise<number | null>((res) => child.on('exit', res));
     assert.equal(status, 0, 'run ends with the program, not with its descendants');
-    await new Promise((res) => child.stdout.on('close', res)); // the descendant still holds stdout
+    await closed;
     assert.match(out, /linger-parent=exiting/);
     assert.match(out, /linger=(ECONNRESET|EPIPE)/, out);
   });
@@ -251,7 +252,7 @@ describe('run: exit status and signals', () => {
   });
 
   for (const [signal, number] of [['SIGTERM', 15], ['SIGINT', 2], ['SIGHUP', 1]] as const) {
-    it(`forwards ${signal} to the program`, async () => {
+    it(`forwards ${signal} to the program`, { timeout: 30_000 }, async () => {
       const child = spawn(process.execPath, [CLI, 'run', '--ro', FIXTURES, '--', PROBE, 'wait-signal'], { env: cleanEnv() });
       let out = '';
       await new Promise<void>((resolve) => child.stdout.on('data', (d) => ((out += d), out.includes('ready') && resolve())));

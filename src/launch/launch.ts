@@ -9,7 +9,7 @@
  * exec'd. When CMD exits, its connection is closed: the session is over, even if a descendant still
  * holds the fd.
  */
-import { spawn, type StdioNull, type StdioPipe } from 'node:child_process';
+import { spawn, type ChildProcess, type StdioNull, type StdioPipe } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { constants as osConstants } from 'node:os';
@@ -102,18 +102,34 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
   for (const grant of confinement.grants) args.push('--path', grant.access, grant.path);
   args.push('--', options.command, ...(options.args ?? []));
 
+  // Forward signals from before the spawn: a signal that arrived between the spawn and the handlers
+  // would otherwise kill this process with its default action and orphan the program.
+  let child: ChildProcess | null = null;
+  const early: NodeJS.Signals[] = [];
+  const forward = (signal: NodeJS.Signals): void => {
+    if (!child) early.push(signal);
+    else if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+  };
+  const signals = options.forwardSignals ?? [];
+  for (const s of signals) process.on(s, forward);
+  const unforward = (): void => {
+    for (const s of signals) process.off(s, forward);
+  };
+
   const [brokerEnd, clientEnd] = native.socketpair(C.SOCK_SEQPACKET, false);
   const [stdin, stdout, stderr] = options.stdio ?? ['inherit', 'inherit', 'inherit'];
-  let child;
   try {
     child = spawn(HELPER_PATH, args, { stdio: [stdin, stdout, stderr, clientEnd, 'pipe'], env });
   } catch (err) {
+    unforward();
     native.close(brokerEnd);
     native.close(clientEnd);
     throw err;
   }
+  const spawned: ChildProcess = child;
+  for (const s of early.splice(0)) forward(s);
   native.close(clientEnd); // the program's end lives only in the program now
-  const pid = child.pid ?? -1;
+  const pid = spawned.pid ?? -1;
   const connection = options.broker.adopt(brokerEnd, 'seqpacket', { session: options.session ?? basename(options.command), ...(pid > 0 ? { pid } : {}) });
 
   const report = emptyReport();
@@ -123,7 +139,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
     reported = true;
     options.onReport?.(report);
   };
-  const channel = child.stdio[4] as Socket;
+  const channel = spawned.stdio[4] as Socket;
   channel.setEncoding('latin1');
   let pending = '';
   channel.on('data', (chunk: string) => {
@@ -141,16 +157,10 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
   channel.on('error', () => {}); // the helper died or exec'd while we wrote: its status tells
   const reportDone = new Promise<void>((resolve) => channel.on('close', () => resolve()));
 
-  const forward = (signal: NodeJS.Signals): void => {
-    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-  };
-  const signals = options.forwardSignals ?? [];
-  for (const s of signals) process.on(s, forward);
-
   try {
     const { code, signal } = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
-      child.once('error', reject);
-      child.once('exit', (c, s) => resolve({ code: c, signal: s }));
+      spawned.once('error', reject);
+      spawned.once('exit', (c, s) => resolve({ code: c, signal: s }));
     });
     await reportDone;
     deliver();
@@ -158,7 +168,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
     const status = signal ? 128 + (osConstants.signals[signal] ?? 0) : (code ?? 1);
     return { status, code, signal, started, report, pid };
   } finally {
-    for (const s of signals) process.off(s, forward);
+    unforward();
     connection.close();
   }
 }
