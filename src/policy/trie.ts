@@ -139,7 +139,8 @@ export class Trie<E extends Entry> {
     let root: Root | null = null;
     // The root: the tree itself, or an exact file's directory.
     const rootEnd = rule.tree ? path.length : path.lastIndexOf('/');
-    if (rootEnd <= 0) root = node.root ??= new Root('/');
+    // "/" as a tree (rootEnd 1) and a file directly in "/" (rootEnd 0) both open beneath "/".
+    if (rootEnd <= 0 || path === '/') root = node.root ??= new Root('/');
     for (let start = 1; start < path.length; ) {
       let end = path.indexOf('/', start);
       if (end < 0) end = path.length;
