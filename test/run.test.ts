@@ -359,5 +359,25 @@ describe('run --learn', () => {
     assert.equal(enforce.status, 0, enforce.stderr);
     const results = enforce.stdout.trim().split('\n');
     assert.deepEqual(results, ['hook=ok content=a', 'hook=ok content=b', 'hook=ok content=c', 'hookcreate=ok', 'hook=EACCES']);
+
+    // And with the file itself, as a user would.
+    rmSync(join(out, 'new.txt'));
+    const fromFile = probe([...steps, 'hook', join(d2, 'd')], ['--policy', policyFile]);
+    assert.equal(fromFile.status, 0, fromFile.stderr);
+    assert.deepEqual(fromFile.stdout.trim().split('\n'), results);
+  });
+
+  it('writes names with * and \\ as exact paths, never as globs', () => {
+    const dir = join(tmp.path, 'learn-odd');
+    mkdirSync(join(dir, 'sub'), { recursive: true });
+    const odd = join(dir, 'sub', 'a*b\\c');
+    writeFileSync(odd, 'odd\n');
+    writeFileSync(join(dir, 'sub', 'aXb\\c'), 'not asked for\n');
+    const policyFile = join(tmp.path, 'odd.toml');
+    const learn = probe(['hook', odd], ['--learn', policyFile]);
+    assert.equal(learn.status, 0, learn.stderr);
+    assert.match(readFileSync(policyFile, 'utf8'), /allow = ".*\/sub\/a\\\\\*b\\\\\\\\c"/);
+    const enforce = probe(['hook', odd, 'hook', join(dir, 'sub', 'aXb\\c')], ['--policy', policyFile]);
+    assert.deepEqual(enforce.stdout.trim().split('\n'), ['hook=ok content=odd', 'hook=EACCES']);
   });
 });

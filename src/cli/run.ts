@@ -7,7 +7,7 @@
  * not found.
  */
 import { renameSync, unlinkSync, writeFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { basename, resolve } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import type { AuditSink } from '../broker/audit.js';
 import { Broker } from '../broker/broker.js';
@@ -21,7 +21,7 @@ import { formatReport, type LaunchReport } from '../launch/report.js';
 import { errnoName } from '../native.js';
 import { Policy } from '../policy/policy.js';
 import { PolicyError } from '../policy/rule.js';
-import { addPolicyOptions, policyFromFlags, type PolicyFlags } from './policy-options.js';
+import { addPolicyOptions, policyFromOptions, type PolicyFlags } from './policy-options.js';
 
 export interface RunOptions extends PolicyFlags {
   ro: string[];
@@ -44,9 +44,10 @@ function parseFd(text: string): number {
 export function runCommand(): Command {
   const cmd = new Command('run')
     .description('run a program confined: it cannot open files itself and asks the broker for them through its hook fd')
-    .usage('[options] -- CMD [ARGS...]')
+    .usage('[policy options] [options] -- CMD [ARGS...]')
     .argument('<command>', 'the program to run')
-    .argument('[args...]', 'its arguments')
+    .argument('[args...]', 'its arguments');
+  addPolicyOptions(cmd)
     .option('--ro <PATH>', 'let the program read and execute PATH itself, besides /usr /lib /lib64 /bin /sbin /etc (repeatable)', collect, [])
     .option('--fd <N>', 'fd number of the hook socket in the program, exported as OPENHOOK_FD', parseFd, 3)
     .option('--session <NAME>', "session name that policy sections match (default: the command's base name)")
@@ -57,7 +58,6 @@ export function runCommand(): Command {
     .option('--allow-unix-sockets', 'let the program create UNIX sockets; it can then connect to any socket path it can name')
     .passThroughOptions()
     .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : EXIT_REFUSED));
-  addPolicyOptions(cmd);
   return cmd.action(async (command: string, args: string[], opts: RunOptions) => {
     process.exitCode = await run(command, args, opts);
   });
@@ -78,12 +78,14 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
   const log = opts.log ? stderrLog : null;
   try {
     if (opts.learn !== undefined) {
-      if (opts.allow.length > 0 || opts.deny.length > 0) throw new PolicyError('--learn allows every request; give no --allow or --deny with it');
+      if (opts.allow.length > 0 || opts.deny.length > 0 || opts.policy !== undefined) {
+        throw new PolicyError('--learn allows every request; give no --policy, --allow or --deny with it');
+      }
       recorder = new LearnRecorder(log);
       policy = allowEverythingPolicy();
     } else {
       // No rules at all is a valid policy: the program gets nothing through its hook.
-      policy = opts.allow.length > 0 || opts.deny.length > 0 ? policyFromFlags(opts) : new Policy([]);
+      policy = opts.allow.length > 0 || opts.deny.length > 0 || opts.policy !== undefined ? policyFromOptions(opts) : new Policy([]);
     }
   } catch (err) {
     if (err instanceof PolicyError) {
@@ -93,6 +95,10 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
     throw err;
   }
 
+  const session = opts.session ?? basename(command);
+  const self = { pid: process.pid, uid: process.getuid!(), gid: process.getgid!(), groups: process.getgroups!(), session };
+  if (!policy.admits(self)) say(`WARNING: the policy has no section for session ${session} and refuses unmatched clients: every request will be denied`);
+
   const broker = new Broker({ policy, audit: recorder ?? log, log: (m) => say(m) });
   let result: LaunchResult;
   try {
@@ -100,7 +106,7 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
       command,
       args,
       broker,
-      session: opts.session,
+      session,
       hookFd: opts.fd,
       readOnly: opts.ro.map((path) => resolve(path)),
       allowUnconfined: opts.allowUnconfined,

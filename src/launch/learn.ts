@@ -54,14 +54,16 @@ export function mountPoints(mountinfo: ByteString = readFileSync('/proc/self/mou
   return [...seen];
 }
 
-/** A policy that allows r, w and c on every mounted tree that can be opened as a directory. */
+const EVERYTHING = Access.READ | Access.WRITE | Access.CREATE | Access.DIRECTORY;
+
+/** A policy that allows r, w, c and d on every mounted tree that can be opened as a directory. */
 export function allowEverythingPolicy(mounts: readonly ByteString[] = mountPoints()): Policy {
   const rules: Rule[] = [];
   for (const path of mounts) {
     const fd = native.open(path, C.O_PATH | C.O_DIRECTORY, 0);
     if (fd < 0) continue; // a file bind-mount, or a mount this process cannot reach
     native.close(fd);
-    rules.push({ effect: 'allow', path, tree: true, access: Access.READ | Access.WRITE | Access.CREATE, origin: 'learn mode' });
+    rules.push({ effect: 'allow', path, tree: true, glob: false, access: EVERYTHING, followSymlinks: false, denyErrno: 0, origin: 'learn mode' });
   }
-  return new Policy(rules);
+  return new Policy(rules, { source: 'learn mode' });
 }

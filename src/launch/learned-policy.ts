@@ -13,9 +13,13 @@
  *   tree never grants a file the program did not use;
  * - every other path gets an exact rule;
  * - each rule has the narrowest access letters that let every request it covers pass: the union of
- *   what they needed ('c' brings 'w', which the policy format requires).
+ *   what they needed ('c' brings 'w', which the policy format requires), and 'd' where a path that
+ *   was read is a directory (requests cannot say they want one; the resolver finds out).
+ *
+ * Names are written as exact paths: '*' and '\' are escaped as the policy format says (\* and \\),
+ * so that a learned name never turns into a glob.
  */
-import { readdirSync } from 'node:fs';
+import { lstatSync, readdirSync } from 'node:fs';
 import { display, toBytes, type ByteString } from '../bytestring.js';
 import { Access, formatAccess } from '../policy/access.js';
 
@@ -41,6 +45,17 @@ export const listDirectory: ListDirectory = (dir) => {
   }
 };
 
+/** Whether a path is a directory now (not following a final symlink, as the resolver does not). */
+export type IsDirectory = (path: ByteString) => boolean;
+
+export const isDirectory: IsDirectory = (path) => {
+  try {
+    return lstatSync(toBytes(path)).isDirectory();
+  } catch {
+    return false;
+  }
+};
+
 function parentOf(path: ByteString): ByteString {
   const i = path.lastIndexOf('/');
   return i <= 0 ? '/' : path.slice(0, i);
@@ -51,7 +66,7 @@ function childOf(dir: ByteString, name: ByteString): ByteString {
 }
 
 /** The minimal rules for the paths used (normalised path → access bits), sorted by path. */
-export function minimalRules(used: ReadonlyMap<ByteString, number>, list: ListDirectory = listDirectory): LearnedRule[] {
+export function minimalRules(used: ReadonlyMap<ByteString, number>, list: ListDirectory = listDirectory, isDir: IsDirectory = isDirectory): LearnedRule[] {
   // Directories with something used beneath them: only these can collapse, and only these are read.
   const ancestors = new Set<ByteString>();
   for (const path of used.keys()) {
@@ -81,6 +96,7 @@ export function minimalRules(used: ReadonlyMap<ByteString, number>, list: ListDi
     const key = top !== null ? `${top}/` : path;
     const rule = rules.get(key) ?? { path: top ?? path, tree: top !== null, access: 0 };
     rule.access |= access;
+    if (access & Access.READ && isDir(path)) rule.access |= Access.DIRECTORY;
     rules.set(key, rule);
   }
   const out = [...rules.values()];
@@ -90,6 +106,11 @@ export function minimalRules(used: ReadonlyMap<ByteString, number>, list: ListDi
   return out
     .filter((r) => r.tree || !trees.has(r.path))
     .sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+}
+
+/** A rule's path as the policy format writes an exact name: '*' and '\\' escaped. */
+export function literalPattern(path: ByteString): ByteString {
+  return path.replace(/[*\\]/g, (c) => `\\${c}`);
 }
 
 /** A TOML basic string for a byte string that is valid UTF-8, or null if it is not. */
@@ -116,7 +137,8 @@ function oneLine(text: string): string {
 export function formatPolicy(rules: readonly LearnedRule[], header: readonly string[] = []): string {
   const lines = header.map((h) => `# ${oneLine(h)}`.trimEnd());
   for (const rule of rules) {
-    const value = tomlString(rule.tree ? `${rule.path === '/' ? '' : rule.path}/` : rule.path);
+    const pattern = literalPattern(rule.path);
+    const value = tomlString(rule.tree ? `${pattern === '/' ? '' : pattern}/` : pattern);
     lines.push('');
     if (value === null) {
       // TOML holds only UTF-8 text; such a name cannot be written as a rule.
