@@ -9,12 +9,12 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { fromText } from '../src/bytestring.js';
 import { allowEverythingPolicy, LearnRecorder, mountPoints } from '../src/launch/learn.js';
-import { formatPolicy, minimalRules, tomlString, type ListDirectory } from '../src/launch/learned-policy.js';
+import { formatPolicy, literalPattern, minimalRules, tomlString, type ListDirectory } from '../src/launch/learned-policy.js';
 import { emptyReport, parseReportLine } from '../src/launch/report.js';
 import { Access } from '../src/policy/access.js';
 import { tempDir } from './helpers.js';
 
-const R = Access.READ, W = Access.WRITE, C = Access.CREATE;
+const R = Access.READ, W = Access.WRITE, C = Access.CREATE, D = Access.DIRECTORY;
 
 /** A directory tree in memory: path → entries (a trailing '/' marks a directory). */
 function fakeTree(tree: Record<string, string[]>): ListDirectory {
@@ -54,6 +54,12 @@ describe('learned policy: minimal form', () => {
     assert.deepEqual(show(minimalRules(new Map([['/x/new', C]]), fakeTree({}))), [`/x/new:${W | C}`]);
   });
 
+  it("adds 'd' where a path that was read is a directory", () => {
+    const list = fakeTree({ '/d': ['sub/', 'other'] });
+    const rules = minimalRules(new Map([['/d/sub', R], ['/d/other-file', W]]), list, (p) => p === '/d/sub');
+    assert.deepEqual(show(rules), [`/d/other-file:${W}`, `/d/sub:${R | D}`]);
+  });
+
   it('reads only directories that hold something used', () => {
     const read: string[] = [];
     const list: ListDirectory = (dir) => {
@@ -80,6 +86,12 @@ describe('learned policy: TOML', () => {
   it('writes the subset every loader reads', () => {
     const text = formatPolicy([{ path: '/srv/vm', tree: true, access: R | W }, { path: '/etc/app.conf', tree: false, access: R }], ['learned']);
     assert.equal(text, '# learned\n\n[[rule]]\nallow = "/srv/vm/"\naccess = "rw"\n\n[[rule]]\nallow = "/etc/app.conf"\naccess = "r"\n');
+  });
+
+  it('writes * and \\ in names escaped, so that a learned name is never a glob', () => {
+    assert.equal(literalPattern('/a*b\\c'), '/a\\*b\\\\c');
+    const text = formatPolicy([{ path: '/srv/*', tree: true, access: R }]);
+    assert.match(text, /^allow = "\/srv\/\\\\\*\/"$/m);
   });
 
   it('escapes quotes, backslashes and control characters, so a name cannot add a rule', () => {
