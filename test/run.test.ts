@@ -231,6 +231,33 @@ describe('run: files through the hook', () => {
   });
 });
 
+describe('run: sessions', () => {
+  it('serves the program as its session: sections match --session, or the command name by default', () => {
+    const policyFile = join(tmp.path, 'sessions.toml');
+    writeFileSync(policyFile, [
+      'unmatched = "refuse"',
+      '[[client]]',
+      'session = "vm1"',
+      '[[client.rule]]',
+      `allow = "${outside}/"`,
+      'access = "r"',
+      '[[client]]',
+      'session = "confined-probe"',
+      '[[client.rule]]',
+      `allow = "${other}"`,
+      'access = "r"',
+      '',
+    ].join('\n'));
+    const vm1 = probe(['hook', secret, 'hook', other], ['--policy', policyFile, '--session', 'vm1']);
+    assert.deepEqual(vm1.stdout.trim().split('\n'), ['hook=ok content=the secret', 'hook=EACCES']);
+    const byName = probe(['hook', secret, 'hook', other], ['--policy', policyFile]);
+    assert.deepEqual(byName.stdout.trim().split('\n'), ['hook=EACCES', 'hook=ok content=not in any rule']);
+    const none = probe(['hook', secret], ['--policy', policyFile, '--session', 'nobody-knows']);
+    assert.match(none.stderr, /no section for session nobody-knows/);
+    assert.equal(none.stdout.trim(), 'hook=EACCES');
+  });
+});
+
 describe('run: exit status and signals', () => {
   it('passes on the exit code', () => {
     assert.equal(run(['--', 'sh', '-c', 'exit 7']).status, 7);
