@@ -4,6 +4,12 @@
       "target_name": "openhook",
       "sources": ["native/binding.c"],
       "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+    },
+    {
+      "target_name": "openhook-launch",
+      "type": "executable",
+      "sources": ["native/launch.c"],
+      "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]
     }
   ]
 }

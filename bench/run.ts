@@ -1,10 +1,11 @@
 /**
  * `npm run bench`: openhook against the C reference broker, in one run on one machine, as a table of
  * ratios. Options: --runs N (repetitions per case, medians reported; default 5), --count N (opens
- * per synchronous run; default 20000), --only NAME (a case group: broker).
+ * per synchronous run; default 20000), --only NAME (a case group: broker, policy).
  */
 import { parseArgs } from 'node:util';
 import { benchBroker } from './broker.js';
+import { benchPolicy } from './policy.js';
 import { printTable, type Row } from './lib.js';
 import { cpus } from 'node:os';
 
@@ -22,4 +23,5 @@ console.log(`openhook bench: ${runs} runs per case, medians; ${cpus().length} ×
 console.log('ratio ≥ 1.0× means openhook is as fast as the C reference broker (rates: openhook/ref; latencies: ref/openhook)\n');
 const rows: Row[] = [];
 if (wanted('broker')) rows.push(...(await benchBroker({ runs, count })));
+if (wanted('policy')) rows.push(...(await benchPolicy({ runs, count })));
 printTable(rows);

@@ -5,8 +5,9 @@ export { toFlags, type OpenFlags } from './client/flags.js';
 export { Broker, Listener, type BrokerOptions, type ListenOptions } from './broker/broker.js';
 export type { AuditRecord, AuditSink } from './broker/audit.js';
 export { Resolver } from './broker/resolver.js';
-export { Policy, type Decision, type Peer, type PolicyOptions } from './policy/policy.js';
-export { parseAllowFlag, parseDenyFlag, PolicyError, type Rule } from './policy/rule.js';
-export { Access, formatAccess, parseAccess } from './policy/access.js';
+export {
+  Access, compilePolicy, formatAccess, loadPolicyFile, parseAccess, parseAllowFlag, parseDenyFlag, parsePolicyText, Policy,
+  PolicyError, readPolicyFile, Section, type Decision, type Peer, type PolicyOptions, type PolicySpec, type Rule, type SectionSpec,
+} from './policy/index.js';
 export * as protocol from './protocol/frames.js';
 export { Command, Feature } from './protocol/constants.js';

@@ -100,6 +100,9 @@ describe('flags', () => {
   it('passes O_CLOEXEC or not: the broker’s own copy is always close-on-exec and closed once sent', async () => {
     // FD_CLOEXEC belongs to an fd table, not to the open file, so it cannot travel with SCM_RIGHTS:
     // the receiver sets it (MSG_CMSG_CLOEXEC, or fcntl). Both requests are served alike.
+    const warm = (await client.request(openFrame(join(rw, 'file'))))!; // the rule's root opens on first use
+    closeAll(warm.fds);
+    await new Promise((r) => setTimeout(r, 20));
     const before = fdCount(process.pid);
     for (const flags of [C.O_RDONLY, C.O_RDONLY | C.O_CLOEXEC, C.O_RDWR, C.O_RDWR | C.O_CLOEXEC]) {
       const r = (await client.request(openFrame(join(rw, 'file'), flags)))!;

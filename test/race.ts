@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { Broker } from '../src/broker/broker.js';
 import { Resolver } from '../src/broker/resolver.js';
 import { Policy } from '../src/policy/policy.js';
-import { parseAllowFlag } from '../src/policy/rule.js';
+import { makeRule } from '../src/policy/rule.js';
 import { fixture } from './helpers.js';
 
 export interface RaceCase {
@@ -109,9 +109,8 @@ function run(cmd: string, args: string[]): Promise<string> {
 export async function race(c: RaceCase, attempts: number, clients = 2): Promise<RaceResult> {
   const ar = arena(c);
   const broker = new Broker({
-    policy: new Policy([parseAllowFlag(`${ar.tree}/:r`)]),
+    policy: new Policy([makeRule({ allow: `${ar.tree}/`, access: 'r', follow_symlinks: c.followSymlinks }, 'race')]),
     resolver: new Resolver({ offload: c.offload ?? 'auto' }),
-    openOptions: { followSymlinks: c.followSymlinks },
     log: () => {},
   });
   const socket = join(ar.dir, 'race.sock');

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { Broker, type BrokerOptions } from '../src/broker/broker.js';
 import { C, native, PollMode, recvArena, recvMeta, type NativePoller } from '../src/native.js';
 import { Policy } from '../src/policy/policy.js';
-import { parseAllowFlag, parseDenyFlag } from '../src/policy/rule.js';
+import { makeRule, parseDenyFlag, type RuleSpec } from '../src/policy/rule.js';
 import { CLI, sleep, type ServeProcess } from './helpers.js';
 
 export interface RawReply {
@@ -164,12 +164,17 @@ export interface InProcessBroker {
 }
 
 /**
- * A broker in this process, listening on dir/name.sock, with --allow/--deny style rules. In-process
+ * A broker in this process, listening on dir/name.sock, with --allow/--deny style rules (the allow
+ * rules all get `options`: follow_symlinks, fifos, hardlinks). In-process
  * brokers let a test set limits and options that the CLI does not expose, and read the resolver's
  * counters; the sockets, syscalls and clients are all real.
  */
-export function inProcessBroker(dir: string, name: string, rules: { allow?: string[]; deny?: string[] }, options: Partial<BrokerOptions> & { stream?: boolean } = {}): InProcessBroker {
-  const policy = new Policy([...(rules.allow ?? []).map(parseAllowFlag), ...(rules.deny ?? []).map(parseDenyFlag)]);
+export function inProcessBroker(dir: string, name: string, rules: { allow?: string[]; deny?: string[]; options?: Omit<RuleSpec, 'allow' | 'deny' | 'access'> }, options: Partial<BrokerOptions> & { stream?: boolean } = {}): InProcessBroker {
+  const allow = (rules.allow ?? []).map((spec) => {
+    const colon = spec.lastIndexOf(':');
+    return makeRule({ allow: spec.slice(0, colon), access: spec.slice(colon + 1), ...rules.options }, `--allow ${spec}`);
+  });
+  const policy = new Policy([...allow, ...(rules.deny ?? []).map(parseDenyFlag)]);
   const broker = new Broker({ log: () => {}, ...options, policy });
   const socket = join(dir, `${name}.sock`);
   broker.listen(socket, { stream: options.stream });

@@ -78,7 +78,7 @@ for (const offload of ['auto', 'always'] as const) {
     let a: RawClient, b: RawClient;
     before(() => {
       plain = inProcessBroker(tmp.path, `plain-${offload}`, { allow: [`${tree}/:rwc`] }, { resolver: new Resolver({ offload }) });
-      follow = inProcessBroker(tmp.path, `follow-${offload}`, { allow: [`${tree}/:rwc`] }, { resolver: new Resolver({ offload }), openOptions: { followSymlinks: true } });
+      follow = inProcessBroker(tmp.path, `follow-${offload}`, { allow: [`${tree}/:rwc`], options: { follow_symlinks: true } }, { resolver: new Resolver({ offload }) });
       a = RawClient.connect(plain.socket);
       b = RawClient.connect(follow.socket);
     });
@@ -241,8 +241,8 @@ for (const offload of ['auto', 'always'] as const) {
 
   describe(`resolver ${where}: hard-link options and create modes`, () => {
     it('hardlinks: refuse refuses reads too; allow allows writes', async () => {
-      const strict = inProcessBroker(tmp.path, `hl-refuse-${offload}`, { allow: [`${tree}/:rw`] }, { resolver: new Resolver({ offload }), openOptions: { hardlinks: 'refuse' } });
-      const lax = inProcessBroker(tmp.path, `hl-allow-${offload}`, { allow: [`${tree}/:rw`] }, { resolver: new Resolver({ offload }), openOptions: { hardlinks: 'allow' } });
+      const strict = inProcessBroker(tmp.path, `hl-refuse-${offload}`, { allow: [`${tree}/:rw`], options: { hardlinks: 'refuse' } }, { resolver: new Resolver({ offload }) });
+      const lax = inProcessBroker(tmp.path, `hl-allow-${offload}`, { allow: [`${tree}/:rw`], options: { hardlinks: 'allow' } }, { resolver: new Resolver({ offload }) });
       const c1 = RawClient.connect(strict.socket), c2 = RawClient.connect(lax.socket);
       try {
         assert.equal((await c1.request(openFrame(join(tree, 'hard'))))!.result, -EACCES);

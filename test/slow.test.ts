@@ -136,7 +136,7 @@ describe('slow opens: a stalled FUSE filesystem', () => {
 describe('slow opens: FIFOs where a rule allows them', () => {
   let broker: InProcessBroker;
   before(() => {
-    broker = inProcessBroker(tmp.path, 'fifo', { allow: [`${fifos}/:rw`, `${local}/:r`] }, { openOptions: { fifos: true }, resolver: new Resolver() });
+    broker = inProcessBroker(tmp.path, 'fifo', { allow: [`${fifos}/:rw`, `${local}/:r`], options: { fifos: true } }, { resolver: new Resolver() });
   });
   after(() => broker.close());
 

@@ -1,6 +1,6 @@
 /**
  * What the broker tells an audit sink about each decision. The sink must never block the broker: it
- * takes the record and returns at once (see the policy issue's audit log for the real writer).
+ * takes the record and returns at once (audit-log.ts is the real writer).
  */
 import type { ByteString } from '../bytestring.js';
 import type { Peer } from '../policy/policy.js';
@@ -30,4 +30,9 @@ export interface AuditRecord {
 
 export interface AuditSink {
   record(entry: AuditRecord): void;
+  /**
+   * True while the sink cannot write and its failure setting is fail-closed: the broker then refuses
+   * every request with EIO, so that nothing is opened unaudited (see audit-log.ts).
+   */
+  readonly refusing?: boolean;
 }

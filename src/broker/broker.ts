@@ -13,7 +13,7 @@ import { C, native, type NativePoller, PollMode, check } from '../native.js';
 import type { Peer, Policy } from '../policy/policy.js';
 import type { AuditSink } from './audit.js';
 import { Connection, DEFAULT_CONNECTION_LIMITS, type ConnectionHost, type ConnectionLimits, type SocketKind } from './connection.js';
-import { DEFAULT_OPEN_OPTIONS, missingSupport, Resolver, type OpenOptions } from './resolver.js';
+import { missingSupport, Resolver } from './resolver.js';
 import type { ServiceContext } from './service.js';
 
 export interface BrokerLimits extends ConnectionLimits {
@@ -33,8 +33,6 @@ export interface BrokerOptions {
   policy: Policy;
   resolver?: Resolver;
   audit?: AuditSink | null;
-  /** how allowed opens treat symlinks, directories, FIFOs and hard links (DEFAULT_OPEN_OPTIONS) */
-  openOptions?: Partial<OpenOptions>;
   limits?: Partial<BrokerLimits>;
   /** where warnings go (accept failures, faults); default: stderr */
   log?: (message: string) => void;
@@ -84,7 +82,6 @@ export class Broker implements ConnectionHost {
       policy: options.policy,
       resolver: options.resolver ?? new Resolver(),
       audit: options.audit ?? null,
-      openOptions: Object.freeze({ ...DEFAULT_OPEN_OPTIONS, ...options.openOptions }),
     };
     this.#log = options.log ?? ((m) => process.stderr.write(`openhook: ${m}\n`));
     this.#reserve = native.open('/dev/null', C.O_RDONLY, 0);
@@ -147,6 +144,11 @@ export class Broker implements ConnectionHost {
       peer = peerOf(fd);
     } catch (err) {
       this.warn(`cannot read peer credentials: ${(err as Error).message}`, 'peercred');
+      native.close(fd);
+      return;
+    }
+    if (!this.#ctx.policy.admits(peer)) {
+      // The policy refuses clients that match none of its sections: close before reading anything.
       native.close(fd);
       return;
     }

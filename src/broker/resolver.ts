@@ -41,21 +41,27 @@ export interface OpenOptions {
   followSymlinks: boolean;
   /** directories may be opened (read-only) */
   directories: boolean;
-  /** FIFOs may be opened; such opens always run on the thread pool, since they block until the other end opens */
-  fifos: boolean;
-  hardlinks: HardlinkRule;
+  /** FIFOs may be opened; such opens always run on the thread pool, since they block until the other end opens (default false) */
+  fifos?: boolean;
+  /** regular files with more than one link (default: the resolver's, 'read-only' unless configured) */
+  hardlinks?: HardlinkRule;
+  /**
+   * Called with the resolved O_PATH fd before anything is opened for I/O (so O_TRUNC has not
+   * happened yet); returns 0, or an errno to refuse with. The policy uses it to hold deny carve-outs
+   * on the real path when symlinks are followed. When it is set, a new file is never created through
+   * a symlink (the create step resolves with RESOLVE_NO_SYMLINKS), since a created file cannot be
+   * checked before it exists.
+   */
+  verify?: (pathFd: number) => number;
 }
 
-export const DEFAULT_OPEN_OPTIONS: Readonly<OpenOptions> = Object.freeze({
-  followSymlinks: false,
-  directories: false,
-  fifos: false,
-  hardlinks: 'read-only',
-});
+export const DEFAULT_OPEN_OPTIONS: Readonly<OpenOptions> = Object.freeze({ followSymlinks: false, directories: false });
 
 export interface ResolverOptions {
   /** permission bits removed from every create mode, on top of setuid, setgid and sticky (default 0o022) */
   umask?: number;
+  /** what to do with hard-linked files where a rule does not say (default 'read-only') */
+  hardlinks?: HardlinkRule;
   /**
    * Which opens run on the thread pool. 'auto' (default): beneath roots on network and FUSE
    * filesystems, and wherever FIFOs are allowed. 'always': every open (slower; for tests and for
@@ -156,6 +162,7 @@ export function missingSupport(): string | null {
 
 export class Resolver {
   readonly umask: number;
+  readonly hardlinks: HardlinkRule;
   readonly offload: 'auto' | 'always';
   readonly eagainRetries: number;
   readonly stats: ResolverStats = { eagain: 0, eagainFailures: 0, slowOpens: 0 };
@@ -173,6 +180,7 @@ export class Resolver {
 
   constructor(options: ResolverOptions = {}) {
     this.umask = (options.umask ?? 0o022) & 0o777;
+    this.hardlinks = options.hardlinks ?? 'read-only';
     this.offload = options.offload ?? 'auto';
     this.eagainRetries = options.eagainRetries ?? EAGAIN_RETRIES;
     this.#poolThreads = options.poolThreads ?? 16;
@@ -230,7 +238,7 @@ export class Resolver {
         continue;
       }
       if (found === -ENOENT && create) {
-        const made = native.create(rootFd, rest, ioFlags | C.O_CREAT | C.O_EXCL, this.createMode(mode), resolve);
+        const made = native.create(rootFd, rest, ioFlags | C.O_CREAT | C.O_EXCL, this.createMode(mode), options.verify ? resolve | C.RESOLVE_NO_SYMLINKS : resolve);
         if (made === -EAGAIN) {
           this.stats.eagain++;
           continue;
@@ -250,7 +258,7 @@ export class Resolver {
         native.close(found);
         return -EEXIST;
       }
-      const refused = this.#check(stat[0]!, stat[1]!, flags, options);
+      const refused = this.#check(stat[0]!, stat[1]!, flags, options) || (options.verify ? options.verify(found) : 0);
       if (refused) {
         native.close(found);
         return -refused;
@@ -290,7 +298,7 @@ export class Resolver {
         continue;
       }
       if (found.result === -ENOENT && create) {
-        const made = (await this.#job(C.JOB_CREATE, rootFd, rest, ioFlags | C.O_CREAT | C.O_EXCL, this.createMode(mode), resolve)).result;
+        const made = (await this.#job(C.JOB_CREATE, rootFd, rest, ioFlags | C.O_CREAT | C.O_EXCL, this.createMode(mode), options.verify ? resolve | C.RESOLVE_NO_SYMLINKS : resolve)).result;
         if (made === -EAGAIN) {
           this.stats.eagain++;
           continue;
@@ -309,7 +317,7 @@ export class Resolver {
         native.close(path);
         return exclusive ? -EEXIST : -ECANCELED;
       }
-      const refused = this.#check(found.mode, found.nlink, flags, options);
+      const refused = this.#check(found.mode, found.nlink, flags, options) || (options.verify ? options.verify(path) : 0);
       if (refused) {
         native.close(path);
         return -refused;
@@ -372,9 +380,12 @@ export class Resolver {
     const type = mode & C.S_IFMT;
     if (type === C.S_IFREG) {
       if (flags & C.O_DIRECTORY) return ENOTDIR;
-      if (nlink > 1 && options.hardlinks !== 'allow' && (options.hardlinks === 'refuse' || writes(flags))) {
-        this.refusal = options.hardlinks === 'refuse' ? 'file has more than one hard link' : 'file has more than one hard link: write access refused';
-        return EACCES;
+      if (nlink > 1) {
+        const rule = options.hardlinks ?? this.hardlinks;
+        if (rule === 'refuse' || (rule === 'read-only' && writes(flags))) {
+          this.refusal = rule === 'refuse' ? 'file has more than one hard link' : 'file has more than one hard link: write access refused';
+          return EACCES;
+        }
       }
       return 0;
     }
@@ -384,7 +395,7 @@ export class Resolver {
       this.refusal = 'directories are not allowed by this rule';
       return EACCES;
     }
-    if (type === C.S_IFIFO && options.fifos) return 0;
+    if (type === C.S_IFIFO && options.fifos === true) return 0;
     // A symlink is found only with O_NOFOLLOW (open(2) says ELOOP); FIFOs, devices and sockets are
     // never opened for I/O.
     if (type === C.S_IFLNK) return ELOOP;

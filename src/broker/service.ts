@@ -15,7 +15,7 @@ import { Command, Feature } from '../protocol/constants.js';
 import type { Request } from '../protocol/frames.js';
 import { accessFor, flagsError } from './flags.js';
 import type { AuditSink } from './audit.js';
-import { DEFAULT_OPEN_OPTIONS, OpenCancel, Resolver, type OpenOptions } from './resolver.js';
+import type { OpenCancel, Resolver } from './resolver.js';
 
 export const FEATURES = Feature.TAGGED_OPEN;
 
@@ -34,8 +34,6 @@ export interface ServiceContext {
   policy: Policy;
   resolver: Resolver;
   audit: AuditSink | null;
-  /** how allowed opens treat symlinks, directories, FIFOs and hard links */
-  openOptions: Readonly<OpenOptions>;
 }
 
 const outcome: OpenOutcome = { result: 0, fd: -1, slow: null };
@@ -65,6 +63,9 @@ export function serveOpen(ctx: ServiceContext, peer: Peer, req: Request, cancel:
   if (badFlags) {
     errno = badFlags;
     reason = 'flags refused';
+  } else if (ctx.audit?.refusing) {
+    errno = 5; // EIO: the audit log cannot be written, and it is fail-closed
+    reason = 'the audit log cannot be written (fail-closed)';
   } else if (!norm.ok) {
     errno = norm.errno === 'EINVAL' ? 22 : norm.errno === 'ENAMETOOLONG' ? 36 : ctx.policy.denyErrno;
     reason = norm.reason;
@@ -75,16 +76,19 @@ export function serveOpen(ctx: ServiceContext, peer: Peer, req: Request, cancel:
     if (!decision.allowed) {
       errno = decision.errno;
     } else {
-      const options = ctx.openOptions;
+      const options = decision.open;
       const resolver = ctx.resolver;
       if (resolver.offloads(decision.rule!, decision.rootFd, options)) {
-        const slow = resolver.openSlow(decision.rootFd, decision.rest, flags, req.mode, options, cancel);
+        // The decision stays pinned (its root open, its verify hook valid) until the slow open is done.
+        const policy = ctx.policy, pinned = decision;
+        const slow = resolver.openSlow(decision.rootFd, decision.rest, flags, req.mode, options, cancel).finally(() => policy.release(pinned));
         outcome.slow = ctx.audit ? audited(ctx, peer, req, raw, access, decision, started, slow) : slow;
         outcome.result = 0;
         return outcome;
       }
       resolver.refusal = '';
       const fd = resolver.open(decision.rootFd, decision.rest, flags, req.mode, options);
+      ctx.policy.release(decision); // the root may close now, if a reload retired it
       if (fd < 0) {
         errno = -fd;
         if (resolver.refusal) reason = resolver.refusal;
@@ -103,7 +107,7 @@ export function serveOpen(ctx: ServiceContext, peer: Peer, req: Request, cancel:
 async function audited(ctx: ServiceContext, peer: Peer, req: Request, raw: ByteString, access: number, decision: Decision, started: number, slow: Promise<number>): Promise<number> {
   const { command, flags, mode } = req; // req is reused by the next request: copy now
   const result = await slow;
-  record(ctx.audit!, peer, command, raw, flags, mode, access, decision, result < 0 ? -result : 0, `${decision.reason} (slow open)`, started);
+  record(ctx.audit!, peer, command, raw, flags, mode, access, decision, result < 0 ? -result : 0, decision.reason, started);
   return result;
 }
 
@@ -127,5 +131,3 @@ function record(audit: AuditSink, peer: Peer, command: number, path: ByteString,
 export function isOpenCommand(command: number): boolean {
   return command === Command.QEMU_OPEN || command === Command.OPEN_TAGGED;
 }
-
-export { DEFAULT_OPEN_OPTIONS };

@@ -1,24 +1,39 @@
-/** The policy options shared by serve, check and run: --allow PATH:ACCESS and --deny PATH. */
+/**
+ * The policy options shared by serve, check and run: --policy FILE, or --allow PATH:ACCESS and
+ * --deny PATH on the command line.
+ */
 import type { Command } from 'commander';
+import { loadPolicyFile } from '../policy/file.js';
 import { Policy } from '../policy/policy.js';
 import { parseAllowFlag, parseDenyFlag, PolicyError, type Rule } from '../policy/rule.js';
 
 export interface PolicyFlags {
   allow: string[];
   deny: string[];
+  policy?: string;
 }
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
 
 export function addPolicyOptions(cmd: Command): Command {
   return cmd
-    .option('--allow <PATH:ACCESS>', 'allow ACCESS (r, w, c) on PATH; a trailing / means the tree (repeatable)', collect, [])
+    .option('--policy <FILE>', 'the policy file (TOML; see docs/policy.md)')
+    .option('--allow <PATH:ACCESS>', 'allow ACCESS (r, w, c, d) on PATH; a trailing / means the tree (repeatable)', collect, [])
     .option('--deny <PATH>', 'deny PATH; a trailing / means the tree (repeatable)', collect, []);
 }
 
 /** Builds the policy from the flags; throws PolicyError with a message for people. */
 export function policyFromFlags(flags: PolicyFlags): Policy {
   const rules: Rule[] = [...flags.allow.map(parseAllowFlag), ...flags.deny.map(parseDenyFlag)];
-  if (rules.length === 0) throw new PolicyError('no rules: give --allow PATH:ACCESS (and --deny PATH) to say what clients may open');
+  if (rules.length === 0) throw new PolicyError('no rules: give --policy FILE, or --allow PATH:ACCESS (and --deny PATH), to say what clients may open');
   return new Policy(rules);
+}
+
+/** The policy the options name: the file, or the flags (not both). Throws PolicyError. */
+export function policyFromOptions(flags: PolicyFlags): Policy {
+  if (flags.policy !== undefined) {
+    if (flags.allow.length > 0 || flags.deny.length > 0) throw new PolicyError('give either --policy FILE or --allow/--deny rules, not both');
+    return loadPolicyFile(flags.policy);
+  }
+  return policyFromFlags(flags);
 }

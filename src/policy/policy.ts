@@ -1,16 +1,25 @@
 /**
  * A compiled policy: rules in, decisions out. A decision names the rule that made it; an allow names
- * the root directory fd beneath which the resolver must open, and the rest of the path below it.
+ * the root directory fd beneath which the resolver must open, the rest of the path below it, and the
+ * rule's open options.
  *
- * Which rule wins: the most specific rule that covers the path. An exact-file rule is more specific
- * than any tree; a deeper tree is more specific than a shallower one; at equal specificity, deny
- * wins. A path that no rule covers is denied with the policy's denial errno (EACCES by default).
+ * Which rule wins: see trie.ts (the most specific, deny before allow at equal specificity). A path
+ * that no rule covers is denied with the policy's denial errno (EACCES by default).
+ *
+ * Which rules apply to a client: the policy's client sections are tried in the order they were
+ * written; the first whose every given criterion (uid, gid, session) matches the client's peer
+ * credentials applies. A client that matches none gets the default section (the top-level rules),
+ * or, if the policy says `unmatched = "refuse"`, its connection is refused (see admits()).
  */
+import { readlinkSync } from 'node:fs';
+import type { OpenOptions } from '../broker/resolver.js';
 import type { ByteString } from '../bytestring.js';
 import { display } from '../bytestring.js';
-import { C, native, systemError } from '../native.js';
-import { formatAccess } from './access.js';
-import { PolicyError, type Rule } from './rule.js';
+import { errnoName } from '../native.js';
+import { Access, formatAccess } from './access.js';
+import type { Rule } from './rule.js';
+import { DEFAULT_ROOT_LIMIT, RootTable, type Root, type RootHandle } from './roots.js';
+import { Trie, type Entry } from './trie.js';
 
 export interface Peer {
   pid: number;
@@ -34,101 +43,209 @@ export interface Decision {
   rest: ByteString;
   /** why, in words, for `check` and the audit log */
   reason: string;
+  /** how the resolver must open: the rule's options (allow only) */
+  open: OpenOptions;
+  /** the pinned root (allow only): hand the decision back with policy.release() after the open */
+  handle: RootHandle | null;
+}
+
+/** Which clients a section applies to: every criterion given must match; a list matches any member. */
+export interface SectionSpec {
+  /** a label for explanations; defaults to the origin */
+  name?: string;
+  uids?: readonly number[];
+  /** the primary gid or any supplementary group */
+  gids?: readonly number[];
+  sessions?: readonly string[];
+  /** the default section's rules apply too, below this section's at equal specificity */
+  includeDefault?: boolean;
+  rules: readonly Rule[];
+  /** where the section was written: "vm.toml:30" */
+  origin: string;
 }
 
 export interface PolicyOptions {
   /** errno for denials, EACCES (13) unless set */
   denyErrno?: number;
+  /** client sections, in matching order */
+  sections?: readonly SectionSpec[];
+  /** a client that matches no section: the default section's rules, or a refused connection */
+  unmatched?: 'default' | 'refuse';
+  /** where the policy came from, for messages: a file name, or "command line" */
+  source?: string;
+  /** at most this many root directory fds open at once (see roots.ts) */
+  rootLimit?: number;
 }
 
-interface CompiledRule extends Rule {
-  /** the directory opened as the resolver's root: the tree itself, or an exact file's parent */
-  rootPath: ByteString;
-  rootFd: number;
+/** A rule with what deciding needs precomputed: what the trie stores. */
+class CompiledRule implements Entry {
+  readonly rule: Rule;
+  readonly root: Root;
+  /** root.path.length, or 0 for "/" */
+  readonly rootLength: number;
+  readonly open: OpenOptions;
+
+  constructor(rule: Rule, root: Root) {
+    this.rule = rule;
+    this.root = root;
+    this.rootLength = root.path === '/' ? 0 : root.path.length;
+    const dirs = (rule.access & Access.DIRECTORY) !== 0;
+    this.open = rule.followSymlinks || rule.fifos || rule.hardlinks
+      ? { followSymlinks: rule.followSymlinks, directories: dirs, fifos: rule.fifos, hardlinks: rule.hardlinks }
+      : dirs ? DIRECTORIES : NO_OPTIONS;
+  }
 }
+
+export class Section {
+  readonly name: string;
+  readonly origin: string;
+  readonly uids: readonly number[] | null;
+  readonly gids: readonly number[] | null;
+  readonly sessions: readonly string[] | null;
+  readonly rules: readonly Rule[];
+  /** @internal */
+  readonly trie: Trie<CompiledRule>;
+
+  constructor(spec: Omit<SectionSpec, 'rules'> & { rules: readonly Rule[] }, trie: Trie<CompiledRule>) {
+    this.name = spec.name ?? spec.origin;
+    this.origin = spec.origin;
+    this.uids = spec.uids?.length ? spec.uids : null;
+    this.gids = spec.gids?.length ? spec.gids : null;
+    this.sessions = spec.sessions?.length ? spec.sessions : null;
+    this.rules = spec.rules;
+    this.trie = trie;
+  }
+
+  matches(peer: Peer): boolean {
+    if (this.uids && !this.uids.includes(peer.uid)) return false;
+    if (this.gids && !this.gids.includes(peer.gid) && !peer.groups?.some((g) => this.gids!.includes(g))) return false;
+    if (this.sessions && (peer.session === undefined || !this.sessions.includes(peer.session))) return false;
+    return true;
+  }
+}
+
+const NO_OPTIONS: OpenOptions = { followSymlinks: false, directories: false };
+const DIRECTORIES: OpenOptions = { followSymlinks: false, directories: true };
 
 export class Policy {
+  /** the default section's rules */
   readonly rules: readonly Rule[];
   readonly denyErrno: number;
-  #compiled: CompiledRule[];
+  readonly sections: readonly Section[];
+  readonly unmatched: 'default' | 'refuse';
+  readonly source: string;
+  /** the rules of the default section */
+  readonly defaultSection: Section;
+  #roots: RootTable;
   #closed = false;
 
   constructor(rules: readonly Rule[], options: PolicyOptions = {}) {
     this.rules = rules;
     this.denyErrno = options.denyErrno ?? 13;
-    const roots = new Map<ByteString, number>();
+    this.unmatched = options.unmatched ?? 'default';
+    this.source = options.source ?? 'command line';
+    this.#roots = new RootTable(options.rootLimit ?? DEFAULT_ROOT_LIMIT);
+    const make = (rule: Rule) => (root: Root) => new CompiledRule(rule, root);
+    const build = (list: readonly Rule[]): Trie<CompiledRule> => {
+      const trie = new Trie<CompiledRule>();
+      for (const r of list) trie.add(r, make(r));
+      return trie;
+    };
+    this.defaultSection = new Section({ name: 'default', origin: 'default section', rules }, build(rules));
+    this.sections = (options.sections ?? []).map((s) => {
+      const all = s.includeDefault ? [...s.rules, ...rules] : s.rules;
+      return new Section(s, build(all));
+    });
+  }
+
+  /** The number of rules, counting each once. */
+  get ruleCount(): number {
+    return this.rules.length + this.sections.reduce((n, s) => n + s.rules.length, 0);
+  }
+
+  /** The section whose rules apply to peer, or null if the policy refuses it. */
+  sectionFor(peer: Peer): Section | null {
+    for (const s of this.sections) if (s.matches(peer)) return s;
+    return this.unmatched === 'refuse' ? null : this.defaultSection;
+  }
+
+  /** Whether a client may connect at all (the broker asks at accept). */
+  admits(peer: Peer): boolean {
+    return this.sectionFor(peer) !== null;
+  }
+
+  /**
+   * Decides on a normalised absolute path (see path.ts) and the access the request needs. An allow
+   * pins its root directory: give the decision back with release() once the open is done.
+   */
+  decide(peer: Peer, path: ByteString, access: number): Decision {
+    const section = this.sectionFor(peer);
+    if (section === null) return deny(null, this.denyErrno, 'this client matches no section of the policy, and unmatched clients are refused');
+    const c = section.trie.match(path);
+    if (c === null) return deny(null, this.denyErrno, `no rule covers this path (default deny${section === this.defaultSection ? '' : `, section ${section.name}`})`);
+    const rule = c.rule;
+    if (rule.effect === 'deny') return deny(rule, rule.denyErrno || this.denyErrno, `denied by ${rule.origin}`);
+    if ((rule.access & access) !== access) {
+      return deny(rule, this.denyErrno, `${rule.origin} grants '${formatAccess(rule.access)}', the request needs '${formatAccess(access)}'`);
+    }
+    const h = this.#roots.acquire(c.root);
+    if (typeof h === 'number') {
+      return deny(rule, -h, `allowed by ${rule.origin}, but its root ${display(c.root.path)} cannot be opened (${errnoName(h)})`);
+    }
+    const rest = path.length === c.rootLength || path === '/' ? '.' : path.slice(c.rootLength + 1);
+    const open = rule.followSymlinks ? { ...c.open, verify: (fd: number) => this.#verify(section, access, c, h, fd) } : c.open;
+    return { allowed: true, errno: 0, rule, rootFd: h.fd, rest, reason: `allowed by ${rule.origin}`, open, handle: h };
+  }
+
+  /** Unpins the root of a decision (any policy's: it may have been replaced since). */
+  release(decision: Decision): void {
+    const h = decision.handle;
+    if (h !== null) {
+      decision.handle = null;
+      this.#roots.release(h);
+    }
+  }
+
+  /**
+   * For rules that follow symlinks: the deny carve-outs must hold on the real path too. Called by
+   * the resolver with the O_PATH fd it resolved, before anything is opened for I/O: maps the fd's
+   * real path back beneath the rule's root and decides again. Returns 0 or the errno to refuse with.
+   */
+  #verify(section: Section, access: number, rule: CompiledRule, h: RootHandle, fd: number): number {
+    let real: string, rootReal: string;
     try {
-      this.#compiled = rules.map((rule) => {
-        const rootPath = rule.tree ? rule.path : parentOf(rule.path);
-        let rootFd = -1;
-        if (rule.effect === 'allow') {
-          rootFd = roots.get(rootPath) ?? openRoot(rootPath, rule);
-          roots.set(rootPath, rootFd);
-        }
-        return { ...rule, rootPath, rootFd };
-      });
-    } catch (err) {
-      for (const fd of roots.values()) native.close(fd);
-      throw err;
+      real = readlinkSync(`/proc/self/fd/${fd}`, 'latin1');
+      rootReal = h.real ??= readlinkSync(`/proc/self/fd/${h.fd}`, 'latin1');
+    } catch {
+      return this.denyErrno;
     }
-    // Most specific first, deny before allow at equal specificity: the first match decides.
-    this.#compiled.sort((a, b) => specificity(b) - specificity(a) || (a.effect === 'deny' ? -1 : 0) - (b.effect === 'deny' ? -1 : 0));
+    let lexical: string;
+    if (real === rootReal) lexical = rule.root.path;
+    else if (rootReal === '/' && real.startsWith('/')) lexical = joinPath(rule.root.path, real.slice(1));
+    else if (real.startsWith(rootReal) && real.charCodeAt(rootReal.length) === 0x2f) lexical = joinPath(rule.root.path, real.slice(rootReal.length + 1));
+    else return this.denyErrno; // outside the root: the kernel should have refused already
+    const again = section.trie.match(lexical)?.rule ?? null;
+    if (again === null || again.effect === 'deny') return again?.denyErrno || this.denyErrno;
+    return (again.access & access) === access ? 0 : this.denyErrno;
   }
 
-  /** Decides on a normalised absolute path (see path.ts) and the access the request needs. */
-  decide(_peer: Peer, path: ByteString, access: number): Decision {
-    for (const rule of this.#compiled) {
-      if (!covers(rule, path)) continue;
-      if (rule.effect === 'deny') return deny(rule, this.denyErrno, `denied by ${rule.origin}`);
-      if ((rule.access & access) !== access) {
-        return deny(rule, this.denyErrno, `${rule.origin} grants '${formatAccess(rule.access)}', the request needs '${formatAccess(access)}'`);
-      }
-      const rest = path.length === rule.rootPath.length ? '.' : path.slice(rule.rootPath === '/' ? 1 : rule.rootPath.length + 1);
-      return { allowed: true, errno: 0, rule, rootFd: rule.rootFd, rest, reason: `allowed by ${rule.origin}` };
-    }
-    return deny(null, this.denyErrno, 'no rule covers this path (default deny)');
-  }
-
-  /** Closes the root directory fds. The policy must not decide after this. */
+  /** Retires the root directory fds; they close once no open uses them. Decide no more after this. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    const seen = new Set<number>();
-    for (const rule of this.#compiled) {
-      if (rule.rootFd >= 0 && !seen.has(rule.rootFd)) {
-        seen.add(rule.rootFd);
-        native.close(rule.rootFd);
-      }
-    }
+    this.#roots.close();
   }
+
+  /** How many root directory fds are open now (for tests and status). */
+  get openRoots(): number {
+    return this.#roots.openCount;
+  }
+}
+
+function joinPath(dir: ByteString, rel: ByteString): ByteString {
+  return dir === '/' ? '/' + rel : dir + '/' + rel;
 }
 
 function deny(rule: Rule | null, errno: number, reason: string): Decision {
-  return { allowed: false, errno, rule, rootFd: -1, rest: '', reason };
-}
-
-function covers(rule: CompiledRule, path: ByteString): boolean {
-  if (!rule.tree) return path === rule.path;
-  if (rule.path === '/') return true;
-  return path === rule.path || (path.startsWith(rule.path) && path.charCodeAt(rule.path.length) === 0x2f);
-}
-
-/** An exact file beats every tree; among trees, the deeper one is more specific. */
-function specificity(rule: Rule): number {
-  const depth = rule.path === '/' ? 0 : rule.path.split('/').length - 1;
-  return rule.tree ? depth : 1_000_000 + depth;
-}
-
-function parentOf(path: ByteString): ByteString {
-  const i = path.lastIndexOf('/');
-  return i <= 0 ? '/' : path.slice(0, i);
-}
-
-function openRoot(path: ByteString, rule: Rule): number {
-  const fd = native.open(path, C.O_PATH | C.O_DIRECTORY, 0);
-  if (fd < 0) {
-    const err = systemError(fd, 'open', display(path));
-    throw new PolicyError(`${rule.origin}: cannot open ${rule.tree ? 'directory' : 'parent directory'} ${display(path)}: ${err.message}`);
-  }
-  return fd;
+  return { allowed: false, errno, rule, rootFd: -1, rest: '', reason, open: NO_OPTIONS, handle: null };
 }

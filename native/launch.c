@@ -1,0 +1,591 @@
+/* openhook-launch: confines a program between fork and exec, for `openhook run`.
+ *
+ *   openhook-launch [--hook-from FD] [--hook-fd N] [--report-fd FD] [--wait]
+ *                   [--path ACCESS PATH]... [--allow-unconfined] [--allow-unix-sockets]
+ *                   -- CMD ARGS...
+ *
+ * Node spawns this helper with the hook socket and a report socket; the helper then, in order:
+ *   1. moves the hook socket to fd N (exported by the caller as OPENHOOK_FD=N);
+ *   2. closes every other fd except stdio (and its report fd, which is close-on-exec);
+ *   3. sets no_new_privs;
+ *   4. applies Landlock with the ABI the kernel reports, handling every filesystem right of that
+ *      ABI, granting only what the --path options say, and scoping abstract UNIX sockets and
+ *      signals (ABI 6);
+ *   5. drops every capability (a root program would otherwise keep CAP_SYS_MODULE and friends);
+ *   6. installs a seccomp filter for what Landlock cannot see (see build_filter());
+ *   7. execs CMD.
+ *
+ * Landlock and seccomp confine only the calling thread and its future children, which is why this
+ * cannot happen inside Node. The helper holds no policy: which paths get which access is decided by
+ * the caller (src/launch/confinement.ts); the seccomp rules are mechanism that must match the
+ * architecture's syscall numbers, so they live here.
+ *
+ * --path ACCESS PATH: ACCESS is letters: r read (files and directory listings), x execute, w write,
+ * t truncate, i ioctl on devices. A missing path is skipped and reported.
+ *
+ * The report: one line per fact, tab-separated fields, bytes below 0x20, 0x7f and '\' escaped as
+ * \xNN. The caller parses it (src/launch/report.ts). It ends with "exec" before execvp; a failure
+ * afterwards adds an "error" line. The report fd is close-on-exec, so the caller sees EOF when CMD
+ * starts. With --wait, the helper waits for one byte on the report fd before exec, so that the
+ * caller can print the report before CMD writes anything.
+ *
+ * Exit status of the helper itself: 125 confinement refused or failed, 126 CMD cannot be executed,
+ * 127 CMD not found.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/audit.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "landlock-uapi.h"
+
+#define EXIT_REFUSED 125
+#define EXIT_CANNOT_EXEC 126
+#define EXIT_NOT_FOUND 127
+
+/* Syscalls newer than some build hosts' headers. From 424 on, every architecture shares numbers. */
+#ifndef __NR_close_range
+#define __NR_close_range 436
+#endif
+#ifndef __NR_landlock_create_ruleset
+#define __NR_landlock_create_ruleset 444
+#define __NR_landlock_add_rule 445
+#define __NR_landlock_restrict_self 446
+#endif
+#ifndef __NR_fchmodat2
+#define __NR_fchmodat2 452
+#endif
+#ifndef __NR_setxattrat
+#define __NR_setxattrat 463
+#endif
+#ifndef __NR_removexattrat
+#define __NR_removexattrat 466
+#endif
+#ifndef __NR_file_setattr
+#define __NR_file_setattr 469
+#endif
+/* The highest syscall number whose meaning the filter below was reviewed against (Linux 6.18).
+ * Anything above is refused with ENOSYS: a syscall added later could be a new way around Landlock,
+ * and ENOSYS is what programs already handle as "this kernel is older". */
+#define NR_REVIEWED_MAX 469
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+#if defined(__x86_64__)
+#define OH_AUDIT_ARCH AUDIT_ARCH_X86_64
+#define OH_ARCH_NAME "x86_64"
+#define OH_X32_SYSCALL_BIT 0x40000000U
+#elif defined(__aarch64__)
+#define OH_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#define OH_ARCH_NAME "aarch64"
+#endif
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#undef OH_AUDIT_ARCH /* the filter reads the low word of arguments at the little-endian offset */
+#endif
+
+/* ---- the report ---------------------------------------------------------------------------- */
+
+static int report_fd = -1;
+
+static void put_escaped(char *out, size_t *n, size_t cap, const char *s) {
+  for (const unsigned char *p = (const unsigned char *)s; *p && *n + 4 < cap; p++) {
+    if (*p < 0x20 || *p == 0x7f || *p == '\\') *n += (size_t)snprintf(out + *n, cap - *n, "\\x%02x", *p);
+    else out[(*n)++] = (char)*p;
+  }
+}
+
+/* emit("landlock", "abi", "7", NULL): one report line. Without a report fd, lines go to stderr so
+ * that the helper is usable (and debuggable) on its own. */
+static void emit(const char *first, ...) {
+  char line[8192];
+  size_t n = 0;
+  va_list ap;
+  va_start(ap, first);
+  for (const char *f = first; f; f = va_arg(ap, const char *)) {
+    if (n > 0 && n + 1 < sizeof line) line[n++] = '\t';
+    put_escaped(line, &n, sizeof line, f);
+  }
+  va_end(ap);
+  line[n++] = '\n';
+  int fd = report_fd >= 0 ? report_fd : 2;
+  for (size_t off = 0; off < n;) {
+    ssize_t w = write(fd, line + off, n - off);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return;
+    off += (size_t)w;
+  }
+}
+
+static const char *errname(int err) {
+  const char *name = strerrorname_np(err);
+  static char buf[16];
+  if (name) return name;
+  snprintf(buf, sizeof buf, "E%d", err);
+  return buf;
+}
+
+static const char *num(unsigned long long v) {
+  static char bufs[4][24];
+  static int i;
+  char *b = bufs[i++ & 3];
+  snprintf(b, sizeof bufs[0], "%llu", v);
+  return b;
+}
+
+static _Noreturn void fatal(const char *stage, int err, const char *what) {
+  emit("fatal", stage, errname(err), what, NULL);
+  _exit(EXIT_REFUSED);
+}
+
+/* ---- options --------------------------------------------------------------------------------- */
+
+struct path_grant {
+  const char *access;
+  const char *path;
+};
+
+struct options {
+  int hook_from, hook_fd, report_from;
+  int wait;
+  int allow_unconfined;
+  int allow_unix_sockets;
+  struct path_grant *paths;
+  int npaths;
+  char **argv;
+};
+
+static int parse_fd(const char *s) {
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno || *end || end == s || v < 0 || v > INT_MAX) return -1;
+  return (int)v;
+}
+
+static void usage(const char *why) {
+  fprintf(stderr, "openhook-launch: %s\n"
+                  "usage: openhook-launch [--hook-from FD] [--hook-fd N] [--report-fd FD] [--wait]\n"
+                  "       [--path ACCESS PATH]... [--allow-unconfined] [--allow-unix-sockets] -- CMD ARGS...\n",
+          why);
+  _exit(EXIT_REFUSED);
+}
+
+static void parse_options(int argc, char **argv, struct options *o) {
+  *o = (struct options){.hook_from = -1, .hook_fd = 3, .report_from = -1};
+  o->paths = calloc((size_t)argc, sizeof *o->paths);
+  if (!o->paths) usage("out of memory");
+  int i = 1;
+  for (; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "--")) {
+      i++;
+      break;
+    }
+    if (!strcmp(a, "--wait")) o->wait = 1;
+    else if (!strcmp(a, "--allow-unconfined")) o->allow_unconfined = 1;
+    else if (!strcmp(a, "--allow-unix-sockets")) o->allow_unix_sockets = 1;
+    else if (i + 1 < argc && !strcmp(a, "--hook-from")) o->hook_from = parse_fd(argv[++i]);
+    else if (i + 1 < argc && !strcmp(a, "--hook-fd")) o->hook_fd = parse_fd(argv[++i]);
+    else if (i + 1 < argc && !strcmp(a, "--report-fd")) o->report_from = parse_fd(argv[++i]);
+    else if (i + 2 < argc && !strcmp(a, "--path")) {
+      o->paths[o->npaths].access = argv[++i];
+      o->paths[o->npaths++].path = argv[++i];
+    } else usage("unknown or incomplete option");
+  }
+  if (i >= argc) usage("no command given");
+  if (o->hook_fd < 3) usage("--hook-fd must be 3 or more");
+  if (o->hook_from == -1 || o->hook_from < 3) usage("--hook-from must name an inherited fd above stdio");
+  if (o->report_from != -1 && o->report_from < 3) usage("--report-fd must be above stdio");
+  o->argv = argv + i;
+}
+
+/* ---- fds ------------------------------------------------------------------------------------- */
+
+static void close_from_to(unsigned lo, unsigned hi) {
+  if (lo > hi) return;
+  if (syscall(__NR_close_range, lo, hi, 0) == 0) return;
+  if (errno != ENOSYS) fatal("fds", errno, "close_range");
+  /* Before Linux 5.9: close one by one, up to the highest fd this process could have. */
+  long max = sysconf(_SC_OPEN_MAX);
+  if (max < 0 || max > INT_MAX) max = 1 << 20;
+  for (unsigned fd = lo; fd <= hi && fd < (unsigned)max; fd++) close((int)fd);
+}
+
+/* Puts the hook at o->hook_fd, keeps the report fd (close-on-exec, above every other), and closes
+ * every other fd above stdio. Returns the report fd, or -1. */
+static int arrange_fds(const struct options *o) {
+  int rep = -1;
+  if (o->report_from >= 0) {
+    int above = (o->hook_fd > o->hook_from ? o->hook_fd : o->hook_from) + 1;
+    if (above <= o->report_from) above = o->report_from + 1;
+    rep = fcntl(o->report_from, F_DUPFD_CLOEXEC, above);
+    if (rep < 0) {
+      perror("openhook-launch: report fd");
+      _exit(EXIT_REFUSED);
+    }
+    if (o->report_from != o->hook_from) close(o->report_from);
+    report_fd = rep;
+  }
+  int type;
+  socklen_t len = sizeof type;
+  if (getsockopt(o->hook_from, SOL_SOCKET, SO_TYPE, &type, &len) < 0) fatal("fds", errno, "the hook fd is not a socket");
+  if (o->hook_from != o->hook_fd) {
+    if (dup2(o->hook_from, o->hook_fd) < 0) fatal("fds", errno, "dup2 of the hook fd");
+    close(o->hook_from);
+  } else if (fcntl(o->hook_fd, F_SETFD, 0) < 0) {
+    fatal("fds", errno, "clearing close-on-exec on the hook fd");
+  }
+  unsigned keep[2] = {(unsigned)o->hook_fd, rep >= 0 ? (unsigned)rep : ~0U};
+  close_from_to(3, keep[0] - 1);
+  close_from_to(keep[0] + 1, keep[1] == ~0U ? ~0U : keep[1] - 1);
+  if (keep[1] != ~0U) close_from_to(keep[1] + 1, ~0U);
+  emit("fds", "hook", num((unsigned)o->hook_fd), NULL);
+  emit("fds", "closed", "all but stdio and the hook", NULL);
+  return rep;
+}
+
+/* ---- Landlock -------------------------------------------------------------------------------- */
+
+static const char *const fs_right_names[] = {
+  "execute", "write_file", "read_file", "read_dir", "remove_dir", "remove_file", "make_char", "make_dir",
+  "make_reg", "make_sock", "make_fifo", "make_block", "make_sym", "refer", "truncate", "ioctl_dev",
+};
+
+static const char *rights_text(uint64_t rights, char *buf, size_t cap) {
+  size_t n = 0;
+  buf[0] = '\0';
+  for (unsigned b = 0; b < sizeof fs_right_names / sizeof *fs_right_names; b++) {
+    if (!(rights & (1ULL << b))) continue;
+    n += (size_t)snprintf(buf + n, cap - n, "%s%s", n ? "," : "", fs_right_names[b]);
+    if (n >= cap) break;
+  }
+  return n ? buf : "-";
+}
+
+static uint64_t rights_of(const char *letters) {
+  uint64_t r = 0;
+  for (const char *c = letters; *c; c++) {
+    switch (*c) {
+    case 'r': r |= OH_LL_FS_READ_FILE | OH_LL_FS_READ_DIR; break;
+    case 'x': r |= OH_LL_FS_EXECUTE; break;
+    case 'w': r |= OH_LL_FS_WRITE_FILE; break;
+    case 't': r |= OH_LL_FS_TRUNCATE; break;
+    case 'i': r |= OH_LL_FS_IOCTL_DEV; break;
+    default: usage("--path ACCESS letters are r, x, w, t, i");
+    }
+  }
+  return r;
+}
+
+/* Returns the ABI it enforced (0 if Landlock is unavailable and that was allowed). */
+static int apply_landlock(const struct options *o) {
+  long abi = syscall(__NR_landlock_create_ruleset, NULL, 0, OH_LANDLOCK_CREATE_RULESET_VERSION);
+  if (abi < 0) {
+    int err = errno;
+    const char *why = err == ENOSYS ? "the kernel has no Landlock"
+                      : err == EOPNOTSUPP ? "Landlock is disabled (not in the kernel's lsm= list)"
+                                          : "landlock_create_ruleset";
+    if (!o->allow_unconfined) fatal("landlock", err, why);
+    emit("landlock", "unavailable", errname(err), why, NULL);
+    return 0;
+  }
+  int used = abi > OH_LANDLOCK_ABI_KNOWN ? OH_LANDLOCK_ABI_KNOWN : (int)abi;
+  emit("landlock", "abi", num((unsigned long long)abi), num((unsigned)used), NULL);
+  long errata = syscall(__NR_landlock_create_ruleset, NULL, 0, OH_LANDLOCK_CREATE_RULESET_ERRATA);
+  if (errata >= 0) emit("landlock", "errata", num((unsigned long long)errata), NULL);
+
+  struct oh_landlock_ruleset_attr attr = {
+    .handled_access_fs = oh_landlock_fs_rights(used),
+    .handled_access_net = 0, /* network is not this tool's business: see docs/run.md */
+    .scoped = oh_landlock_scopes(used),
+  };
+  char text[512];
+  emit("landlock", "handled", rights_text(attr.handled_access_fs, text, sizeof text), NULL);
+  emit("landlock", "scoped",
+       attr.scoped ? "abstract_unix_socket,signal" : "-", NULL);
+
+  int ruleset = (int)syscall(__NR_landlock_create_ruleset, &attr, oh_landlock_attr_size(used), 0);
+  if (ruleset < 0) fatal("landlock", errno, "landlock_create_ruleset");
+
+  for (int i = 0; i < o->npaths; i++) {
+    const struct path_grant *g = &o->paths[i];
+    int fd = open(g->path, O_PATH | O_CLOEXEC);
+    if (fd < 0) {
+      int err = errno;
+      if (err == ENOENT || err == ENOTDIR || err == EACCES || err == ELOOP) {
+        emit("landlock", "skip", errname(err), g->path, NULL);
+        continue;
+      }
+      fatal("landlock", err, g->path);
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0) fatal("landlock", errno, g->path);
+    uint64_t want = rights_of(g->access) & attr.handled_access_fs;
+    if (!S_ISDIR(st.st_mode)) want &= OH_LL_FS_FILE_RIGHTS;
+    if (want == 0) {
+      close(fd);
+      emit("landlock", "skip", "no-rights", g->path, NULL);
+      continue;
+    }
+    struct oh_landlock_path_beneath_attr rule = {.allowed_access = want, .parent_fd = fd};
+    if (syscall(__NR_landlock_add_rule, ruleset, OH_LANDLOCK_RULE_PATH_BENEATH, &rule, 0) < 0)
+      fatal("landlock", errno, g->path);
+    close(fd);
+    emit("landlock", "rule", rights_text(want, text, sizeof text), S_ISDIR(st.st_mode) ? "beneath" : "file", g->path, NULL);
+  }
+  if (syscall(__NR_landlock_restrict_self, ruleset, 0) < 0) fatal("landlock", errno, "landlock_restrict_self");
+  close(ruleset);
+  emit("landlock", "enforced", num((unsigned)used), NULL);
+  return used;
+}
+
+/* ---- capabilities ---------------------------------------------------------------------------- */
+
+/* A program confined by Landlock but holding CAP_SYS_MODULE, CAP_SYS_RAWIO or CAP_SYS_ADMIN could
+ * load kernel code or reach hardware: Landlock does not stop that. So every capability goes. With
+ * no_new_privs, execve cannot give any back (not even to uid 0). */
+static void drop_capabilities(void) {
+  struct __user_cap_header_struct head = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+  struct __user_cap_data_struct data[2];
+  if (syscall(SYS_capget, &head, data) < 0) fatal("capabilities", errno, "capget");
+  int had = data[0].permitted || data[1].permitted || data[0].effective || data[1].effective ||
+            data[0].inheritable || data[1].inheritable;
+  int bounding = 0;
+  int can_setpcap = (data[CAP_TO_INDEX(CAP_SETPCAP)].effective & CAP_TO_MASK(CAP_SETPCAP)) != 0;
+  if (can_setpcap) {
+    for (int cap = 0; cap < 64; cap++) {
+      int r = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
+      if (r < 0) break; /* EINVAL: past the last capability this kernel knows */
+      if (r == 1) {
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) fatal("capabilities", errno, "PR_CAPBSET_DROP");
+        bounding++;
+      }
+    }
+  }
+  if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+    fatal("capabilities", errno, "PR_CAP_AMBIENT_CLEAR_ALL");
+  memset(data, 0, sizeof data);
+  if (syscall(SYS_capset, &head, data) < 0) fatal("capabilities", errno, "capset");
+  emit("capabilities", had ? "dropped" : "none", can_setpcap ? "bounding-dropped" : "bounding-kept",
+       num((unsigned)bounding), NULL);
+}
+
+/* ---- seccomp --------------------------------------------------------------------------------- */
+
+enum cond { ALWAYS, ARG_LOW_EQ, ARG_NONZERO };
+
+struct sc_rule {
+  const char *name;
+  int nr;
+  enum cond cond;
+  int arg;
+  uint32_t value;
+  const char *cond_text;
+  uint32_t action;
+};
+
+#define ERRNO(e) (SECCOMP_RET_ERRNO | ((e) & SECCOMP_RET_DATA))
+#define RULE(sys, act) {#sys, __NR_##sys, ALWAYS, 0, 0, "-", act}
+#define RULE_ARG(sys, a, v, text, act) {#sys, __NR_##sys, ARG_LOW_EQ, a, v, text, act}
+
+/* The syscalls refused beyond Landlock, and why (docs/run.md says the same for people):
+ *
+ * - io_uring: its operations are not syscalls, so no seccomp filter can see them; ENOSYS makes
+ *   programs (libuv, liburing users) fall back to plain syscalls.
+ * - open_by_handle_at, name_to_handle_at: open a file by handle, with no path for Landlock to
+ *   check; and turn paths into reusable handles.
+ * - ptrace: PTRACE_O_SUSPEND_SECCOMP lifts the filter from a tracee; tracing is also a way to make
+ *   another confined process do things. Landlock already forbids tracing outside the domain.
+ * - socket(AF_UNIX): Landlock (up to ABI 7) does not check connect() to a pathname UNIX socket, so a
+ *   confined program could ask any unconfined service for fds (another broker with a wider
+ *   policy, a container daemon). socketpair() stays allowed; --allow-unix-sockets lifts this.
+ * - path-based metadata changes (chmod, chown, xattrs, times, file_setattr): Landlock does not
+ *   check them, and "no write anywhere" includes a file's mode and owner. fd-based forms (fchmod,
+ *   fchown, fsetxattr, futimens) stay allowed: they act on files the program already holds.
+ * - truncate(2) by path, when Landlock is older than ABI 3 and cannot check it.
+ * - ioctl TIOCSTI and TIOCLINUX: push keystrokes into the terminal, to be run by the shell after
+ *   the program exits.
+ * - a syscall number above the newest reviewed one: ENOSYS (see NR_REVIEWED_MAX).
+ * - a foreign architecture, or x32: the numbers above mean other syscalls there; the process is
+ *   killed.
+ */
+static int collect_rules(struct sc_rule *out, int landlock_abi, int allow_unix_sockets) {
+  const struct sc_rule always[] = {
+    RULE(io_uring_setup, ERRNO(ENOSYS)),
+    RULE(io_uring_enter, ERRNO(ENOSYS)),
+    RULE(io_uring_register, ERRNO(ENOSYS)),
+    RULE(open_by_handle_at, ERRNO(EPERM)),
+    RULE(name_to_handle_at, ERRNO(EPERM)),
+    RULE(ptrace, ERRNO(EPERM)),
+    RULE_ARG(ioctl, 1, TIOCSTI, "cmd==TIOCSTI", ERRNO(EPERM)),
+    RULE_ARG(ioctl, 1, TIOCLINUX, "cmd==TIOCLINUX", ERRNO(EPERM)),
+#ifdef __NR_chmod
+    RULE(chmod, ERRNO(EPERM)),
+#endif
+    RULE(fchmodat, ERRNO(EPERM)),
+    RULE(fchmodat2, ERRNO(EPERM)),
+#ifdef __NR_chown
+    RULE(chown, ERRNO(EPERM)),
+#endif
+#ifdef __NR_lchown
+    RULE(lchown, ERRNO(EPERM)),
+#endif
+    RULE(fchownat, ERRNO(EPERM)),
+    RULE(setxattr, ERRNO(EPERM)),
+    RULE(lsetxattr, ERRNO(EPERM)),
+    RULE(removexattr, ERRNO(EPERM)),
+    RULE(lremovexattr, ERRNO(EPERM)),
+    RULE(setxattrat, ERRNO(EPERM)),
+    RULE(removexattrat, ERRNO(EPERM)),
+    RULE(file_setattr, ERRNO(EPERM)),
+#ifdef __NR_utime
+    RULE(utime, ERRNO(EPERM)),
+#endif
+#ifdef __NR_utimes
+    RULE(utimes, ERRNO(EPERM)),
+#endif
+#ifdef __NR_futimesat
+    RULE(futimesat, ERRNO(EPERM)),
+#endif
+    {"utimensat", __NR_utimensat, ARG_NONZERO, 1, 0, "path!=NULL", ERRNO(EPERM)},
+  };
+  int n = 0;
+  for (size_t i = 0; i < sizeof always / sizeof *always; i++) out[n++] = always[i];
+  if (!allow_unix_sockets) out[n++] = (struct sc_rule)RULE_ARG(socket, 0, AF_UNIX, "domain==AF_UNIX", ERRNO(EACCES));
+  if (landlock_abi < 3) out[n++] = (struct sc_rule)RULE(truncate, ERRNO(EPERM));
+  return n;
+}
+
+#ifdef OH_AUDIT_ARCH
+#define ARG_LOW(i) (offsetof(struct seccomp_data, args) + 8 * (i))
+#define ARG_HIGH(i) (ARG_LOW(i) + 4)
+#define LD(off) BPF_STMT(BPF_LD | BPF_W | BPF_ABS, (off))
+#define JEQ(v, t, f) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (v), (t), (f))
+#define JGE(v, t, f) BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, (v), (t), (f))
+#define JGT(v, t, f) BPF_JUMP(BPF_JMP | BPF_JGT | BPF_K, (v), (t), (f))
+#define RET(v) BPF_STMT(BPF_RET | BPF_K, (v))
+
+/* Builds the filter: arch check, then one block per rule, each of which either returns the rule's
+ * action or falls through to the next block; the end allows. Arguments are compared on their low
+ * 32 bits where the kernel itself truncates them (an int domain, an unsigned ioctl command), so
+ * setting high bits cannot slip past a rule. */
+static int build_filter(struct sock_filter *f, const struct sc_rule *rules, int nrules) {
+  int n = 0;
+  f[n++] = (struct sock_filter)LD(offsetof(struct seccomp_data, arch));
+  f[n++] = (struct sock_filter)JEQ(OH_AUDIT_ARCH, 1, 0);
+  f[n++] = (struct sock_filter)RET(SECCOMP_RET_KILL_PROCESS);
+  f[n++] = (struct sock_filter)LD(offsetof(struct seccomp_data, nr));
+#ifdef OH_X32_SYSCALL_BIT
+  f[n++] = (struct sock_filter)JGE(OH_X32_SYSCALL_BIT, 0, 1);
+  f[n++] = (struct sock_filter)RET(SECCOMP_RET_KILL_PROCESS);
+#endif
+  f[n++] = (struct sock_filter)JGT(NR_REVIEWED_MAX, 0, 1);
+  f[n++] = (struct sock_filter)RET(ERRNO(ENOSYS));
+  for (int i = 0; i < nrules; i++) {
+    const struct sc_rule *r = &rules[i];
+    f[n++] = (struct sock_filter)LD(offsetof(struct seccomp_data, nr));
+    switch (r->cond) {
+    case ALWAYS:
+      f[n++] = (struct sock_filter)JEQ((uint32_t)r->nr, 0, 1);
+      break;
+    case ARG_LOW_EQ:
+      f[n++] = (struct sock_filter)JEQ((uint32_t)r->nr, 0, 3);
+      f[n++] = (struct sock_filter)LD(ARG_LOW(r->arg));
+      f[n++] = (struct sock_filter)JEQ(r->value, 0, 1);
+      break;
+    case ARG_NONZERO:
+      f[n++] = (struct sock_filter)JEQ((uint32_t)r->nr, 0, 5);
+      f[n++] = (struct sock_filter)LD(ARG_LOW(r->arg));
+      f[n++] = (struct sock_filter)JEQ(0, 0, 2); /* low word not 0: refuse */
+      f[n++] = (struct sock_filter)LD(ARG_HIGH(r->arg));
+      f[n++] = (struct sock_filter)JEQ(0, 1, 0); /* both words 0: next rule */
+      break;
+    }
+    f[n++] = (struct sock_filter)RET(r->action);
+  }
+  f[n++] = (struct sock_filter)RET(SECCOMP_RET_ALLOW);
+  return n;
+}
+#endif
+
+static const char *action_text(uint32_t action) {
+  static char buf[32];
+  if ((action & SECCOMP_RET_ACTION_FULL) == SECCOMP_RET_ERRNO) {
+    snprintf(buf, sizeof buf, "errno %s", errname((int)(action & SECCOMP_RET_DATA)));
+    return buf;
+  }
+  return action == SECCOMP_RET_KILL_PROCESS ? "kill-process" : "other";
+}
+
+static void apply_seccomp(const struct options *o, int landlock_abi) {
+#ifndef OH_AUDIT_ARCH
+  if (!o->allow_unconfined) fatal("seccomp", ENOSYS, "no seccomp filter for this architecture");
+  emit("seccomp", "unavailable", "ENOSYS", "no seccomp filter for this architecture", NULL);
+#else
+  struct sc_rule rules[64];
+  int nrules = collect_rules(rules, landlock_abi, o->allow_unix_sockets);
+  static struct sock_filter filter[512];
+  int len = build_filter(filter, rules, nrules);
+  struct sock_fprog prog = {.len = (unsigned short)len, .filter = filter};
+  if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) < 0) {
+    int err = errno;
+    if (!o->allow_unconfined) fatal("seccomp", err, "the kernel refused the seccomp filter");
+    emit("seccomp", "unavailable", errname(err), "the kernel refused the seccomp filter", NULL);
+    return;
+  }
+  emit("seccomp", "arch", OH_ARCH_NAME, NULL);
+  emit("seccomp", "rule", "*", "arch!=" OH_ARCH_NAME, "kill-process", NULL);
+#ifdef OH_X32_SYSCALL_BIT
+  emit("seccomp", "rule", "*", "x32", "kill-process", NULL);
+#endif
+  emit("seccomp", "rule", "*", "nr>" STR(NR_REVIEWED_MAX), "errno ENOSYS", NULL);
+  for (int i = 0; i < nrules; i++) emit("seccomp", "rule", rules[i].name, rules[i].cond_text, action_text(rules[i].action), NULL);
+  emit("seccomp", "enforced", num((unsigned)len), NULL);
+#endif
+}
+
+/* ---- main ------------------------------------------------------------------------------------ */
+
+int main(int argc, char **argv) {
+  struct options o;
+  parse_options(argc, argv, &o);
+  int rep = arrange_fds(&o);
+
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) fatal("no_new_privs", errno, "PR_SET_NO_NEW_PRIVS");
+  emit("no_new_privs", "set", NULL);
+
+  int abi = apply_landlock(&o);
+  drop_capabilities();
+  apply_seccomp(&o, abi);
+
+  if (o.wait && rep >= 0) {
+    emit("ready", NULL);
+    char go;
+    ssize_t r;
+    do r = read(rep, &go, 1);
+    while (r < 0 && errno == EINTR);
+    if (r != 1) _exit(EXIT_REFUSED); /* the caller is gone: do not start CMD unattended */
+  }
+  emit("exec", o.argv[0], NULL);
+  execvp(o.argv[0], o.argv);
+  int err = errno;
+  emit("error", "exec", errname(err), o.argv[0], NULL);
+  _exit(err == ENOENT || err == ENOTDIR ? EXIT_NOT_FOUND : EXIT_CANNOT_EXEC);
+}

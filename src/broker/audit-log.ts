@@ -1,0 +1,205 @@
+/**
+ * The audit log: one line per decision, as JSON (one object per line) or in a pretty form for a
+ * terminal, to a file or to stderr.
+ *
+ * It never blocks the broker: record() only queues the record; lines are formatted and written in
+ * batches by asynchronous writes (libuv's thread pool), one write in flight at a time.
+ *
+ * When the log cannot be written (a write fails, or the queue passes its bound because the disk is
+ * too slow), the log is *failing* until a later write succeeds (retried every second). What the
+ * broker does meanwhile is the `failure` setting:
+ * - 'closed' (fail-closed): every request is refused with EIO, so nothing happens unaudited;
+ * - 'open' (fail-open): requests are served; records beyond the queue's bound are dropped and
+ *   counted, and a line says how many once the log works again.
+ */
+import { isUtf8 } from 'node:buffer';
+import { close, openSync, write } from 'node:fs';
+import { display } from '../bytestring.js';
+import { errnoName } from '../native.js';
+import { formatAccess } from '../policy/access.js';
+import { Command } from '../protocol/constants.js';
+import type { AuditRecord, AuditSink } from './audit.js';
+import { describeFlags } from './flags.js';
+
+export type AuditFormat = 'json' | 'pretty';
+export type AuditFailure = 'closed' | 'open';
+
+export interface AuditLogOptions {
+  /** a file (appended to), or '-' for stderr */
+  target: string;
+  format?: AuditFormat;
+  failure?: AuditFailure;
+  /** records that may wait; past this the log counts as failing (default 65536) */
+  maxQueue?: number;
+  /** where the log's own troubles are reported (once per failure, and on recovery) */
+  warn?: (message: string) => void;
+}
+
+const RETRY_MS = 1000;
+/** Lines per write: big enough to amortise the syscall, small enough to bound a write's size. */
+const BATCH = 4096;
+
+const commandNames = new Map<number, string>(Object.entries(Command).map(([k, v]) => [v, k]));
+
+export class AuditLog implements AuditSink {
+  readonly format: AuditFormat;
+  readonly failure: AuditFailure;
+  readonly target: string;
+  #fd: number;
+  #ownFd: boolean;
+  #queue: AuditRecord[] = [];
+  #maxQueue: number;
+  #writing = false;
+  #scheduled = false;
+  #failing = false;
+  #dropped = 0;
+  #retry: NodeJS.Timeout | null = null;
+  #warn: (message: string) => void;
+  #idle: (() => void)[] = [];
+  #closed = false;
+
+  /** Opens the target at once (throws if it cannot be opened: a bad --audit is a start-up error). */
+  constructor(options: AuditLogOptions) {
+    this.target = options.target;
+    this.format = options.format ?? 'json';
+    this.failure = options.failure ?? 'closed';
+    this.#maxQueue = options.maxQueue ?? 65536;
+    this.#warn = options.warn ?? ((m) => process.stderr.write(`openhook: ${m}\n`));
+    this.#ownFd = options.target !== '-';
+    this.#fd = this.#ownFd ? openSync(options.target, 'a', 0o640) : 2;
+  }
+
+  /** Fail-closed and unable to write: the broker refuses requests with EIO meanwhile. */
+  get refusing(): boolean {
+    return this.#failing && this.failure === 'closed';
+  }
+
+  get failing(): boolean {
+    return this.#failing;
+  }
+
+  /** Records dropped since the last report (fail-open only). */
+  get dropped(): number {
+    return this.#dropped;
+  }
+
+  record(entry: AuditRecord): void {
+    if (this.#closed) return;
+    if (this.#queue.length >= this.#maxQueue) {
+      this.#fail('the audit log is not keeping up (queue full)');
+      this.#dropped++;
+      return;
+    }
+    this.#queue.push(entry);
+    if (!this.#scheduled && !this.#writing && !this.#retry) {
+      this.#scheduled = true;
+      setImmediate(() => {
+        this.#scheduled = false;
+        this.#flush();
+      });
+    }
+  }
+
+  #flush(): void {
+    if (this.#writing || this.#queue.length === 0) return this.#settle();
+    const n = Math.min(this.#queue.length, BATCH);
+    const reported = this.#failing ? 0 : this.#dropped;
+    let text = reported > 0 ? this.#droppedLine(reported) : '';
+    for (let i = 0; i < n; i++) text += this.format === 'json' ? jsonLine(this.#queue[i]!) : prettyLine(this.#queue[i]!);
+    const buf = Buffer.from(text, 'utf8');
+    this.#writing = true;
+    this.#writeAll(buf, 0, (err) => {
+      this.#writing = false;
+      if (err) {
+        this.#fail(`cannot write the audit log ${this.target}: ${err.message}`);
+        // Keep the batch for the retry; records past the bound are dropped in record().
+        this.#retry ??= setTimeout(() => {
+          this.#retry = null;
+          this.#flush();
+        }, RETRY_MS);
+        return;
+      }
+      this.#queue.splice(0, n);
+      this.#dropped -= reported;
+      if (this.#failing) {
+        this.#failing = false;
+        this.#warn(`audit log ${this.target} works again${this.#dropped ? ` (${this.#dropped} records were dropped)` : ''}`);
+      }
+      if (this.#queue.length > 0) setImmediate(() => this.#flush());
+      else this.#settle();
+    });
+  }
+
+  #writeAll(buf: Buffer, offset: number, done: (err: NodeJS.ErrnoException | null) => void): void {
+    write(this.#fd, buf, offset, buf.length - offset, null, (err, written) => {
+      if (err) return done(err);
+      if (offset + written < buf.length) return this.#writeAll(buf, offset + written, done);
+      done(null);
+    });
+  }
+
+  #droppedLine(count: number): string {
+    const time = new Date().toISOString();
+    return this.format === 'json' ? `{"time":"${time}","dropped":${count}}\n` : `dropped ${count} audit records (the log could not be written)\n`;
+  }
+
+  #fail(message: string): void {
+    if (this.#failing) return;
+    this.#failing = true;
+    this.#warn(`${message}; ${this.failure === 'closed' ? 'refusing requests with EIO until it works again (fail-closed)' : 'serving on, dropping records (fail-open)'}`);
+  }
+
+  #settle(): void {
+    if (this.#queue.length === 0 && !this.#writing) for (const f of this.#idle.splice(0)) f();
+  }
+
+  /** Resolves when everything queued so far is written (or the log is failing). */
+  flushed(): Promise<void> {
+    if (this.#queue.length === 0 && !this.#writing) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.#idle.push(resolve);
+      if (this.#failing) resolve();
+    });
+  }
+
+  /** Writes what is queued (if it can), then closes the file. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    await this.flushed();
+    this.#closed = true;
+    if (this.#retry) clearTimeout(this.#retry);
+    if (this.#ownFd) await new Promise<void>((r) => close(this.#fd, () => r()));
+  }
+}
+
+/**
+ * Paths are exact bytes. A path that is valid UTF-8 is written as a JSON string; one that is not is
+ * written for people (with \xNN escapes for the bad bytes) and, losslessly, as `path_base64`.
+ */
+function pathFields(path: string): string {
+  // eslint-disable-next-line no-control-regex
+  if (!/[\x80-\xff]/.test(path)) return `"path":${JSON.stringify(path)}`;
+  const bytes = Buffer.from(path, 'latin1');
+  if (isUtf8(bytes)) return `"path":${JSON.stringify(bytes.toString('utf8'))}`;
+  return `"path":${JSON.stringify(display(path))},"path_base64":"${bytes.toString('base64')}"`;
+}
+
+export function jsonLine(e: AuditRecord): string {
+  const p = e.peer;
+  const session = p.session !== undefined ? `,"session":${JSON.stringify(p.session)}` : '';
+  return (
+    `{"time":"${new Date(e.time).toISOString()}","client":{"pid":${p.pid},"uid":${p.uid},"gid":${p.gid}${session}},` +
+    `"command":"${commandNames.get(e.command) ?? e.command}",${pathFields(e.path)},"flags":"${describeFlags(e.flags)}",` +
+    `"mode":"0${(e.mode & 0o7777).toString(8)}","access":"${formatAccess(e.access)}","decision":"${e.allowed ? 'allow' : 'deny'}",` +
+    `"rule":${e.rule ? JSON.stringify(e.rule.origin) : 'null'},"errno":${e.errno ? `"${errnoName(e.errno)}"` : 'null'},` +
+    `"reason":${JSON.stringify(e.reason)},"latency_us":${e.latencyUs}}\n`
+  );
+}
+
+export function prettyLine(e: AuditRecord): string {
+  const t = new Date(e.time);
+  const time = `${String(t.getHours()).padStart(2, '0')}:${String(t.getMinutes()).padStart(2, '0')}:${String(t.getSeconds()).padStart(2, '0')}.${String(t.getMilliseconds()).padStart(3, '0')}`;
+  const verdict = e.errno === 0 ? 'ALLOW' : e.allowed ? `FAIL ${errnoName(e.errno)}` : `DENY ${errnoName(e.errno)}`;
+  const who = `pid ${e.peer.pid} uid ${e.peer.uid}${e.peer.session !== undefined ? ` ${e.peer.session}` : ''}`;
+  return `${time} ${verdict.padEnd(13)} ${display(e.path)} ${describeFlags(e.flags)} [${who}] ${e.reason} (${e.latencyUs} µs)\n`;
+}

@@ -1,0 +1,105 @@
+/**
+ * `openhook check [policy options] [--uid U --gid G --groups G,... --session S] PATH ACCESS`:
+ * explains one decision, naming the rule that made it and where it was written.
+ * Exit status: 0 allow, 1 deny, 2 a bad policy (or bad arguments).
+ */
+import { Command, InvalidArgumentError } from 'commander';
+import { display, fromText } from '../bytestring.js';
+import { errnoName } from '../native.js';
+import { Access, formatAccess, parseAccess } from '../policy/access.js';
+import { normalise } from '../policy/path.js';
+import type { Peer, Policy } from '../policy/policy.js';
+import { describeRule, PolicyError } from '../policy/rule.js';
+import { addPolicyOptions, policyFromOptions, type PolicyFlags } from './policy-options.js';
+
+interface CheckOptions extends PolicyFlags {
+  uid?: number;
+  gid?: number;
+  groups?: number[];
+  session?: string;
+}
+
+function parseId(text: string): number {
+  if (!/^\d+$/.test(text) || Number(text) >= 0xffffffff) throw new InvalidArgumentError(`expected a numeric id: '${text}'`);
+  return Number(text);
+}
+
+function parseIds(text: string): number[] {
+  return text === '' ? [] : text.split(',').map((t) => parseId(t.trim()));
+}
+
+export function checkCommand(): Command {
+  const cmd = new Command('check')
+    .description('explain what the policy decides for PATH and ACCESS (r, w, c, d): exit 0 allow, 1 deny, 2 bad policy')
+    .argument('<PATH>', 'absolute path a client would ask for')
+    .argument('<ACCESS>', 'access letters the request needs: r, w, c, d (d: the path is a directory)')
+    .option('--uid <UID>', 'the client’s uid (default: yours)', parseId)
+    .option('--gid <GID>', 'the client’s primary gid (default: yours)', parseId)
+    .option('--groups <GID,...>', 'the client’s supplementary groups (default: yours, or none with --uid)', parseIds)
+    .option('--session <NAME>', 'the client’s session name (clients the launcher started)');
+  addPolicyOptions(cmd);
+  // Usage errors exit 2, as a bad policy does: 1 means "denied" and nothing else.
+  cmd.exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2));
+  return cmd.action((path: string, access: string, opts: CheckOptions) => {
+    process.exitCode = check(path, access, opts);
+  });
+}
+
+function check(pathText: string, accessText: string, opts: CheckOptions): number {
+  const out = (line: string): void => void process.stdout.write(line + '\n');
+  let want: number;
+  try {
+    want = parseAccess(accessText);
+  } catch (err) {
+    process.stderr.write(`openhook check: ${(err as Error).message}\n`);
+    return 2;
+  }
+  let policy: Policy;
+  try {
+    policy = policyFromOptions(opts);
+  } catch (err) {
+    if (!(err instanceof PolicyError)) throw err;
+    process.stderr.write(`openhook check: ${err.message}\n`);
+    return 2;
+  }
+  const own = opts.uid === undefined;
+  const peer: Peer = {
+    pid: process.pid,
+    uid: opts.uid ?? process.getuid!(),
+    gid: opts.gid ?? process.getgid!(),
+    groups: opts.groups ?? (own ? process.getgroups!() : []),
+    ...(opts.session !== undefined ? { session: opts.session } : {}),
+  };
+  try {
+    const section = policy.sectionFor(peer);
+    const who = `uid ${peer.uid}, gid ${peer.gid}${peer.groups?.length ? `, groups ${peer.groups.join(',')}` : ''}${peer.session !== undefined ? `, session ${peer.session}` : ''}`;
+    const norm = normalise(fromText(pathText));
+    if (!norm.ok) {
+      out(`deny (${norm.errno}) ${pathText} ${formatAccess(want)}`);
+      out(`  why: the name is refused before any rule is consulted: ${norm.reason}`);
+      return 1;
+    }
+    const d = policy.decide(peer, norm.path, want & ~Access.DIRECTORY);
+    let allowed = d.allowed, errno = d.errno, why = d.reason;
+    if (allowed && want & Access.DIRECTORY && !d.open.directories) {
+      allowed = false;
+      errno = 13;
+      why = `${d.rule!.origin} does not allow directories (access letter d)`;
+    }
+    out(`${allowed ? 'allow' : `deny (${errnoName(errno)})`} ${display(norm.path)} ${formatAccess(want)}`);
+    out(`  why: ${why}`);
+    if (d.rule) out(`  rule: ${d.rule.origin}: ${describeRule(d.rule)}`);
+    out(`  client: ${who} -> ${section === null ? 'refused (matches no section; unmatched = "refuse")' : section === policy.defaultSection ? 'default section' : `section ${section.name}`}`);
+    if (d.allowed) out(`  opens: ${d.rest} beneath ${display(rootPathOf(norm.path, d.rest))}${d.open.followSymlinks ? ', following symlinks beneath it' : ''}`);
+    policy.release(d);
+    return allowed ? 0 : 1;
+  } finally {
+    policy.close();
+  }
+}
+
+function rootPathOf(path: string, rest: string): string {
+  if (rest === '.') return path;
+  const root = path.slice(0, path.length - rest.length - 1);
+  return root === '' ? '/' : root;
+}

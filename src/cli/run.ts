@@ -1,0 +1,170 @@
+/**
+ * `openhook run [policy options] [--ro PATH ...] -- CMD ARGS...`: runs CMD confined, so that it cannot
+ * open files itself, with an in-process broker serving its hook fd (docs/run.md).
+ *
+ * Exit status: CMD's, or 128+N if a signal N killed it; 125 when run itself fails or refuses (bad
+ * options, a bad policy, confinement unavailable), 126 when CMD cannot be executed, 127 when it is
+ * not found.
+ */
+import { renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { basename, resolve } from 'node:path';
+import { Command, InvalidArgumentError } from 'commander';
+import type { AuditSink } from '../broker/audit.js';
+import { Broker } from '../broker/broker.js';
+import { describeFlags } from '../broker/flags.js';
+import { display } from '../bytestring.js';
+import { ConfinementError } from '../launch/confinement.js';
+import { describeFailure, EXIT_REFUSED, FORWARDED_SIGNALS, launch, LaunchError, type LaunchResult } from '../launch/launch.js';
+import { allowEverythingPolicy, LearnRecorder } from '../launch/learn.js';
+import { formatPolicy, minimalRules } from '../launch/learned-policy.js';
+import { formatReport, type LaunchReport } from '../launch/report.js';
+import { errnoName } from '../native.js';
+import { Policy } from '../policy/policy.js';
+import { PolicyError } from '../policy/rule.js';
+import { addPolicyOptions, policyFromOptions, type PolicyFlags } from './policy-options.js';
+
+export interface RunOptions extends PolicyFlags {
+  ro: string[];
+  fd: number;
+  session?: string;
+  learn?: string;
+  report?: boolean;
+  log?: boolean;
+  allowUnconfined?: boolean;
+  allowUnixSockets?: boolean;
+}
+
+const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+function parseFd(text: string): number {
+  if (!/^\d+$/.test(text) || Number(text) < 3 || Number(text) > 1_048_575) throw new InvalidArgumentError(`the hook fd must be a number from 3 up, not '${text}'`);
+  return Number(text);
+}
+
+export function runCommand(): Command {
+  const cmd = new Command('run')
+    .description('run a program confined: it cannot open files itself and asks the broker for them through its hook fd')
+    .usage('[policy options] [options] -- CMD [ARGS...]')
+    .argument('<command>', 'the program to run')
+    .argument('[args...]', 'its arguments');
+  addPolicyOptions(cmd)
+    .option('--ro <PATH>', 'let the program read and execute PATH itself, besides /usr /lib /lib64 /bin /sbin /etc (repeatable)', collect, [])
+    .option('--fd <N>', 'fd number of the hook socket in the program, exported as OPENHOOK_FD', parseFd, 3)
+    .option('--session <NAME>', "session name that policy sections match (default: the command's base name)")
+    .option('--learn <FILE>', 'allow every request, then write a minimal policy for what the program asked to FILE')
+    .option('--report', 'print the confinement that was enforced (Landlock, seccomp) before the program starts')
+    .option('--log', 'print every broker decision to stderr')
+    .option('--allow-unconfined', 'run even if Landlock or seccomp is unavailable (not recommended)')
+    .option('--allow-unix-sockets', 'let the program create UNIX sockets; it can then connect to any socket path it can name')
+    .passThroughOptions()
+    .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : EXIT_REFUSED));
+  return cmd.action(async (command: string, args: string[], opts: RunOptions) => {
+    process.exitCode = await run(command, args, opts);
+  });
+}
+
+const say = (line: string): void => void process.stderr.write(`openhook run: ${line}\n`);
+
+const stderrLog: AuditSink = {
+  record(e) {
+    const verdict = e.errno === 0 ? 'ALLOW' : `DENY ${errnoName(e.errno)}`;
+    process.stderr.write(`openhook: ${verdict} ${display(e.path)} ${describeFlags(e.flags)} (${e.reason})\n`);
+  },
+};
+
+export async function run(command: string, args: string[], opts: RunOptions): Promise<number> {
+  let policy: Policy;
+  let recorder: LearnRecorder | null = null;
+  const log = opts.log ? stderrLog : null;
+  try {
+    if (opts.learn !== undefined) {
+      if (opts.allow.length > 0 || opts.deny.length > 0 || opts.policy !== undefined) {
+        throw new PolicyError('--learn allows every request; give no --policy, --allow or --deny with it');
+      }
+      recorder = new LearnRecorder(log);
+      policy = allowEverythingPolicy();
+    } else {
+      // No rules at all is a valid policy: the program gets nothing through its hook.
+      policy = opts.allow.length > 0 || opts.deny.length > 0 || opts.policy !== undefined ? policyFromOptions(opts) : new Policy([]);
+    }
+  } catch (err) {
+    if (err instanceof PolicyError) {
+      say(err.message);
+      return EXIT_REFUSED;
+    }
+    throw err;
+  }
+
+  const session = opts.session ?? basename(command);
+  const self = { pid: process.pid, uid: process.getuid!(), gid: process.getgid!(), groups: process.getgroups!(), session };
+  if (!policy.admits(self)) say(`WARNING: the policy has no section for session ${session} and refuses unmatched clients: every request will be denied`);
+
+  const broker = new Broker({ policy, audit: recorder ?? log, log: (m) => say(m) });
+  let result: LaunchResult;
+  try {
+    result = await launch({
+      command,
+      args,
+      broker,
+      session,
+      hookFd: opts.fd,
+      readOnly: opts.ro.map((path) => resolve(path)),
+      allowUnconfined: opts.allowUnconfined,
+      allowUnixSockets: opts.allowUnixSockets,
+      // Wait for the report before CMD starts whenever something must be said first.
+      waitForReport: opts.report === true || opts.allowUnconfined === true,
+      onReport: (report) => announce(report, opts),
+      forwardSignals: FORWARDED_SIGNALS,
+    });
+  } catch (err) {
+    if (err instanceof LaunchError || err instanceof ConfinementError) {
+      say(err.message);
+      return EXIT_REFUSED;
+    }
+    throw err;
+  } finally {
+    broker.close();
+  }
+
+  const failure = describeFailure(result, command);
+  if (failure) {
+    say(failure);
+    return result.status;
+  }
+  if (recorder && opts.learn !== undefined) {
+    const written = writeLearned(opts.learn, recorder, command, args, result.status);
+    if (written !== 0) return written;
+  }
+  return result.status;
+}
+
+function announce(report: LaunchReport, opts: RunOptions): void {
+  if (report.fatal) return; // described after the helper exits
+  if (opts.report) for (const line of formatReport(report)) say(line);
+  if (!report.landlock.enforced && report.landlock.unavailable) say(`WARNING: running without Landlock (${report.landlock.unavailable}): the program can open any file you can`);
+  if (!report.seccomp.enforced && report.seccomp.unavailable) say(`WARNING: running without the seccomp filter (${report.seccomp.unavailable})`);
+}
+
+function writeLearned(file: string, recorder: LearnRecorder, command: string, args: string[], status: number): number {
+  const rules = minimalRules(recorder.used);
+  const header = [
+    `openhook policy learned by: openhook run --learn ${file} -- ${[command, ...args].join(' ')}`,
+    `${new Date().toISOString()}: the program exited with status ${status}; ${recorder.requests} requests on ${recorder.used.size} paths`,
+    'Review it, then enforce it: openhook run --policy FILE -- CMD',
+  ];
+  const tmp = `${file}.tmp-${process.pid}`;
+  try {
+    writeFileSync(tmp, formatPolicy(rules, header), { mode: 0o644 });
+    renameSync(tmp, file);
+  } catch (err) {
+    try {
+      unlinkSync(tmp);
+    } catch {
+      // nothing was written
+    }
+    say(`cannot write the learned policy to ${file}: ${(err as Error).message}`);
+    return EXIT_REFUSED;
+  }
+  say(`learned ${recorder.requests} requests on ${recorder.used.size} paths; wrote ${rules.length} rules to ${file}${status !== 0 ? ` (the program exited with status ${status}: check that it did all it should)` : ''}`);
+  return 0;
+}

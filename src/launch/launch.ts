@@ -1,0 +1,198 @@
+/**
+ * Launching a confined program with its hook socket: the core of `openhook run`.
+ *
+ *   socketpair ──broker end──▶ broker.adopt(fd, 'seqpacket', { session })
+ *        └──────client end──▶ openhook-launch (fd 3 → fd N, Landlock, seccomp) ──exec──▶ CMD
+ *
+ * The client end reaches CMD as fd N (OPENHOOK_FD=N); CMD's descendants inherit it and are served
+ * as the same session. The helper's report arrives on a second socket, which closes when CMD is
+ * exec'd. When CMD exits, its connection is closed: the session is over, even if a descendant still
+ * holds the fd.
+ */
+import { spawn, type ChildProcess, type StdioNull, type StdioPipe } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import type { Socket } from 'node:net';
+import { constants as osConstants } from 'node:os';
+import { basename, dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Broker } from '../broker/broker.js';
+import { C, native } from '../native.js';
+import { confinementFor } from './confinement.js';
+import { emptyReport, parseReportLine, type LaunchReport } from './report.js';
+
+/** The launch helper, built by node-gyp next to the addon (src/launch and dist/launch alike). */
+export const HELPER_PATH = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'build', 'Release', 'openhook-launch');
+
+/** Exit statuses of `run` itself, as env(1) and the shells use them. */
+export const EXIT_REFUSED = 125;
+export const EXIT_CANNOT_EXEC = 126;
+export const EXIT_NOT_FOUND = 127;
+
+export const FORWARDED_SIGNALS: readonly NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+
+export interface LaunchOptions {
+  command: string;
+  args?: readonly string[];
+  /** the broker that serves the program's hook socket; launch() adopts one connection into it */
+  broker: Broker;
+  /** the session name policy sections match on; default: the command's base name */
+  session?: string;
+  /** the fd number of the hook socket in the program (OPENHOOK_FD); default 3 */
+  hookFd?: number;
+  /** more paths the program may read (and execute) itself, besides the system directories */
+  readOnly?: readonly string[];
+  /** environment changes for the program: a value sets, undefined removes (e.g. LD_PRELOAD) */
+  env?: Readonly<Record<string, string | undefined>>;
+  /** run even if Landlock or seccomp is unavailable (the report says what was not enforced) */
+  allowUnconfined?: boolean;
+  /** let the program create UNIX sockets (see docs/run.md: Landlock cannot check their connect) */
+  allowUnixSockets?: boolean;
+  /**
+   * Called once with the helper's report: before CMD is exec'd when waitForReport is set (CMD waits
+   * until the callback returns), else once the report is complete.
+   */
+  onReport?: (report: LaunchReport) => void;
+  waitForReport?: boolean;
+  /** signals of this process to pass on to the program while it runs; default none */
+  forwardSignals?: readonly NodeJS.Signals[];
+  /** the program's stdin, stdout and stderr; default: inherited */
+  stdio?: [StdioNull | StdioPipe | number, StdioNull | StdioPipe | number, StdioNull | StdioPipe | number];
+}
+
+export interface LaunchResult {
+  /** the status `run` exits with: CMD's exit code, 128+N for death by signal N, or 125-127 */
+  status: number;
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  /** CMD was exec'd (the helper neither refused nor failed to exec) */
+  started: boolean;
+  report: LaunchReport;
+  pid: number;
+}
+
+export class LaunchError extends Error {
+  override name = 'LaunchError';
+  readonly code: string;
+  constructor(message: string, code: string) {
+    super(message);
+    this.code = code;
+  }
+}
+
+/** Starts the program confined, serves its hook, and resolves when it has exited. */
+export async function launch(options: LaunchOptions): Promise<LaunchResult> {
+  const hookFd = options.hookFd ?? 3;
+  if (!Number.isInteger(hookFd) || hookFd < 3) throw new LaunchError(`the hook fd must be an integer of 3 or more, not ${hookFd}`, 'ERR_INVALID_ARG_VALUE');
+  if (!existsSync(HELPER_PATH)) throw new LaunchError(`the launch helper is missing (${HELPER_PATH}); run npm install to build it`, 'ERR_HELPER_MISSING');
+  const confinement = confinementFor(options.readOnly);
+
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  delete env.OPENHOOK_SOCKET; // the program's hook is its fd, never a broker it might find by path
+  for (const [key, value] of Object.entries(options.env ?? {})) {
+    if (value === undefined) delete env[key];
+    else env[key] = value;
+  }
+  env.OPENHOOK_FD = String(hookFd);
+  env.OPENHOOK_PASSTHROUGH = confinement.passthrough.join(':');
+
+  const args = ['--hook-from', '3', '--hook-fd', String(hookFd), '--report-fd', '4'];
+  if (options.waitForReport) args.push('--wait');
+  if (options.allowUnconfined) args.push('--allow-unconfined');
+  if (options.allowUnixSockets) args.push('--allow-unix-sockets');
+  for (const grant of confinement.grants) args.push('--path', grant.access, grant.path);
+  args.push('--', options.command, ...(options.args ?? []));
+
+  // Forward signals from before the spawn: a signal that arrived between the spawn and the handlers
+  // would otherwise kill this process with its default action and orphan the program.
+  let child: ChildProcess | null = null;
+  const early: NodeJS.Signals[] = [];
+  const forward = (signal: NodeJS.Signals): void => {
+    if (!child) early.push(signal);
+    else if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+  };
+  const signals = options.forwardSignals ?? [];
+  for (const s of signals) process.on(s, forward);
+  const unforward = (): void => {
+    for (const s of signals) process.off(s, forward);
+  };
+
+  const [brokerEnd, clientEnd] = native.socketpair(C.SOCK_SEQPACKET, false);
+  const [stdin, stdout, stderr] = options.stdio ?? ['inherit', 'inherit', 'inherit'];
+  try {
+    child = spawn(HELPER_PATH, args, { stdio: [stdin, stdout, stderr, clientEnd, 'pipe'], env });
+  } catch (err) {
+    unforward();
+    native.close(brokerEnd);
+    native.close(clientEnd);
+    throw err;
+  }
+  const spawned: ChildProcess = child;
+  for (const s of early.splice(0)) forward(s);
+  native.close(clientEnd); // the program's end lives only in the program now
+  const pid = spawned.pid ?? -1;
+  const connection = options.broker.adopt(brokerEnd, 'seqpacket', { session: options.session ?? basename(options.command), ...(pid > 0 ? { pid } : {}) });
+
+  const report = emptyReport();
+  let reported = false;
+  const deliver = (): void => {
+    if (reported) return;
+    reported = true;
+    options.onReport?.(report);
+  };
+  const channel = spawned.stdio[4] as Socket;
+  channel.setEncoding('latin1');
+  let pending = '';
+  channel.on('data', (chunk: string) => {
+    pending += chunk;
+    for (let nl = pending.indexOf('\n'); nl >= 0; nl = pending.indexOf('\n')) {
+      const line = pending.slice(0, nl);
+      pending = pending.slice(nl + 1);
+      parseReportLine(report, line);
+      if (line === 'ready') {
+        deliver();
+        channel.write('g');
+      }
+    }
+  });
+  channel.on('error', () => {}); // the helper died or exec'd while we wrote: its status tells
+  const reportDone = new Promise<void>((resolve) => channel.on('close', () => resolve()));
+
+  try {
+    const { code, signal } = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
+      spawned.once('error', reject);
+      spawned.once('exit', (c, s) => resolve({ code: c, signal: s }));
+    });
+    await reportDone;
+    deliver();
+    const started = report.exec !== null && report.execError === null && report.fatal === null;
+    const status = signal ? 128 + (osConstants.signals[signal] ?? 0) : (code ?? 1);
+    return { status, code, signal, started, report, pid };
+  } finally {
+    unforward();
+    connection.close();
+  }
+}
+
+/** Why CMD did not start, in words for people, or null if it started. */
+export function describeFailure(result: LaunchResult, command: string): string | null {
+  const { report } = result;
+  if (report.fatal) {
+    const { stage, code, message } = report.fatal;
+    if (stage === 'landlock' || stage === 'seccomp') {
+      const what = stage === 'landlock' ? 'Landlock' : 'seccomp';
+      return `${what} is not available (${code}: ${message}); refusing to run ${command} unconfined. ` +
+        `Use --allow-unconfined to run it without this protection.`;
+    }
+    return `cannot confine ${command}: ${stage}: ${code}: ${message}`;
+  }
+  if (report.execError) {
+    if (report.execError === 'ENOENT') return `${command}: command not found`;
+    if (report.execError === 'EACCES') {
+      return `${command}: permission denied: inside the confinement a program can run only from /usr, /bin, ... ` +
+        `or a directory given with --ro`;
+    }
+    return `${command}: cannot execute: ${report.execError}`;
+  }
+  if (!result.started && report.exec === null) return `the launch helper exited with status ${result.status} before starting ${command}`;
+  return null;
+}
