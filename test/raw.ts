@@ -233,3 +233,23 @@ export function cpuSeconds(pid: number): number {
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
 }
+
+/**
+ * Makes one request under the rule that covers `name` and waits until the resolver knows the rule's
+ * filesystem: from then on, opens under it run on the event loop (unless the filesystem or the rule
+ * sends them to the thread pool).
+ */
+export async function warmUp(b: InProcessBroker, name: string): Promise<void> {
+  const c = RawClient.connect(b.socket);
+  try {
+    const r = await c.request(openFrame(name));
+    closeAll(r?.fds ?? []);
+  } finally {
+    c.close();
+  }
+  for (let i = 0; i < 200; i++) {
+    const stats = b.broker.resolver.poolStats();
+    if (!stats || stats[3] === 0) return;
+    await sleep(5);
+  }
+}

@@ -14,7 +14,7 @@ import { after, before, describe, it } from 'node:test';
 import { Resolver } from '../src/broker/resolver.js';
 import { C, native } from '../src/native.js';
 import { fixture, tempDir } from './helpers.js';
-import { closeAll, fdFlags, inodeOf, inProcessBroker, openFrame, RawClient, type InProcessBroker } from './raw.js';
+import { closeAll, fdFlags, inodeOf, inProcessBroker, openFrame, RawClient, warmUp, type InProcessBroker } from './raw.js';
 
 const EACCES = 13, ENOENT = 2, ELOOP = 40, EXDEV = 18, EEXIST = 17, ENOTDIR = 20, EISDIR = 21;
 
@@ -74,11 +74,19 @@ for (const offload of ['auto', 'always'] as const) {
   const where = offload === 'always' ? 'on the thread pool' : 'on the event loop';
 
   describe(`resolver ${where}: links`, () => {
+    after(() => {
+      // Each path really ran: the pool only for 'always', never after the warm-up for 'auto'.
+      const pooled = plain.broker.resolver.stats.slowOpens + follow.broker.resolver.stats.slowOpens;
+      if (offload === 'auto') assert.ok(pooled <= 2, `${pooled} opens went to the pool`);
+      else assert.ok(pooled > 20, `only ${pooled} opens went to the pool`);
+    });
     let plain: InProcessBroker, follow: InProcessBroker;
     let a: RawClient, b: RawClient;
-    before(() => {
+    before(async () => {
       plain = inProcessBroker(tmp.path, `plain-${offload}`, { allow: [`${tree}/:rwc`] }, { resolver: new Resolver({ offload }) });
       follow = inProcessBroker(tmp.path, `follow-${offload}`, { allow: [`${tree}/:rwc`], options: { follow_symlinks: true } }, { resolver: new Resolver({ offload }) });
+      await warmUp(plain, join(tree, 'file'));
+      await warmUp(follow, join(tree, 'file'));
       a = RawClient.connect(plain.socket);
       b = RawClient.connect(follow.socket);
     });
@@ -148,6 +156,25 @@ for (const offload of ['auto', 'always'] as const) {
       assert.equal(existsSync(join(mnt, 'new')), false);
     });
 
+    it('holds a deny carve-out on the real path when symlinks are followed', async () => {
+      const carve = inProcessBroker(tmp.path, `carve-${offload}`, { allow: [`${tree}/:rwc`], deny: [`${tree}/sub/`], options: { follow_symlinks: true } }, { resolver: new Resolver({ offload }) });
+      await warmUp(carve, join(tree, 'file'));
+      const c = RawClient.connect(carve.socket);
+      try {
+        const direct = (await c.request(openFrame(join(tree, 'sub', 'file2'))))!;
+        assert.equal(direct.result, -EACCES, 'the name itself is denied');
+        const via = (await c.request(openFrame(join(tree, 'in-dir', 'file2'))))!;
+        assert.equal(via.result, -EACCES, 'and so is the same file through a symlink');
+        assert.deepEqual(via.fds, []);
+        const ok = (await c.request(openFrame(join(tree, 'in-link'))))!;
+        assert.equal(ok.result, 0, 'a followed symlink to an allowed file still works');
+        closeAll(ok.fds);
+      } finally {
+        c.close();
+        carve.close();
+      }
+    });
+
     it('answers O_NOFOLLOW on a symlink with ELOOP, and O_CREAT|O_EXCL on one without creating', async () => {
       assert.deepEqual(await both('in-link', C.O_NOFOLLOW), [-ELOOP, -ELOOP]);
       const [p, f] = await both('in-link', C.O_RDWR | C.O_CREAT | C.O_EXCL, 0o644);
@@ -158,8 +185,9 @@ for (const offload of ['auto', 'always'] as const) {
 
   describe(`resolver ${where}: special files and hard links`, () => {
     let broker: InProcessBroker, client: RawClient, other: RawClient;
-    before(() => {
+    before(async () => {
       broker = inProcessBroker(tmp.path, `special-${offload}`, { allow: [`${tree}/:rwc`] }, { resolver: new Resolver({ offload }) });
+      await warmUp(broker, join(tree, 'file'));
       client = RawClient.connect(broker.socket);
       other = RawClient.connect(broker.socket, 'seqpacket');
     });
@@ -243,6 +271,8 @@ for (const offload of ['auto', 'always'] as const) {
     it('hardlinks: refuse refuses reads too; allow allows writes', async () => {
       const strict = inProcessBroker(tmp.path, `hl-refuse-${offload}`, { allow: [`${tree}/:rw`], options: { hardlinks: 'refuse' } }, { resolver: new Resolver({ offload }) });
       const lax = inProcessBroker(tmp.path, `hl-allow-${offload}`, { allow: [`${tree}/:rw`], options: { hardlinks: 'allow' } }, { resolver: new Resolver({ offload }) });
+      await warmUp(strict, join(tree, 'file'));
+      await warmUp(lax, join(tree, 'file'));
       const c1 = RawClient.connect(strict.socket), c2 = RawClient.connect(lax.socket);
       try {
         assert.equal((await c1.request(openFrame(join(tree, 'hard'))))!.result, -EACCES);
@@ -260,6 +290,7 @@ for (const offload of ['auto', 'always'] as const) {
 
     it('creates files without setuid, setgid or sticky, with its own umask whatever the process umask', async () => {
       const br = inProcessBroker(tmp.path, `mode-${offload}`, { allow: [`${tree}/:rwc`] }, { resolver: new Resolver({ offload, umask: 0o027 }) });
+      await warmUp(br, join(tree, 'file'));
       const c = RawClient.connect(br.socket);
       const old = process.umask(0o077);
       try {
