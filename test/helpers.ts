@@ -68,6 +68,21 @@ export function fdCount(pid: number): number {
   return readdirSync(`/proc/${pid}/fd`).length;
 }
 
+/**
+ * The fd count once it has stopped moving (connections from earlier tests may still be closing):
+ * the same figure three times, 50 ms apart.
+ */
+export async function settledFdCount(pid: number): Promise<number> {
+  let last = fdCount(pid), same = 0;
+  for (let i = 0; i < 100 && same < 2; i++) {
+    await sleep(50);
+    const now = fdCount(pid);
+    same = now === last ? same + 1 : 0;
+    last = now;
+  }
+  return last;
+}
+
 /** Runs rfc-probe with frames; returns its output lines. */
 export function probe(socket: string, kind: 'stream' | 'seqpacket', frames: Buffer[]): string[] {
   const out = execFileSync(fixture('rfc-probe'), [socket, kind, ...frames.map((f) => f.toString('hex'))], { encoding: 'utf8' });
