@@ -6,7 +6,7 @@
  * the right thing. Set-up calls throw Node-style errors (`code`, `errno`, `syscall`) themselves.
  */
 import { createRequire } from 'node:module';
-import { constants as osConstants } from 'node:os';
+import { errnoName, errnoValue } from './errno.js';
 
 export interface NativeConstants {
   SOCK_STREAM: number; SOCK_SEQPACKET: number; SOCK_DGRAM: number;
@@ -89,20 +89,7 @@ export const recvArena = Buffer.allocUnsafeSlow(512 * 1024);
 export const recvMeta = new Int32Array(16 * 1024);
 native.setRecvArena(recvArena, recvMeta);
 
-const errnoNames = new Map<number, string>();
-for (const [name, value] of Object.entries(osConstants.errno)) {
-  if (!errnoNames.has(value)) errnoNames.set(value, name);
-}
-
-/** 'EACCES' for 13 (or -13). */
-export function errnoName(errno: number): string {
-  return errnoNames.get(Math.abs(errno)) ?? `E${Math.abs(errno)}`;
-}
-
-/** An errno number for a name: errnoValue('EACCES') === 13. */
-export function errnoValue(name: string): number | undefined {
-  return (osConstants.errno as Record<string, number>)[name];
-}
+export { errnoName, errnoValue };
 
 export interface SystemError extends Error {
   code: string;

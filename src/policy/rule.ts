@@ -3,7 +3,7 @@
  * one component, `**` across components). Allow rules carry access letters and options.
  */
 import { display, fromText, type ByteString } from '../bytestring.js';
-import { errnoName, errnoValue } from '../native.js';
+import { errnoName, errnoValue } from '../errno.js';
 import { formatAccess, parseAccess } from './access.js';
 import { NAME_MAX, PATH_MAX } from './path.js';
 
@@ -162,7 +162,6 @@ export function parseErrno(value: string | number): number {
   return n;
 }
 
-export { errnoName };
 
 /** A rule as written, with the policy file's key names. */
 export interface RuleSpec {
