@@ -1,7 +1,7 @@
 /**
  * Loading a policy file: read and check it (spec.ts), then compile it (policy.ts).
  */
-import { Policy, type PolicyOptions } from './policy.js';
+import { compileTriesSliced, Policy, type PolicyOptions } from './policy.js';
 import { readPolicyFile, type PolicySpec } from './spec.js';
 
 export { parsePolicyText, readPolicyFile, type PolicySpec } from './spec.js';
@@ -13,4 +13,10 @@ export function loadPolicyFile(path: string, options: Pick<PolicyOptions, 'rootL
 
 export function compilePolicy(spec: PolicySpec, options: Pick<PolicyOptions, 'rootLimit'> = {}): Policy {
   return new Policy(spec.rules, { ...options, denyErrno: spec.denyErrno, sections: spec.sections, unmatched: spec.unmatched, source: spec.source });
+}
+
+/** compilePolicy() in slices that yield to the event loop (for reloads, while the old policy serves). */
+export async function compilePolicySliced(spec: PolicySpec, options: Pick<PolicyOptions, 'rootLimit'> = {}): Promise<Policy> {
+  const tries = await compileTriesSliced(spec.rules, spec.sections);
+  return new Policy(spec.rules, { ...options, denyErrno: spec.denyErrno, sections: spec.sections, unmatched: spec.unmatched, source: spec.source, tries });
 }

@@ -75,6 +75,8 @@ export interface PolicyOptions {
   source?: string;
   /** at most this many root directory fds open at once (see roots.ts) */
   rootLimit?: number;
+  /** tries already built from these rules and sections (compileTriesSliced); built here if absent */
+  tries?: CompiledTries;
 }
 
 /** A rule with what deciding needs precomputed: what the trie stores. */
@@ -92,6 +94,45 @@ class CompiledRule implements Entry {
     const dirs = (rule.access & Access.DIRECTORY) !== 0;
     this.open = rule.followSymlinks ? { followSymlinks: true, directories: dirs } : dirs ? DIRECTORIES : NO_OPTIONS;
   }
+}
+
+const makeEntry = (rule: Rule, root: Root): CompiledRule => new CompiledRule(rule, root);
+
+/** The tries a policy decides with: the default section's, and each client section's. */
+export interface CompiledTries {
+  default: Trie<CompiledRule>;
+  sections: Trie<CompiledRule>[];
+}
+
+/** The rule lists the tries are built from: a section with include_default gets the default rules below its own. */
+function trieRules(rules: readonly Rule[], sections: readonly SectionSpec[]): (readonly Rule[])[] {
+  return [rules, ...sections.map((s) => (s.includeDefault ? [...s.rules, ...rules] : s.rules))];
+}
+
+export function compileTries(rules: readonly Rule[], sections: readonly SectionSpec[]): CompiledTries {
+  const tries = trieRules(rules, sections).map((list) => {
+    const trie = new Trie<CompiledRule>();
+    for (const r of list) trie.add(r, makeEntry);
+    return trie;
+  });
+  return { default: tries[0]!, sections: tries.slice(1) };
+}
+
+/**
+ * compileTries() in slices, yielding to the event loop between them: a reload of a large policy
+ * then never stalls the requests that the old policy is still serving meanwhile.
+ */
+export async function compileTriesSliced(rules: readonly Rule[], sections: readonly SectionSpec[], slice = 5000): Promise<CompiledTries> {
+  const tries: Trie<CompiledRule>[] = [];
+  for (const list of trieRules(rules, sections)) {
+    const trie = new Trie<CompiledRule>();
+    for (let i = 0; i < list.length; i++) {
+      trie.add(list[i]!, makeEntry);
+      if (i % slice === slice - 1) await new Promise((resolve) => setImmediate(resolve));
+    }
+    tries.push(trie);
+  }
+  return { default: tries[0]!, sections: tries.slice(1) };
 }
 
 export class Section {
@@ -143,17 +184,9 @@ export class Policy {
     this.unmatched = options.unmatched ?? 'default';
     this.source = options.source ?? 'command line';
     this.#roots = new RootTable(options.rootLimit ?? DEFAULT_ROOT_LIMIT);
-    const make = (rule: Rule) => (root: Root) => new CompiledRule(rule, root);
-    const build = (list: readonly Rule[]): Trie<CompiledRule> => {
-      const trie = new Trie<CompiledRule>();
-      for (const r of list) trie.add(r, make(r));
-      return trie;
-    };
-    this.defaultSection = new Section({ name: 'default', origin: 'default section', rules }, build(rules));
-    this.sections = (options.sections ?? []).map((s) => {
-      const all = s.includeDefault ? [...s.rules, ...rules] : s.rules;
-      return new Section(s, build(all));
-    });
+    const tries = options.tries ?? compileTries(rules, options.sections ?? []);
+    this.defaultSection = new Section({ name: 'default', origin: 'default section', rules }, tries.default);
+    this.sections = (options.sections ?? []).map((s, i) => new Section(s, tries.sections[i]!));
   }
 
   /** The number of rules, counting each once. */

@@ -98,7 +98,7 @@ export class Trie<E extends Entry> {
    * Adds a rule. make() builds its entry, given the Root of the directory it opens beneath (shared
    * with every other rule of this trie that has the same root).
    */
-  add(rule: Rule, make: (root: Root) => E): E {
+  add(rule: Rule, make: (rule: Rule, root: Root) => E): E {
     const seq = this.#seq++;
     this.#count++;
     if (!rule.glob) return this.#addLiteral(rule, seq, make);
@@ -129,11 +129,11 @@ export class Trie<E extends Entry> {
       }
       if (d + 1 === rootDepth) root = node.root ??= new Root(rootOf(rule));
     }
-    return this.#place(node, rule, seq, make(root!));
+    return this.#place(node, rule, seq, make(rule, root!));
   }
 
   /** add() for a rule without globs: walks the path's components without splitting it. */
-  #addLiteral(rule: Rule, seq: number, make: (root: Root) => E): E {
+  #addLiteral(rule: Rule, seq: number, make: (rule: Rule, root: Root) => E): E {
     const path = rule.path;
     let node = this.#root;
     let root: Root | null = null;
@@ -152,7 +152,7 @@ export class Trie<E extends Entry> {
       if (end === rootEnd) root = node.root ??= new Root(path.slice(0, end));
       start = end + 1;
     }
-    return this.#place(node, rule, seq, make(root!));
+    return this.#place(node, rule, seq, make(rule, root!));
   }
 
   #place(node: Node<E>, rule: Rule, seq: number, entry: E): E {
