@@ -16,7 +16,7 @@ export interface Position {
 }
 
 const NL = 0x0a, HASH = 0x23, LBRACK = 0x5b, RBRACK = 0x5d, LBRACE = 0x7b, RBRACE = 0x7d;
-const COMMA = 0x2c, EQ = 0x3d, DOT = 0x2e, DQ = 0x22, SQ = 0x27, BSLASH = 0x5c;
+const COMMA = 0x2c, DOT = 0x2e, DQ = 0x22, SQ = 0x27, BSLASH = 0x5c;
 
 export interface Located {
   /** for each array of tables ("rule", "client[0].rule"), the line of each of its tables, in order */
@@ -56,7 +56,7 @@ class Scanner {
         table = this.#header();
       } else {
         const pos = this.#keys ? this.#pos() : null;
-        const key = this.#key(EQ);
+        const key = this.#key();
         const path = table ? `${table}.${key}` : key;
         if (pos) this.#out.set(path, pos);
         this.#i++; // '='
@@ -141,20 +141,17 @@ class Scanner {
     return path;
   }
 
-  /** A dotted key, up to (not including) the `=`. */
-  #key(end: number): string {
+  /** A dotted key, up to (not including) the `=` that follows it. */
+  #key(): string {
     const s = this.#s;
     let key = '';
     for (;;) {
       this.#skipBlank(false);
       key += this.#simpleKey();
       this.#skipBlank(false);
-      const c = s.charCodeAt(this.#i);
-      if (c === DOT) {
-        this.#i++;
-        key += '.';
-      } else if (c === end || this.#i >= s.length) return key;
-      else return key; // cannot happen in a document the parser accepted
+      if (s.charCodeAt(this.#i) !== DOT) return key;
+      this.#i++;
+      key += '.';
     }
   }
 
@@ -237,7 +234,7 @@ class Scanner {
         this.#skipBlank(true);
         if (this.#i >= s.length || s.charCodeAt(this.#i) === RBRACE) break;
         const pos = this.#pos();
-        const key = `${path}.${this.#key(EQ)}`;
+        const key = `${path}.${this.#key()}`;
         if (this.#keys) this.#out.set(key, pos);
         this.#i++; // '='
         this.#skipBlank(false);
