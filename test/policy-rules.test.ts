@@ -292,6 +292,22 @@ describe('roots', () => {
     assert.throws(() => fstatSync(a.rootFd), /EBADF/, 'closed once the last decision is released');
   });
 
+  it('opens beneath / for a rule on / itself or on a file directly in it', () => {
+    const p = new Policy([parseAllowFlag('/:r'), parseAllowFlag('/etc-not-there:rw'), parseDenyFlag('/proc/')]);
+    const a = p.decide(root, fromText(`${T}/srv/vm`), R);
+    assert.equal(a.allowed, true);
+    assert.equal(a.rest, `${T.slice(1)}/srv/vm`);
+    const b = p.decide(root, '/etc-not-there', R | W);
+    assert.equal(b.rest, 'etc-not-there');
+    assert.equal(b.rootFd, a.rootFd);
+    const c = p.decide(root, '/', R);
+    assert.equal(c.rest, '.');
+    for (const d of [a, b, c]) p.release(d);
+    assert.equal(p.decide(root, '/proc/self', R).allowed, false);
+    assert.equal(p.openRoots, 1);
+    p.close();
+  });
+
   it('keeps at most rootLimit roots open, reopening the oldest when needed', () => {
     const p = new Policy([parseAllowFlag(`${T}/srv/vm/g1/:r`), parseAllowFlag(`${T}/srv/vm/g2/:r`), parseAllowFlag(`${T}/home/u/:r`)], { rootLimit: 2 });
     for (const dir of ['srv/vm/g1', 'srv/vm/g2', 'home/u', 'srv/vm/g1']) {

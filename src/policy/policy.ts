@@ -82,21 +82,22 @@ export interface PolicyOptions {
 /** A rule with what deciding needs precomputed: what the trie stores. */
 class CompiledRule implements Entry {
   readonly rule: Rule;
-  readonly root: Root;
+  /** the directory an allow rule opens beneath (null for deny rules) */
+  readonly root: Root | null;
   /** root.path.length, or 0 for "/" */
   readonly rootLength: number;
   readonly open: OpenOptions;
 
-  constructor(rule: Rule, root: Root) {
+  constructor(rule: Rule, root: Root | null) {
     this.rule = rule;
     this.root = root;
-    this.rootLength = root.path === '/' ? 0 : root.path.length;
+    this.rootLength = root === null || root.path === '/' ? 0 : root.path.length;
     const dirs = (rule.access & Access.DIRECTORY) !== 0;
     this.open = rule.followSymlinks ? { followSymlinks: true, directories: dirs } : dirs ? DIRECTORIES : NO_OPTIONS;
   }
 }
 
-const makeEntry = (rule: Rule, root: Root): CompiledRule => new CompiledRule(rule, root);
+const makeEntry = (rule: Rule, root: Root | null): CompiledRule => new CompiledRule(rule, root);
 
 /** The tries a policy decides with: the default section's, and each client section's. */
 export interface CompiledTries {
@@ -219,9 +220,10 @@ export class Policy {
     if ((rule.access & access) !== access) {
       return deny(rule, this.denyErrno, `${rule.origin} grants '${formatAccess(rule.access)}', the request needs '${formatAccess(access)}'`);
     }
-    const h = this.#roots.acquire(c.root);
+    const root = c.root!;
+    const h = this.#roots.acquire(root);
     if (typeof h === 'number') {
-      return deny(rule, -h, `allowed by ${rule.origin}, but its root ${display(c.root.path)} cannot be opened (${errnoName(h)})`);
+      return deny(rule, -h, `allowed by ${rule.origin}, but its root ${display(root.path)} cannot be opened (${errnoName(h)})`);
     }
     const rest = path.length === c.rootLength || path === '/' ? '.' : path.slice(c.rootLength + 1);
     const open = rule.followSymlinks ? { ...c.open, verify: (fd: number) => this.#verify(section, access, c, h, fd) } : c.open;
@@ -251,9 +253,10 @@ export class Policy {
       return this.denyErrno;
     }
     let lexical: string;
-    if (real === rootReal) lexical = rule.root.path;
-    else if (rootReal === '/' && real.startsWith('/')) lexical = joinPath(rule.root.path, real.slice(1));
-    else if (real.startsWith(rootReal) && real.charCodeAt(rootReal.length) === 0x2f) lexical = joinPath(rule.root.path, real.slice(rootReal.length + 1));
+    const root = rule.root!.path;
+    if (real === rootReal) lexical = root;
+    else if (rootReal === '/' && real.startsWith('/')) lexical = joinPath(root, real.slice(1));
+    else if (real.startsWith(rootReal) && real.charCodeAt(rootReal.length) === 0x2f) lexical = joinPath(root, real.slice(rootReal.length + 1));
     else return this.denyErrno; // outside the root: the kernel should have refused already
     const again = section.trie.match(lexical)?.rule ?? null;
     if (again === null || again.effect === 'deny') return again?.denyErrno || this.denyErrno;

@@ -110,11 +110,10 @@ function checkType(v: unknown, type: FieldType): boolean {
 function checkTable(t: Table, schema: Record<string, FieldType>, path: string, what: string): void {
   for (const key in t) {
     const type = schema[key];
-    const at = path ? `${path}.${key}` : key;
-    if (type === undefined) throw new Issue(at, `unknown key '${key}' in ${what} (expected one of: ${Object.keys(schema).join(', ')})`);
+    if (type === undefined) throw new Issue(path ? `${path}.${key}` : key, `unknown key '${key}' in ${what} (expected one of: ${Object.keys(schema).join(', ')})`);
     if (!checkType(t[key], type)) {
       const expected = Array.isArray(type) ? type.map((s) => `"${s}"`).join(' or ') : typeNames[type as string];
-      throw new Issue(at, `'${key}' must be ${expected}`);
+      throw new Issue(path ? `${path}.${key}` : key, `'${key}' must be ${expected}`);
     }
   }
 }
