@@ -238,20 +238,21 @@ function buildRules(list: Table[], base: string, originOf: (i: number) => string
   for (let k = 0; k < list.length; k++) {
     const t = list[k]!;
     const i = out.length;
-    const path = `${base}[${i}]`; // a cons string: cheap unless an error flattens it
-    checkTable(t, RULE, path, '[[rule]]');
-    const isAllow = t.allow !== undefined;
-    if (isAllow === (t.deny !== undefined)) throw new Issue(path, 'a rule needs exactly one of allow = "PATH" or deny = "PATH"');
-    if (isAllow && t.access === undefined) throw new Issue(path, 'an allow rule needs access = "LETTERS" (r, w, c, d)');
-    if (isAllow && t.deny_errno !== undefined) throw new Issue(`${path}.deny_errno`, 'deny_errno belongs on deny rules (or at the top, for every denial)');
-    if (!isAllow && t.access !== undefined) throw new Issue(`${path}.access`, 'a deny rule takes no access letters: it denies every access');
-    if (!isAllow && t.follow_symlinks !== undefined) throw new Issue(`${path}.follow_symlinks`, 'follow_symlinks belongs on allow rules');
-    // Point at the key that is wrong: the path, the letters, or the errno.
     try {
+      // Issues name keys relative to the rule; its own path is built only for an error.
+      checkTable(t, RULE, '', '[[rule]]');
+      const isAllow = t.allow !== undefined;
+      if (isAllow === (t.deny !== undefined)) throw new Issue('', 'a rule needs exactly one of allow = "PATH" or deny = "PATH"');
+      if (isAllow && t.access === undefined) throw new Issue('', 'an allow rule needs access = "LETTERS" (r, w, c, d)');
+      if (isAllow && t.deny_errno !== undefined) throw new Issue('deny_errno', 'deny_errno belongs on deny rules (or at the top, for every denial)');
+      if (!isAllow && t.access !== undefined) throw new Issue('access', 'a deny rule takes no access letters: it denies every access');
+      if (!isAllow && t.follow_symlinks !== undefined) throw new Issue('follow_symlinks', 'follow_symlinks belongs on allow rules');
       out.push(makeRule(t as RuleSpec, originOf(i)));
     } catch (err) {
-      if (!(err instanceof PolicyError)) throw err;
-      throw new Issue(err.key ? `${path}.${err.key}` : path, err.message);
+      // Point at the key that is wrong: the path, the letters, the errno, or the rule itself.
+      const key = err instanceof Issue ? err.path : err instanceof PolicyError ? (err.key ?? '') : null;
+      if (key === null) throw err;
+      throw new Issue(key ? `${base}[${i}].${key}` : `${base}[${i}]`, (err as Error).message);
     }
   }
   return out;
