@@ -67,22 +67,27 @@ export async function benchPolicy(opts: PolicyBenchOptions): Promise<Row[]> {
   const rows: Row[] = [];
   try {
     // Load time, as `serve` starts: a fresh process reads, checks and compiles the file (dist/).
-    // Wall time is the bound; CPU time (all threads, so it counts the collector's helpers too) shows
-    // what the load costs when the machine is shared and the wall clock includes waiting for a core.
-    const loads: number[] = [], cpu: number[] = [];
-    const script = `import { loadPolicyFile } from ${JSON.stringify(pathToFileURL(join(ROOT, 'dist', 'policy', 'file.js')).href)};
-      const c = process.cpuUsage(), t = performance.now(); const p = loadPolicyFile(process.argv[1]);
-      const ms = performance.now() - t, used = process.cpuUsage(c);
+    // Wall time is the bound. On a shared machine it includes waiting for a core, so CPU time is shown
+    // too: the main thread's (which an idle machine's wall time comes close to), and all threads'
+    // (the garbage collector's helpers included).
+    const wall: number[] = [], main: number[] = [], all: number[] = [];
+    const script = `import { readFileSync } from 'node:fs';
+      import { loadPolicyFile } from ${JSON.stringify(pathToFileURL(join(ROOT, 'dist', 'policy', 'file.js')).href)};
+      const ticks = () => { const f = readFileSync('/proc/self/task/' + process.pid + '/stat', 'utf8').split(') ')[1].split(' '); return Number(f[11]) + Number(f[12]); };
+      const c = process.cpuUsage(), k = ticks(), t = performance.now();
+      const p = loadPolicyFile(process.argv[1]);
+      const ms = performance.now() - t, mainMs = (ticks() - k) * 10, used = process.cpuUsage(c);
       if (p.ruleCount !== ${n}) throw new Error('rule count ' + p.ruleCount);
-      console.log(ms, (used.user + used.system) / 1000);`;
+      console.log(ms, mainMs, (used.user + used.system) / 1000);`;
     for (let i = 0; i < Math.max(3, opts.runs); i++) {
-      const [wall, busy] = execFileSync(process.execPath, ['--input-type=module', '-e', script, big], { encoding: 'utf8' }).trim().split(' ').map(Number);
-      loads.push(wall!);
-      cpu.push(busy!);
+      const [w, m, a] = execFileSync(process.execPath, ['--input-type=module', '-e', script, big], { encoding: 'utf8' }).trim().split(' ').map(Number);
+      wall.push(w!);
+      main.push(m!);
+      all.push(a!);
     }
     const name = `load ${n.toLocaleString('en')} rules (${(bigSize / 1e6).toFixed(1)} MB)`;
-    rows.push({ case: name, metric: 'wall ms', openhook: median(loads), reference: 1000, ratio: 1000 / median(loads), target: '< 1000 ms', unit: 'ms' });
-    rows.push({ case: name, metric: 'CPU ms', openhook: median(cpu), reference: 1000, ratio: 1000 / median(cpu), target: '(all threads)', unit: 'ms' });
+    const loadRow = (metric: string, values: number[], target: string): Row => ({ case: name, metric, openhook: median(values), reference: 1000, ratio: 1000 / median(values), target, unit: 'ms' });
+    rows.push(loadRow('wall ms', wall, '< 1000 ms'), loadRow('CPU ms, main thread', main, '< 1000 ms'), loadRow('CPU ms, all threads', all, '(info)'));
 
     // decide(): same path, same peer, alternating policies.
     const peer: Peer = { pid: 1, uid: 0, gid: 0, groups: [] };
