@@ -63,6 +63,16 @@ export async function startServe(socket: string, args: string[]): Promise<ServeP
   };
 }
 
+/** Waits until serve's stderr has matched pattern count times (10 s at most); throws with the stderr if not. */
+export async function waitForStderr(serve: ServeProcess, pattern: RegExp, count = 1): Promise<void> {
+  const all = new RegExp(pattern.source, pattern.flags.includes('g') ? pattern.flags : pattern.flags + 'g');
+  for (let i = 0; i < 1000; i++) {
+    if ((serve.stderr().match(all) ?? []).length >= count) return;
+    await sleep(10);
+  }
+  throw new Error(`no ${pattern} (x${count}) in serve's stderr:\n${serve.stderr()}`);
+}
+
 /** The number of open fds of a process. */
 export function fdCount(pid: number): number {
   return readdirSync(`/proc/${pid}/fd`).length;

@@ -26,7 +26,7 @@ function policy(text: string): Policy {
 }
 
 /** "allow" or "deny", and the line of the rule that decided ("-" for none). */
-function verdict(p: Policy, path: string, access = R, peer = root): string {
+function verdict(p: Policy, path: string, access: number = R, peer = root): string {
   const d = p.decide(peer, fromText(path.replaceAll('@', T)), access);
   p.release(d);
   return `${d.allowed ? 'allow' : 'deny'}:${d.rule ? d.rule.origin.split(':').pop() : '-'}`;
