@@ -6,6 +6,7 @@
  * the right thing. Set-up calls throw Node-style errors (`code`, `errno`, `syscall`) themselves.
  */
 import { createRequire } from 'node:module';
+import { isMainThread } from 'node:worker_threads';
 import { errnoName, errnoValue } from './errno.js';
 
 export interface NativeConstants {
@@ -75,6 +76,10 @@ interface NativeBinding {
   close(fd: number): number;
   Poller: new (fd: number, mode: PollMode, maxMessages: number, callback: PollCallback) => NativePoller;
 }
+
+// The receive arena below is one per process: a worker thread that loaded this module would install
+// its own and take it from the broker's pollers (requests would be read from the wrong buffer).
+if (!isMainThread) throw new Error('src/native.ts must not be loaded in a worker thread: the addon serves the main thread only');
 
 const require = createRequire(import.meta.url);
 export const native: NativeBinding = require('../build/Release/openhook.node');
