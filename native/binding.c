@@ -461,9 +461,14 @@ static size_t arena_len;
 static int32_t *meta;
 static size_t meta_len;
 static napi_ref arena_ref, meta_ref;
+static napi_env arena_env; /* the arena is process-wide: one JS thread (the first to load us) owns it */
 
 static napi_value js_set_recv_arena(napi_env env, napi_callback_info info) {
   ARGS(2);
+  if (arena_env && arena_env != env) {
+    napi_throw_error(env, "ERR_OPENHOOK_THREAD", "the openhook addon serves sockets from one thread only; it is already loaded in another");
+    return NULL;
+  }
   uint8_t *a, *m;
   size_t al, ml;
   if (get_buffer(env, argv[0], &a, &al) || get_buffer(env, argv[1], &m, &ml) || al < 70000 ||
@@ -476,6 +481,7 @@ static napi_value js_set_recv_arena(napi_env env, napi_callback_info info) {
   napi_create_reference(env, argv[0], 1, &arena_ref);
   napi_create_reference(env, argv[1], 1, &meta_ref);
   arena = a, arena_len = al, meta = (int32_t *)m, meta_len = ml / sizeof(int32_t);
+  arena_env = env;
   return NULL;
 }
 

@@ -6,7 +6,8 @@
  * the right thing. Set-up calls throw Node-style errors (`code`, `errno`, `syscall`) themselves.
  */
 import { createRequire } from 'node:module';
-import { constants as osConstants } from 'node:os';
+import { isMainThread } from 'node:worker_threads';
+import { errnoName, errnoValue } from './errno.js';
 
 export interface NativeConstants {
   SOCK_STREAM: number; SOCK_SEQPACKET: number; SOCK_DGRAM: number;
@@ -108,6 +109,10 @@ interface NativeBinding {
   OpenPool: new (maxThreads: number, maxQueued: number, callback: PoolCallback) => NativeOpenPool;
 }
 
+// The receive arena below is one per process: a worker thread that loaded this module would install
+// its own and take it from the broker's pollers (requests would be read from the wrong buffer).
+if (!isMainThread) throw new Error('src/native.ts must not be loaded in a worker thread: the addon serves the main thread only');
+
 const require = createRequire(import.meta.url);
 export const native: NativeBinding = require('../build/Release/openhook.node');
 export const C = native.constants;
@@ -121,20 +126,7 @@ export const recvArena = Buffer.allocUnsafeSlow(512 * 1024);
 export const recvMeta = new Int32Array(16 * 1024);
 native.setRecvArena(recvArena, recvMeta);
 
-const errnoNames = new Map<number, string>();
-for (const [name, value] of Object.entries(osConstants.errno)) {
-  if (!errnoNames.has(value)) errnoNames.set(value, name);
-}
-
-/** 'EACCES' for 13 (or -13). */
-export function errnoName(errno: number): string {
-  return errnoNames.get(Math.abs(errno)) ?? `E${Math.abs(errno)}`;
-}
-
-/** An errno number for a name: errnoValue('EACCES') === 13. */
-export function errnoValue(name: string): number | undefined {
-  return (osConstants.errno as Record<string, number>)[name];
-}
+export { errnoName, errnoValue };
 
 export interface SystemError extends Error {
   code: string;

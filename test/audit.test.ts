@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { jsonLine } from '../src/broker/audit-log.js';
 import { C } from '../src/native.js';
-import { probe, rfcOpenFrame, rfcReplyHex, sleep, startServe, tempDir, type ServeProcess } from './helpers.js';
+import { probe, rfcOpenFrame, rfcReplyHex, startServe, tempDir, waitForStderr } from './helpers.js';
 
 const tmp = tempDir();
 after(tmp.cleanup);
@@ -19,11 +19,6 @@ mkdirSync(join(T, 'secret'));
 writeFileSync(join(T, 'vm', 'disk.img'), 'disk');
 const policy = join(T, 'p.toml');
 writeFileSync(policy, `[[rule]]\nallow = "${T}/vm/"\naccess = "rwc"\n\n[[rule]]\ndeny = "${T}/secret/"\n`);
-
-async function waitFor(serve: ServeProcess, pattern: RegExp): Promise<void> {
-  for (let i = 0; i < 500 && !pattern.test(serve.stderr()); i++) await sleep(10);
-  assert.match(serve.stderr(), pattern);
-}
 
 describe('audit log', () => {
   it('writes one JSON line per decision, with every field', async () => {
@@ -89,7 +84,7 @@ describe('audit log', () => {
     const socket = join(T, 'p.sock');
     const serve = await startServe(socket, ['--policy', policy, '--audit', '-', '--audit-format', 'pretty']);
     probe(socket, 'seqpacket', [rfcOpenFrame(`${T}/vm/disk.img`, C.O_RDONLY), rfcOpenFrame(`${T}/secret/key`, C.O_RDONLY)]);
-    await waitFor(serve, /DENY EACCES/);
+    await waitForStderr(serve, /DENY EACCES/);
     await serve.stop();
     assert.match(serve.stderr(), new RegExp(`\\d\\d:\\d\\d:\\d\\d\\.\\d{3} ALLOW +${T}/vm/disk.img O_RDONLY \\[pid \\d+ uid \\d+\\] allowed by ${policy}:1 \\(\\d+ µs\\)`));
     assert.match(serve.stderr(), new RegExp(`DENY EACCES +${T}/secret/key O_RDONLY .* denied by ${policy}:5`));
@@ -100,7 +95,7 @@ describe('audit log', () => {
     const serve = await startServe(socket, ['--policy', policy, '--audit', '/dev/full']);
     try {
       probe(socket, 'seqpacket', [rfcOpenFrame(`${T}/vm/disk.img`, C.O_RDONLY)]);
-      await waitFor(serve, /cannot write the audit log \/dev\/full: ENOSPC.*refusing requests with EIO until it works again \(fail-closed\)/);
+      await waitForStderr(serve, /cannot write the audit log \/dev\/full: ENOSPC.*refusing requests with EIO until it works again \(fail-closed\)/);
       const lines = probe(socket, 'seqpacket', [rfcOpenFrame(`${T}/vm/disk.img`, C.O_RDONLY), rfcOpenFrame(`${T}/secret/key`, C.O_RDONLY)]);
       assert.deepEqual(lines, [`reply=${rfcReplyHex(1, -5)} fds=0`, `reply=${rfcReplyHex(1, -5)} fds=0`]);
     } finally {
@@ -113,7 +108,7 @@ describe('audit log', () => {
     const serve = await startServe(socket, ['--policy', policy, '--audit', '/dev/full', '--audit-failure', 'open']);
     try {
       probe(socket, 'seqpacket', [rfcOpenFrame(`${T}/vm/disk.img`, C.O_RDONLY)]);
-      await waitFor(serve, /cannot write the audit log \/dev\/full: ENOSPC.*serving on, dropping records \(fail-open\)/);
+      await waitForStderr(serve, /cannot write the audit log \/dev\/full: ENOSPC.*serving on, dropping records \(fail-open\)/);
       const lines = probe(socket, 'seqpacket', [rfcOpenFrame(`${T}/vm/disk.img`, C.O_RDONLY), rfcOpenFrame(`${T}/secret/key`, C.O_RDONLY)]);
       assert.match(lines[0]!, new RegExp(`^reply=${rfcReplyHex(1, 0)} fds=1`));
       assert.equal(lines[1], `reply=${rfcReplyHex(1, -13)} fds=0`);

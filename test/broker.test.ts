@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { connect } from '../src/client/client.js';
 import { C, native } from '../src/native.js';
-import { CLI, fdCount, fixture, probe, receiveOne, rfcOpenFrame, rfcReplyHex, sleep, startServe, tempDir, type ServeProcess } from './helpers.js';
+import { CLI, fixture, settledFdCount, probe, receiveOne, rfcOpenFrame, rfcReplyHex, sleep, startServe, tempDir, type ServeProcess } from './helpers.js';
 
 const EACCES = 13, ENOENT = 2, EEXIST = 17, EISDIR = 21, EPROTO = 71, EINVAL = 22;
 
@@ -97,14 +97,14 @@ for (const kind of ['seqpacket', 'stream'] as const) {
       await using client = await connect({ path: socket, stream: kind === 'stream' });
       const warm = await client.open(join(vm, 'disk.img'));
       closeSync(warm);
-      const before = fdCount(pid);
+      const before = await settledFdCount(pid);
       for (let batch = 0; batch < 100; batch++) {
         const fds = await Promise.all(Array.from({ length: 100 }, (_, i) =>
           client.open(join(vm, i % 3 ? 'disk.img' : 'missing')).catch((e: NodeJS.ErrnoException) => e.code)));
         for (const fd of fds) if (typeof fd === 'number') closeSync(fd);
         assert.equal(fds.filter((f) => f === 'ENOENT').length, 34);
       }
-      assert.equal(fdCount(pid), before);
+      assert.equal(await settledFdCount(pid), before);
     });
   });
 }

@@ -63,9 +63,34 @@ export async function startServe(socket: string, args: string[]): Promise<ServeP
   };
 }
 
+/** Waits until serve's stderr has matched pattern count times (10 s at most); throws with the stderr if not. */
+export async function waitForStderr(serve: ServeProcess, pattern: RegExp, count = 1): Promise<void> {
+  const all = new RegExp(pattern.source, pattern.flags.includes('g') ? pattern.flags : pattern.flags + 'g');
+  for (let i = 0; i < 1000; i++) {
+    if ((serve.stderr().match(all) ?? []).length >= count) return;
+    await sleep(10);
+  }
+  throw new Error(`no ${pattern} (x${count}) in serve's stderr:\n${serve.stderr()}`);
+}
+
 /** The number of open fds of a process. */
 export function fdCount(pid: number): number {
   return readdirSync(`/proc/${pid}/fd`).length;
+}
+
+/**
+ * The fd count once it has stopped moving (connections from earlier tests may still be closing):
+ * the same figure three times, 50 ms apart.
+ */
+export async function settledFdCount(pid: number): Promise<number> {
+  let last = fdCount(pid), same = 0;
+  for (let i = 0; i < 100 && same < 2; i++) {
+    await sleep(50);
+    const now = fdCount(pid);
+    same = now === last ? same + 1 : 0;
+    last = now;
+  }
+  return last;
 }
 
 /** Runs rfc-probe with frames; returns its output lines. */

@@ -79,6 +79,49 @@ describe('policy file', () => {
   });
 });
 
+describe('large policies (parsed in pieces)', () => {
+  // 6000 tables, client sections among them: more than one piece (see spec.ts).
+  const parts: string[] = ['deny_errno = "ENOENT"\n'];
+  let line = 2;
+  const lines = { rules: [] as number[], clients: [] as number[], clientRules: [] as number[] };
+  for (let i = 0; i < 6000; i++) {
+    if (i % 1000 === 999) {
+      lines.clients.push(line);
+      parts.push(`[[client]]\nuid = ${i}\n`);
+      lines.clientRules.push(line + 2);
+      parts.push(`[[client.rule]]\nallow = "/c/${i}/"\naccess = "r"\n`);
+      line += 5;
+    } else {
+      lines.rules.push(line);
+      parts.push(`[[rule]]\nallow = "/r/${i}/"\naccess = "rw"\n`);
+      line += 3;
+    }
+  }
+  const text = parts.join('');
+
+  it('reads them as one document: every rule, section, origin and top-level key', () => {
+    const spec = parsePolicyText(text, 'big.toml');
+    assert.equal(spec.denyErrno, 2);
+    assert.equal(spec.rules.length, 5994);
+    assert.deepEqual(spec.rules.map((r) => r.origin), lines.rules.map((l) => `big.toml:${l}`));
+    assert.deepEqual(spec.sections.map((s) => s.origin), lines.clients.map((l) => `big.toml:${l}`));
+    assert.deepEqual(spec.sections.map((s) => s.rules[0]!.origin), lines.clientRules.map((l) => `big.toml:${l}`));
+    assert.deepEqual(spec.sections.map((s) => s.uids), [[999], [1999], [2999], [3999], [4999], [5999]]);
+  });
+
+  it('names the line and column of an error in any piece', () => {
+    const bad = text.replace('allow = "/r/5000/"', 'allow = "/r/5000/');
+    const at = bad.slice(0, bad.indexOf('allow = "/r/5000/')).split('\n').length;
+    assert.match(error(bad), new RegExp(`^${at}:\\d+: `));
+    const unknown = text.replace('allow = "/r/4500/"', 'alow = "/r/4500/"');
+    const at2 = unknown.slice(0, unknown.indexOf('alow')).split('\n').length;
+    assert.equal(error(unknown), `${at2}:1: unknown key 'alow' in [[rule]] (expected one of: allow, deny, access, follow_symlinks, deny_errno)`);
+    const dup = text.replace('[[rule]]\nallow = "/r/3000/"', '[[rule]]\nallow = "/r/3000/"\nallow = "/x/"');
+    const at3 = dup.slice(0, dup.indexOf('allow = "/x/"')).split('\n').length;
+    assert.match(error(dup), new RegExp(`^${at3}:\\d+: `));
+  });
+});
+
 describe('malformed policies name line and column', () => {
   it('TOML syntax errors', () => {
     assert.match(error('[[rule]]\nallow = "/a/\naccess = "r"\n'), /^2:\d+: /);

@@ -26,7 +26,7 @@ function policy(text: string): Policy {
 }
 
 /** "allow" or "deny", and the line of the rule that decided ("-" for none). */
-function verdict(p: Policy, path: string, access = R, peer = root): string {
+function verdict(p: Policy, path: string, access: number = R, peer = root): string {
   const d = p.decide(peer, fromText(path.replaceAll('@', T)), access);
   p.release(d);
   return `${d.allowed ? 'allow' : 'deny'}:${d.rule ? d.rule.origin.split(':').pop() : '-'}`;
@@ -290,6 +290,22 @@ describe('roots', () => {
     p.release(b);
     p.release(b); // releasing twice is harmless
     assert.throws(() => fstatSync(a.rootFd), /EBADF/, 'closed once the last decision is released');
+  });
+
+  it('opens beneath / for a rule on / itself or on a file directly in it', () => {
+    const p = new Policy([parseAllowFlag('/:r'), parseAllowFlag('/etc-not-there:rw'), parseDenyFlag('/proc/')]);
+    const a = p.decide(root, fromText(`${T}/srv/vm`), R);
+    assert.equal(a.allowed, true);
+    assert.equal(a.rest, `${T.slice(1)}/srv/vm`);
+    const b = p.decide(root, '/etc-not-there', R | W);
+    assert.equal(b.rest, 'etc-not-there');
+    assert.equal(b.rootFd, a.rootFd);
+    const c = p.decide(root, '/', R);
+    assert.equal(c.rest, '.');
+    for (const d of [a, b, c]) p.release(d);
+    assert.equal(p.decide(root, '/proc/self', R).allowed, false);
+    assert.equal(p.openRoots, 1);
+    p.close();
   });
 
   it('keeps at most rootLimit roots open, reopening the oldest when needed', () => {

@@ -9,7 +9,7 @@ import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { C } from '../src/native.js';
-import { CLI, fdCount, probe, rfcOpenFrame, ROOT, sleep, startServe, tempDir, type ServeProcess } from './helpers.js';
+import { CLI, fdCount, probe, rfcOpenFrame, ROOT, sleep, startServe, tempDir, waitForStderr, type ServeProcess } from './helpers.js';
 
 const tmp = tempDir();
 after(tmp.cleanup);
@@ -34,14 +34,6 @@ function reach(socket: string): string {
   return ['a', 'b'].filter((_, i) => / fds=1/.test(lines[i]!)).join(',');
 }
 
-async function waitFor(serve: ServeProcess, pattern: RegExp, count = 1): Promise<void> {
-  for (let i = 0; i < 1000; i++) {
-    if ((serve.stderr().match(new RegExp(pattern.source, 'g')) ?? []).length >= count) return;
-    await sleep(10);
-  }
-  throw new Error(`no ${pattern} in: ${serve.stderr()}`);
-}
-
 describe('reload on SIGHUP', () => {
   const file = join(T, 'hup.toml');
   const socket = join(T, 'hup.sock');
@@ -56,8 +48,8 @@ describe('reload on SIGHUP', () => {
   });
   const hup = async (ok: boolean): Promise<void> => {
     serve.child.kill('SIGHUP');
-    if (ok) await waitFor(serve, /policy reloaded \(SIGHUP\)/, ++reloads);
-    else await waitFor(serve, /policy reload \(SIGHUP\) failed/, ++failures);
+    if (ok) await waitForStderr(serve, /policy reloaded \(SIGHUP\)/, ++reloads);
+    else await waitForStderr(serve, /policy reload \(SIGHUP\) failed/, ++failures);
   };
 
   it('swaps in a good policy: the next request sees it', async () => {
@@ -100,13 +92,13 @@ describe('reload with --watch', () => {
     try {
       assert.equal(reach(socket), 'a');
       install(file, allowB);
-      await waitFor(serve, /policy reloaded \(file changed\)/, 1);
+      await waitForStderr(serve, /policy reloaded \(file changed\)/, 1);
       assert.equal(reach(socket), 'b');
       writeFileSync(file, allowA + allowB);
-      await waitFor(serve, /policy reloaded \(file changed\)/, 2);
+      await waitForStderr(serve, /policy reloaded \(file changed\)/, 2);
       assert.equal(reach(socket), 'a,b');
       writeFileSync(file, '[[rule]]\nallow = oops\n');
-      await waitFor(serve, /policy reload \(file changed\) failed/, 1);
+      await waitForStderr(serve, /policy reload \(file changed\) failed/, 1);
       assert.match(serve.stderr(), new RegExp(`${file}:2:9: `));
       assert.equal(reach(socket), 'a,b');
     } finally {
@@ -163,11 +155,13 @@ describe('reload under load', () => {
     child.stdout!.on('data', (d) => (out += d));
     try {
       await sleep(200);
-      const fdsBefore = fdCount(serve.child.pid!);
+      let fdsBefore = 0;
       for (let i = 1; i <= 100; i++) {
         install(file, i % 2 ? second : first);
         serve.child.kill('SIGHUP');
-        await waitFor(serve, /policy reloaded \(SIGHUP\)/, i);
+        await waitForStderr(serve, /policy reloaded \(SIGHUP\)/, i);
+        // counted once the reload thread (and its fds) exists
+        if (i === 1) fdsBefore = fdCount(serve.child.pid!);
       }
       child.stdin!.end('stop\n');
       await new Promise((r) => child.on('close', r));

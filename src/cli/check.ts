@@ -46,7 +46,17 @@ export function checkCommand(): Command {
 }
 
 function check(pathText: string, accessText: string, opts: CheckOptions): number {
-  const out = (line: string): void => void process.stdout.write(line + '\n');
+  // One write at the end: a reader that stops early (`| head -1`) then never breaks a later write.
+  const lines: string[] = [];
+  const out = (line: string): void => void lines.push(line);
+  try {
+    return explain(pathText, accessText, opts, out);
+  } finally {
+    if (lines.length > 0) process.stdout.write(lines.join('\n') + '\n');
+  }
+}
+
+function explain(pathText: string, accessText: string, opts: CheckOptions, out: (line: string) => void): number {
   let want: number;
   try {
     want = parseAccess(accessText);

@@ -1,25 +1,23 @@
 /**
  * `openhook demo`: the seed's scenario in a few seconds, on temporary files, narrated.
  *
- * A broker runs in this process. A client process, which cannot open the VM's files itself, gets them
- * through the hook; a request outside the policy is denied; and the client creates a new file at run
+ * A broker runs in this process. A client process, confined as `openhook run` confines programs so
+ * that it cannot open the VM's files itself, gets them through the hook; a request outside the policy is denied; and the client creates a new file at run
  * time, as QEMU creates a snapshot overlay.
  */
-import { spawn } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { Broker } from '../broker/broker.js';
 import { describeFlags } from '../broker/flags.js';
 import { display } from '../bytestring.js';
-import { C, errnoName, native } from '../native.js';
+import { launch } from '../launch/launch.js';
+import { errnoName } from '../native.js';
 import { formatAccess } from '../policy/access.js';
 import { Policy } from '../policy/policy.js';
 import { parseAllowFlag } from '../policy/rule.js';
-
-const NOBODY = 65534;
 
 export function demoCommand(): Command {
   return new Command('demo')
@@ -39,8 +37,6 @@ async function runDemo(keep: boolean): Promise<number> {
   mkdirSync(secret);
   writeFileSync(join(vm, 'base.img'), 'the base image of the VM\n', { mode: 0o600 });
   writeFileSync(join(secret, 'host-key'), 'a key the VM must never see\n', { mode: 0o600 });
-  const asRoot = process.getuid?.() === 0;
-  if (asRoot) chmodSync(root, 0o711); // nobody may traverse to the dirs, but open nothing in them
 
   say(`openhook demo: a confined client gets its files from a broker (files in ${root})`);
   say();
@@ -57,22 +53,32 @@ async function runDemo(keep: boolean): Promise<number> {
   });
   say(`1. The broker starts with one rule: allow ${display(rule.path)}/ '${formatAccess(rule.access)}'. Everything else is denied.`);
 
-  const [brokerEnd, clientEnd] = native.socketpair(C.SOCK_SEQPACKET, false);
-  broker.adopt(brokerEnd, 'seqpacket');
-  say(`2. A client process starts ${asRoot ? `as uid ${NOBODY} (nobody)` : 'as your own user'}, holding the hook socket as fd 3 (OPENHOOK_FD=3).`);
-  if (!asRoot) say('   (not root: the client could open the files itself here; `openhook run` confines it properly.)');
-
   const here = fileURLToPath(import.meta.url);
+  const packageRoot = join(dirname(here), '..', '..');
   const clientScript = here.replace(/demo\.(ts|js)$/, 'demo-client.$1');
-  const child = spawn(process.execPath, [...(here.endsWith('.ts') ? ['--import', 'tsx'] : []), clientScript, vm, secret], {
-    stdio: ['ignore', 'inherit', 'inherit', clientEnd],
-    env: { ...process.env, OPENHOOK_FD: '3' },
-    ...(asRoot ? { uid: NOBODY, gid: NOBODY } : {}),
+  let confined = true;
+  const result = await launch({
+    command: process.execPath,
+    args: [...(here.endsWith('.ts') ? ['--import', 'tsx'] : []), clientScript, vm, secret],
+    broker,
+    session: 'demo',
+    readOnly: [packageRoot],
+    allowUnconfined: true,
+    waitForReport: true,
+    stdio: ['ignore', 'inherit', 'inherit'],
+    onReport: (report) => {
+      confined = report.landlock.enforced && report.seccomp.enforced;
+      if (confined) {
+        say(`2. A client process starts confined: Landlock ABI ${report.landlock.abi} lets it read only ${report.landlock.rules.length} system paths (and the package),`);
+        say(`   and seccomp closes ${report.seccomp.rules.length} ways around that. It holds the hook socket as fd ${report.hookFd} (OPENHOOK_FD=${report.hookFd}).`);
+      } else {
+        say('2. A client process starts, but this kernel lacks Landlock or seccomp: it is NOT confined here,');
+        say('   so it could open the files itself. `openhook run` refuses to start in that case.');
+      }
+    },
   });
-  native.close(clientEnd);
-  const code: number = await new Promise((resolve) => child.on('exit', (c, s) => resolve(c ?? (s ? 128 : 1))));
   broker.close();
-
+  const code = result.status;
   let ok = code === 0;
   try {
     const snap = statSync(join(vm, 'snap1.qcow2'));

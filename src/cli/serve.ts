@@ -95,7 +95,7 @@ function serve(opts: ServeOptions): void {
     if (opts.watch) reloader.watch();
   }
   process.on('SIGHUP', () => {
-    if (reloader) reloader.reload('SIGHUP');
+    if (reloader) void reloader.reload('SIGHUP');
     else log('SIGHUP: nothing to reload (the policy came from the command line)');
   });
 

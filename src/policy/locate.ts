@@ -16,13 +16,20 @@ export interface Position {
 }
 
 const NL = 0x0a, HASH = 0x23, LBRACK = 0x5b, RBRACK = 0x5d, LBRACE = 0x7b, RBRACE = 0x7d;
-const COMMA = 0x2c, EQ = 0x3d, DOT = 0x2e, DQ = 0x22, SQ = 0x27, BSLASH = 0x5c;
+const COMMA = 0x2c, DOT = 0x2e, DQ = 0x22, SQ = 0x27, BSLASH = 0x5c;
 
 export interface Located {
   /** for each array of tables ("rule", "client[0].rule"), the line of each of its tables, in order */
   arrays: Map<string, number[]>;
   /** with keys: the position of every key and table ("client[0].uid", "rule[3]") */
   keys: Map<string, Position>;
+  /**
+   * Where the document may be cut into pieces that parse alone and mean together what it means
+   * whole: the offsets of its `[[rule]]` and `[[client]]` headers, when every header is one of
+   * `[[rule]]`, `[[client]]`, `[[client.rule]]` and no top-level key is `rule` or `client`
+   * (otherwise empty). A `[[client]]` keeps its `[[client.rule]]` tables: they are never cut from it.
+   */
+  cuts: number[];
 }
 
 export function locate(text: string, withKeys: boolean): Located {
@@ -39,6 +46,9 @@ class Scanner {
   #arrays = new Map<string, number[]>();
   #lastRaw = '';
   #lastArray = '';
+  #cuts: number[] = [];
+  #lastCut = false;
+  #cuttable = true;
 
   constructor(text: string, withKeys: boolean) {
     this.#s = text;
@@ -56,8 +66,9 @@ class Scanner {
         table = this.#header();
       } else {
         const pos = this.#keys ? this.#pos() : null;
-        const key = this.#key(EQ);
+        const key = this.#key();
         const path = table ? `${table}.${key}` : key;
+        if (!table && /^(rule|client)(\.|$)/.test(key)) this.#cuttable = false;
         if (pos) this.#out.set(path, pos);
         this.#i++; // '='
         this.#skipBlank(false);
@@ -65,7 +76,7 @@ class Scanner {
       }
       this.#skipToEol();
     }
-    return { arrays: this.#arrays, keys: this.#out };
+    return { arrays: this.#arrays, keys: this.#out, cuts: this.#cuttable ? this.#cuts : [] };
   }
 
   /** Records an element of an array of tables; returns its path. */
@@ -108,6 +119,7 @@ class Scanner {
   /** `[a.b]` or `[[a.b]]`; returns the path of the table the following keys belong to. */
   #header(): string {
     const s = this.#s;
+    const start = this.#i;
     const line = this.#line, column = this.#i - this.#lineStart + 1;
     const array = s.charCodeAt(this.#i + 1) === LBRACK;
     // A header written again right after its own tables (`[[rule]]` 100,000 times) names the same
@@ -116,6 +128,7 @@ class Scanner {
     const raw = close > 0 ? s.slice(this.#i, close) : '';
     if (array && raw === this.#lastRaw && !/["']/.test(raw)) {
       this.#i = close + 2;
+      if (this.#lastCut) this.#cuts.push(start);
       return this.#element(this.#lastArray, line, column) || `${this.#lastArray}[${this.#arrays.get(this.#lastArray)!.length - 1}]`;
     }
     this.#i += array ? 2 : 1;
@@ -136,25 +149,25 @@ class Scanner {
     }
     this.#lastRaw = array ? raw : '';
     this.#lastArray = path;
+    this.#lastCut = array && (path === 'rule' || path === 'client');
+    if (this.#lastCut) this.#cuts.push(start);
+    else if (!array || !/^client\[\d+\]\.rule$/.test(path)) this.#cuttable = false;
     if (array) path = this.#element(path, line, column) || `${path}[${this.#arrays.get(path)!.length - 1}]`;
     else if (this.#keys) this.#out.set(path, { line, column });
     return path;
   }
 
-  /** A dotted key, up to (not including) the `=`. */
-  #key(end: number): string {
+  /** A dotted key, up to (not including) the `=` that follows it. */
+  #key(): string {
     const s = this.#s;
     let key = '';
     for (;;) {
       this.#skipBlank(false);
       key += this.#simpleKey();
       this.#skipBlank(false);
-      const c = s.charCodeAt(this.#i);
-      if (c === DOT) {
-        this.#i++;
-        key += '.';
-      } else if (c === end || this.#i >= s.length) return key;
-      else return key; // cannot happen in a document the parser accepted
+      if (s.charCodeAt(this.#i) !== DOT) return key;
+      this.#i++;
+      key += '.';
     }
   }
 
@@ -237,7 +250,7 @@ class Scanner {
         this.#skipBlank(true);
         if (this.#i >= s.length || s.charCodeAt(this.#i) === RBRACE) break;
         const pos = this.#pos();
-        const key = `${path}.${this.#key(EQ)}`;
+        const key = `${path}.${this.#key()}`;
         if (this.#keys) this.#out.set(key, pos);
         this.#i++; // '='
         this.#skipBlank(false);

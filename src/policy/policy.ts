@@ -75,25 +75,67 @@ export interface PolicyOptions {
   source?: string;
   /** at most this many root directory fds open at once (see roots.ts) */
   rootLimit?: number;
+  /** tries already built from these rules and sections (compileTriesSliced); built here if absent */
+  tries?: CompiledTries;
 }
 
 /** A rule with what deciding needs precomputed: what the trie stores. */
 class CompiledRule implements Entry {
   readonly rule: Rule;
-  readonly root: Root;
+  /** the directory an allow rule opens beneath (null for deny rules) */
+  readonly root: Root | null;
   /** root.path.length, or 0 for "/" */
   readonly rootLength: number;
   readonly open: OpenOptions;
 
-  constructor(rule: Rule, root: Root) {
+  constructor(rule: Rule, root: Root | null) {
     this.rule = rule;
     this.root = root;
-    this.rootLength = root.path === '/' ? 0 : root.path.length;
+    this.rootLength = root === null || root.path === '/' ? 0 : root.path.length;
     const dirs = (rule.access & Access.DIRECTORY) !== 0;
     this.open = rule.followSymlinks || rule.fifos || rule.hardlinks
       ? { followSymlinks: rule.followSymlinks, directories: dirs, fifos: rule.fifos, hardlinks: rule.hardlinks }
       : dirs ? DIRECTORIES : NO_OPTIONS;
   }
+}
+
+const makeEntry = (rule: Rule, root: Root | null): CompiledRule => new CompiledRule(rule, root);
+
+/** The tries a policy decides with: the default section's, and each client section's. */
+export interface CompiledTries {
+  default: Trie<CompiledRule>;
+  sections: Trie<CompiledRule>[];
+}
+
+/** The rule lists the tries are built from: a section with include_default gets the default rules below its own. */
+function trieRules(rules: readonly Rule[], sections: readonly SectionSpec[]): (readonly Rule[])[] {
+  return [rules, ...sections.map((s) => (s.includeDefault ? [...s.rules, ...rules] : s.rules))];
+}
+
+export function compileTries(rules: readonly Rule[], sections: readonly SectionSpec[]): CompiledTries {
+  const tries = trieRules(rules, sections).map((list) => {
+    const trie = new Trie<CompiledRule>();
+    for (const r of list) trie.add(r, makeEntry);
+    return trie;
+  });
+  return { default: tries[0]!, sections: tries.slice(1) };
+}
+
+/**
+ * compileTries() in slices, yielding to the event loop between them: a reload of a large policy
+ * then never stalls the requests that the old policy is still serving meanwhile.
+ */
+export async function compileTriesSliced(rules: readonly Rule[], sections: readonly SectionSpec[], slice = 5000): Promise<CompiledTries> {
+  const tries: Trie<CompiledRule>[] = [];
+  for (const list of trieRules(rules, sections)) {
+    const trie = new Trie<CompiledRule>();
+    for (let i = 0; i < list.length; i++) {
+      trie.add(list[i]!, makeEntry);
+      if (i % slice === slice - 1) await new Promise((resolve) => setImmediate(resolve));
+    }
+    tries.push(trie);
+  }
+  return { default: tries[0]!, sections: tries.slice(1) };
 }
 
 export class Section {
@@ -145,17 +187,9 @@ export class Policy {
     this.unmatched = options.unmatched ?? 'default';
     this.source = options.source ?? 'command line';
     this.#roots = new RootTable(options.rootLimit ?? DEFAULT_ROOT_LIMIT);
-    const make = (rule: Rule) => (root: Root) => new CompiledRule(rule, root);
-    const build = (list: readonly Rule[]): Trie<CompiledRule> => {
-      const trie = new Trie<CompiledRule>();
-      for (const r of list) trie.add(r, make(r));
-      return trie;
-    };
-    this.defaultSection = new Section({ name: 'default', origin: 'default section', rules }, build(rules));
-    this.sections = (options.sections ?? []).map((s) => {
-      const all = s.includeDefault ? [...s.rules, ...rules] : s.rules;
-      return new Section(s, build(all));
-    });
+    const tries = options.tries ?? compileTries(rules, options.sections ?? []);
+    this.defaultSection = new Section({ name: 'default', origin: 'default section', rules }, tries.default);
+    this.sections = (options.sections ?? []).map((s, i) => new Section(s, tries.sections[i]!));
   }
 
   /** The number of rules, counting each once. */
@@ -188,9 +222,10 @@ export class Policy {
     if ((rule.access & access) !== access) {
       return deny(rule, this.denyErrno, `${rule.origin} grants '${formatAccess(rule.access)}', the request needs '${formatAccess(access)}'`);
     }
-    const h = this.#roots.acquire(c.root);
+    const root = c.root!;
+    const h = this.#roots.acquire(root);
     if (typeof h === 'number') {
-      return deny(rule, -h, `allowed by ${rule.origin}, but its root ${display(c.root.path)} cannot be opened (${errnoName(h)})`);
+      return deny(rule, -h, `allowed by ${rule.origin}, but its root ${display(root.path)} cannot be opened (${errnoName(h)})`);
     }
     const rest = path.length === c.rootLength || path === '/' ? '.' : path.slice(c.rootLength + 1);
     const open = rule.followSymlinks ? { ...c.open, verify: (fd: number) => this.#verify(section, access, c, h, fd) } : c.open;
@@ -220,9 +255,10 @@ export class Policy {
       return this.denyErrno;
     }
     let lexical: string;
-    if (real === rootReal) lexical = rule.root.path;
-    else if (rootReal === '/' && real.startsWith('/')) lexical = joinPath(rule.root.path, real.slice(1));
-    else if (real.startsWith(rootReal) && real.charCodeAt(rootReal.length) === 0x2f) lexical = joinPath(rule.root.path, real.slice(rootReal.length + 1));
+    const root = rule.root!.path;
+    if (real === rootReal) lexical = root;
+    else if (rootReal === '/' && real.startsWith('/')) lexical = joinPath(root, real.slice(1));
+    else if (real.startsWith(rootReal) && real.charCodeAt(rootReal.length) === 0x2f) lexical = joinPath(root, real.slice(rootReal.length + 1));
     else return this.denyErrno; // outside the root: the kernel should have refused already
     const again = section.trie.match(lexical)?.rule ?? null;
     if (again === null || again.effect === 'deny') return again?.denyErrno || this.denyErrno;

@@ -1,8 +1,9 @@
 /**
  * Live reload of a policy file: on demand (SIGHUP) and, if asked, whenever the file changes.
  *
- * The new policy is read, checked and compiled off to the side; only a policy that compiled whole
- * is handed to apply() (Broker.setPolicy swaps it in atomically). A file that is unreadable, empty,
+ * The new policy is read and checked on a helper thread (a 100,000-rule file takes most of a second
+ * to parse), then compiled off to the side; only a policy that compiled whole is handed to apply()
+ * (Broker.setPolicy swaps it in atomically). A file that is unreadable, empty,
  * malformed or cut short keeps the old policy in force, and the error names the line and column.
  *
  * Watching: editors and `mv` replace a file rather than write it in place, which a watch on the file
@@ -11,9 +12,11 @@
  */
 import { watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
-import { loadPolicyFile } from './file.js';
+import { Worker } from 'node:worker_threads';
+import { compilePolicySliced } from './file.js';
+import { readPolicyFile, type PolicySpec } from './spec.js';
 import type { Policy, PolicyOptions } from './policy.js';
-import { PolicyError } from './rule.js';
+import { PolicyError, type Rule } from './rule.js';
 
 export interface ReloaderOptions {
   file: string;
@@ -23,13 +26,21 @@ export interface ReloaderOptions {
   /** quiet period before a change is reloaded, ms (default 100) */
   debounceMs?: number;
   compile?: Pick<PolicyOptions, 'rootLimit'>;
+  /** read and check the file on a helper thread, so that a large policy never stalls the broker (default true) */
+  thread?: boolean;
 }
+
+type Reply = { ok: true; spec: PolicySpec } | { ok: false; policyError: boolean; message: string };
 
 export class PolicyReloader {
   readonly file: string;
   #opts: ReloaderOptions;
   #watcher: FSWatcher | null = null;
   #timer: NodeJS.Timeout | null = null;
+  #worker: Worker | null = null;
+  #waiting: ((reply: Reply) => void)[] = [];
+  /** reloads run one after another */
+  #queue: Promise<boolean> = Promise.resolve(true);
   /** reloads that succeeded and that failed, for tests and status */
   loaded = 0;
   failed = 0;
@@ -39,22 +50,80 @@ export class PolicyReloader {
     this.file = resolve(options.file);
   }
 
-  /** Reloads now. Returns true if the new policy is in force. */
-  reload(why: string): boolean {
+  /** Reloads now (after any reload in progress). Resolves to true if the new policy is in force. */
+  reload(why: string): Promise<boolean> {
+    this.#queue = this.#queue.then(() => this.#reload(why));
+    return this.#queue;
+  }
+
+  async #reload(why: string): Promise<boolean> {
     const started = performance.now();
-    let policy: Policy;
-    try {
-      policy = loadPolicyFile(this.#opts.file, this.#opts.compile);
-    } catch (err) {
-      if (!(err instanceof PolicyError)) throw err;
+    const reply = await this.#read();
+    if (!reply.ok) {
+      if (!reply.policyError) throw new Error(reply.message);
       this.failed++;
-      this.#opts.log(`policy reload (${why}) failed, the old policy stays in force: ${err.message}`);
+      this.#opts.log(`policy reload (${why}) failed, the old policy stays in force: ${reply.message}`);
       return false;
     }
+    // Compiling opens nothing (roots are opened at first use); it runs on the event loop in slices,
+    // while the old policy goes on serving.
+    const policy = await compilePolicySliced(reply.spec, this.#opts.compile);
     this.#opts.apply(policy);
     this.loaded++;
     this.#opts.log(`policy reloaded (${why}) from ${this.#opts.file}: ${policy.ruleCount} rules in ${Math.round(performance.now() - started)} ms`);
     return true;
+  }
+
+  /** Reads and checks the file, on the helper thread if there is one. */
+  #read(): Promise<Reply> {
+    if (this.#opts.thread === false || !this.#ensureWorker()) {
+      try {
+        return Promise.resolve({ ok: true, spec: readPolicyFile(this.#opts.file) });
+      } catch (err) {
+        return Promise.resolve({ ok: false, policyError: err instanceof PolicyError, message: (err as Error).message });
+      }
+    }
+    return new Promise((done) => {
+      this.#waiting.push(done);
+      this.#worker!.postMessage(this.#opts.file);
+    });
+  }
+
+  #ensureWorker(): boolean {
+    if (this.#worker) return true;
+    try {
+      // Beside this module: reload-worker.js in dist/, reload-worker.ts under tsx (tests).
+      const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
+      const w = new Worker(new URL(`./reload-worker${ext}`, import.meta.url));
+      w.unref();
+      // Rules arrive in chunks ahead of the spec they belong to (see reload-worker.ts).
+      let chunks: Rule[][][] = [];
+      w.on('message', (m: { kind: 'rules'; list: number; rules: Rule[] } | ({ kind: 'done' } & Reply)) => {
+        if (m.kind === 'rules') {
+          (chunks[m.list] ??= []).push(m.rules);
+          return;
+        }
+        if (m.ok) {
+          const all = (list: number): Rule[] => (chunks[list] ?? []).flat();
+          m.spec.rules = all(0);
+          m.spec.sections.forEach((s, i) => (s.rules = all(i + 1)));
+        }
+        chunks = [];
+        this.#waiting.shift()?.(m);
+      });
+      w.on('error', (err) => {
+        this.#opts.log(`policy reload thread failed (${err.message}); reading on the main thread from now on`);
+        this.#worker = null;
+        this.#opts.thread = false;
+        for (const done of this.#waiting.splice(0)) done({ ok: false, policyError: true, message: `reload thread failed: ${err.message}` });
+      });
+      this.#worker = w;
+      return true;
+    } catch (err) {
+      this.#opts.log(`cannot start the policy reload thread (${(err as Error).message}); reading on the main thread`);
+      this.#opts.thread = false;
+      return false;
+    }
   }
 
   /** Reloads whenever the file changes (or is replaced). */
@@ -67,7 +136,7 @@ export class PolicyReloader {
       if (this.#timer) clearTimeout(this.#timer);
       this.#timer = setTimeout(() => {
         this.#timer = null;
-        this.reload('file changed');
+        void this.reload('file changed');
       }, debounce);
     });
     this.#watcher.on('error', (err) => this.#opts.log(`cannot watch ${this.file}: ${err.message}`));
@@ -78,5 +147,7 @@ export class PolicyReloader {
     this.#watcher = null;
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = null;
+    void this.#worker?.terminate();
+    this.#worker = null;
   }
 }

@@ -4,7 +4,7 @@
  */
 import type { HardlinkRule } from '../broker/resolver.js';
 import { display, fromText, type ByteString } from '../bytestring.js';
-import { errnoName, errnoValue } from '../native.js';
+import { errnoName, errnoValue } from '../errno.js';
 import { formatAccess, parseAccess } from './access.js';
 import { NAME_MAX, PATH_MAX } from './path.js';
 
@@ -169,7 +169,6 @@ export function parseErrno(value: string | number): number {
   return n;
 }
 
-export { errnoName };
 
 /** A rule as written, with the policy file's key names. */
 export interface RuleSpec {

@@ -98,13 +98,13 @@ export class Trie<E extends Entry> {
    * Adds a rule. make() builds its entry, given the Root of the directory it opens beneath (shared
    * with every other rule of this trie that has the same root).
    */
-  add(rule: Rule, make: (root: Root) => E): E {
+  add(rule: Rule, make: (rule: Rule, root: Root | null) => E): E {
     const seq = this.#seq++;
     this.#count++;
     if (!rule.glob) return this.#addLiteral(rule, seq, make);
     const segs = segments(rule);
-    let rootDepth = rule.tree ? segs.length : segs.length - 1;
-    if (rule.glob) rootDepth = segs.findIndex((g) => typeof g !== 'string');
+    // Allow rules open beneath the literal directory above the first glob; deny rules open nothing.
+    const rootDepth = rule.effect === 'deny' ? -1 : segs.findIndex((g) => typeof g !== 'string');
     let node = this.#root;
     let root: Root | null = rootDepth === 0 ? (node.root ??= new Root('/')) : null;
     for (let d = 0; d < segs.length; d++) {
@@ -129,18 +129,18 @@ export class Trie<E extends Entry> {
       }
       if (d + 1 === rootDepth) root = node.root ??= new Root(rootOf(rule));
     }
-    return this.#place(node, rule, seq, make(root!));
+    return this.#place(node, rule, seq, make(rule, root));
   }
 
   /** add() for a rule without globs: walks the path's components without splitting it. */
-  #addLiteral(rule: Rule, seq: number, make: (root: Root) => E): E {
+  #addLiteral(rule: Rule, seq: number, make: (rule: Rule, root: Root | null) => E): E {
     const path = rule.path;
     let node = this.#root;
     let root: Root | null = null;
     // The root: the tree itself, or an exact file's directory.
-    const rootEnd = rule.tree ? path.length : path.lastIndexOf('/');
-    // "/" as a tree (rootEnd 1) and a file directly in "/" (rootEnd 0) both open beneath "/".
-    if (rootEnd <= 0 || path === '/') root = node.root ??= new Root('/');
+    // Deny rules open nothing: no root. "/" and files directly in it open beneath "/".
+    const rootEnd = rule.effect === 'deny' ? -1 : rule.tree ? path.length : path.lastIndexOf('/');
+    if (rootEnd === 0 || (rootEnd > 0 && path === '/')) root = node.root ??= new Root('/');
     for (let start = 1; start < path.length; ) {
       let end = path.indexOf('/', start);
       if (end < 0) end = path.length;
@@ -152,7 +152,7 @@ export class Trie<E extends Entry> {
       if (end === rootEnd) root = node.root ??= new Root(path.slice(0, end));
       start = end + 1;
     }
-    return this.#place(node, rule, seq, make(root!));
+    return this.#place(node, rule, seq, make(rule, root));
   }
 
   #place(node: Node<E>, rule: Rule, seq: number, entry: E): E {
