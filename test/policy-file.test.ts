@@ -115,7 +115,7 @@ describe('large policies (parsed in pieces)', () => {
     assert.match(error(bad), new RegExp(`^${at}:\\d+: `));
     const unknown = text.replace('allow = "/r/4500/"', 'alow = "/r/4500/"');
     const at2 = unknown.slice(0, unknown.indexOf('alow')).split('\n').length;
-    assert.equal(error(unknown), `${at2}:1: unknown key 'alow' in [[rule]] (expected one of: allow, deny, access, follow_symlinks, deny_errno)`);
+    assert.equal(error(unknown), `${at2}:1: unknown key 'alow' in [[rule]] (expected one of: allow, deny, access, follow_symlinks, fifos, hardlinks, deny_errno)`);
     const dup = text.replace('[[rule]]\nallow = "/r/3000/"', '[[rule]]\nallow = "/r/3000/"\nallow = "/x/"');
     const at3 = dup.slice(0, dup.indexOf('allow = "/x/"')).split('\n').length;
     assert.match(error(dup), new RegExp(`^${at3}:\\d+: `));
