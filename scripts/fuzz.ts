@@ -150,7 +150,8 @@ function checkFd(fd: number, broker: string): void {
   native.fstat(fd, stat);
   const type = stat[0]! & C.S_IFMT;
   const acc = fdFlags(fd) & C.O_ACCMODE;
-  const inRo = path.startsWith(ro + '/'), inRw = path.startsWith(rw + '/') && !path.startsWith(priv + '/') && !path.startsWith(priv + ' ');
+  // `rwc/private x` (a mutated name) is a sibling of the denied `rwc/private/`, not inside it.
+  const inRo = path.startsWith(ro + '/'), inRw = path.startsWith(rw + '/') && !path.startsWith(priv + '/');
   if (!inRo && !inRw) violations.push(`${broker}: an fd for ${path}`);
   else if (type !== C.S_IFREG) violations.push(`${broker}: an fd of type ${type.toString(8)} for ${path}`);
   else if (inRo && acc !== C.O_RDONLY) violations.push(`${broker}: write access to ${path}`);
