@@ -18,6 +18,11 @@ export interface BrokerOptions {
   audit?: AuditSink | null;
   /** where warnings go (accept failures, faults); default: stderr */
   log?: (message: string) => void;
+  /**
+   * How many connections one client may hold open through CONNECT, beyond the one it was accepted
+   * or adopted on (default 1024). Past it, CONNECT answers -EMFILE.
+   */
+  maxDerivedConnections?: number;
 }
 
 export interface ListenOptions {
@@ -28,7 +33,7 @@ export interface ListenOptions {
   backlog?: number;
 }
 
-const EAGAIN = 11, EMFILE = 24, ENFILE = 23, ENOBUFS = 105, ENOMEM = 12;
+const EAGAIN = 11, EMFILE = 24, EPIPE = 32, ENFILE = 23, ENOBUFS = 105, ENOMEM = 12;
 /** Connections accepted per wake-up, so that a connection storm cannot monopolise the loop. */
 const ACCEPT_BATCH = 64;
 /** How long accepting pauses when the process is out of fds, instead of spinning on EMFILE. */
@@ -39,11 +44,13 @@ export class Broker implements ConnectionHost {
   #listeners = new Set<Listener>();
   #connections = new Set<Connection>();
   #log: (message: string) => void;
+  #maxDerived: number;
   #closed = false;
 
   constructor(options: BrokerOptions) {
     this.#ctx = { policy: options.policy, resolver: options.resolver ?? new Resolver(), audit: options.audit ?? null };
     this.#log = options.log ?? ((m) => process.stderr.write(`openhook: ${m}\n`));
+    this.#maxDerived = options.maxDerivedConnections ?? 1024;
   }
 
   get policy(): Policy {
@@ -100,8 +107,36 @@ export class Broker implements ConnectionHost {
     return this.#ctx;
   }
 
+  /**
+   * CONNECT: makes a socketpair, serves one end exactly like `from` (same peer, same session, same
+   * family budget) and returns the other end for the reply, which closes it once sent. The pair is
+   * blocking: the broker's own I/O never blocks (it always passes MSG_DONTWAIT), and the client's end
+   * should behave like the hook fd it was given.
+   */
+  derive(from: Connection): number {
+    if (this.#closed || from.closed) return -EPIPE;
+    if (from.family.derived >= this.#maxDerived) return -EMFILE;
+    let pair: [number, number];
+    try {
+      pair = native.socketpair(from.kind === 'stream' ? C.SOCK_STREAM : C.SOCK_SEQPACKET, false);
+    } catch (err) {
+      return (err as { errno?: number }).errno ?? -EMFILE;
+    }
+    let conn: Connection;
+    try {
+      conn = new Connection(this, pair[0], from.peer, from.kind, from.family);
+    } catch (err) {
+      native.close(pair[0]);
+      native.close(pair[1]);
+      throw err;
+    }
+    from.family.derived++;
+    this.#connections.add(conn);
+    return pair[1];
+  }
+
   released(conn: Connection): void {
-    this.#connections.delete(conn);
+    if (this.#connections.delete(conn) && conn.derived) conn.family.derived--;
   }
 
   fault(conn: Connection, err: unknown): void {

@@ -14,7 +14,7 @@ import { DecodeError, decodeRequest, encodeHelloReply, encodeReply, encodeTagged
 import { FrameAssembler } from '../protocol/stream.js';
 import { FEATURES, serveOpen, type ServiceContext } from './service.js';
 
-const EPROTO = 71;
+const EPROTO = 71, EINVAL = 22;
 /** Messages drained per wake-up: enough to amortise the call into JS, few enough to be fair. */
 const BATCH = 64;
 /** Replies that may wait for a slow reader before the connection is dropped. */
@@ -27,8 +27,19 @@ interface Pending {
   fd: number;
 }
 
+/**
+ * The connections that stem from one accepted or adopted socket: the root and those made from it by
+ * CONNECT (and from those, and so on). They share one identity and one budget of derived connections.
+ */
+export interface ConnectionFamily {
+  /** live derived connections (the root is not counted) */
+  derived: number;
+}
+
 export interface ConnectionHost {
   context(): ServiceContext;
+  /** CONNECT: the client's end of a fresh connection served like `from`, or -errno */
+  derive(from: Connection): number;
   /** called once, when the connection has closed */
   released(conn: Connection): void;
   /** an unexpected fault: reported, then the connection is closed */
@@ -43,6 +54,9 @@ export class Connection {
   readonly fd: number;
   readonly peer: Peer;
   readonly kind: SocketKind;
+  readonly family: ConnectionFamily;
+  /** made by CONNECT, and counted in family.derived */
+  readonly derived: boolean;
   #host: ConnectionHost;
   #poller: NativePoller;
   #assembler: FrameAssembler | null;
@@ -50,11 +64,13 @@ export class Connection {
   #closed = false;
   #onFrame = (buf: Buffer, offset: number, length: number): void => this.#serve(buf, offset, length);
 
-  constructor(host: ConnectionHost, fd: number, peer: Peer, kind: SocketKind) {
+  constructor(host: ConnectionHost, fd: number, peer: Peer, kind: SocketKind, family: ConnectionFamily | null = null) {
     this.#host = host;
     this.fd = fd;
     this.peer = peer;
     this.kind = kind;
+    this.family = family ?? { derived: 0 };
+    this.derived = family !== null;
     this.#assembler = kind === 'stream' ? new FrameAssembler() : null;
     this.#poller = new native.Poller(fd, PollMode.ReceiveDiscardFds, BATCH, (events, count, status) => this.#onPoll(events, count, status));
     this.#poller.start(C.UV_READABLE);
@@ -118,6 +134,12 @@ export class Connection {
       case Command.HELLO:
         this.#reply(encodeHelloReply(replyBuf, 0, FEATURES & request.features), -1);
         return;
+      case Command.CONNECT: {
+        // No flags are defined yet; refusing unknown ones keeps them free for later meanings.
+        const fd = request.connectFlags !== 0 ? -EINVAL : this.#host.derive(this);
+        this.#reply(encodeReply(replyBuf, 0, Command.CONNECT, fd < 0 ? fd : 0), fd < 0 ? -1 : fd);
+        return;
+      }
     }
   }
 

@@ -13,7 +13,7 @@ import { accessFor, flagsError } from './flags.js';
 import type { AuditSink } from './audit.js';
 import { Resolver } from './resolver.js';
 
-export const FEATURES = Feature.TAGGED_OPEN;
+export const FEATURES = Feature.TAGGED_OPEN | Feature.CONNECT;
 
 /** The outcome of an open request: an fd to send (result 0) or a negative errno. */
 export interface OpenOutcome {
