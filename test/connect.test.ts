@@ -119,6 +119,22 @@ describe('CONNECT (broker side)', () => {
     broker.close();
   });
 
+  it('closes the derived connections when the connection they came from is closed (the session ends)', async () => {
+    const { broker, client } = setup();
+    const a = await exchange(client, encodeConnect());
+    const b = await exchange(a.fds[0]!, encodeConnect());
+    assert.equal(broker.connectionCount, 3);
+    // The launcher closes the session's connection when its program exits; here, the client hangs up.
+    native.close(client);
+    for (let i = 0; i < 200 && broker.connectionCount > 0; i++) await sleep(5);
+    assert.equal(broker.connectionCount, 0);
+    const late = native.send(b.fds[0]!, encodeOpen(file, C.O_RDONLY, 0), 0, 18 + Buffer.byteLength(file), -1);
+    assert.equal(late, -32, 'EPIPE: nobody serves a derived connection once its root is gone');
+    native.close(a.fds[0]!);
+    native.close(b.fds[0]!);
+    broker.close();
+  });
+
   it('keeps nothing: the broker holds the same number of fds after many CONNECTs are closed', async () => {
     const { broker, client } = setup();
     const warm = await exchange(client, encodeConnect());

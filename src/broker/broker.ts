@@ -20,7 +20,7 @@ export interface BrokerOptions {
   log?: (message: string) => void;
   /**
    * How many connections one client may hold open through CONNECT, beyond the one it was accepted
-   * or adopted on (default 1024). Past it, CONNECT answers -EMFILE.
+   * or adopted on (default 1024). Past it, CONNECT answers -EMFILE. They all close with that one.
    */
   maxDerivedConnections?: number;
 }
@@ -115,7 +115,7 @@ export class Broker implements ConnectionHost {
    */
   derive(from: Connection): number {
     if (this.#closed || from.closed) return -EPIPE;
-    if (from.family.derived >= this.#maxDerived) return -EMFILE;
+    if (from.family.derived.size >= this.#maxDerived) return -EMFILE;
     let pair: [number, number];
     try {
       pair = native.socketpair(from.kind === 'stream' ? C.SOCK_STREAM : C.SOCK_SEQPACKET, false);
@@ -130,13 +130,15 @@ export class Broker implements ConnectionHost {
       native.close(pair[1]);
       throw err;
     }
-    from.family.derived++;
+    from.family.derived.add(conn);
     this.#connections.add(conn);
     return pair[1];
   }
 
   released(conn: Connection): void {
-    if (this.#connections.delete(conn) && conn.derived) conn.family.derived--;
+    this.#connections.delete(conn);
+    if (conn.derived) conn.family.derived.delete(conn);
+    else for (const d of [...conn.family.derived]) d.close();
   }
 
   fault(conn: Connection, err: unknown): void {

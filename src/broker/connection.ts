@@ -29,11 +29,12 @@ interface Pending {
 
 /**
  * The connections that stem from one accepted or adopted socket: the root and those made from it by
- * CONNECT (and from those, and so on). They share one identity and one budget of derived connections.
+ * CONNECT (and from those, and so on). They share one identity and one budget, and end with the root:
+ * when a launcher closes a session's connection, the session is over for every process in it.
  */
 export interface ConnectionFamily {
-  /** live derived connections (the root is not counted) */
-  derived: number;
+  /** the live derived connections (the root is not among them) */
+  readonly derived: Set<Connection>;
 }
 
 export interface ConnectionHost {
@@ -69,7 +70,7 @@ export class Connection {
     this.fd = fd;
     this.peer = peer;
     this.kind = kind;
-    this.family = family ?? { derived: 0 };
+    this.family = family ?? { derived: new Set() };
     this.derived = family !== null;
     this.#assembler = kind === 'stream' ? new FrameAssembler() : null;
     this.#poller = new native.Poller(fd, PollMode.ReceiveDiscardFds, BATCH, (events, count, status) => this.#onPoll(events, count, status));
