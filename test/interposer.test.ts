@@ -152,6 +152,12 @@ describe('interposer: correctness in C', () => {
     assert.match(r.stdout, /^ok main=3000 handler=[1-9]\d*\n$/);
   });
 
+  it('allocates nothing on the request path', async () => {
+    const r = await session.run(fixture('nomalloc'), [join(data, 'hello.txt'), '500']);
+    assert.equal(r.stdout, 'allocations 0\n', r.stderr);
+    assert.ok(session.records.filter((x) => x.path === join(data, 'hello.txt')).length >= 1000, 'the opens were brokered');
+  });
+
   it('FD_CLOEXEC is set exactly when O_CLOEXEC was asked for', async () => {
     const r = await session.run(opener, ['cloexec', join(data, 'hello.txt')]);
     assert.equal(r.stdout, 'ok\n', r.stderr);
