@@ -159,9 +159,9 @@ describe('interposer with OPENHOOK_SOCKET (openhook serve)', () => {
     const serve = await startServe(socket, ['--allow', `${tmp.path}/data/:r`]);
     try {
       const env = { ...BASE_ENV, LD_PRELOAD: PRELOAD_LIBRARY, OPENHOOK_SOCKET: socket };
-      const ok = await runChild('cat', [file], ['pipe', 'pipe', 'pipe'], env, {});
+      const ok = await runChild('cat', [file], env);
       assert.equal(ok.stdout, 'contents\n', ok.stderr);
-      const denied = await runChild('cat', [join(tmp.path, 'elsewhere')], ['pipe', 'pipe', 'pipe'], env, {});
+      const denied = await runChild('cat', [join(tmp.path, 'elsewhere')], env);
       assert.equal(denied.code, 1);
       assert.match(denied.stderr, /Permission denied/);
     } finally {

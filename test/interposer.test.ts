@@ -1,14 +1,17 @@
 /**
- * The interposer (native/preload.c) with real programs and a real broker. Each program receives its
- * hook as fd 3, as under `openhook run`; the broker's audit records show which opens reached it.
+ * The interposer (native/preload.c) with real programs, confined as by `openhook run --preload`
+ * (Landlock, seccomp, the hook at fd 3), against a real broker. The programs cannot open the test's
+ * files themselves; the broker's audit records show which opens reached it.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, statSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { fixture, tempDir } from './helpers.js';
-import { Session } from './interposer-harness.js';
+import { PRELOAD_LIBRARY } from '../src/launch/preload.js';
+import { CLI, fixture, tempDir } from './helpers.js';
+import { BASE_ENV, runChild, Session, type RunResult } from './interposer-harness.js';
 
 const tmp = tempDir('openhook-interposer-');
 after(tmp.cleanup);
@@ -30,13 +33,22 @@ before(() => {
   writeFileSync(join(data, 'rel', 'sub', 'b.txt'), 'B');
   writeFileSync(join(secret, 'key'), 'do not read\n');
   opener = fixture('opener', ['-pthread']);
+  fixture('nomalloc');
   session = new Session([`${data}/:rwc`]);
 });
 after(() => session.close());
 
-describe('interposer: pass-through', () => {
-  it('passes every open through when there is no hook fd', async () => {
-    const r = await session.run('cat', [join(secret, 'key')], { noHook: true });
+describe('interposer: confinement and pass-through', () => {
+  it('a confined program cannot open the files by itself (without the interposer)', async () => {
+    const before = session.records.length;
+    const r = await session.run('cat', [join(data, 'hello.txt')], { noPreload: true });
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /Permission denied/);
+    assert.equal(session.records.length, before, 'nothing reached the broker');
+  });
+
+  it('passes every open through when there is no hook', async () => {
+    const r = await runChild('cat', [join(secret, 'key')], { ...BASE_ENV, LD_PRELOAD: PRELOAD_LIBRARY });
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout, 'do not read\n');
   });
@@ -44,7 +56,7 @@ describe('interposer: pass-through', () => {
   it('passes through when OPENHOOK_FD names something that is not a seqpacket socket', async () => {
     // fd 0 is a pipe (node makes a stream socketpair) and fd 9 is closed: neither can be a hook.
     for (const fd of ['0', '9']) {
-      const r = await session.run('cat', [join(secret, 'key')], { noHook: true, env: { OPENHOOK_FD: fd } });
+      const r = await runChild('cat', [join(secret, 'key')], { ...BASE_ENV, LD_PRELOAD: PRELOAD_LIBRARY, OPENHOOK_FD: fd });
       assert.equal(r.code, 0, r.stderr);
       assert.equal(r.stdout, 'do not read\n');
     }
@@ -164,12 +176,9 @@ describe('interposer: correctness in C', () => {
   });
 
   it('private connections do not survive exec; the hook fd does', async () => {
-    // The baseline: what a program that has made no request holds (stdio, the hook fd 3, and anything
-    // this test process itself inherited without close-on-exec).
-    const baseline = await session.run(opener, ['fds']);
-    assert.match(baseline.stdout, /^fds 0 1 2 3\b/);
+    // The launcher leaves stdio and the hook (fd 3) only; a request made before exec must add nothing.
     const r = await session.run(opener, ['exec', join(data, 'hello.txt')]);
-    assert.equal(r.stdout, baseline.stdout, r.stderr);
+    assert.equal(r.stdout, 'fds 0 1 2 3\n', r.stderr);
   });
 
   it('fopen modes (w, a, r+e, wx, fopen64) and freopen', async () => {
@@ -193,5 +202,40 @@ describe('interposer: correctness in C', () => {
     const r = await session.run(opener, ['lowest', join(data, 'lowest.txt')]);
     assert.equal(r.stdout, 'ok\n', r.stderr);
     assert.ok(existsSync(join(data, 'lowest.txt')));
+  });
+});
+
+/** `openhook run` itself, as a user types it. */
+function cli(args: string[]): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, 'run', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...BASE_ENV } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
+  });
+}
+
+describe('openhook run --preload', () => {
+  it('gives an unmodified program the files the policy allows, and logs where they came from', async () => {
+    const r = await cli(['--preload', '--log', '--allow', `${data}/:r`, '--', 'cat', join(data, 'hello.txt')]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'hello, world\n');
+    assert.match(r.stderr, new RegExp(`openhook: ALLOW ${join(data, 'hello.txt')} O_RDONLY`));
+  });
+
+  it('denied paths give the program "Permission denied"', async () => {
+    const r = await cli(['--preload', '--allow', `${data}/:r`, '--', 'cat', join(secret, 'key')]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /cat: .*key: Permission denied/);
+    assert.equal(r.stdout, '');
+  });
+
+  it('without --preload, the same program cannot open the file', async () => {
+    const r = await cli(['--allow', `${data}/:r`, '--', 'cat', join(data, 'hello.txt')]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /Permission denied/);
   });
 });
