@@ -1,0 +1,101 @@
+/**
+ * Starting QEMU with its QMP monitor already wired to us, for the demo, the benchmark and the tests,
+ * and for orchestrators that want the same. Two wirings:
+ *
+ * - 'socketpair': QEMU inherits one end of a socketpair as fd 3 (`-chardev socket,id=qmp,fd=3`).
+ *   No path at all, but the fd must survive everything between us and QEMU.
+ * - { listen: PATH }: we listen on PATH and QEMU connects to us (`-chardev socket,...,server=off`).
+ *   This works through `openhook run`, which closes every inherited fd but stdio and the hook, and
+ *   under Landlock, which leaves connect(2) to a path alone while it forbids creating the socket.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { C, native } from '../native.js';
+import { connectQmp, QmpListener, type QmpClient } from './qmp.js';
+
+export type QmpWiring = 'socketpair' | { listen: string };
+
+export interface SpawnQemuOptions {
+  /** default 'qemu-system-x86_64' */
+  binary?: string;
+  /** a command that runs QEMU, such as ['openhook', 'run', '--preload', '--'] */
+  prefix?: string[];
+  /** default 'socketpair' */
+  qmp?: QmpWiring;
+  /** ms until QMP is ready; default 30 000 */
+  timeout?: number;
+  env?: NodeJS.ProcessEnv;
+  /** default: stdout ignored, stderr collected */
+  stdout?: 'ignore' | 'inherit' | 'pipe';
+}
+
+export interface QemuProcess {
+  child: ChildProcess;
+  qmp: QmpClient;
+  /** what QEMU (and the prefix command) wrote to stderr so far */
+  stderr(): string;
+  /** resolves when the process exits */
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** quit over QMP and wait for the exit; kills the process if it does not exit within ms */
+  quit(ms?: number): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/** The QMP monitor options for a wiring. */
+export function qmpArgs(wiring: QmpWiring): string[] {
+  const chardev = wiring === 'socketpair' ? 'socket,id=qmp,fd=3' : `socket,id=qmp,path=${wiring.listen},server=off`;
+  return ['-chardev', chardev, '-mon', 'chardev=qmp,mode=control'];
+}
+
+/** Starts QEMU (through the prefix command, if any) and returns it with its QMP client ready. */
+export async function spawnQemu(args: string[], options: SpawnQemuOptions = {}): Promise<QemuProcess> {
+  const wiring = options.qmp ?? 'socketpair';
+  const timeout = options.timeout ?? 30_000;
+  const command = [...(options.prefix ?? []), options.binary ?? 'qemu-system-x86_64', ...args, ...qmpArgs(wiring)];
+  let ours = -1, theirs = -1;
+  let listener: QmpListener | null = null;
+  if (wiring === 'socketpair') [ours, theirs] = native.socketpair(C.SOCK_STREAM, false);
+  else listener = new QmpListener(wiring.listen);
+
+  let err = '';
+  let child: ChildProcess;
+  try {
+    child = spawn(command[0]!, command.slice(1), {
+      stdio: ['ignore', options.stdout ?? 'ignore', 'pipe', ...(theirs >= 0 ? [theirs] : [])],
+      env: options.env ?? process.env,
+    });
+  } finally {
+    if (theirs >= 0) native.close(theirs);
+  }
+  child.stderr!.on('data', (d) => (err += d));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  const died = exited.then(({ code, signal }) => {
+    throw new Error(`${command[0]} exited (${signal ?? code}) before QMP was ready: ${err.trim()}`);
+  });
+  died.catch(() => {});
+
+  let qmp: QmpClient;
+  try {
+    const ready = listener ? listener.accept({ timeout }) : connectQmp({ fd: ours, timeout });
+    ready.then((q) => died.catch(() => q.close()), () => {}); // the loser of the race must not leak
+    qmp = await Promise.race([ready, died]);
+  } catch (e) {
+    listener?.close();
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    await exited;
+    throw e;
+  }
+  return {
+    child,
+    qmp,
+    stderr: () => err,
+    exited,
+    async quit(ms = 10_000) {
+      if (child.exitCode !== null || child.signalCode !== null) return exited;
+      const timer = setTimeout(() => child.kill('SIGKILL'), ms);
+      await qmp.execute('quit').catch(() => {}); // QEMU may close the socket before its reply
+      const result = await exited;
+      clearTimeout(timer);
+      qmp.close();
+      return result;
+    },
+  };
+}
