@@ -11,9 +11,11 @@
  * or listen and let QEMU connect to us (`-chardev socket,id=qmp,path=PATH,server=off`): the last one
  * needs nothing from a confined QEMU but connect(2) (docs/qemu.md).
  *
- * Every command carries an id, and replies are matched by id. QEMU reads the fds of a message into
- * one slot per connection and, when a later message brings fds, closes those not yet consumed; so
- * commands with fds go out one at a time, each only after the previous one has been answered.
+ * Every command carries an id, and replies are matched by id. QEMU keeps the fds of the last message
+ * in one slot per connection and closes them, unused, when a later message brings fds. QEMU 7.2
+ * without OOB reads nothing more while a command waits to run, so this does not happen today; but
+ * nothing in QMP promises it (with OOB it can happen), so commands with fds go out one at a time,
+ * each only after the previous one has been answered. They are rare; the wait costs nothing.
  */
 import { EventEmitter } from 'node:events';
 import { StringDecoder } from 'node:string_decoder';

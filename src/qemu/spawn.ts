@@ -10,6 +10,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { C, native } from '../native.js';
+import { QmpClosedError } from './errors.js';
 import { connectQmp, QmpListener, type QmpClient } from './qmp.js';
 
 export type QmpWiring = 'socketpair' | { listen: string };
@@ -79,9 +80,13 @@ export async function spawnQemu(args: string[], options: SpawnQemuOptions = {}):
     qmp = await Promise.race([ready, died]);
   } catch (e) {
     listener?.close();
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    const diedFirst = child.exitCode !== null || child.signalCode !== null;
+    if (!diedFirst) child.kill('SIGKILL');
     await exited;
-    throw e;
+    if (!diedFirst && !(e instanceof QmpClosedError)) throw e;
+    // It died by itself (its QMP socket closing may be seen first): its stderr says why.
+    await new Promise((r) => (child.stderr!.readableEnded ? r(null) : child.stderr!.once('end', r)));
+    throw new Error(`${command[0]} exited before QMP was ready: ${err.trim() || 'no message'}`, { cause: e });
   }
   return {
     child,
