@@ -126,7 +126,7 @@ describe('QMP client, real QEMU on a socket path', () => {
 });
 
 describe('QMP wirings for QEMU started by us', () => {
-  it('socketpair: QEMU inherits the other end as fd 3', async () => {
+  it('stdin: QEMU inherits the other end of a socketpair as its stdin', async () => {
     const q = await spawnQemu(MACHINE);
     try {
       assert.equal(((await q.qmp.execute('query-status')) as { status: string }).status, 'prelaunch');

@@ -2,25 +2,27 @@
  * Starting QEMU with its QMP monitor already wired to us, for the demo, the benchmark and the tests,
  * and for orchestrators that want the same. Two wirings:
  *
- * - 'socketpair': QEMU inherits one end of a socketpair as fd 3 (`-chardev socket,id=qmp,fd=3`).
- *   No path at all, but the fd must survive everything between us and QEMU.
+ * - 'stdin' (default): QEMU's stdin is one end of a socketpair (`-chardev socket,id=qmp,fd=0`).
+ *   No path at all, and it works confined: `openhook run` keeps stdio and closes every other
+ *   inherited fd, and its seccomp filter refuses socket(AF_UNIX), but a socket QEMU already holds
+ *   needs neither. QEMU's stdout stays free for what it prints (HMP qemu-io writes there).
  * - { listen: PATH }: we listen on PATH and QEMU connects to us (`-chardev socket,...,server=off`).
- *   This works through `openhook run`, which closes every inherited fd but stdio and the hook, and
- *   under Landlock, which leaves connect(2) to a path alone while it forbids creating the socket.
+ *   QEMU must create a socket for this: under `openhook run` only with --allow-unix-sockets, which
+ *   lets it connect to any socket it can name. Use it for QEMU that is not confined.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { C, native } from '../native.js';
 import { QmpClosedError } from './errors.js';
 import { connectQmp, QmpListener, type QmpClient } from './qmp.js';
 
-export type QmpWiring = 'socketpair' | { listen: string };
+export type QmpWiring = 'stdin' | { listen: string };
 
 export interface SpawnQemuOptions {
   /** default 'qemu-system-x86_64' */
   binary?: string;
   /** a command that runs QEMU, such as ['openhook', 'run', '--preload', '--'] */
   prefix?: string[];
-  /** default 'socketpair' */
+  /** default 'stdin' */
   qmp?: QmpWiring;
   /** ms until QMP is ready; default 30 000 */
   timeout?: number;
@@ -42,25 +44,25 @@ export interface QemuProcess {
 
 /** The QMP monitor options for a wiring. */
 export function qmpArgs(wiring: QmpWiring): string[] {
-  const chardev = wiring === 'socketpair' ? 'socket,id=qmp,fd=3' : `socket,id=qmp,path=${wiring.listen},server=off`;
+  const chardev = wiring === 'stdin' ? 'socket,id=qmp,fd=0' : `socket,id=qmp,path=${wiring.listen},server=off`;
   return ['-chardev', chardev, '-mon', 'chardev=qmp,mode=control'];
 }
 
 /** Starts QEMU (through the prefix command, if any) and returns it with its QMP client ready. */
 export async function spawnQemu(args: string[], options: SpawnQemuOptions = {}): Promise<QemuProcess> {
-  const wiring = options.qmp ?? 'socketpair';
+  const wiring = options.qmp ?? 'stdin';
   const timeout = options.timeout ?? 30_000;
   const command = [...(options.prefix ?? []), options.binary ?? 'qemu-system-x86_64', ...args, ...qmpArgs(wiring)];
   let ours = -1, theirs = -1;
   let listener: QmpListener | null = null;
-  if (wiring === 'socketpair') [ours, theirs] = native.socketpair(C.SOCK_STREAM, false);
+  if (wiring === 'stdin') [ours, theirs] = native.socketpair(C.SOCK_STREAM, false);
   else listener = new QmpListener(wiring.listen);
 
   let err = '';
   let child: ChildProcess;
   try {
     child = spawn(command[0]!, command.slice(1), {
-      stdio: ['ignore', options.stdout ?? 'ignore', 'pipe', ...(theirs >= 0 ? [theirs] : [])],
+      stdio: [theirs >= 0 ? theirs : 'ignore', options.stdout ?? 'ignore', 'pipe'],
       env: options.env ?? process.env,
     });
   } finally {
