@@ -14,9 +14,12 @@ export function makeImage(path: string, format: 'qcow2' | 'raw' = 'qcow2', patte
   if (pattern !== undefined) qemuIo(path, [`write -P ${pattern} 0 64k`], format);
 }
 
-/** Runs qemu-io commands on an image; throws with the output if any of them failed. */
-export function qemuIo(path: string, commands: string[], format = 'qcow2'): string {
-  const args = ['-f', format, ...commands.flatMap((c) => ['-c', c]), path];
+/**
+ * Runs qemu-io commands on an image; throws with the output if any of them failed. `shared` opens
+ * it read-only without taking locks, to look at an image that a running QEMU holds.
+ */
+export function qemuIo(path: string, commands: string[], format = 'qcow2', shared = false): string {
+  const args = ['-f', format, ...(shared ? ['-r', '-U'] : []), ...commands.flatMap((c) => ['-c', c]), path];
   const r = spawnSync('qemu-io', args, { encoding: 'utf8' });
   const out = r.stdout + r.stderr;
   // qemu-io exits 0 even when a pattern check fails; its message is the only sign.
@@ -25,9 +28,9 @@ export function qemuIo(path: string, commands: string[], format = 'qcow2'): stri
 }
 
 /** True if [offset, offset+length) of the image holds `pattern` in every byte. */
-export function holds(path: string, pattern: number, offset = 0, length = 4096, format = 'qcow2'): boolean {
+export function holds(path: string, pattern: number, offset = 0, length = 4096, format = 'qcow2', shared = false): boolean {
   try {
-    qemuIo(path, [`read -P ${pattern} ${offset} ${length}`], format);
+    qemuIo(path, [`read -P ${pattern} ${offset} ${length}`], format, shared);
     return true;
   } catch {
     return false;
@@ -56,4 +59,9 @@ export function fdAccessMode(pid: number, fd: number): number {
 /** The qemu-io HMP command that writes `pattern` through a device's own BlockBackend, as a guest would. */
 export function guestWrite(deviceId: string, pattern: number, offset = 0, length = 4096): string {
   return `qemu-io -d /machine/peripheral/${deviceId}/virtio-backend "write -P ${pattern} ${offset} ${length}"`;
+}
+
+/** The HMP command that flushes a device's writes to its image files, so others can read them. */
+export function guestFlush(deviceId: string): string {
+  return `qemu-io -d /machine/peripheral/${deviceId}/virtio-backend "flush"`;
 }
