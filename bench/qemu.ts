@@ -15,7 +15,7 @@
  *   npm run bench -- --only qemu        (once bench/run.ts calls benchQemu)
  *   node --import tsx bench/qemu.ts [--runs N]
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -82,6 +82,11 @@ async function readyInProcess(args: string[], vm: string, launcher: { launch: La
 }
 
 export async function benchQemu(opts: QemuBenchOptions): Promise<Row[]> {
+  const help = spawnSync(process.execPath, [CLI, 'run', '--help'], { encoding: 'utf8' });
+  if (help.status !== 0 || !help.stdout.includes('--preload')) {
+    console.log('qemu: skipped, this build has no `openhook run --preload` (the launcher and the interposer)');
+    return [];
+  }
   const ws = workspace();
   const vm = join(ws.dir, 'vm');
   mkdirSync(vm);

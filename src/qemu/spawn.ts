@@ -29,6 +29,8 @@ export interface SpawnQemuOptions {
   env?: NodeJS.ProcessEnv;
   /** default: stdout ignored, stderr collected */
   stdout?: 'ignore' | 'inherit' | 'pipe';
+  /** called with each line QEMU (or the prefix command) writes to stderr, as it comes */
+  onStderrLine?: (line: string) => void;
 }
 
 export interface QemuProcess {
@@ -68,7 +70,14 @@ export async function spawnQemu(args: string[], options: SpawnQemuOptions = {}):
   } finally {
     if (theirs >= 0) native.close(theirs);
   }
-  child.stderr!.on('data', (d) => (err += d));
+  let partial = '';
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+    err += d;
+    if (!options.onStderrLine) return;
+    const lines = (partial + d).split('\n');
+    partial = lines.pop()!;
+    for (const line of lines) options.onStderrLine(line);
+  });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
   const died = exited.then(({ code, signal }) => {
     throw new Error(`${command[0]} exited (${signal ?? code}) before QMP was ready: ${err.trim()}`);
