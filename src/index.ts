@@ -16,4 +16,4 @@ export { QmpClosedError, QmpError, QmpJobError, QmpProtocolError, QmpTimeoutErro
 export { FdSetImages, type FdSet, type ImageNode, type AddImageOptions, type SnapshotOptions, type PushOptions } from './qemu/fdset.js';
 export { BrokerOpener, PolicyOpener, type ImageOpener } from './qemu/opener.js';
 export { runJob } from './qemu/jobs.js';
-export { spawnQemu, qmpArgs, type QemuProcess, type SpawnQemuOptions } from './qemu/spawn.js';
+export { openhookRun, qmpArgs, spawnQemu, type QemuProcess, type QmpWiring, type SpawnQemuOptions } from './qemu/spawn.js';

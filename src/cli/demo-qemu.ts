@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { QmpError } from '../qemu/errors.js';
 import { runJob } from '../qemu/jobs.js';
-import { spawnQemu, type QemuProcess } from '../qemu/spawn.js';
+import { openhookRun, spawnQemu, type QemuProcess } from '../qemu/spawn.js';
 
 const MACHINE = ['-machine', 'pc,accel=tcg', '-S', '-nodefaults', '-display', 'none', '-m', '128'];
 const A = 0x41, B = 0x42;
@@ -126,7 +126,7 @@ export async function runQemuDemo(keep: boolean): Promise<number> {
   const started = performance.now();
   let q: QemuProcess;
   try {
-    q = await spawnQemu([...MACHINE, ...disk], { prefix: [...cli, 'run', '--log', '--preload', ...policyArgs, '--'], onStderrLine: narrate });
+    q = await spawnQemu([...MACHINE, ...disk], { prefix: openhookRun(['--log', '--preload', ...policyArgs]), onStderrLine: narrate });
   } catch (err) {
     say(`   QEMU did not start: ${(err as Error).message}`);
     if (!keep) rmSync(root, { recursive: true, force: true });

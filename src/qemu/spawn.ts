@@ -11,6 +11,8 @@
  *   lets it connect to any socket it can name. Use it for QEMU that is not confined.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { C, native } from '../native.js';
 import { QmpClosedError } from './errors.js';
 import { connectQmp, QmpListener, type QmpClient } from './qmp.js';
@@ -42,6 +44,16 @@ export interface QemuProcess {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** quit over QMP and wait for the exit; kills the process if it does not exit within ms */
   quit(ms?: number): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/**
+ * The command prefix that runs QEMU under `openhook run` (this package's own CLI, with the same
+ * Node): openhookRun(['--preload', '--policy', 'vm.toml']) for spawnQemu's `prefix`.
+ */
+export function openhookRun(runArgs: readonly string[]): string[] {
+  const here = fileURLToPath(import.meta.url);
+  const main = join(dirname(here), '..', 'cli', here.endsWith('.ts') ? 'main.ts' : 'main.js');
+  return [process.execPath, ...(here.endsWith('.ts') ? ['--import', 'tsx'] : []), main, 'run', ...runArgs, '--'];
 }
 
 /** The QMP monitor options for a wiring. */
