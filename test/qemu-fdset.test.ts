@@ -119,6 +119,35 @@ describe('fd-set mode, real QEMU', () => {
     }
   });
 
+  it('with locking off, a node goes read-only and back to read-write through its pair, and commits', async () => {
+    // With locking on, the set's own copies of the fds keep QEMU's old locks, and the commit after
+    // such a round trip fails with 'Failed to get "write" lock' (docs/qemu.md, "Stale locks").
+    const t = layout();
+    const base = join(t.vm, 'base.qcow2'), overlay = join(t.vm, 'overlay.qcow2');
+    makeImage(base, 'qcow2', 0x11);
+    const policy = new Policy([parseAllowFlag(`${t.vm}/:rwc`)]);
+    const q = await spawnQemu(MACHINE);
+    try {
+      const images = new FdSetImages(q.qmp, new PolicyOpener(policy));
+      const node = await images.addImage(base, { nodeName: 'base', fileOptions: { locking: 'off' } });
+      await q.qmp.execute('device_add', { driver: 'virtio-blk-pci', drive: 'base', id: 'disk0' });
+      await images.snapshot('base', overlay, { nodeName: 'overlay' });
+      await q.qmp.execute('human-monitor-command', { 'command-line': guestWrite('disk0', 0x22) });
+      const file = (readOnly: boolean): Record<string, unknown> => ({ driver: 'file', 'node-name': 'base-file', filename: node.fdset.path, locking: 'off', 'read-only': readOnly });
+      await q.qmp.execute('blockdev-reopen', { options: [file(true)] });
+      await q.qmp.execute('blockdev-reopen', { options: [file(false)] });
+      await images.commit('overlay', 'base');
+    } finally {
+      assert.deepEqual(await q.quit(), { code: 0, signal: null });
+      policy.close();
+    }
+    try {
+      assert.ok(holds(base, 0x22, 0), 'committed into the base');
+    } finally {
+      t.cleanup();
+    }
+  });
+
   it('refuses an image outside the policy: nothing is opened, nothing is pushed', async () => {
     const t = layout();
     const secret = join(t.outside, 'secret.qcow2'), overlay = join(t.outside, 'overlay.qcow2');

@@ -86,6 +86,8 @@ export interface SnapshotOptions {
   backingFile?: string;
   /** ms for the blockdev-create job; default 30 000 */
   timeout?: number;
+  /** more options for the overlay's file node (aio, locking, ...) */
+  fileOptions?: Record<string, unknown>;
 }
 
 export interface CommitOptions {
@@ -201,7 +203,7 @@ export class FdSetImages {
     const fdset = await this.push(overlayPath, { access: 'rw', create: options.mode ?? 0o600 });
     const added: string[] = [];
     try {
-      await this.qmp.execute('blockdev-add', { driver: 'file', 'node-name': fileNodeName, filename: fdset.path });
+      await this.qmp.execute('blockdev-add', { driver: 'file', 'node-name': fileNodeName, filename: fdset.path, ...options.fileOptions });
       added.push(fileNodeName);
       await runJob(this.qmp, 'blockdev-create', {
         'job-id': `create-${options.nodeName}`,
