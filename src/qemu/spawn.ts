@@ -42,7 +42,7 @@ export interface QemuProcess {
   stderr(): string;
   /** resolves when the process exits */
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  /** quit over QMP and wait for the exit; kills the process if it does not exit within ms */
+  /** quit over QMP and wait for the exit; SIGTERM (then SIGKILL) if it has not exited within ms */
   quit(ms?: number): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
@@ -90,7 +90,26 @@ export async function spawnQemu(args: string[], options: SpawnQemuOptions = {}):
     partial = lines.pop()!;
     for (const line of lines) options.onStderrLine(line);
   });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.on('exit', (code, signal) => resolve({ code, signal }));
+    // A command that cannot be started (ENOENT) may report only an error.
+    child.on('error', (e) => {
+      err += `${e.message}\n`;
+      resolve({ code: null, signal: null });
+    });
+  });
+  const running = (): boolean => child.exitCode === null && child.signalCode === null;
+  /**
+   * SIGTERM first: `openhook run` passes it on to QEMU, where SIGKILL would leave QEMU running
+   * without its broker. SIGKILL if it is still there after a grace period.
+   */
+  const stop = async (graceMs = 3000): Promise<void> => {
+    if (!running()) return;
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => running() && child.kill('SIGKILL'), graceMs);
+    await exited;
+    clearTimeout(timer);
+  };
   const died = exited.then(({ code, signal }) => {
     throw new Error(`${command[0]} exited (${signal ?? code}) before QMP was ready: ${err.trim()}`);
   });
@@ -103,9 +122,8 @@ export async function spawnQemu(args: string[], options: SpawnQemuOptions = {}):
     qmp = await Promise.race([ready, died]);
   } catch (e) {
     listener?.close();
-    const diedFirst = child.exitCode !== null || child.signalCode !== null;
-    if (!diedFirst) child.kill('SIGKILL');
-    await exited;
+    const diedFirst = !running();
+    await stop();
     if (!diedFirst && !(e instanceof QmpClosedError)) throw e;
     // It died by itself (its QMP socket closing may be seen first): its stderr says why.
     await new Promise((r) => (child.stderr!.readableEnded ? r(null) : child.stderr!.once('end', r)));
@@ -117,13 +135,14 @@ export async function spawnQemu(args: string[], options: SpawnQemuOptions = {}):
     stderr: () => err,
     exited,
     async quit(ms = 10_000) {
-      if (child.exitCode !== null || child.signalCode !== null) return exited;
-      const timer = setTimeout(() => child.kill('SIGKILL'), ms);
-      await qmp.execute('quit').catch(() => {}); // QEMU may close the socket before its reply
-      const result = await exited;
-      clearTimeout(timer);
+      if (running()) {
+        const timer = setTimeout(() => void stop(), ms);
+        await qmp.execute('quit').catch(() => {}); // QEMU may close the socket before its reply
+        await exited;
+        clearTimeout(timer);
+      }
       qmp.close();
-      return result;
+      return exited;
     },
   };
 }
