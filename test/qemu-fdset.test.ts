@@ -4,7 +4,7 @@
  * qemu-img and qemu-io after QEMU has exited.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import type { AuditRecord } from '../src/broker/audit.js';
@@ -13,7 +13,7 @@ import { connect } from '../src/client/client.js';
 import { FdSetImages } from '../src/qemu/fdset.js';
 import { BrokerOpener, PolicyOpener } from '../src/qemu/opener.js';
 import { spawnQemu } from '../src/qemu/spawn.js';
-import { Policy } from '../src/policy/policy.js';
+import { loadPolicyFile, Policy } from '../src/policy/index.js';
 import { parseAllowFlag } from '../src/policy/rule.js';
 import { startServe, tempDir } from './helpers.js';
 import { fdAccessMode, guestWrite, holds, imageInfo, MACHINE, makeImage } from './qemu-helpers.js';
@@ -38,7 +38,10 @@ describe('fd-set mode, real QEMU', () => {
     const base = join(t.vm, 'base.qcow2'), overlay = join(t.vm, 'overlay.qcow2');
     makeImage(base, 'qcow2', 0x11);
     const audit: AuditRecord[] = [];
-    const policy = new Policy([parseAllowFlag(`${t.vm}/:rwc`)]);
+    // The policy file a hooked QEMU would run under (docs/policy.md), decided by the same code.
+    const policyFile = join(t.root, 'vm.toml');
+    writeFileSync(policyFile, `[[rule]]\nallow = "${t.vm}/"\naccess = "rwc"\n`);
+    const policy = loadPolicyFile(policyFile);
     const q = await spawnQemu(MACHINE);
     try {
       const images = new FdSetImages(q.qmp, new PolicyOpener(policy, { audit: { record: (r) => void audit.push(r) } }));
