@@ -15,17 +15,19 @@
  *   npm run bench -- --only qemu        (once bench/run.ts calls benchQemu)
  *   node --import tsx bench/qemu.ts [--runs N]
  */
-import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Broker } from '../src/broker/broker.js';
+import { launch, type LaunchResult } from '../src/launch/launch.js';
+import { PRELOAD_LIBRARY, preloadValue } from '../src/launch/preload.js';
 import { C, native } from '../src/native.js';
 import { Policy } from '../src/policy/policy.js';
 import { parseAllowFlag } from '../src/policy/rule.js';
 import { connectQmp } from '../src/qemu/qmp.js';
 import { qmpArgs, spawnQemu } from '../src/qemu/spawn.js';
-import { CLI, median, printTable, ROOT, workspace, type Row } from './lib.js';
+import { CLI, median, printTable, workspace, type Row } from './lib.js';
 
 export interface QemuBenchOptions {
   runs: number;
@@ -43,27 +45,18 @@ async function readyMs(args: string[], prefix: string[]): Promise<number> {
   return ms;
 }
 
-/** The launcher's API, where this branch has it (it is loaded at run time, so the bench runs without it). */
-type Launch = (options: Record<string, unknown>) => Promise<{ status: number }>;
-async function loadLaunch(): Promise<{ launch: Launch; preload: string } | null> {
-  const launchModule = join(ROOT, 'src', 'launch', 'launch.ts');
-  const preload = join(ROOT, 'build', 'Release', 'libopenhook-preload.so');
-  if (!existsSync(launchModule) || !existsSync(preload)) return null;
-  const { launch } = (await import(launchModule)) as { launch: Launch };
-  return { launch, preload };
-}
-
 /** The same start through launch() in this process: confined, with the interposer, served by an in-process broker. */
-async function readyInProcess(args: string[], vm: string, launcher: { launch: Launch; preload: string }): Promise<number> {
+async function readyInProcess(args: string[], vm: string): Promise<number> {
   const broker = new Broker({ policy: new Policy([parseAllowFlag(`${vm}/:rwc`)]), log: () => {} });
   const [ours, theirs] = native.socketpair(C.SOCK_STREAM, false);
   const started = performance.now();
-  let done: Promise<{ status: number }>;
+  let done: Promise<LaunchResult>;
   try {
     // launch() spawns before its first await: once it returns, QEMU holds its own copy of theirs.
-    done = launcher.launch({
+    // What `openhook run --preload` does: the interposer first in LD_PRELOAD, and readable.
+    done = launch({
       command: 'qemu-system-x86_64', args: [...args, ...qmpArgs('stdin')], broker,
-      env: { LD_PRELOAD: launcher.preload }, readOnly: [launcher.preload], stdio: [theirs, 'ignore', 'ignore'],
+      env: { LD_PRELOAD: preloadValue() }, readOnly: [PRELOAD_LIBRARY], stdio: [theirs, 'ignore', 'ignore'],
     });
   } finally {
     native.close(theirs);
@@ -82,11 +75,6 @@ async function readyInProcess(args: string[], vm: string, launcher: { launch: La
 }
 
 export async function benchQemu(opts: QemuBenchOptions): Promise<Row[]> {
-  const help = spawnSync(process.execPath, [CLI, 'run', '--help'], { encoding: 'utf8' });
-  if (help.status !== 0 || !help.stdout.includes('--preload')) {
-    console.log('qemu: skipped, this build has no `openhook run --preload` (the launcher and the interposer)');
-    return [];
-  }
   const ws = workspace();
   const vm = join(ws.dir, 'vm');
   mkdirSync(vm);
@@ -99,7 +87,6 @@ export async function benchQemu(opts: QemuBenchOptions): Promise<Row[]> {
     '-device', 'virtio-blk-pci,drive=base,id=disk0',
   ];
   const confined = [process.execPath, CLI, 'run', '--preload', '--allow', `${vm}/:rwc`, '--'];
-  const launcher = await loadLaunch();
   const plain: number[] = [];
   const cli: number[] = [];
   const inProcess: number[] = [];
@@ -107,11 +94,11 @@ export async function benchQemu(opts: QemuBenchOptions): Promise<Row[]> {
     // Warm all three (page cache for QEMU, its firmware, Node and the CLI) before measuring.
     await readyMs(args, []);
     await readyMs(args, confined);
-    if (launcher) await readyInProcess(args, vm, launcher);
+    await readyInProcess(args, vm);
     for (let i = 0; i < opts.runs; i++) {
       plain.push(await readyMs(args, []));
       cli.push(await readyMs(args, confined));
-      if (launcher) inProcess.push(await readyInProcess(args, vm, launcher));
+      inProcess.push(await readyInProcess(args, vm));
     }
   } finally {
     ws.cleanup();
@@ -120,9 +107,10 @@ export async function benchQemu(opts: QemuBenchOptions): Promise<Row[]> {
     const o = median(times), r = median(plain);
     return { case: name, metric: 'ms to QMP', openhook: o, reference: r, ratio: r / o, target: '≥ 0.67× (≤ 1.5× plain)', unit: 'ms' };
   };
-  const rows = [row('QEMU QMP-ready: openhook run --preload (CLI) vs plain', cli)];
-  if (launcher) rows.push(row('QEMU QMP-ready: launch() + interposer in-process vs plain', inProcess));
-  return rows;
+  return [
+    row('QEMU QMP-ready: openhook run --preload (CLI) vs plain', cli),
+    row('QEMU QMP-ready: launch() + interposer in-process vs plain', inProcess),
+  ];
 }
 
 if (process.argv[1]?.endsWith('qemu.ts') || process.argv[1]?.endsWith('qemu.js')) {
