@@ -57,9 +57,20 @@ function layout(): { root: string; vm: string; outside: string; base: string; ov
   return { root: dir.path, vm, outside, base, overlay: join(vm, 'overlay.qcow2'), secret, cleanup: dir.cleanup };
 }
 
-/** The one child of a process (the launch helper, which became QEMU). */
+/** The one child of a process (the launch helper, which became QEMU), found by the parent pid in /proc. */
 function childOf(pid: number): number {
-  const children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  const children: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+    } catch {
+      continue; // gone meanwhile
+    }
+    // pid (comm) state ppid ...: comm may hold spaces and parentheses, so split after the last ')'.
+    if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) children.push(Number(entry));
+  }
   assert.equal(children.length, 1, `children of ${pid}: ${children.join(' ')}`);
   return children[0]!;
 }
