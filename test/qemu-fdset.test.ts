@@ -33,8 +33,9 @@ function layout(): { root: string; vm: string; outside: string; cleanup: () => v
 }
 
 describe('fd-set mode, real QEMU', () => {
-  it('boots with a pushed image, snapshots it, writes land in the overlay, and the header names the real path', async () => {
+  it('boots with a pushed image, snapshots it, writes land in the overlay, and the header names the real path', async (ctx) => {
     const t = layout();
+    ctx.after(t.cleanup); // also when QEMU fails to start
     const base = join(t.vm, 'base.qcow2'), overlay = join(t.vm, 'overlay.qcow2');
     makeImage(base, 'qcow2', 0x11);
     const audit: AuditRecord[] = [];
@@ -42,6 +43,7 @@ describe('fd-set mode, real QEMU', () => {
     const policyFile = join(t.root, 'vm.toml');
     writeFileSync(policyFile, `[[rule]]\nallow = "${t.vm}/"\naccess = "rwc"\n`);
     const policy = loadPolicyFile(policyFile);
+    ctx.after(() => policy.close());
     const q = await spawnQemu(MACHINE);
     try {
       const images = new FdSetImages(q.qmp, new PolicyOpener(policy, { audit: { record: (r) => void audit.push(r) } }));
@@ -84,11 +86,13 @@ describe('fd-set mode, real QEMU', () => {
     }
   });
 
-  it('commits an intermediate layer (the header above gets the real path) and the active layer', async () => {
+  it('commits an intermediate layer (the header above gets the real path) and the active layer', async (ctx) => {
     const t = layout();
+    ctx.after(t.cleanup); // also when QEMU fails to start
     const base = join(t.vm, 'base.qcow2'), mid = join(t.vm, 'mid.qcow2'), top = join(t.vm, 'top.qcow2');
     makeImage(base, 'qcow2', 0x11);
     const policy = new Policy([parseAllowFlag(`${t.vm}/:rwc`)]);
+    ctx.after(() => policy.close());
     const q = await spawnQemu(MACHINE);
     try {
       const images = new FdSetImages(q.qmp, new PolicyOpener(policy));
@@ -122,13 +126,15 @@ describe('fd-set mode, real QEMU', () => {
     }
   });
 
-  it('with locking off, a node goes read-only and back to read-write through its pair, and commits', async () => {
+  it('with locking off, a node goes read-only and back to read-write through its pair, and commits', async (ctx) => {
     // With locking on, the set's own copies of the fds keep QEMU's old locks, and the commit after
     // such a round trip fails with 'Failed to get "write" lock' (docs/qemu.md, "Stale locks").
     const t = layout();
+    ctx.after(t.cleanup); // also when QEMU fails to start
     const base = join(t.vm, 'base.qcow2'), overlay = join(t.vm, 'overlay.qcow2');
     makeImage(base, 'qcow2', 0x11);
     const policy = new Policy([parseAllowFlag(`${t.vm}/:rwc`)]);
+    ctx.after(() => policy.close());
     const q = await spawnQemu(MACHINE);
     try {
       const images = new FdSetImages(q.qmp, new PolicyOpener(policy));
@@ -151,14 +157,16 @@ describe('fd-set mode, real QEMU', () => {
     }
   });
 
-  it('refuses an image outside the policy: nothing is opened, nothing is pushed', async () => {
+  it('refuses an image outside the policy: nothing is opened, nothing is pushed', async (ctx) => {
     const t = layout();
+    ctx.after(t.cleanup); // also when QEMU fails to start
     const secret = join(t.outside, 'secret.qcow2'), overlay = join(t.outside, 'overlay.qcow2');
     const base = join(t.vm, 'base.qcow2');
     makeImage(secret, 'qcow2', 0x55);
     makeImage(base, 'qcow2', 0x11);
     const audit: AuditRecord[] = [];
     const policy = new Policy([parseAllowFlag(`${t.vm}/:rwc`), parseAllowFlag(`${t.outside}/:r`)]);
+    ctx.after(() => policy.close());
     const q = await spawnQemu(MACHINE);
     try {
       const images = new FdSetImages(q.qmp, new PolicyOpener(policy, { audit: { record: (r) => void audit.push(r) } }));
@@ -184,13 +192,16 @@ describe('fd-set mode, real QEMU', () => {
     }
   });
 
-  it('opens through a broker over its socket (openhook serve) with the same outcome', async () => {
+  it('opens through a broker over its socket (openhook serve) with the same outcome', async (ctx) => {
     const t = layout();
+    ctx.after(t.cleanup); // also when QEMU fails to start
     const data = join(t.vm, 'data.raw'), secret = join(t.outside, 'secret.raw');
     makeImage(data, 'raw', 0x11, '1M');
     makeImage(secret, 'raw', 0x55, '1M');
     const serve = await startServe(join(t.root, 'broker.sock'), ['--allow', `${t.vm}/:rw`]);
+    ctx.after(() => serve.stop());
     const hook = await connect(serve.socket);
+    ctx.after(() => hook.close());
     const q = await spawnQemu(MACHINE);
     try {
       const images = new FdSetImages(q.qmp, new BrokerOpener(hook));

@@ -90,8 +90,9 @@ const disk = (image: string): string[] => [
 ];
 
 describe('hook mode: openhook run --preload -- qemu-system-x86_64', () => {
-  it('confines QEMU: without the hook it cannot open its own image', { skip: noRun }, async () => {
+  it('confines QEMU: without the hook it cannot open its own image', { skip: noRun }, async (ctx) => {
     const t = layout();
+    ctx.after(t.cleanup); // also when QEMU fails to start
     try {
       const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
         const child = spawn(process.execPath, [CLI, 'run', '--log', ...policyArgs(t.root, t.vm), '--', 'qemu-system-x86_64', ...MACHINE, ...disk(t.base)], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -107,8 +108,9 @@ describe('hook mode: openhook run --preload -- qemu-system-x86_64', () => {
     }
   });
 
-  it('snapshots at run time through the hook, writes land in the overlay, commit merges them, outside images are refused', { skip: noPreload }, async () => {
+  it('snapshots at run time through the hook, writes land in the overlay, commit merges them, outside images are refused', { skip: noPreload }, async (ctx) => {
     const t = layout();
+    ctx.after(t.cleanup); // also when QEMU fails to start
     const q = await spawnQemu([...MACHINE, ...disk(t.base)], {
       prefix: [process.execPath, CLI, 'run', '--log', '--preload', ...policyArgs(t.root, t.vm), '--'],
     });
