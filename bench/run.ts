@@ -1,12 +1,13 @@
 /**
  * `npm run bench`: openhook against the C reference broker, in one run on one machine, as a table of
  * ratios. Options: --runs N (repetitions per case, medians reported; default 5), --count N (opens
- * per synchronous run; default 20000), --only NAME (a case group: broker, policy, interposer).
+ * per synchronous run; default 20000), --only NAME (case groups, comma-separated: broker, policy, interposer, qemu).
  */
 import { parseArgs } from 'node:util';
 import { benchBroker } from './broker.js';
 import { benchInterposer } from './interposer.js';
 import { benchPolicy } from './policy.js';
+import { benchQemu } from './qemu.js';
 import { printTable, type Row } from './lib.js';
 import { cpus } from 'node:os';
 
@@ -26,4 +27,5 @@ const rows: Row[] = [];
 if (wanted('broker')) rows.push(...(await benchBroker({ runs, count })));
 if (wanted('policy')) rows.push(...(await benchPolicy({ runs, count })));
 if (wanted('interposer')) rows.push(...(await benchInterposer({ runs, count })));
+if (wanted('qemu')) rows.push(...(await benchQemu({ runs })));
 printTable(rows);
