@@ -10,6 +10,15 @@
       "type": "executable",
       "sources": ["native/launch.c"],
       "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]
+    },
+    {
+      "target_name": "openhook-preload",
+      "type": "shared_library",
+      "product_prefix": "lib",
+      "sources": ["native/preload.c"],
+      "cflags": ["-std=gnu11", "-O2", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
+      "ldflags": ["-Wl,-z,now", "-Wl,-z,relro"],
+      "libraries": ["-ldl"]
     }
   ]
 }

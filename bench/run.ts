@@ -1,11 +1,13 @@
 /**
  * `npm run bench`: openhook against the C reference broker, in one run on one machine, as a table of
  * ratios. Options: --runs N (repetitions per case, medians reported; default 5), --count N (opens
- * per synchronous run; default 20000), --only NAME (a case group: broker, policy).
+ * per synchronous run; default 20000), --only NAME (case groups, comma-separated: broker, policy, interposer, qemu).
  */
 import { parseArgs } from 'node:util';
 import { benchBroker } from './broker.js';
+import { benchInterposer } from './interposer.js';
 import { benchPolicy } from './policy.js';
+import { benchQemu } from './qemu.js';
 import { printTable, type Row } from './lib.js';
 import { cpus } from 'node:os';
 
@@ -24,4 +26,6 @@ console.log('ratio ≥ 1.0× means openhook is as fast as the C reference broker
 const rows: Row[] = [];
 if (wanted('broker')) rows.push(...(await benchBroker({ runs, count })));
 if (wanted('policy')) rows.push(...(await benchPolicy({ runs, count })));
+if (wanted('interposer')) rows.push(...(await benchInterposer({ runs, count })));
+if (wanted('qemu')) rows.push(...(await benchQemu({ runs })));
 printTable(rows);

@@ -11,3 +11,9 @@ export {
 } from './policy/index.js';
 export * as protocol from './protocol/frames.js';
 export { Command, Feature } from './protocol/constants.js';
+export { connectQmp, QmpClient, QmpListener, type QmpConnectOptions, type QmpEvent, type QmpGreeting, type ExecuteOptions } from './qemu/qmp.js';
+export { QmpClosedError, QmpError, QmpJobError, QmpProtocolError, QmpTimeoutError } from './qemu/errors.js';
+export { FdSetImages, type FdSet, type ImageNode, type AddImageOptions, type SnapshotOptions, type PushOptions } from './qemu/fdset.js';
+export { BrokerOpener, PolicyOpener, type ImageOpener } from './qemu/opener.js';
+export { runJob } from './qemu/jobs.js';
+export { openhookRun, qmpArgs, spawnQemu, type QemuProcess, type QmpWiring, type SpawnQemuOptions } from './qemu/spawn.js';

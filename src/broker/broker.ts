@@ -12,7 +12,7 @@
 import { C, native, type NativePoller, PollMode, check } from '../native.js';
 import type { Peer, Policy } from '../policy/policy.js';
 import type { AuditSink } from './audit.js';
-import { Connection, DEFAULT_CONNECTION_LIMITS, type ConnectionHost, type ConnectionLimits, type SocketKind } from './connection.js';
+import { Connection, DEFAULT_CONNECTION_LIMITS, type ConnectionFamily, type ConnectionHost, type ConnectionLimits, type SocketKind } from './connection.js';
 import { missingSupport, Resolver } from './resolver.js';
 import type { ServiceContext } from './service.js';
 
@@ -36,6 +36,12 @@ export interface BrokerOptions {
   limits?: Partial<BrokerLimits>;
   /** where warnings go (accept failures, faults); default: stderr */
   log?: (message: string) => void;
+  /**
+   * How many connections one client may hold open through CONNECT, beyond the one it was accepted
+   * or adopted on (default 1024). Past it, or past the broker's connection caps, CONNECT answers
+   * -EMFILE. They all close with that one.
+   */
+  maxDerivedConnections?: number;
 }
 
 export interface ListenOptions {
@@ -52,7 +58,7 @@ export class UnsupportedSystemError extends Error {
   readonly code = 'ERR_OPENHOOK_UNSUPPORTED';
 }
 
-const EAGAIN = 11, EMFILE = 24, ENFILE = 23, ENOBUFS = 105, ENOMEM = 12;
+const EAGAIN = 11, EMFILE = 24, EPIPE = 32, ENFILE = 23, ENOBUFS = 105, ENOMEM = 12;
 /** Connections accepted per wake-up, so that a connection storm cannot monopolise the loop. */
 const ACCEPT_BATCH = 64;
 /** How long accepting pauses when the process is out of fds and no reserve fd is left. */
@@ -72,6 +78,7 @@ export class Broker implements ConnectionHost {
   #reserve = -1;
   #warned = new Map<string, { at: number; suppressed: number }>();
   #log: (message: string) => void;
+  #maxDerived: number;
   #closed = false;
 
   constructor(options: BrokerOptions) {
@@ -84,6 +91,7 @@ export class Broker implements ConnectionHost {
       audit: options.audit ?? null,
     };
     this.#log = options.log ?? ((m) => process.stderr.write(`openhook: ${m}\n`));
+    this.#maxDerived = options.maxDerivedConnections ?? 1024;
     this.#reserve = native.open('/dev/null', C.O_RDONLY, 0);
   }
 
@@ -161,11 +169,38 @@ export class Broker implements ConnectionHost {
     this.#serve(fd, kind, peer);
   }
 
-  #serve(fd: number, kind: SocketKind, peer: Peer): Connection {
-    const conn = new Connection(this, fd, peer, kind);
+  #serve(fd: number, kind: SocketKind, peer: Peer, family: ConnectionFamily | null = null): Connection {
+    const conn = new Connection(this, fd, peer, kind, family);
     this.#connections.add(conn);
     this.#perUid.set(peer.uid, this.connectionsOf(peer.uid) + 1);
     return conn;
+  }
+
+  /**
+   * CONNECT: makes a socketpair, serves one end exactly like `from` (same peer, same session, same
+   * family budget) and returns the other end for the reply, which closes it once sent. The pair is
+   * blocking: the broker's own I/O never blocks (it always passes MSG_DONTWAIT), and the client's end
+   * should behave like the hook fd it was given. Counted against the family's budget and the caps.
+   */
+  derive(from: Connection): number {
+    if (this.#closed || from.closed) return -EPIPE;
+    if (from.family.derived.size >= this.#maxDerived || !this.admits(from.peer.uid)) return -EMFILE;
+    let pair: [number, number];
+    try {
+      pair = native.socketpair(from.kind === 'stream' ? C.SOCK_STREAM : C.SOCK_SEQPACKET, false);
+    } catch (err) {
+      return (err as { errno?: number }).errno ?? -EMFILE;
+    }
+    let conn: Connection;
+    try {
+      conn = this.#serve(pair[0], from.kind, from.peer, from.family);
+    } catch (err) {
+      native.close(pair[0]);
+      native.close(pair[1]);
+      throw err;
+    }
+    from.family.derived.add(conn);
+    return pair[1];
   }
 
   context(): ServiceContext {
@@ -173,6 +208,8 @@ export class Broker implements ConnectionHost {
   }
 
   released(conn: Connection): void {
+    if (conn.derived) conn.family.derived.delete(conn);
+    else for (const d of [...conn.family.derived]) d.close();
     if (!this.#connections.delete(conn)) return;
     const n = this.connectionsOf(conn.peer.uid) - 1;
     if (n > 0) this.#perUid.set(conn.peer.uid, n);

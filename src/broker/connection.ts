@@ -25,7 +25,7 @@ import { FrameAssembler } from '../protocol/stream.js';
 import { OpenCancel } from './resolver.js';
 import { FEATURES, serveOpen, type ServiceContext } from './service.js';
 
-const EPROTO = 71, EAGAIN = 11;
+const EPROTO = 71, EAGAIN = 11, EINVAL = 22;
 /** Messages drained per wake-up: enough to amortise the call into JS, few enough to be fair. */
 const BATCH = 64;
 /** Bytes drained per wake-up on SOCK_STREAM, where one read can hold many frames. */
@@ -51,8 +51,20 @@ export const DEFAULT_CONNECTION_LIMITS: Readonly<ConnectionLimits> = Object.free
   slowTagged: 16,
 });
 
+/**
+ * The connections that stem from one accepted or adopted socket: the root and those made from it by
+ * CONNECT (and from those, and so on). They share one identity and one budget, and end with the root:
+ * when a launcher closes a session's connection, the session is over for every process in it.
+ */
+export interface ConnectionFamily {
+  /** the live derived connections (the root is not among them) */
+  readonly derived: Set<Connection>;
+}
+
 export interface ConnectionHost {
   context(): ServiceContext;
+  /** CONNECT: the client's end of a fresh connection served like `from`, or -errno */
+  derive(from: Connection): number;
   readonly limits: Readonly<ConnectionLimits>;
   /** asks the host to call expire() once now >= conn.deadline() */
   watch(conn: Connection): void;
@@ -85,6 +97,9 @@ export class Connection {
   readonly fd: number;
   readonly peer: Peer;
   readonly kind: SocketKind;
+  readonly family: ConnectionFamily;
+  /** made by CONNECT, and counted in family.derived */
+  readonly derived: boolean;
   #host: ConnectionHost;
   #limits: Readonly<ConnectionLimits>;
   #poller: NativePoller;
@@ -106,12 +121,14 @@ export class Connection {
     this.#frame(buf, offset, length);
   };
 
-  constructor(host: ConnectionHost, fd: number, peer: Peer, kind: SocketKind) {
+  constructor(host: ConnectionHost, fd: number, peer: Peer, kind: SocketKind, family: ConnectionFamily | null = null) {
     this.#host = host;
     this.#limits = host.limits;
     this.fd = fd;
     this.peer = peer;
     this.kind = kind;
+    this.family = family ?? { derived: new Set() };
+    this.derived = family !== null;
     this.#assembler = kind === 'stream' ? new FrameAssembler() : null;
     this.#poller = new native.Poller(fd, PollMode.ReceiveDiscardFds, BATCH, (events, count, status) => this.#onPoll(events, count, status), kind === 'stream' ? STREAM_BUDGET : 0);
     this.#interest(C.UV_READABLE);
@@ -246,6 +263,12 @@ export class Connection {
       case Command.HELLO:
         this.#inOrder(encodeHelloReply(replyBuf, 0, FEATURES & request.features), -1, slot);
         return;
+      case Command.CONNECT: {
+        // No flags are defined yet; refusing unknown ones keeps them free for later meanings.
+        const fd = request.connectFlags !== 0 ? -EINVAL : this.#host.derive(this);
+        this.#inOrder(encodeReply(replyBuf, 0, Command.CONNECT, fd < 0 ? fd : 0), fd < 0 ? -1 : fd, slot);
+        return;
+      }
     }
   }
 

@@ -17,7 +17,7 @@ import { accessFor, flagsError } from './flags.js';
 import type { AuditSink } from './audit.js';
 import type { OpenCancel, Resolver } from './resolver.js';
 
-export const FEATURES = Feature.TAGGED_OPEN;
+export const FEATURES = Feature.TAGGED_OPEN | Feature.CONNECT;
 
 const { O_CREAT, O_DIRECTORY } = C;
 const EISDIR = 21;

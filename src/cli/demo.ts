@@ -18,11 +18,13 @@ import { errnoName } from '../native.js';
 import { formatAccess } from '../policy/access.js';
 import { Policy } from '../policy/policy.js';
 import { parseAllowFlag } from '../policy/rule.js';
+import { demoQemuCommand } from './demo-qemu.js';
 
 export function demoCommand(): Command {
   return new Command('demo')
     .description('show the open hook working, on temporary files')
     .option('--keep', 'keep the temporary files')
+    .addCommand(demoQemuCommand())
     .action(async (opts: { keep?: boolean }) => {
       process.exitCode = await runDemo(opts.keep ?? false);
     });

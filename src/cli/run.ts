@@ -17,6 +17,7 @@ import { ConfinementError } from '../launch/confinement.js';
 import { describeFailure, EXIT_REFUSED, FORWARDED_SIGNALS, launch, LaunchError, type LaunchResult } from '../launch/launch.js';
 import { allowEverythingPolicy, LearnRecorder } from '../launch/learn.js';
 import { formatPolicy, minimalRules } from '../launch/learned-policy.js';
+import { PRELOAD_LIBRARY, preloadValue } from '../launch/preload.js';
 import { formatReport, type LaunchReport } from '../launch/report.js';
 import { errnoName } from '../native.js';
 import { Policy } from '../policy/policy.js';
@@ -32,6 +33,7 @@ export interface RunOptions extends PolicyFlags {
   log?: boolean;
   allowUnconfined?: boolean;
   allowUnixSockets?: boolean;
+  preload?: boolean;
 }
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
@@ -55,6 +57,7 @@ export function runCommand(): Command {
     .option('--report', 'print the confinement that was enforced (Landlock, seccomp) before the program starts')
     .option('--log', 'print every broker decision to stderr')
     .option('--allow-unconfined', 'run even if Landlock or seccomp is unavailable (not recommended)')
+    .option('--preload', "route an unmodified program's own opens to the broker with the interposer (LD_PRELOAD; docs/interposer.md)")
     .option('--allow-unix-sockets', 'let the program create UNIX sockets; it can then connect to any socket path it can name')
     .passThroughOptions()
     .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : EXIT_REFUSED));
@@ -99,6 +102,18 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
   const self = { pid: process.pid, uid: process.getuid!(), gid: process.getgid!(), groups: process.getgroups!(), session };
   if (!policy.admits(self)) say(`WARNING: the policy has no section for session ${session} and refuses unmatched clients: every request will be denied`);
 
+  // --preload: the interposer goes first in LD_PRELOAD, and the program may map it (read and execute).
+  let env: Record<string, string> | undefined;
+  if (opts.preload) {
+    try {
+      env = { LD_PRELOAD: preloadValue() };
+    } catch (err) {
+      say((err as Error).message);
+      return EXIT_REFUSED;
+    }
+  }
+  const readOnly = [...opts.ro.map((path) => resolve(path)), ...(opts.preload ? [PRELOAD_LIBRARY] : [])];
+
   const broker = new Broker({ policy, audit: recorder ?? log, log: (m) => say(m) });
   let result: LaunchResult;
   try {
@@ -108,7 +123,8 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
       broker,
       session,
       hookFd: opts.fd,
-      readOnly: opts.ro.map((path) => resolve(path)),
+      readOnly,
+      env,
       allowUnconfined: opts.allowUnconfined,
       allowUnixSockets: opts.allowUnixSockets,
       // Wait for the report before CMD starts whenever something must be said first.

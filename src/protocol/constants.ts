@@ -11,6 +11,12 @@ export const Command = {
   HELLO: 0x100,
   /** QEMU_OPEN with a client-chosen id; replies carry the id and may arrive out of order. */
   OPEN_TAGGED: 0x101,
+  /**
+   * A fresh private connection: the reply carries one fd, a connected socket of the same kind, served
+   * with the same identity (peer and session) as the requesting connection. Replies to CONNECT are
+   * interchangeable, so processes sharing an inherited socket may race on it harmlessly.
+   */
+  CONNECT: 0x102,
 } as const;
 export type Command = (typeof Command)[keyof typeof Command];
 
@@ -19,6 +25,7 @@ export const PROTOCOL_VERSION = 1;
 /** Feature bits exchanged by HELLO. */
 export const Feature = {
   TAGGED_OPEN: 1 << 0,
+  CONNECT: 1 << 1,
 } as const;
 
 /** Byte sizes of the fixed parts of frames. */
@@ -29,7 +36,9 @@ export const Size = {
   TAGGED_HEADER: 22,
   /** u32 size | u32 command | u32 version | u32 features */
   HELLO_REQUEST: 16,
-  /** u32 size | u32 command | s32 result */
+  /** u32 size | u32 command | u32 flags (0: none are defined yet) */
+  CONNECT_REQUEST: 12,
+  /** u32 size | u32 command | s32 result; also the CONNECT reply, which carries the fd */
   REPLY: 12,
   /** REPLY | u32 id */
   TAGGED_REPLY: 16,

@@ -15,6 +15,8 @@ export interface Request {
   flags: number;
   /** create mode (QEMU_OPEN, OPEN_TAGGED) */
   mode: number;
+  /** CONNECT: its flags word (none defined; must be 0) */
+  connectFlags: number;
   /** HELLO: the client's version and wanted features */
   version: number;
   features: number;
@@ -25,7 +27,7 @@ export interface Request {
 }
 
 export function newRequest(): Request {
-  return { command: 0, id: 0, flags: 0, mode: 0, version: 0, features: 0, buf: Buffer.alloc(0), nameOffset: 0, nameLength: 0 };
+  return { command: 0, id: 0, flags: 0, mode: 0, connectFlags: 0, version: 0, features: 0, buf: Buffer.alloc(0), nameOffset: 0, nameLength: 0 };
 }
 
 /** Why a frame could not be decoded. Every one is answered with -EPROTO. */
@@ -84,6 +86,12 @@ export function decodeRequest(buf: Buffer, offset: number, length: number, out: 
       if (length !== Size.HELLO_REQUEST) return DecodeError.SIZE_MISMATCH;
       out.version = readU32(buf, offset + 8);
       out.features = readU32(buf, offset + 12);
+      out.nameLength = 0;
+      return DecodeError.OK;
+    }
+    case Command.CONNECT: {
+      if (length !== Size.CONNECT_REQUEST) return DecodeError.SIZE_MISMATCH;
+      out.connectFlags = readU32(buf, offset + 8);
       out.nameLength = 0;
       return DecodeError.OK;
     }
@@ -163,6 +171,15 @@ export function encodeHello(features: number): Buffer {
   writeU32(buf, 4, Command.HELLO);
   writeU32(buf, 8, PROTOCOL_VERSION);
   writeU32(buf, 12, features >>> 0);
+  return buf;
+}
+
+/** A CONNECT request frame. */
+export function encodeConnect(flags = 0): Buffer {
+  const buf = Buffer.allocUnsafe(Size.CONNECT_REQUEST);
+  writeU32(buf, 0, Size.CONNECT_REQUEST);
+  writeU32(buf, 4, Command.CONNECT);
+  writeU32(buf, 8, flags >>> 0);
   return buf;
 }
 

@@ -1,0 +1,86 @@
+/**
+ * Who opens image files for the fd-set helper. Either the broker's own request path, run in this
+ * process (the same flag checks, policy decision, resolver and audit as for a hooked program), or a
+ * broker reached over its socket with the client library. Either way the policy decides, and the
+ * orchestrator never opens an image by path itself.
+ */
+import type { AuditSink } from '../broker/audit.js';
+import type { Broker } from '../broker/broker.js';
+import { Resolver } from '../broker/resolver.js';
+import { serveOpen, type ServiceContext } from '../broker/service.js';
+import { fromText, toBytes } from '../bytestring.js';
+import type { OpenHookClient } from '../client/client.js';
+import { systemError } from '../native.js';
+import { Policy, type Peer } from '../policy/policy.js';
+import { Command } from '../protocol/constants.js';
+import { newRequest } from '../protocol/frames.js';
+
+export interface ImageOpener {
+  /**
+   * Opens path with open(2) flags (and a create mode). Resolves to an fd the caller owns, or rejects
+   * with a Node-style SystemError carrying the policy's errno (code 'EACCES', ...).
+   */
+  open(path: string, flags: number, mode?: number): Promise<number>;
+}
+
+export interface PolicyOpenerOptions {
+  resolver?: Resolver;
+  /** receives a record per open, as the broker's audit does */
+  audit?: AuditSink | null;
+  /** the session name policy sections match on (as `openhook run` gives its child) */
+  session?: string;
+}
+
+/** Opens through the broker's request path in this process, under a policy or a running broker's current policy. */
+export class PolicyOpener implements ImageOpener {
+  #source: Policy | Broker;
+  #resolver: Resolver;
+  #audit: AuditSink | null;
+  #peer: Peer;
+
+  constructor(source: Policy | Broker, options: PolicyOpenerOptions = {}) {
+    this.#source = source;
+    this.#resolver = options.resolver ?? new Resolver();
+    this.#audit = options.audit ?? null;
+    this.#peer = {
+      pid: process.pid, uid: process.getuid?.() ?? -1, gid: process.getgid?.() ?? -1, groups: null,
+      ...(options.session !== undefined ? { session: options.session } : {}),
+    };
+  }
+
+  async open(path: string, flags: number, mode = 0o600): Promise<number> {
+    const name = toBytes(fromText(path));
+    const req = newRequest();
+    req.command = Command.QEMU_OPEN;
+    req.flags = flags >>> 0;
+    req.mode = mode;
+    req.buf = name;
+    req.nameOffset = 0;
+    req.nameLength = name.length;
+    const outcome = serveOpen(this.#context(), this.#peer, req, null);
+    // An open that may block (network or FUSE filesystem, FIFO) runs on the resolver's thread pool.
+    const fd = outcome.slow ? await outcome.slow : outcome.result < 0 ? outcome.result : outcome.fd;
+    if (fd < 0) throw systemError(fd, 'open', path);
+    return fd;
+  }
+
+  #context(): ServiceContext {
+    if (this.#source instanceof Policy) return { policy: this.#source, resolver: this.#resolver, audit: this.#audit };
+    // A broker's context follows its policy reloads; an audit given here wins over the broker's.
+    const ctx = this.#source.context();
+    return this.#audit ? { ...ctx, audit: this.#audit } : ctx;
+  }
+}
+
+/** Opens by asking a broker over its socket (`openhook serve`), with the client library. */
+export class BrokerOpener implements ImageOpener {
+  #client: OpenHookClient;
+
+  constructor(client: OpenHookClient) {
+    this.#client = client;
+  }
+
+  open(path: string, flags: number, mode = 0o600): Promise<number> {
+    return this.#client.open(path, flags, mode);
+  }
+}
