@@ -304,3 +304,33 @@ describe('connection: receiving while the queue is blocked', () => {
 });
 
 after(tmp.cleanup);
+
+describe('connection: CONNECT and the caps', () => {
+  it('counts connections made by CONNECT against the per-uid cap', async () => {
+    const b = inProcessBroker(tmp.path, 'connect-cap', { allow: [`${tmp.path}/data/:r`] }, { limits: { connectionsPerUid: 2 } });
+    const c = RawClient.connect(b.socket);
+    const connect = Buffer.alloc(12);
+    connect.writeUInt32LE(12, 0);
+    connect.writeUInt32LE(0x102, 4);
+    try {
+      const first = (await c.request(connect))!;
+      assert.equal(first.result, 0, 'a second connection for this uid is within the cap');
+      assert.equal(first.fds.length, 1);
+      const second = (await c.request(connect))!;
+      assert.equal(second.result, -24, 'a third is not: EMFILE');
+      assert.deepEqual(second.fds, []);
+      const d = new RawClient(first.fds[0]!, 'seqpacket');
+      const r = (await d.request(openFrame(file)))!;
+      assert.equal(r.result, 0, 'the derived connection serves');
+      closeAll(r.fds);
+      d.close();
+      await sleep(50);
+      const again = (await c.request(connect))!;
+      assert.equal(again.result, 0, 'once it is gone, there is room again');
+      closeAll(again.fds);
+    } finally {
+      c.close();
+      b.close();
+    }
+  });
+});
