@@ -1,57 +1,88 @@
 /**
  * The broker against the C reference broker, both driven by ref-client: one synchronous client (like
- * QEMU's hook), 64 clients, and 2 clients with 16 requests in flight. Runs alternate between the two
- * brokers so that drift on a shared machine hits both alike.
+ * QEMU's hook), 64 clients, and 2 clients with 16 requests in flight.
+ *
+ * openhook runs as it would in production: `openhook serve --policy` with a realistic policy (a few
+ * dozen rules, carve-outs, globs, client sections; bench/realistic.ts) and the audit log writing JSON
+ * lines to a file. Beside the reference (ref-broker.c: a plain openat2, no checks, no log) runs our
+ * C safe variant (bench/ref-safe.c: openhook's safe open and an audit line per request), so that the
+ * table tells the cost of the safety from the cost of TypeScript.
+ *
+ * Runs rotate between the three brokers so that drift on a shared machine hits them alike. Besides
+ * the client's view (rate, latency), each broker's own CPU time per open is read from /proc/PID/stat:
+ * it does not count the time a busy machine makes a broker wait for a core.
+ *
+ * OPENHOOK_BENCH_SERVE_ARGS adds `openhook serve` options (space-separated), for experiments.
  */
+import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { latencyRow, rateRow, runRefClient, startOpenhook, startRef, workspace, type Row } from './lib.js';
+import { latencyRow, rateRow, runRefClient, startOpenhook, startRef, startRefSafe, workspace, type Row, type Running } from './lib.js';
+import { realisticPolicy } from './realistic.js';
 
 export interface BrokerBenchOptions {
   runs: number;
   /** opens per client for the synchronous case; the others scale from it */
   count: number;
-  /** extra `openhook serve` arguments (policy, audit) */
-  serveArgs?: (dir: string) => string[];
+}
+
+/** CPU time (user + system) of a process so far, in ms (clock ticks of 10 ms). */
+export function cpuMs(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(f[11]) + Number(f[12])) * 10;
 }
 
 export async function benchBroker(opts: BrokerBenchOptions): Promise<Row[]> {
   const ws = workspace();
-  const serveArgs = opts.serveArgs?.(ws.dir) ?? [`--allow=${join(ws.dir, 'data')}/:r`];
-  const oh = await startOpenhook(join(ws.dir, 'oh.sock'), serveArgs);
+  const policy = join(ws.dir, 'policy.toml');
+  writeFileSync(policy, realisticPolicy(ws.dir));
+  const ohAudit = join(ws.dir, 'openhook-audit.jsonl');
+  const safeAudit = join(ws.dir, 'ref-safe-audit.jsonl');
+  const extra = process.env.OPENHOOK_BENCH_SERVE_ARGS?.split(' ').filter(Boolean) ?? [];
+  const oh = await startOpenhook(join(ws.dir, 'oh.sock'), ['--policy', policy, '--audit', ohAudit, ...extra]);
   const ref = await startRef(join(ws.dir, 'ref.sock'), ws.dir);
+  const safe = await startRefSafe(join(ws.dir, 'safe.sock'), ws.dir, safeAudit);
   const relative = ws.file.slice(ws.dir.length + 1);
   const cases = [
     { name: '1 synchronous client', count: opts.count, clients: 1, depth: 1 },
     { name: '64 clients', count: Math.max(100, Math.round(opts.count / 20)), clients: 64, depth: 1 },
     { name: '2 clients × 16 in flight', count: opts.count, clients: 2, depth: 16 },
   ];
+  type Acc = { rate: number[]; p50: number[]; p99: number[]; cpu: number[] };
+  const brokers: [Running, string, string][] = [[oh, ws.file, 'openhook'], [ref, relative, 'the reference'], [safe, relative, 'the C safe variant']];
   const rows: Row[] = [];
   try {
-    // Warm both (JIT, page cache) before measuring.
-    runRefClient(oh.socket, ws.file, 2000);
-    runRefClient(ref.socket, relative, 2000);
+    // Warm all three (JIT, page cache) before measuring.
+    for (const [b, name] of brokers) runRefClient(b.socket, name, 2000);
     for (const c of cases) {
-      const o = { rate: [] as number[], p50: [] as number[], p99: [] as number[] };
-      const r = { rate: [] as number[], p50: [] as number[], p99: [] as number[] };
+      const acc = new Map<Running, Acc>(brokers.map(([b]) => [b, { rate: [], p50: [], p99: [], cpu: [] }]));
       for (let i = 0; i < opts.runs; i++) {
-        for (const [target, name, acc] of [[oh, ws.file, o], [ref, relative, r]] as const) {
+        // Rotate which goes first, so that none always follows the same neighbour.
+        const order = [...brokers.slice(i % 3), ...brokers.slice(0, i % 3)];
+        for (const [target, name, label] of order) {
+          // The audit files would grow by hundreds of MB over a full bench; only their writing matters.
+          truncateSync(ohAudit, 0);
+          truncateSync(safeAudit, 0);
+          const a = acc.get(target)!;
+          const before = cpuMs(target.child.pid!);
           const res = runRefClient(target.socket, name, c.count, c.clients, c.depth);
-          if (res.errors) throw new Error(`${c.name}: ${res.errors} errors against ${target === oh ? 'openhook' : 'the reference'}`);
-          acc.rate.push(res.opensPerS);
-          if (res.p50Us !== undefined) acc.p50.push(res.p50Us);
-          if (res.p99Us !== undefined) acc.p99.push(res.p99Us);
+          if (res.errors) throw new Error(`${c.name}: ${res.errors} errors against ${label}`);
+          a.cpu.push(((cpuMs(target.child.pid!) - before) * 1000) / (c.count * c.clients));
+          a.rate.push(res.opensPerS);
+          if (res.p50Us !== undefined) a.p50.push(res.p50Us);
+          if (res.p99Us !== undefined) a.p99.push(res.p99Us);
         }
       }
+      const o = acc.get(oh)!, r = acc.get(ref)!, s = acc.get(safe)!;
       const target = c.name.startsWith('2 clients') ? '≥ 0.9×' : '≥ 1.0×';
-      rows.push(rateRow(c.name, o.rate, r.rate, target));
+      rows.push(rateRow(c.name, o.rate, r.rate, target, s.rate));
       if (c.depth === 1 && c.clients === 1) {
-        rows.push(latencyRow(c.name, 'p50', o.p50, r.p50, target));
-        rows.push(latencyRow(c.name, 'p99', o.p99, r.p99, target));
+        rows.push(latencyRow(c.name, 'p50', o.p50, r.p50, target, s.p50));
+        rows.push(latencyRow(c.name, 'p99', o.p99, r.p99, target, s.p99));
       }
+      rows.push(latencyRow(c.name, 'broker CPU/open', o.cpu, r.cpu, '(info)', s.cpu));
     }
   } finally {
-    await oh.stop();
-    await ref.stop();
+    for (const [b] of brokers) await b.stop();
     ws.cleanup();
   }
   return rows;

@@ -27,6 +27,8 @@ export function compile(src: string, name: string, flags: string[] = []): string
 
 export const refBroker = (): string => compile(join(SHARED, 'ref-broker.c'), 'ref-broker');
 export const refClient = (): string => compile(join(SHARED, 'ref-client.c'), 'ref-client');
+/** Ours: the reference broker doing openhook's safe open (and, given a file, an audit line per request). */
+export const refSafe = (): string => compile(join(ROOT, 'bench', 'ref-safe.c'), 'ref-safe');
 
 export interface Workspace {
   dir: string;
@@ -73,6 +75,13 @@ function running(child: ChildProcess, socket: string): Running {
 export async function startRef(socket: string, root: string): Promise<Running> {
   const child = spawn(refBroker(), [socket, root], { stdio: ['ignore', 'ignore', 'inherit'] });
   await waitForSocket(child, socket, 'ref-broker');
+  return running(child, socket);
+}
+
+/** Starts the C safe variant (bench/ref-safe.c) serving everything beneath root, auditing to audit if given. */
+export async function startRefSafe(socket: string, root: string, audit?: string): Promise<Running> {
+  const child = spawn(refSafe(), [socket, root, ...(audit ? [audit] : [])], { stdio: ['ignore', 'ignore', 'inherit'] });
+  await waitForSocket(child, socket, 'ref-safe');
   return running(child, socket);
 }
 
@@ -123,22 +132,36 @@ export interface Row {
   ratio: number;
   target: string;
   unit: string;
+  /** the C safe variant's figure (bench/ref-safe.c), where it was measured */
+  safe?: number;
 }
 
-export function rateRow(caseName: string, oh: number[], ref: number[], target: string): Row {
+export function rateRow(caseName: string, oh: number[], ref: number[], target: string, safe?: number[]): Row {
   const o = median(oh), r = median(ref);
-  return { case: caseName, metric: 'opens/s', openhook: o, reference: r, ratio: o / r, target, unit: '/s' };
+  return { case: caseName, metric: 'opens/s', openhook: o, reference: r, ratio: o / r, target, unit: '/s', ...(safe?.length && { safe: median(safe) }) };
 }
 
-export function latencyRow(caseName: string, metric: string, oh: number[], ref: number[], target: string): Row {
+export function latencyRow(caseName: string, metric: string, oh: number[], ref: number[], target: string, safe?: number[]): Row {
   const o = median(oh), r = median(ref);
-  return { case: caseName, metric, openhook: o, reference: r, ratio: r / o, target, unit: 'µs' };
+  return { case: caseName, metric, openhook: o, reference: r, ratio: r / o, target, unit: 'µs', ...(safe?.length && { safe: median(safe) }) };
+}
+
+/** openhook against the C safe variant, in the table's convention (≥ 1.0 is as good). */
+export function safeRatio(r: Row): number | undefined {
+  if (r.safe === undefined) return undefined;
+  return r.unit === '/s' ? r.openhook / r.safe : r.safe / r.openhook;
 }
 
 export function printTable(rows: Row[]): void {
   const fmt = (n: number, unit: string): string => (unit === 'µs' ? n.toFixed(1) : n >= 1000 ? Math.round(n).toLocaleString('en') : n.toFixed(2));
-  const header = ['case', 'metric', 'openhook', 'reference', 'ratio', 'target'];
-  const lines = rows.map((r) => [r.case, r.metric, `${fmt(r.openhook, r.unit)} ${r.unit}`.trim(), `${fmt(r.reference, r.unit)} ${r.unit}`.trim(), `${r.ratio.toFixed(2)}×`, r.target]);
+  const header = ['case', 'metric', 'openhook', 'reference', 'ratio', 'target', 'C safe', 'vs C safe'];
+  const lines = rows.map((r) => {
+    const vsSafe = safeRatio(r);
+    return [
+      r.case, r.metric, `${fmt(r.openhook, r.unit)} ${r.unit}`.trim(), `${fmt(r.reference, r.unit)} ${r.unit}`.trim(), `${r.ratio.toFixed(2)}×`, r.target,
+      r.safe === undefined ? '' : `${fmt(r.safe, r.unit)} ${r.unit}`.trim(), vsSafe === undefined ? '' : `${vsSafe.toFixed(2)}×`,
+    ];
+  });
   const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
   const row = (cells: string[]): string => '| ' + cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ') + ' |';
   console.log(row(header));
