@@ -3,7 +3,10 @@
  * terminal, to a file or to stderr.
  *
  * It never blocks the broker: record() only queues the record; lines are formatted and written in
- * batches by asynchronous writes (libuv's thread pool), one write in flight at a time.
+ * batches by asynchronous writes (libuv's thread pool), one write in flight at a time. A batch is
+ * written FLUSH_MS after its first record, or at once when BATCH records wait: a write per request
+ * would cost a thread pool round trip (two futex wake-ups and context switches) for every open, more
+ * than the open itself.
  *
  * When the log cannot be written (a write fails, or the queue passes its bound because the disk is
  * too slow), the log is *failing* until a later write succeeds (retried every second). What the
@@ -18,6 +21,8 @@ import { display } from '../bytestring.js';
 import { errnoName } from '../native.js';
 import { formatAccess } from '../policy/access.js';
 import { Command } from '../protocol/constants.js';
+import type { Peer } from '../policy/policy.js';
+import type { Rule } from '../policy/rule.js';
 import type { AuditRecord, AuditSink } from './audit.js';
 import { describeFlags } from './flags.js';
 
@@ -38,6 +43,8 @@ export interface AuditLogOptions {
 const RETRY_MS = 1000;
 /** Lines per write: big enough to amortise the syscall, small enough to bound a write's size. */
 const BATCH = 4096;
+/** How long a record may wait for the next write: short for people watching, long enough to batch. */
+const FLUSH_MS = 10;
 
 const commandNames = new Map<number, string>(Object.entries(Command).map(([k, v]) => [v, k]));
 
@@ -51,6 +58,8 @@ export class AuditLog implements AuditSink {
   #maxQueue: number;
   #writing = false;
   #scheduled = false;
+  #timer: NodeJS.Timeout | null = null;
+  #format: (e: AuditRecord) => string;
   #failing = false;
   #dropped = 0;
   #retry: NodeJS.Timeout | null = null;
@@ -67,6 +76,7 @@ export class AuditLog implements AuditSink {
     this.#warn = options.warn ?? ((m) => process.stderr.write(`openhook: ${m}\n`));
     this.#ownFd = options.target !== '-';
     this.#fd = this.#ownFd ? openSync(options.target, 'a', 0o640) : 2;
+    this.#format = this.format === 'json' ? jsonLine : prettyLine;
   }
 
   /** Fail-closed and unable to write: the broker refuses requests with EIO meanwhile. */
@@ -91,13 +101,26 @@ export class AuditLog implements AuditSink {
       return;
     }
     this.#queue.push(entry);
-    if (!this.#scheduled && !this.#writing && !this.#retry) {
-      this.#scheduled = true;
-      setImmediate(() => {
-        this.#scheduled = false;
-        this.#flush();
-      });
-    }
+    if (this.#writing || this.#retry || this.#scheduled) return;
+    if (this.#queue.length >= BATCH) this.#soon();
+    else this.#timer ??= setTimeout(this.#onTimer, FLUSH_MS);
+  }
+
+  #onTimer = (): void => {
+    this.#timer = null;
+    this.#flush();
+  };
+
+  /** Writes at the next turn of the loop, rather than at the timer. */
+  #soon(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+    if (this.#scheduled) return;
+    this.#scheduled = true;
+    setImmediate(() => {
+      this.#scheduled = false;
+      this.#flush();
+    });
   }
 
   #flush(): void {
@@ -105,7 +128,8 @@ export class AuditLog implements AuditSink {
     const n = Math.min(this.#queue.length, BATCH);
     const reported = this.#failing ? 0 : this.#dropped;
     let text = reported > 0 ? this.#droppedLine(reported) : '';
-    for (let i = 0; i < n; i++) text += this.format === 'json' ? jsonLine(this.#queue[i]!) : prettyLine(this.#queue[i]!);
+    const format = this.#format;
+    for (let i = 0; i < n; i++) text += format(this.#queue[i]!);
     const buf = Buffer.from(text, 'utf8');
     this.#writing = true;
     this.#writeAll(buf, 0, (err) => {
@@ -125,7 +149,9 @@ export class AuditLog implements AuditSink {
         this.#failing = false;
         this.#warn(`audit log ${this.target} works again${this.#dropped ? ` (${this.#dropped} records were dropped)` : ''}`);
       }
-      if (this.#queue.length > 0) setImmediate(() => this.#flush());
+      // What came in meanwhile waits for its timer, unless a full batch is already there.
+      if (this.#queue.length >= BATCH || (this.#queue.length > 0 && this.#idle.length > 0)) this.#soon();
+      else if (this.#queue.length > 0) this.#timer ??= setTimeout(this.#onTimer, FLUSH_MS);
       else this.#settle();
     });
   }
@@ -159,6 +185,7 @@ export class AuditLog implements AuditSink {
     return new Promise((resolve) => {
       this.#idle.push(resolve);
       if (this.#failing) resolve();
+      else if (!this.#writing && !this.#retry) this.#soon(); // someone waits: no point in batching longer
     });
   }
 
@@ -168,6 +195,7 @@ export class AuditLog implements AuditSink {
     await this.flushed();
     this.#closed = true;
     if (this.#retry) clearTimeout(this.#retry);
+    if (this.#timer) clearTimeout(this.#timer);
     if (this.#ownFd) await new Promise<void>((r) => close(this.#fd, () => r()));
   }
 }
@@ -177,6 +205,9 @@ export class AuditLog implements AuditSink {
  * written for people (with \xNN escapes for the bad bytes) and, losslessly, as `path_base64`.
  */
 function pathFields(path: string): string {
+  // The common case: printable ASCII with nothing to escape.
+  // eslint-disable-next-line no-control-regex
+  if (!/[\x00-\x1f"\\\x80-\xff]/.test(path)) return `"path":"${path}"`;
   // eslint-disable-next-line no-control-regex
   if (!/[\x80-\xff]/.test(path)) return `"path":${JSON.stringify(path)}`;
   const bytes = Buffer.from(path, 'latin1');
@@ -184,15 +215,64 @@ function pathFields(path: string): string {
   return `"path":${JSON.stringify(display(path))},"path_base64":"${bytes.toString('base64')}"`;
 }
 
+// A broker writes the same few values over and over (a client's identity, a rule, a flag word, a
+// reason): each is formatted once and remembered, so that a line costs little more than joining
+// strings. Caches keyed by value are bounded; those keyed by object go with the object.
+const MEMO_MAX = 1024;
+
+function memo<K, V>(map: Map<K, V>, key: K, make: (key: K) => V): V {
+  let v = map.get(key);
+  if (v === undefined) {
+    if (map.size >= MEMO_MAX) map.clear();
+    map.set(key, (v = make(key)));
+  }
+  return v;
+}
+
+let lastTime = NaN;
+let lastIso = '';
+function isoTime(ms: number): string {
+  if (ms !== lastTime) {
+    lastTime = ms;
+    lastIso = new Date(ms).toISOString();
+  }
+  return lastIso;
+}
+
+const clientJson = new WeakMap<Peer, string>();
+function clientField(p: Peer): string {
+  let s = clientJson.get(p);
+  if (s === undefined) {
+    const session = p.session !== undefined ? `,"session":${JSON.stringify(p.session)}` : '';
+    s = `{"pid":${p.pid},"uid":${p.uid},"gid":${p.gid}${session}}`;
+    clientJson.set(p, s);
+  }
+  return s;
+}
+
+const ruleJson = new WeakMap<Rule, string>();
+function ruleField(rule: Rule | null): string {
+  if (rule === null) return 'null';
+  let s = ruleJson.get(rule);
+  if (s === undefined) ruleJson.set(rule, (s = JSON.stringify(rule.origin)));
+  return s;
+}
+
+const flagsText = new Map<number, string>();
+const modeText = new Map<number, string>();
+const accessText = new Map<number, string>();
+const errnoText = new Map<number, string>();
+const reasonJson = new Map<string, string>();
+const describeMode = (mode: number): string => `0${(mode & 0o7777).toString(8)}`;
+const quotedErrno = (errno: number): string => `"${errnoName(errno)}"`;
+
 export function jsonLine(e: AuditRecord): string {
-  const p = e.peer;
-  const session = p.session !== undefined ? `,"session":${JSON.stringify(p.session)}` : '';
   return (
-    `{"time":"${new Date(e.time).toISOString()}","client":{"pid":${p.pid},"uid":${p.uid},"gid":${p.gid}${session}},` +
-    `"command":"${commandNames.get(e.command) ?? e.command}",${pathFields(e.path)},"flags":"${describeFlags(e.flags)}",` +
-    `"mode":"0${(e.mode & 0o7777).toString(8)}","access":"${formatAccess(e.access)}","decision":"${e.allowed ? 'allow' : 'deny'}",` +
-    `"rule":${e.rule ? JSON.stringify(e.rule.origin) : 'null'},"errno":${e.errno ? `"${errnoName(e.errno)}"` : 'null'},` +
-    `"reason":${JSON.stringify(e.reason)},"latency_us":${e.latencyUs}}\n`
+    `{"time":"${isoTime(e.time)}","client":${clientField(e.peer)},` +
+    `"command":"${commandNames.get(e.command) ?? e.command}",${pathFields(e.path)},"flags":"${memo(flagsText, e.flags, describeFlags)}",` +
+    `"mode":"${memo(modeText, e.mode, describeMode)}","access":"${memo(accessText, e.access, formatAccess)}","decision":"${e.allowed ? 'allow' : 'deny'}",` +
+    `"rule":${ruleField(e.rule)},"errno":${e.errno ? memo(errnoText, e.errno, quotedErrno) : 'null'},` +
+    `"reason":${memo(reasonJson, e.reason, JSON.stringify)},"latency_us":${e.latencyUs}}\n`
   );
 }
 
@@ -201,5 +281,5 @@ export function prettyLine(e: AuditRecord): string {
   const time = `${String(t.getHours()).padStart(2, '0')}:${String(t.getMinutes()).padStart(2, '0')}:${String(t.getSeconds()).padStart(2, '0')}.${String(t.getMilliseconds()).padStart(3, '0')}`;
   const verdict = e.errno === 0 ? 'ALLOW' : e.allowed ? `FAIL ${errnoName(e.errno)}` : `DENY ${errnoName(e.errno)}`;
   const who = `pid ${e.peer.pid} uid ${e.peer.uid}${e.peer.session !== undefined ? ` ${e.peer.session}` : ''}`;
-  return `${time} ${verdict.padEnd(13)} ${display(e.path)} ${describeFlags(e.flags)} [${who}] ${e.reason} (${e.latencyUs} µs)\n`;
+  return `${time} ${verdict.padEnd(13)} ${display(e.path)} ${memo(flagsText, e.flags, describeFlags)} [${who}] ${e.reason} (${e.latencyUs} µs)\n`;
 }
