@@ -87,9 +87,12 @@ class CompiledRule implements Entry {
   /** root.path.length, or 0 for "/" */
   readonly rootLength: number;
   readonly open: OpenOptions;
+  /** the decision's reason, made once: a request is decided without building strings */
+  readonly reason: string;
 
   constructor(rule: Rule, root: Root | null) {
     this.rule = rule;
+    this.reason = `${rule.effect === 'deny' ? 'denied' : 'allowed'} by ${rule.origin}`;
     this.root = root;
     this.rootLength = root === null || root.path === '/' ? 0 : root.path.length;
     const dirs = (rule.access & Access.DIRECTORY) !== 0;
@@ -147,8 +150,10 @@ export class Section {
   readonly rules: readonly Rule[];
   /** @internal */
   readonly trie: Trie<CompiledRule>;
+  /** @internal the reason of a default deny in this section, made once */
+  readonly noRule: string;
 
-  constructor(spec: Omit<SectionSpec, 'rules'> & { rules: readonly Rule[] }, trie: Trie<CompiledRule>) {
+  constructor(spec: Omit<SectionSpec, 'rules'> & { rules: readonly Rule[] }, trie: Trie<CompiledRule>, isDefault = false) {
     this.name = spec.name ?? spec.origin;
     this.origin = spec.origin;
     this.uids = spec.uids?.length ? spec.uids : null;
@@ -156,6 +161,7 @@ export class Section {
     this.sessions = spec.sessions?.length ? spec.sessions : null;
     this.rules = spec.rules;
     this.trie = trie;
+    this.noRule = `no rule covers this path (default deny${isDefault ? '' : `, section ${this.name}`})`;
   }
 
   matches(peer: Peer): boolean {
@@ -188,7 +194,7 @@ export class Policy {
     this.source = options.source ?? 'command line';
     this.#roots = new RootTable(options.rootLimit ?? DEFAULT_ROOT_LIMIT);
     const tries = options.tries ?? compileTries(rules, options.sections ?? []);
-    this.defaultSection = new Section({ name: 'default', origin: 'default section', rules }, tries.default);
+    this.defaultSection = new Section({ name: 'default', origin: 'default section', rules }, tries.default, true);
     this.sections = (options.sections ?? []).map((s, i) => new Section(s, tries.sections[i]!));
   }
 
@@ -216,9 +222,9 @@ export class Policy {
     const section = this.sectionFor(peer);
     if (section === null) return deny(null, this.denyErrno, 'this client matches no section of the policy, and unmatched clients are refused');
     const c = section.trie.match(path);
-    if (c === null) return deny(null, this.denyErrno, `no rule covers this path (default deny${section === this.defaultSection ? '' : `, section ${section.name}`})`);
+    if (c === null) return deny(null, this.denyErrno, section.noRule);
     const rule = c.rule;
-    if (rule.effect === 'deny') return deny(rule, rule.denyErrno || this.denyErrno, `denied by ${rule.origin}`);
+    if (rule.effect === 'deny') return deny(rule, rule.denyErrno || this.denyErrno, c.reason);
     if ((rule.access & access) !== access) {
       return deny(rule, this.denyErrno, `${rule.origin} grants '${formatAccess(rule.access)}', the request needs '${formatAccess(access)}'`);
     }
@@ -229,7 +235,7 @@ export class Policy {
     }
     const rest = path.length === c.rootLength || path === '/' ? '.' : path.slice(c.rootLength + 1);
     const open = rule.followSymlinks ? { ...c.open, verify: (fd: number) => this.#verify(section, access, c, h, fd) } : c.open;
-    return { allowed: true, errno: 0, rule, rootFd: h.fd, rest, reason: `allowed by ${rule.origin}`, open, handle: h };
+    return { allowed: true, errno: 0, rule, rootFd: h.fd, rest, reason: c.reason, open, handle: h };
   }
 
   /** Unpins the root of a decision (any policy's: it may have been replaced since). */
