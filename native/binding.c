@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -451,6 +453,103 @@ static napi_value js_send_fds(napi_env env, napi_callback_info info) {
   return make_int(env, n < 0 ? -errno : n);
 }
 
+/* ---- the reply batch ---------------------------------------------------------------------------
+ * Replies to one wake-up's requests leave together: JS writes them into a batch area shared with
+ * us (registered once with setReplyArena: bytes, and an Int32 index of [offset, length, fd] per
+ * reply), then sendReplies(sock, count) sends them with one sendmmsg, each with its fd as
+ * SCM_RIGHTS, and closes the broker's copy of every fd that went out. One call into C and one
+ * syscall per wake-up instead of a send and a close per request. */
+#define REPLY_BATCH_MAX 64
+static uint8_t *reply_arena;
+static size_t reply_arena_len;
+static int32_t *reply_meta;
+static size_t reply_meta_len;
+static napi_ref reply_arena_ref, reply_meta_ref;
+
+static napi_value js_set_reply_arena(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  uint8_t *a, *m;
+  size_t al, ml;
+  if (get_buffer(env, argv[0], &a, &al) || get_buffer(env, argv[1], &m, &ml) || ml < sizeof(int32_t) * 3) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG", "arena must be a Buffer, meta an Int32Array of at least 3");
+    return NULL;
+  }
+  if (reply_arena_ref) napi_delete_reference(env, reply_arena_ref);
+  if (reply_meta_ref) napi_delete_reference(env, reply_meta_ref);
+  napi_create_reference(env, argv[0], 1, &reply_arena_ref);
+  napi_create_reference(env, argv[1], 1, &reply_meta_ref);
+  reply_arena = a, reply_arena_len = al, reply_meta = (int32_t *)m, reply_meta_len = ml / sizeof(int32_t);
+  return NULL;
+}
+
+/* sendReplies(fd, count) -> how many replies went out (all of them, or fewer when the socket filled
+ * up), -EAGAIN when not even the first could, or -errno. The fds of the replies that went out are
+ * closed here; the caller keeps those of the others. For SOCK_SEQPACKET, where a message goes whole
+ * or not at all. */
+static napi_value js_send_replies(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  INT_ARG(0, fd);
+  INT_ARG(1, count);
+  if (!reply_arena || count < 0 || count > REPLY_BATCH_MAX || (size_t)count * 3 > reply_meta_len) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "no reply arena, or too many replies");
+    return NULL;
+  }
+  struct mmsghdr msgs[REPLY_BATCH_MAX];
+  struct iovec iovs[REPLY_BATCH_MAX];
+  union {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } ctl[REPLY_BATCH_MAX];
+  for (int i = 0; i < count; i++) {
+    uint32_t off = (uint32_t)reply_meta[3 * i], len = (uint32_t)reply_meta[3 * i + 1];
+    int pass = reply_meta[3 * i + 2];
+    if ((size_t)off + len > reply_arena_len) {
+      napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "a reply lies outside the arena");
+      return NULL;
+    }
+    iovs[i] = (struct iovec){reply_arena + off, len};
+    msgs[i] = (struct mmsghdr){.msg_hdr = {.msg_iov = &iovs[i], .msg_iovlen = 1}};
+    if (pass >= 0) {
+      memset(&ctl[i], 0, sizeof ctl[i]);
+      msgs[i].msg_hdr.msg_control = ctl[i].buf;
+      msgs[i].msg_hdr.msg_controllen = sizeof ctl[i].buf;
+      struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int));
+      memcpy(CMSG_DATA(c), &pass, sizeof(int));
+    }
+  }
+  int sent = 0;
+  while (sent < count) {
+    int n = sendmmsg(fd, msgs + sent, (unsigned)(count - sent), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (sent == 0) return make_int(env, -errno);
+      break;
+    }
+    for (int i = sent; i < sent + n; i++)
+      if (reply_meta[3 * i + 2] >= 0) close(reply_meta[3 * i + 2]);
+    sent += n;
+    if (n == 0) break;
+  }
+  return make_int(env, sent);
+}
+
+/* sendRoom(fd) -> bytes the socket's send buffer can still take (SO_SNDBUF less SIOCOUTQ, which for
+ * a UNIX socket counts the memory of sent messages its peer has not read yet), or -errno. The
+ * broker batches a wake-up's replies only when they surely fit, so that a client that never reads
+ * cannot leave it holding more than one reply's fd. */
+static napi_value js_send_room(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  INT_ARG(0, fd);
+  int sndbuf = 0, queued = 0;
+  socklen_t len = sizeof sndbuf;
+  if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) < 0) return make_int(env, -errno);
+  if (ioctl(fd, SIOCOUTQ, &queued) < 0) return make_int(env, -errno);
+  return make_int(env, sndbuf > queued ? sndbuf - queued : 0);
+}
+
 /* ---- the receive arena ------------------------------------------------------------------------
  * Every poller in receive mode drains its socket into one arena shared with JS: a byte area and an
  * Int32 index of records [offset, length, msg_flags, nfds, fd...]. JS owns the memory (registered once
@@ -498,10 +597,52 @@ enum { STATUS_OK = 0, STATUS_EOF = 1 };
  * the kernel never installs a client's fds in the broker's table: it drops them (the last reference
  * goes at once) and flags the message MSG_CTRUNC, which the caller treats as a protocol error. A
  * client cannot even briefly spend the broker's fds this way. */
-static int drain(int fd, int max_msgs, size_t max_bytes, bool discard_fds, int *status) {
+/* The broker's case, SOCK_SEQPACKET with fds discarded: every ready message in one recvmmsg, rather
+ * than one recvmsg per message and one more that answers EAGAIN. Each message gets a slot of the
+ * arena big enough for the largest frame, so a slot never truncates a legal frame; only the pages a
+ * message is written to are ever touched. */
+#define RECV_SLOT (65536 + 64) /* > MAX_FRAME (22 + 65535) */
+#define RECV_BATCH_MAX 64
+
+static int drain_seqpacket(int fd, int max_msgs, int *status) {
+  struct mmsghdr msgs[RECV_BATCH_MAX];
+  struct iovec iovs[RECV_BATCH_MAX];
+  size_t n = (size_t)max_msgs;
+  if (n > RECV_BATCH_MAX) n = RECV_BATCH_MAX;
+  if (n > arena_len / RECV_SLOT) n = arena_len / RECV_SLOT;
+  if (n > meta_len / 4) n = meta_len / 4;
+  for (size_t i = 0; i < n; i++) {
+    iovs[i] = (struct iovec){arena + i * RECV_SLOT, RECV_SLOT};
+    msgs[i] = (struct mmsghdr){.msg_hdr = {.msg_iov = &iovs[i], .msg_iovlen = 1}};
+  }
+  int got;
+  do got = recvmmsg(fd, msgs, (unsigned)n, MSG_DONTWAIT, NULL);
+  while (got < 0 && errno == EINTR);
+  if (got < 0) {
+    if (errno != EAGAIN) *status = -errno;
+    return 0;
+  }
+  int count = 0;
+  for (int i = 0; i < got; i++) {
+    int flags = msgs[i].msg_hdr.msg_flags;
+    if (msgs[i].msg_len == 0 && !(flags & (MSG_TRUNC | MSG_CTRUNC))) {
+      *status = STATUS_EOF; /* after EOF, recvmmsg fills the remaining entries with more of it */
+      break;
+    }
+    meta[4 * count] = (int32_t)(i * RECV_SLOT);
+    meta[4 * count + 1] = (int32_t)msgs[i].msg_len;
+    meta[4 * count + 2] = flags;
+    meta[4 * count + 3] = 0;
+    count++;
+  }
+  return count;
+}
+
+static int drain(int fd, int max_msgs, size_t max_bytes, bool discard_fds, bool seqpacket, int *status) {
+  *status = STATUS_OK;
+  if (discard_fds && seqpacket && arena_len >= RECV_SLOT) return drain_seqpacket(fd, max_msgs, status);
   size_t off = 0, mi = 0;
   int count = 0;
-  *status = STATUS_OK;
   union {
     char buf[CMSG_SPACE(sizeof(int) * MAX_FDS_PER_MSG)];
     struct cmsghdr align;
@@ -561,6 +702,7 @@ typedef struct {
   int mode; /* 0 notify, 1 receive and keep fds, 2 receive and close fds */
   int max_msgs;
   size_t max_bytes; /* 0: no byte budget per wake-up */
+  bool seqpacket; /* message boundaries: the whole batch can be read with one recvmmsg */
   bool started, closed;
   bool handle_closed, finalized; /* freed when both the uv handle and the JS object are gone */
 } poller_t;
@@ -587,7 +729,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
   }
   /* EPOLLERR reaches us as UV_EBADF; a receive tells the real story (ECONNRESET, EOF, data left). */
   if (p->mode != MODE_NOTIFY && (status == UV_EBADF || (status == 0 && (events & UV_READABLE))))
-    count = drain(p->fd, p->max_msgs, p->max_bytes, p->mode == MODE_RECV_DISCARD_FDS, &st);
+    count = drain(p->fd, p->max_msgs, p->max_bytes, p->mode == MODE_RECV_DISCARD_FDS, p->seqpacket, &st);
   if (status < 0 && st == 0) st = status; /* the watcher is stopped: the caller must not wait on it */
   napi_value self, cb, args[3], result;
   napi_get_reference_value(env, p->self_ref, &self);
@@ -667,6 +809,9 @@ static napi_value poller_new(napi_env env, napi_callback_info info) {
   p->env = env, p->fd = fd, p->mode = mode, p->max_msgs = max_msgs > 0 ? max_msgs : 1;
   /* A budget below one whole frame could never make progress on a frame's tail; round it up. */
   p->max_bytes = max_bytes <= 0 ? 0 : max_bytes < 4096 ? 4096 : (size_t)max_bytes;
+  int type = 0;
+  socklen_t tlen = sizeof type;
+  p->seqpacket = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) == 0 && type == SOCK_SEQPACKET;
   uv_loop_t *loop;
   napi_get_uv_event_loop(env, &loop);
   int r = uv_poll_init(loop, &p->handle, fd);
@@ -906,6 +1051,50 @@ static napi_value js_lookup(napi_env env, napi_callback_info info) {
   int fd = lookup_fd(dirfd, path, flags, resolve, &st);
   if (fd >= 0) stat_out(out, &st);
   return make_int(env, fd);
+}
+
+/* openFile(dirfd, path, pathFlags, resolve, ioFlags, out: Float64Array(9)) -> fd or -errno: the
+ * resolver's lookup, and for the one case it always allows, the reopen too, in one call.
+ *
+ * It resolves with openat2 (pathFlags must hold O_PATH) and fstats what it found (out[0..7] as for
+ * fstat). Only if that is a regular file with a single link, and ioFlags do not ask for a directory,
+ * does it reopen the inode with ioFlags through /proc/self/fd and close the O_PATH fd: it returns
+ * the open file, and out[8] = 1. Anything else (a directory, a FIFO, a device, a socket, a symlink,
+ * a file with several links) is never opened here: it returns the O_PATH fd, out[8] = 0, and the
+ * resolver decides in TypeScript, as it does after lookup(). So the type check never weakens, and
+ * the common case costs one crossing instead of three. */
+static napi_value js_open_file(napi_env env, napi_callback_info info) {
+  ARGS(6);
+  INT_ARG(0, dirfd);
+  UINT_ARG(2, flags);
+  UINT_ARG(3, resolve);
+  UINT_ARG(4, io_flags);
+  napi_typedarray_type t;
+  size_t n, off;
+  double *out;
+  napi_value ab;
+  if (napi_get_typedarray_info(env, argv[5], &t, &n, (void **)&out, &ab, &off) != napi_ok || t != napi_float64_array || n < 9) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "out must be a Float64Array of 9");
+    return NULL;
+  }
+  if (!(flags & O_PATH)) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG", "openFile resolves with O_PATH only");
+    return NULL;
+  }
+  char path[PATH_MAX];
+  int r = arg_path(env, argv[1], path, sizeof path, NULL);
+  if (r) return make_int(env, r);
+  struct stat st;
+  int fd = lookup_fd(dirfd, path, flags, resolve, &st);
+  out[8] = 0;
+  if (fd < 0) return make_int(env, fd);
+  stat_out(out, &st);
+  if (!S_ISREG(st.st_mode) || st.st_nlink != 1 || (io_flags & O_DIRECTORY)) return make_int(env, fd);
+  if (proc_fd_dir < 0) proc_fd_dir_get();
+  int file = reopen_fd(fd, io_flags);
+  close(fd);
+  out[8] = 1;
+  return make_int(env, file);
 }
 
 /* create(dirfd, path, flags, mode, resolve) -> fd or -errno: openat2 with O_CREAT, then fchmod to
@@ -1308,6 +1497,9 @@ static napi_value init(napi_env env, napi_value exports) {
     FN("accept", js_accept),
     FN("send", js_send),
     FN("sendFds", js_send_fds),
+    FN("setReplyArena", js_set_reply_arena),
+    FN("sendReplies", js_send_replies),
+    FN("sendRoom", js_send_room),
     FN("setRecvArena", js_set_recv_arena),
     FN("peerCred", js_peer_cred),
     FN("peerGroups", js_peer_groups),
@@ -1316,6 +1508,7 @@ static napi_value init(napi_env env, napi_value exports) {
     FN("openat2", js_openat2),
     FN("open", js_open),
     FN("lookup", js_lookup),
+    FN("openFile", js_open_file),
     FN("create", js_create),
     FN("reopen", js_reopen),
     FN("fstat", js_fstat),

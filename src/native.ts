@@ -84,6 +84,15 @@ interface NativeBinding {
   accept(fd: number): number;
   send(fd: number, buf: Uint8Array, offset: number, length: number, passFd: number): number;
   sendFds(fd: number, buf: Uint8Array, fds: number[]): number;
+  /** registers the reply batch area: bytes, and [offset, length, fd] per reply */
+  setReplyArena(arena: Buffer, meta: Int32Array): void;
+  /**
+   * sends the first count replies of the batch area with one sendmmsg (SOCK_SEQPACKET), closing the
+   * fd of each reply that went out; returns how many went out, -EAGAIN if none could, or -errno
+   */
+  sendReplies(fd: number, count: number): number;
+  /** bytes the socket's send buffer can still take (SO_SNDBUF less what the peer has not read), or -errno */
+  sendRoom(fd: number): number;
   setRecvArena(arena: Buffer, meta: Int32Array): void;
   peerCred(fd: number): { pid: number; uid: number; gid: number };
   peerGroups(fd: number): number[] | null;
@@ -92,6 +101,13 @@ interface NativeBinding {
   openat2(dirfd: number, path: string | Buffer, flags: number, mode: number, resolve: number): number;
   /** openat2 (pass O_PATH) and fstat of the result in one call; out as for fstat */
   lookup(dirfd: number, path: string | Buffer, flags: number, resolve: number, out: Float64Array): number;
+  /**
+   * lookup(), and when what it found is a regular file with one link (and ioFlags do not ask for a
+   * directory) the reopen with ioFlags too: out[8] = 1 and the result is the open file (or -errno).
+   * Otherwise out[8] = 0 and the result is the O_PATH fd (or -errno) for the caller to check.
+   * out: Float64Array(9), [0..7] as for fstat.
+   */
+  openFile(dirfd: number, path: string | Buffer, pathFlags: number, resolve: number, ioFlags: number, out: Float64Array): number;
   /** openat2 with O_CREAT (pass O_EXCL too), then fchmod to exactly mode, whatever the process umask */
   create(dirfd: number, path: string | Buffer, flags: number, mode: number, resolve: number): number;
   open(path: string | Buffer, flags: number, mode: number): number;
@@ -122,7 +138,9 @@ export const C = native.constants;
  * [offset, length, msgFlags, nfds, fd...]. A batch is valid only inside the poller callback that
  * reported it; copy what must outlive it.
  */
-export const recvArena = Buffer.allocUnsafeSlow(512 * 1024);
+// 64 slots of 65,600 bytes, one per message of a batch (see drain_seqpacket in binding.c): 4 MB of
+// address space, of which only the pages that messages are written to are ever touched.
+export const recvArena = Buffer.allocUnsafeSlow(64 * 65_600);
 export const recvMeta = new Int32Array(16 * 1024);
 native.setRecvArena(recvArena, recvMeta);
 

@@ -168,7 +168,7 @@ export class Resolver {
   readonly stats: ResolverStats = { eagain: 0, eagainFailures: 0, slowOpens: 0 };
   /** Why the last refusal by type or links happened, for the audit log: a constant string. */
   refusal = '';
-  readonly #stat = new Float64Array(8);
+  readonly #stat = new Float64Array(9);
   /** Per rule root: does it lie on a filesystem whose opens may block? Keyed by the rule object, since fd numbers are reused after a reload. */
   readonly #rootBlocks = new WeakMap<object, boolean>();
   readonly #poolThreads: number;
@@ -228,11 +228,18 @@ export class Resolver {
     const create = (flags & C.O_CREAT) !== 0;
     const exclusive = create && (flags & C.O_EXCL) !== 0;
     const stat = this.#stat;
+    const fast = !options.verify && !exclusive;
     let raced = false;
 
     for (let again = 0; ; again++) {
       if (again > this.eagainRetries) return this.#gaveUp();
-      const found = native.lookup(rootFd, rest, pathFlags, resolve, stat);
+      // Without a verify hook or O_EXCL, the native side reopens at once what #check always allows
+      // (a regular file with one link, no O_DIRECTORY) and hands back everything else unopened.
+      const found = fast ? native.openFile(rootFd, rest, pathFlags, resolve, ioFlags, stat) : native.lookup(rootFd, rest, pathFlags, resolve, stat);
+      if (stat[8] === 1) {
+        stat[8] = 0;
+        return found;
+      }
       if (found === -EAGAIN) {
         this.stats.eagain++;
         continue;
