@@ -25,6 +25,7 @@
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <time.h>
 #include <uchar.h>
 #include <uv.h>
 
@@ -715,6 +716,58 @@ static void poller_handle_closed(uv_handle_t *h) {
   if (p->finalized) free(p);
 }
 
+/* ---- bounded busy polling ----------------------------------------------------------------------
+ * A synchronous client sends its next request a few microseconds after it gets a reply. If the
+ * broker has gone to sleep meanwhile, that request waits for a wake-up: on a virtual machine whose
+ * idle CPU halts, tens of microseconds, more than the open itself. With setBusyPoll(us) > 0, after
+ * each wake-up that served requests the event loop keeps polling (epoll_wait with timeout 0, by
+ * means of a libuv idle handle) for up to `us` microseconds before it sleeps again. The cost is CPU:
+ * at most `us` microseconds of it per wake-up that served requests, and never while requests keep
+ * coming faster than that (the loop is busy with them anyway). Off (0) by default. */
+static uv_idle_t spin_idle;
+static bool spin_ready, spin_active;
+static uint64_t spin_ns, spin_deadline;
+
+static uint64_t mono_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+static void spin_check(uv_idle_t *h) {
+  if (mono_ns() < spin_deadline) return;
+  uv_idle_stop(h);
+  spin_active = false;
+}
+
+static void spin_after_work(void) {
+  if (!spin_ns) return;
+  spin_deadline = mono_ns() + spin_ns;
+  if (!spin_active) {
+    uv_idle_start(&spin_idle, spin_check);
+    spin_active = true;
+  }
+}
+
+/* setBusyPoll(us): 0 turns it off. */
+static napi_value js_set_busy_poll(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  UINT_ARG(0, us);
+  if (!spin_ready) {
+    uv_loop_t *loop;
+    napi_get_uv_event_loop(env, &loop);
+    uv_idle_init(loop, &spin_idle);
+    uv_unref((uv_handle_t *)&spin_idle); /* never keeps the process alive */
+    spin_ready = true;
+  }
+  spin_ns = (uint64_t)(us > 1000000 ? 1000000 : us) * 1000u;
+  if (!spin_ns && spin_active) {
+    uv_idle_stop(&spin_idle);
+    spin_active = false;
+  }
+  return NULL;
+}
+
 static void on_poll(uv_poll_t *h, int status, int events) {
   poller_t *p = h->data;
   napi_env env = p->env;
@@ -746,6 +799,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
       napi_fatal_exception(env, exc);
     }
   }
+  if (count > 0) spin_after_work();
   napi_close_handle_scope(env, scope);
 }
 
@@ -1499,6 +1553,7 @@ static napi_value init(napi_env env, napi_value exports) {
     FN("sendFds", js_send_fds),
     FN("setReplyArena", js_set_reply_arena),
     FN("sendReplies", js_send_replies),
+    FN("setBusyPoll", js_set_busy_poll),
     FN("sendRoom", js_send_room),
     FN("setRecvArena", js_set_recv_arena),
     FN("peerCred", js_peer_cred),

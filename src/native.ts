@@ -91,6 +91,8 @@ interface NativeBinding {
    * fd of each reply that went out; returns how many went out, -EAGAIN if none could, or -errno
    */
   sendReplies(fd: number, count: number): number;
+  /** after each wake-up that received messages, keep polling up to us microseconds before sleeping (0: off) */
+  setBusyPoll(us: number): void;
   /** bytes the socket's send buffer can still take (SO_SNDBUF less what the peer has not read), or -errno */
   sendRoom(fd: number): number;
   setRecvArena(arena: Buffer, meta: Int32Array): void;

@@ -1,12 +1,19 @@
 /** `openhook serve`: the broker as a daemon on a UNIX socket. */
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { AuditLog, type AuditFailure, type AuditFormat } from '../broker/audit-log.js';
 import { Broker, DEFAULT_BROKER_LIMITS, UnsupportedSystemError } from '../broker/broker.js';
 import type { Policy } from '../policy/policy.js';
 import { PolicyReloader } from '../policy/reload.js';
 import { PolicyError } from '../policy/rule.js';
 import { addPolicyOptions, policyFromOptions, type PolicyFlags } from './policy-options.js';
+import { native } from '../native.js';
 import { parseCount, parseMode } from './util.js';
+
+function parseBusyPoll(text: string): number {
+  const us = text === '0' ? 0 : parseCount(text);
+  if (us > 1_000_000) throw new InvalidArgumentError('at most 1000000 µs (1 s)');
+  return us;
+}
 
 interface ServeOptions extends PolicyFlags {
   socket: string;
@@ -18,6 +25,7 @@ interface ServeOptions extends PolicyFlags {
   auditFailure: AuditFailure;
   maxConnections?: number;
   maxConnectionsPerUid?: number;
+  busyPoll?: number;
 }
 
 export function serveCommand(): Command {
@@ -27,7 +35,8 @@ export function serveCommand(): Command {
     .option('--stream', 'listen with SOCK_STREAM instead of SOCK_SEQPACKET')
     .option('--mode <OCTAL>', 'file mode of the socket', parseMode, 0o600)
     .option('--max-connections <N>', `connections served at once (default ${DEFAULT_BROKER_LIMITS.connections})`, parseCount)
-    .option('--max-connections-per-uid <N>', `connections per client uid (default ${DEFAULT_BROKER_LIMITS.connectionsPerUid})`, parseCount);
+    .option('--max-connections-per-uid <N>', `connections per client uid (default ${DEFAULT_BROKER_LIMITS.connectionsPerUid})`, parseCount)
+    .option('--busy-poll <US>', 'after serving requests, keep polling up to US microseconds before sleeping: lower latency for synchronous clients, for up to US µs of CPU per wake-up (docs/performance.md)', parseBusyPoll);
   addPolicyOptions(cmd);
   return cmd
     .option('--watch', 'reload the --policy file whenever it changes (SIGHUP always reloads it)')
@@ -99,6 +108,7 @@ function serve(opts: ServeOptions): void {
     else log('SIGHUP: nothing to reload (the policy came from the command line)');
   });
 
+  if (opts.busyPoll) native.setBusyPoll(opts.busyPoll);
   process.stderr.write(`openhook: serving on ${opts.socket} (${opts.stream ? 'SOCK_STREAM' : 'SOCK_SEQPACKET'})\n`);
   const stop = (signal: NodeJS.Signals): void => {
     reloader?.close();
