@@ -1,10 +1,13 @@
 /**
  * `npm run bench`: openhook against the C reference broker, in one run on one machine, as a table of
  * ratios. Options: --runs N (repetitions per case, medians reported; default 5), --count N (opens
- * per synchronous run; default 20000), --only NAME (case groups, comma-separated: broker, policy, interposer, qemu).
+ * per synchronous run; default 20000), --only NAME (case groups, comma-separated: broker, client, rss,
+ * policy, interposer, qemu, startup).
  */
 import { parseArgs } from 'node:util';
 import { benchBroker } from './broker.js';
+import { benchClient } from './client.js';
+import { benchRss } from './rss.js';
 import { benchInterposer } from './interposer.js';
 import { benchPolicy } from './policy.js';
 import { benchQemu } from './qemu.js';
@@ -25,6 +28,8 @@ console.log(`openhook bench: ${runs} runs per case, medians; ${cpus().length} ×
 console.log('ratio ≥ 1.0× means openhook is as fast as the C reference broker (rates: openhook/ref; latencies: ref/openhook)\n');
 const rows: Row[] = [];
 if (wanted('broker')) rows.push(...(await benchBroker({ runs, count })));
+if (wanted('client')) rows.push(...(await benchClient({ runs, count })));
+if (wanted('rss')) rows.push(...(await benchRss()));
 if (wanted('policy')) rows.push(...(await benchPolicy({ runs, count })));
 if (wanted('interposer')) rows.push(...(await benchInterposer({ runs, count })));
 if (wanted('qemu')) rows.push(...(await benchQemu({ runs })));
