@@ -1541,6 +1541,16 @@ static void set_int(napi_env env, napi_value obj, const char *name, int64_t v) {
 }
 
 static napi_value init(napi_env env, napi_value exports) {
+  /* The receive arena, the reply batch and the busy poll are one per process and serve the main
+   * thread's loop: a worker thread that loaded the addon would take them from the broker. Only the
+   * main thread runs the default loop; this check costs nothing, where node:worker_threads' own
+   * isMainThread costs a few milliseconds of start-up to load. */
+  uv_loop_t *loop = NULL;
+  napi_get_uv_event_loop(env, &loop);
+  if (loop != uv_default_loop()) {
+    napi_throw_error(env, "ERR_OPENHOOK_THREAD", "the openhook addon must not be loaded in a worker thread: it serves the main thread only");
+    return NULL;
+  }
   napi_property_descriptor fns[] = {
 #define FN(name, fn) {name, NULL, fn, NULL, NULL, NULL, napi_default, NULL}
     FN("socket", js_socket),

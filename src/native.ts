@@ -6,7 +6,6 @@
  * the right thing. Set-up calls throw Node-style errors (`code`, `errno`, `syscall`) themselves.
  */
 import { createRequire } from 'node:module';
-import { isMainThread } from 'node:worker_threads';
 import { errnoName, errnoValue } from './errno.js';
 
 export interface NativeConstants {
@@ -127,9 +126,8 @@ interface NativeBinding {
   OpenPool: new (maxThreads: number, maxQueued: number, callback: PoolCallback) => NativeOpenPool;
 }
 
-// The receive arena below is one per process: a worker thread that loaded this module would install
-// its own and take it from the broker's pollers (requests would be read from the wrong buffer).
-if (!isMainThread) throw new Error('src/native.ts must not be loaded in a worker thread: the addon serves the main thread only');
+// The addon refuses to load in a worker thread (the receive arena below is one per process, and a
+// worker that installed its own would take it from the broker's pollers): see init() in binding.c.
 
 const require = createRequire(import.meta.url);
 export const native: NativeBinding = require('../build/Release/openhook.node');
