@@ -3,7 +3,7 @@
  * explains one decision, naming the rule that made it and where it was written.
  * Exit status: 0 allow, 1 deny, 2 a bad policy (or bad arguments).
  */
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError } from './commander.js';
 import { display, fromText } from '../bytestring.js';
 import { errnoName } from '../native.js';
 import { Access, formatAccess, parseAccess } from '../policy/access.js';
@@ -40,23 +40,23 @@ export function checkCommand(): Command {
   addPolicyOptions(cmd);
   // Usage errors exit 2, as a bad policy does: 1 means "denied" and nothing else.
   cmd.exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2));
-  return cmd.action((path: string, access: string, opts: CheckOptions) => {
-    process.exitCode = check(path, access, opts);
+  return cmd.action(async (path: string, access: string, opts: CheckOptions) => {
+    process.exitCode = await check(path, access, opts);
   });
 }
 
-function check(pathText: string, accessText: string, opts: CheckOptions): number {
+async function check(pathText: string, accessText: string, opts: CheckOptions): Promise<number> {
   // One write at the end: a reader that stops early (`| head -1`) then never breaks a later write.
   const lines: string[] = [];
   const out = (line: string): void => void lines.push(line);
   try {
-    return explain(pathText, accessText, opts, out);
+    return await explain(pathText, accessText, opts, out);
   } finally {
     if (lines.length > 0) process.stdout.write(lines.join('\n') + '\n');
   }
 }
 
-function explain(pathText: string, accessText: string, opts: CheckOptions, out: (line: string) => void): number {
+async function explain(pathText: string, accessText: string, opts: CheckOptions, out: (line: string) => void): Promise<number> {
   let want: number;
   try {
     want = parseAccess(accessText);
@@ -66,7 +66,7 @@ function explain(pathText: string, accessText: string, opts: CheckOptions, out: 
   }
   let policy: Policy;
   try {
-    policy = policyFromOptions(opts);
+    policy = await policyFromOptions(opts);
   } catch (err) {
     if (!(err instanceof PolicyError)) throw err;
     process.stderr.write(`openhook check: ${err.message}\n`);

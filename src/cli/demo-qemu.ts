@@ -11,7 +11,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Command } from 'commander';
+import { Command } from './commander.js';
 import { QmpError } from '../qemu/errors.js';
 import { runJob } from '../qemu/jobs.js';
 import { openhookRun, spawnQemu, type QemuProcess } from '../qemu/spawn.js';

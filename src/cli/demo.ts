@@ -9,7 +9,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync }
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Command } from 'commander';
+import { Command } from './commander.js';
 import { Broker } from '../broker/broker.js';
 import { describeFlags } from '../broker/flags.js';
 import { display } from '../bytestring.js';

@@ -1,19 +1,29 @@
 #!/usr/bin/env node
-/** The openhook command line: one file per command. */
-import { Command } from 'commander';
-import { checkCommand } from './check.js';
-import { demoCommand } from './demo.js';
-import { runCommand } from './run.js';
-import { serveCommand } from './serve.js';
+/**
+ * The openhook command line: one file per command.
+ *
+ * Only the command being run is loaded: `openhook run -- CMD` sits in front of every program it
+ * launches, so its start-up time is the program's, and loading modules is most of it. Without a
+ * known command (--help, --version, a typo), all are loaded so that help lists them.
+ */
+import { Command } from './commander.js';
+
+const commands: Record<string, () => Promise<Command>> = {
+  serve: async () => (await import('./serve.js')).serveCommand(),
+  check: async () => (await import('./check.js')).checkCommand(),
+  run: async () => (await import('./run.js')).runCommand(),
+  demo: async () => (await import('./demo.js')).demoCommand(),
+};
 
 const program = new Command('openhook')
   .description('delegate open() to a policy broker over a UNIX socket')
   .version('0.1.0')
   // Options after a subcommand belong to it, so that `run` can pass CMD's options through untouched.
-  .enablePositionalOptions()
-  .addCommand(serveCommand())
-  .addCommand(checkCommand())
-  .addCommand(runCommand())
-  .addCommand(demoCommand());
+  .enablePositionalOptions();
+
+// The program's own options are --help and --version only, so the first word is the command.
+const first = process.argv[2];
+const names = first !== undefined && Object.hasOwn(commands, first) ? [first] : Object.keys(commands);
+for (const name of names) program.addCommand(await commands[name]!());
 
 await program.parseAsync(process.argv);

@@ -2,8 +2,7 @@
  * The policy options shared by serve, check and run: --policy FILE, or --allow PATH:ACCESS and
  * --deny PATH on the command line.
  */
-import type { Command } from 'commander';
-import { loadPolicyFile } from '../policy/file.js';
+import type { Command } from './commander.js';
 import { Policy } from '../policy/policy.js';
 import { parseAllowFlag, parseDenyFlag, PolicyError, type Rule } from '../policy/rule.js';
 
@@ -29,10 +28,15 @@ export function policyFromFlags(flags: PolicyFlags): Policy {
   return new Policy(rules);
 }
 
-/** The policy the options name: the file, or the flags (not both). Throws PolicyError. */
-export function policyFromOptions(flags: PolicyFlags): Policy {
+/**
+ * The policy the options name: the file, or the flags (not both). Throws PolicyError. The file
+ * reader (and its TOML parser) is loaded only when a file is given: `openhook run --allow ...` starts
+ * without it.
+ */
+export async function policyFromOptions(flags: PolicyFlags): Promise<Policy> {
   if (flags.policy !== undefined) {
     if (flags.allow.length > 0 || flags.deny.length > 0) throw new PolicyError('give either --policy FILE or --allow/--deny rules, not both');
+    const { loadPolicyFile } = await import('../policy/file.js');
     return loadPolicyFile(flags.policy);
   }
   return policyFromFlags(flags);

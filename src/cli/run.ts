@@ -8,15 +8,14 @@
  */
 import { renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { basename, resolve } from 'node:path';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError } from './commander.js';
 import type { AuditSink } from '../broker/audit.js';
 import { Broker } from '../broker/broker.js';
 import { describeFlags } from '../broker/flags.js';
 import { display } from '../bytestring.js';
 import { ConfinementError } from '../launch/confinement.js';
 import { describeFailure, EXIT_REFUSED, FORWARDED_SIGNALS, launch, LaunchError, type LaunchResult } from '../launch/launch.js';
-import { allowEverythingPolicy, LearnRecorder } from '../launch/learn.js';
-import { formatPolicy, minimalRules } from '../launch/learned-policy.js';
+import type { LearnRecorder } from '../launch/learn.js';
 import { PRELOAD_LIBRARY, preloadValue } from '../launch/preload.js';
 import { formatReport, type LaunchReport } from '../launch/report.js';
 import { errnoName } from '../native.js';
@@ -84,11 +83,13 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
       if (opts.allow.length > 0 || opts.deny.length > 0 || opts.policy !== undefined) {
         throw new PolicyError('--learn allows every request; give no --policy, --allow or --deny with it');
       }
+      // Loaded only for --learn: every other run starts without it.
+      const { allowEverythingPolicy, LearnRecorder } = await import('../launch/learn.js');
       recorder = new LearnRecorder(log);
       policy = allowEverythingPolicy();
     } else {
       // No rules at all is a valid policy: the program gets nothing through its hook.
-      policy = opts.allow.length > 0 || opts.deny.length > 0 || opts.policy !== undefined ? policyFromOptions(opts) : new Policy([]);
+      policy = opts.allow.length > 0 || opts.deny.length > 0 || opts.policy !== undefined ? await policyFromOptions(opts) : new Policy([]);
     }
   } catch (err) {
     if (err instanceof PolicyError) {
@@ -148,7 +149,7 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
     return result.status;
   }
   if (recorder && opts.learn !== undefined) {
-    const written = writeLearned(opts.learn, recorder, command, args, result.status);
+    const written = await writeLearned(opts.learn, recorder, command, args, result.status);
     if (written !== 0) return written;
   }
   return result.status;
@@ -161,7 +162,8 @@ function announce(report: LaunchReport, opts: RunOptions): void {
   if (!report.seccomp.enforced && report.seccomp.unavailable) say(`WARNING: running without the seccomp filter (${report.seccomp.unavailable})`);
 }
 
-function writeLearned(file: string, recorder: LearnRecorder, command: string, args: string[], status: number): number {
+async function writeLearned(file: string, recorder: LearnRecorder, command: string, args: string[], status: number): Promise<number> {
+  const { formatPolicy, minimalRules } = await import('../launch/learned-policy.js');
   const rules = minimalRules(recorder.used);
   const header = [
     `openhook policy learned by: openhook run --learn ${file} -- ${[command, ...args].join(' ')}`,

@@ -1,5 +1,5 @@
 /** `openhook serve`: the broker as a daemon on a UNIX socket. */
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from './commander.js';
 import { AuditLog, type AuditFailure, type AuditFormat } from '../broker/audit-log.js';
 import { Broker, DEFAULT_BROKER_LIMITS, UnsupportedSystemError } from '../broker/broker.js';
 import type { Policy } from '../policy/policy.js';
@@ -48,7 +48,7 @@ export function serveCommand(): Command {
     .action((opts: ServeOptions) => serve(opts));
 }
 
-function serve(opts: ServeOptions): void {
+async function serve(opts: ServeOptions): Promise<void> {
   const log = (m: string): void => void process.stderr.write(`openhook: ${m}\n`);
   if (opts.watch && opts.policy === undefined) {
     process.stderr.write('openhook serve: --watch needs --policy FILE\n');
@@ -56,7 +56,7 @@ function serve(opts: ServeOptions): void {
   }
   let policy: Policy;
   try {
-    policy = policyFromOptions(opts);
+    policy = await policyFromOptions(opts);
   } catch (err) {
     if (err instanceof PolicyError) {
       process.stderr.write(`openhook serve: ${err.message}\n`);

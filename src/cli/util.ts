@@ -1,5 +1,5 @@
 /** Small parsers shared by commands. */
-import { InvalidArgumentError } from 'commander';
+import { InvalidArgumentError } from './commander.js';
 
 /** '0600' or '600' -> 0o600 */
 export function parseMode(text: string): number {
