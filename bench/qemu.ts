@@ -3,9 +3,11 @@
  * qmp_capabilities, with the same machine, the same disk image (opened through the hook when
  * confined) and the same QMP wiring (a socketpair on QEMU's stdin), in alternating runs.
  *
- * Two rows:
+ * Three rows:
  * - `openhook run --preload -- qemu...` from the shell's point of view: the figure includes Node
  *   starting the CLI, which alone takes longer than plain QEMU's whole start with -S.
+ * - a bare Node wrapper (bench/node-wrapper.mjs: start, spawn, nothing else) in front of QEMU: the
+ *   floor that Node's own start-up sets for any command line written in Node.
  * - launch() in-process with the interposer, as an orchestrator written in Node embeds it: what the
  *   hook itself costs QEMU (launch helper, Landlock, seccomp, LD_PRELOAD, brokered image opens).
  *
@@ -27,7 +29,7 @@ import { Policy } from '../src/policy/policy.js';
 import { parseAllowFlag } from '../src/policy/rule.js';
 import { connectQmp } from '../src/qemu/qmp.js';
 import { qmpArgs, spawnQemu } from '../src/qemu/spawn.js';
-import { CLI, median, printTable, workspace, type Row } from './lib.js';
+import { CLI, median, printTable, ROOT, workspace, type Row } from './lib.js';
 
 export interface QemuBenchOptions {
   runs: number;
@@ -87,17 +89,21 @@ export async function benchQemu(opts: QemuBenchOptions): Promise<Row[]> {
     '-device', 'virtio-blk-pci,drive=base,id=disk0',
   ];
   const confined = [process.execPath, CLI, 'run', '--preload', '--allow', `${vm}/:rwc`, '--'];
+  const wrapper = [process.execPath, join(ROOT, 'bench', 'node-wrapper.mjs')];
   const plain: number[] = [];
   const cli: number[] = [];
+  const wrapped: number[] = [];
   const inProcess: number[] = [];
   try {
     // Warm all three (page cache for QEMU, its firmware, Node and the CLI) before measuring.
     await readyMs(args, []);
     await readyMs(args, confined);
+    await readyMs(args, wrapper);
     await readyInProcess(args, vm);
     for (let i = 0; i < opts.runs; i++) {
       plain.push(await readyMs(args, []));
       cli.push(await readyMs(args, confined));
+      wrapped.push(await readyMs(args, wrapper));
       inProcess.push(await readyInProcess(args, vm));
     }
   } finally {
@@ -109,6 +115,7 @@ export async function benchQemu(opts: QemuBenchOptions): Promise<Row[]> {
   };
   return [
     row('QEMU QMP-ready: openhook run --preload (CLI) vs plain', cli),
+    { ...row('QEMU QMP-ready: bare Node wrapper (spawn only) vs plain', wrapped), target: '(floor for a Node CLI)' },
     row('QEMU QMP-ready: launch() + interposer in-process vs plain', inProcess),
   ];
 }
