@@ -256,7 +256,7 @@ export class Trie<E extends Entry> {
     this.#best = rule;
     this.#bestEnd = end;
     this.#bestSeq = seq;
-    best.set(cur.subarray(0, this.#n));
+    for (let i = 0, n = this.#n; i < n; i++) best[i] = cur[i]!; // a few components: no subarray to allocate
     this.#gen++;
   }
 }
