@@ -12,9 +12,13 @@
  * the client's view (rate, latency), each broker's own CPU time per open is read from /proc/PID/stat:
  * it does not count the time a busy machine makes a broker wait for a core.
  *
- * OPENHOOK_BENCH_SERVE_ARGS adds `openhook serve` options (space-separated), for experiments.
+ * The synchronous case runs a fourth broker too: openhook with `--busy-poll 50`, which trades up to
+ * 50 µs of CPU per wake-up for not sleeping between a synchronous client's requests.
+ *
+ * OPENHOOK_BENCH_SERVE_ARGS adds `openhook serve` options (space-separated), for experiments;
+ * OPENHOOK_BENCH_CLI runs another revision's CLI (see lib.ts).
  */
-import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { latencyRow, rateRow, runRefClient, startOpenhook, startRef, startRefSafe, workspace, type Row, type Running } from './lib.js';
 import { realisticPolicy } from './realistic.js';
@@ -41,27 +45,33 @@ export async function benchBroker(opts: BrokerBenchOptions): Promise<Row[]> {
   const oh = await startOpenhook(join(ws.dir, 'oh.sock'), ['--policy', policy, '--audit', ohAudit, ...extra]);
   const ref = await startRef(join(ws.dir, 'ref.sock'), ws.dir);
   const safe = await startRefSafe(join(ws.dir, 'safe.sock'), ws.dir, safeAudit);
+  const busyAudit = join(ws.dir, 'openhook-busy-audit.jsonl');
+  const busy = process.env.OPENHOOK_BENCH_NO_BUSY_POLL ? null : await startOpenhook(join(ws.dir, 'busy.sock'), ['--policy', policy, '--audit', busyAudit, '--busy-poll', '50', ...extra]);
   const relative = ws.file.slice(ws.dir.length + 1);
   const cases = [
     { name: '1 synchronous client', count: opts.count, clients: 1, depth: 1 },
+    ...(busy ? [{ name: '1 synchronous client, --busy-poll 50', count: opts.count, clients: 1, depth: 1, broker: busy }] : []),
     { name: '64 clients', count: Math.max(100, Math.round(opts.count / 20)), clients: 64, depth: 1 },
     { name: '2 clients × 16 in flight', count: opts.count, clients: 2, depth: 16 },
   ];
   type Acc = { rate: number[]; p50: number[]; p99: number[]; cpu: number[] };
   const brokers: [Running, string, string][] = [[oh, ws.file, 'openhook'], [ref, relative, 'the reference'], [safe, relative, 'the C safe variant']];
+  const audits = [ohAudit, safeAudit, busyAudit];
   const rows: Row[] = [];
   try {
     // Warm all three (JIT, page cache) before measuring.
     for (const [b, name] of brokers) runRefClient(b.socket, name, 2000);
+    if (busy) runRefClient(busy.socket, ws.file, 2000);
     for (const c of cases) {
-      const acc = new Map<Running, Acc>(brokers.map(([b]) => [b, { rate: [], p50: [], p99: [], cpu: [] }]));
+      // The busy-poll case: that openhook in openhook's place.
+      const set: [Running, string, string][] = c.broker ? [[c.broker, ws.file, 'openhook --busy-poll'], ...brokers.slice(1)] : brokers;
+      const acc = new Map<Running, Acc>(set.map(([b]) => [b, { rate: [], p50: [], p99: [], cpu: [] }]));
       for (let i = 0; i < opts.runs; i++) {
         // Rotate which goes first, so that none always follows the same neighbour.
-        const order = [...brokers.slice(i % 3), ...brokers.slice(0, i % 3)];
+        const order = [...set.slice(i % 3), ...set.slice(0, i % 3)];
         for (const [target, name, label] of order) {
           // The audit files would grow by hundreds of MB over a full bench; only their writing matters.
-          truncateSync(ohAudit, 0);
-          truncateSync(safeAudit, 0);
+          for (const a of audits) if (existsSync(a)) truncateSync(a, 0);
           const a = acc.get(target)!;
           const before = cpuMs(target.child.pid!);
           const res = runRefClient(target.socket, name, c.count, c.clients, c.depth);
@@ -72,7 +82,7 @@ export async function benchBroker(opts: BrokerBenchOptions): Promise<Row[]> {
           if (res.p99Us !== undefined) a.p99.push(res.p99Us);
         }
       }
-      const o = acc.get(oh)!, r = acc.get(ref)!, s = acc.get(safe)!;
+      const o = acc.get(set[0]![0])!, r = acc.get(ref)!, s = acc.get(safe)!;
       const target = c.name.startsWith('2 clients') ? '≥ 0.9×' : '≥ 1.0×';
       rows.push(rateRow(c.name, o.rate, r.rate, target, s.rate));
       if (c.depth === 1 && c.clients === 1) {
@@ -83,6 +93,7 @@ export async function benchBroker(opts: BrokerBenchOptions): Promise<Row[]> {
     }
   } finally {
     for (const [b] of brokers) await b.stop();
+    await busy?.stop();
     ws.cleanup();
   }
   return rows;

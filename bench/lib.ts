@@ -11,7 +11,8 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-export const CLI = join(ROOT, 'dist', 'cli', 'main.js');
+/** The openhook CLI the brokers run: this tree's, or $OPENHOOK_BENCH_CLI (another revision's dist/cli/main.js, to compare). */
+export const CLI = process.env.OPENHOOK_BENCH_CLI ?? join(ROOT, 'dist', 'cli', 'main.js');
 /** The shared yardsticks: ../shared/bench beside the repository, or $OPENHOOK_BENCH_SHARED. */
 export const SHARED = process.env.OPENHOOK_BENCH_SHARED ?? resolve(ROOT, '..', 'shared', 'bench');
 const OUT = join(ROOT, 'build', 'bench');
