@@ -537,18 +537,25 @@ static napi_value js_send_replies(napi_env env, napi_callback_info info) {
   return make_int(env, sent);
 }
 
-/* sendRoom(fd) -> bytes the socket's send buffer can still take (SO_SNDBUF less SIOCOUTQ, which for
- * a UNIX socket counts the memory of sent messages its peer has not read yet), or -errno. The
- * broker batches a wake-up's replies only when they surely fit, so that a client that never reads
+/* sendBufferSize(fd) -> SO_SNDBUF, or -errno; sendQueued(fd) -> SIOCOUTQ, which for a UNIX socket
+ * counts the memory of sent messages that its peer has not read yet, or -errno. The broker batches a
+ * wake-up's replies only when they surely fit in the difference, so that a client that never reads
  * cannot leave it holding more than one reply's fd. */
-static napi_value js_send_room(napi_env env, napi_callback_info info) {
+static napi_value js_send_buffer_size(napi_env env, napi_callback_info info) {
   ARGS(1);
   INT_ARG(0, fd);
-  int sndbuf = 0, queued = 0;
+  int sndbuf = 0;
   socklen_t len = sizeof sndbuf;
   if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) < 0) return make_int(env, -errno);
+  return make_int(env, sndbuf);
+}
+
+static napi_value js_send_queued(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  INT_ARG(0, fd);
+  int queued = 0;
   if (ioctl(fd, SIOCOUTQ, &queued) < 0) return make_int(env, -errno);
-  return make_int(env, sndbuf > queued ? sndbuf - queued : 0);
+  return make_int(env, queued);
 }
 
 /* ---- the receive arena ------------------------------------------------------------------------
@@ -1564,7 +1571,8 @@ static napi_value init(napi_env env, napi_value exports) {
     FN("setReplyArena", js_set_reply_arena),
     FN("sendReplies", js_send_replies),
     FN("setBusyPoll", js_set_busy_poll),
-    FN("sendRoom", js_send_room),
+    FN("sendBufferSize", js_send_buffer_size),
+    FN("sendQueued", js_send_queued),
     FN("setRecvArena", js_set_recv_arena),
     FN("peerCred", js_peer_cred),
     FN("peerGroups", js_peer_groups),

@@ -92,8 +92,10 @@ interface NativeBinding {
   sendReplies(fd: number, count: number): number;
   /** after each wake-up that received messages, keep polling up to us microseconds before sleeping (0: off) */
   setBusyPoll(us: number): void;
-  /** bytes the socket's send buffer can still take (SO_SNDBUF less what the peer has not read), or -errno */
-  sendRoom(fd: number): number;
+  /** SO_SNDBUF, or -errno */
+  sendBufferSize(fd: number): number;
+  /** SIOCOUTQ: for a UNIX socket, the memory of sent messages its peer has not read yet; or -errno */
+  sendQueued(fd: number): number;
   setRecvArena(arena: Buffer, meta: Int32Array): void;
   peerCred(fd: number): { pid: number; uid: number; gid: number };
   peerGroups(fd: number): number[] | null;

@@ -135,6 +135,8 @@ export class Connection {
   /** SOCK_STREAM: when the frame now being assembled began (0: none) */
   #partialSince = 0;
   #framesSeen = 0;
+  /** SO_SNDBUF, read when first needed (the broker never changes it) */
+  #sndbuf = 0;
   #closed = false;
   #onFrame = (buf: Buffer, offset: number, length: number): void => {
     this.#framesSeen++;
@@ -190,7 +192,7 @@ export class Connection {
       // Batch the replies only if they surely fit in the socket (one reply may always be tried):
       // a reply that cannot be sent keeps its fd, and a client that never reads must not make the
       // broker hold more than one.
-      if (count > 0 && !this.#assembler && (count === 1 || native.sendRoom(this.fd) >= count * REPLY_COST)) batchOwner = this;
+      if (count > 0 && !this.#assembler && (count === 1 || this.#sendRoom() >= count * REPLY_COST)) batchOwner = this;
       for (let i = 0, m = 0; i < count && !this.#closed && !this.#ending; i++) {
         const offset = recvMeta[m]!, length = recvMeta[m + 1]!, flags = recvMeta[m + 2]!;
         m += 4; // no fds: the kernel dropped them (MSG_CTRUNC)
@@ -348,6 +350,13 @@ export class Connection {
       return;
     }
     this.#push(READY, Buffer.from(replyBuf.subarray(0, length)), fd);
+  }
+
+  /** Bytes the socket's send buffer can still take: SO_SNDBUF less what the client has not read. */
+  #sendRoom(): number {
+    if (this.#sndbuf <= 0) this.#sndbuf = native.sendBufferSize(this.fd);
+    const queued = native.sendQueued(this.fd);
+    return this.#sndbuf > 0 && queued >= 0 ? this.#sndbuf - queued : 0;
   }
 
   /**
