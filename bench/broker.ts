@@ -12,8 +12,9 @@
  * the client's view (rate, latency), each broker's own CPU time per open is read from /proc/PID/stat:
  * it does not count the time a busy machine makes a broker wait for a core.
  *
- * The synchronous case runs a fourth broker too: openhook with `--busy-poll 50`, which trades up to
- * 50 µs of CPU per wake-up for not sleeping between a synchronous client's requests.
+ * The synchronous case runs a fourth broker in the same rotation: openhook with `--busy-poll 50`,
+ * which trades up to 50 µs of CPU per wake-up for not sleeping between a synchronous client's
+ * requests (OPENHOOK_BENCH_NO_BUSY_POLL=1 leaves it out, for revisions without the option).
  *
  * OPENHOOK_BENCH_SERVE_ARGS adds `openhook serve` options (space-separated), for experiments;
  * OPENHOOK_BENCH_CLI runs another revision's CLI (see lib.ts).
@@ -50,25 +51,27 @@ export async function benchBroker(opts: BrokerBenchOptions): Promise<Row[]> {
   const relative = ws.file.slice(ws.dir.length + 1);
   const cases = [
     { name: '1 synchronous client', count: opts.count, clients: 1, depth: 1 },
-    ...(busy ? [{ name: '1 synchronous client, --busy-poll 50', count: opts.count, clients: 1, depth: 1, broker: busy }] : []),
     { name: '64 clients', count: Math.max(100, Math.round(opts.count / 20)), clients: 64, depth: 1 },
     { name: '2 clients × 16 in flight', count: opts.count, clients: 2, depth: 16 },
   ];
   type Acc = { rate: number[]; p50: number[]; p99: number[]; cpu: number[] };
-  const brokers: [Running, string, string][] = [[oh, ws.file, 'openhook'], [ref, relative, 'the reference'], [safe, relative, 'the C safe variant']];
+  type Target = [Running, string, string];
+  const brokers: Target[] = [[oh, ws.file, 'openhook'], [ref, relative, 'the reference'], [safe, relative, 'the C safe variant']];
   const audits = [ohAudit, safeAudit, busyAudit];
   const rows: Row[] = [];
   try {
-    // Warm all three (JIT, page cache) before measuring.
+    // Warm them all (JIT, page cache) before measuring.
     for (const [b, name] of brokers) runRefClient(b.socket, name, 2000);
     if (busy) runRefClient(busy.socket, ws.file, 2000);
     for (const c of cases) {
-      // The busy-poll case: that openhook in openhook's place.
-      const set: [Running, string, string][] = c.broker ? [[c.broker, ws.file, 'openhook --busy-poll'], ...brokers.slice(1)] : brokers;
+      // The synchronous case runs the busy-polling openhook too, in the same rotation, so that its
+      // row is measured against the same runs of the C brokers.
+      const sync = c.clients === 1 && c.depth === 1;
+      const set: Target[] = sync && busy ? [...brokers, [busy, ws.file, 'openhook --busy-poll']] : brokers;
       const acc = new Map<Running, Acc>(set.map(([b]) => [b, { rate: [], p50: [], p99: [], cpu: [] }]));
       for (let i = 0; i < opts.runs; i++) {
         // Rotate which goes first, so that none always follows the same neighbour.
-        const order = [...set.slice(i % 3), ...set.slice(0, i % 3)];
+        const order = [...set.slice(i % set.length), ...set.slice(0, i % set.length)];
         for (const [target, name, label] of order) {
           // The audit files would grow by hundreds of MB over a full bench; only their writing matters.
           for (const a of audits) if (existsSync(a)) truncateSync(a, 0);
@@ -82,14 +85,18 @@ export async function benchBroker(opts: BrokerBenchOptions): Promise<Row[]> {
           if (res.p99Us !== undefined) a.p99.push(res.p99Us);
         }
       }
-      const o = acc.get(set[0]![0])!, r = acc.get(ref)!, s = acc.get(safe)!;
+      const r = acc.get(ref)!, s = acc.get(safe)!;
       const target = c.name.startsWith('2 clients') ? '≥ 0.9×' : '≥ 1.0×';
-      rows.push(rateRow(c.name, o.rate, r.rate, target, s.rate));
-      if (c.depth === 1 && c.clients === 1) {
-        rows.push(latencyRow(c.name, 'p50', o.p50, r.p50, target, s.p50));
-        rows.push(latencyRow(c.name, 'p99', o.p99, r.p99, target, s.p99));
+      for (const [b] of set.filter(([b]) => b === oh || b === busy)) {
+        const o = acc.get(b)!;
+        const name = b === busy ? `${c.name}, --busy-poll 50` : c.name;
+        rows.push(rateRow(name, o.rate, r.rate, target, s.rate));
+        if (sync) {
+          rows.push(latencyRow(name, 'p50', o.p50, r.p50, target, s.p50));
+          rows.push(latencyRow(name, 'p99', o.p99, r.p99, target, s.p99));
+        }
+        rows.push(latencyRow(name, 'broker CPU/open', o.cpu, r.cpu, '(info)', s.cpu));
       }
-      rows.push(latencyRow(c.name, 'broker CPU/open', o.cpu, r.cpu, '(info)', s.cpu));
     }
   } finally {
     for (const [b] of brokers) await b.stop();
