@@ -357,18 +357,31 @@ export class Broker implements ConnectionHost {
    */
   async reload(load: () => Policy | Promise<Policy>): Promise<{ ok: true } | { ok: false; error: Error }> {
     if (this.#closed || this.#state === 'stopping') return { ok: false, error: new Error('the broker is stopping') };
-    this.#state = 'reloading';
+    this.reloading();
     try {
       this.setPolicy(await load());
-      this.#lastReloadError = null;
+      this.reloaded(null);
       return { ok: true };
     } catch (err) {
-      this.#reloadFailures++;
-      this.#lastReloadError = (err as Error).message;
+      this.reloaded(err as Error);
       return { ok: false, error: err as Error };
-    } finally {
-      if (this.#state === 'reloading') this.#state = 'serving';
     }
+  }
+
+  /** A reload (by whatever loads policies: see PolicyReloader) has begun: STATUS says 'reloading'. */
+  reloading(): void {
+    if (this.#state === 'serving') this.#state = 'reloading';
+  }
+
+  /** A reload has ended: error is null when the new policy is in force (setPolicy), else why not. */
+  reloaded(error: Error | null): void {
+    if (error) {
+      this.#reloadFailures++;
+      this.#lastReloadError = error.message;
+    } else {
+      this.#lastReloadError = null;
+    }
+    if (this.#state === 'reloading') this.#state = 'serving';
   }
 
   /** The STATUS report: counters and state. */
