@@ -1,0 +1,206 @@
+/**
+ * `openhook serve` driven the way systemd drives it, with no systemd: listening sockets made here and
+ * passed as fds 3, 4, ... with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES; a datagram socket read
+ * here as NOTIFY_SOCKET; SIGHUP as ExecReload sends it; SIGTERM as systemctl stop sends it.
+ */
+import assert from 'node:assert/strict';
+import { get } from 'node:http';
+import { closeSync, existsSync, mkdirSync, openSync, readSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { connect } from '../src/client/client.js';
+import { C, native } from '../src/native.js';
+import { receiveOne, rfcOpenFrame, rfcReplyHex, tempDir } from './helpers.js';
+import { notifyListener, parseNotify, startDaemon, systemdStyleSocket } from './service-helpers.js';
+
+const tmp = tempDir();
+const vm = join(tmp.path, 'vm');
+mkdirSync(vm);
+writeFileSync(join(vm, 'disk.img'), 'disk');
+after(tmp.cleanup);
+
+function readFd(fd: number): string {
+  const buf = Buffer.alloc(64);
+  const n = readSync(fd, buf, 0, 64, 0);
+  closeSync(fd);
+  return buf.toString('utf8', 0, n);
+}
+
+/** A listening socket made as systemd makes it from a .socket unit, and held here as systemd holds it. */
+async function systemdSocket(name: string, kind: 'seqpacket' | 'stream' = 'seqpacket'): Promise<{ path: string; fd: number }> {
+  const path = join(tmp.path, name);
+  return { path, fd: await systemdStyleSocket(path, kind) };
+}
+
+describe('socket activation', () => {
+  it('serves on the socket systemd passed, never unlinks it, and a connection queued between two brokers is served by the second', async () => {
+    const sock = await systemdSocket('activated.sock');
+    const first = await startDaemon([`--allow=${vm}/:r`], { fds: [sock.fd], names: ['openhook'] });
+    assert.match(first.stderr(), new RegExp(`serving on ${sock.path} \\(SOCK_SEQPACKET, from systemd\\)`));
+    {
+      await using client = await connect({ path: sock.path, reconnect: false });
+      assert.equal(readFd(await client.open(join(vm, 'disk.img'))), 'disk');
+      const report = await client.status();
+      assert.deepEqual(report.listeners, [{ path: sock.path, kind: 'seqpacket', activated: true }]);
+    }
+    assert.equal(await first.stop(), 0);
+    assert.ok(statSync(sock.path).isSocket(), 'the socket file systemd owns is still there');
+
+    // Between two brokers, systemd's socket still listens: a client connects and sends its request,
+    // which waits in the backlog until the next broker accepts it.
+    const waiting = native.connectUnix(Buffer.from(sock.path), C.SOCK_SEQPACKET);
+    const frame = rfcOpenFrame(join(vm, 'disk.img'), C.O_RDONLY);
+    assert.equal(native.send(waiting, frame, 0, frame.length, -1), frame.length);
+    const second = await startDaemon([`--allow=${vm}/:r`], { fds: [sock.fd] });
+    const reply = await receiveOne(waiting);
+    assert.equal(reply.bytes, rfcReplyHex(1, 0));
+    assert.equal(readFd(reply.fds[0]!), 'disk');
+    native.close(waiting);
+    assert.equal(await second.stop(), 0);
+    assert.ok(existsSync(sock.path));
+    native.close(sock.fd);
+  });
+
+  it('serves several sockets, of both kinds, and Prometheus on the one named "metrics"', async () => {
+    const seq = await systemdSocket('multi-seq.sock');
+    const stream = await systemdSocket('multi-stream.sock', 'stream');
+    const metrics = await systemdSocket('multi-metrics.sock', 'stream');
+    const d = await startDaemon([`--allow=${vm}/:r`], { fds: [seq.fd, stream.fd, metrics.fd], names: ['seq', 'stream', 'metrics'] });
+    for (const [path, isStream] of [[seq.path, false], [stream.path, true]] as const) {
+      await using client = await connect({ path, stream: isStream, reconnect: false });
+      assert.equal(readFd(await client.open(join(vm, 'disk.img'))), 'disk');
+    }
+    const body = await new Promise<string>((resolve, reject) => {
+      get({ socketPath: metrics.path, path: '/metrics' }, (res) => {
+        let text = '';
+        res.on('data', (d) => (text += d));
+        res.on('end', () => resolve(text));
+      }).on('error', reject);
+    });
+    assert.match(body, /^openhook_requests_total 2$/m);
+    assert.equal(await d.stop(), 0);
+    for (const s of [seq, stream, metrics]) {
+      assert.ok(existsSync(s.path));
+      native.close(s.fd);
+    }
+  });
+
+  it('ignores LISTEN_FDS meant for another process', async () => {
+    const sock = await systemdSocket('other-pid.sock');
+    const d = await startDaemon([`--allow=${vm}/:r`], { fds: [sock.fd], listenPid: 1, ready: false });
+    assert.equal(await d.exited, 2);
+    assert.match(d.stderr(), /LISTEN_PID is 1, not this process .*ignoring it/);
+    assert.match(d.stderr(), /give --socket PATH, or start under systemd socket activation/);
+    native.close(sock.fd);
+  });
+
+  it('refuses an fd that is not a listening UNIX socket of a kind it speaks', async () => {
+    const file = openSync(join(vm, 'disk.img'), 'r');
+    const unbound = native.socket(C.SOCK_SEQPACKET);
+    const [dgram] = native.socketpair(C.SOCK_DGRAM, false);
+    for (const [fd, message] of [[file, /ENOTSOCK/], [unbound, /not a listening socket/], [dgram, /neither SOCK_SEQPACKET nor SOCK_STREAM/]] as const) {
+      const d = await startDaemon([`--allow=${vm}/:r`], { fds: [fd], ready: false });
+      assert.equal(await d.exited, 1, d.stderr());
+      assert.match(d.stderr(), message);
+    }
+    closeSync(file);
+    native.close(unbound);
+    native.close(dgram);
+  });
+
+  it('fails clearly on malformed activation variables', async () => {
+    const sock = await systemdSocket('bad-names.sock');
+    const d = await startDaemon([`--allow=${vm}/:r`], { fds: [sock.fd], names: ['a', 'b'], ready: false });
+    assert.equal(await d.exited, 2);
+    assert.match(d.stderr(), /LISTEN_FDNAMES names 2 fds, LISTEN_FDS says 1/);
+    native.close(sock.fd);
+  });
+});
+
+describe('Type=notify', () => {
+  for (const kind of ['path', 'abstract'] as const) {
+    it(`sends READY=1, RELOADING=1 with MONOTONIC_USEC then READY=1 on SIGHUP, and STOPPING=1, in order, from its main pid (${kind} NOTIFY_SOCKET)`, async () => {
+      const address = kind === 'path' ? join(tmp.path, 'notify.sock') : `@openhook-test-notify-${process.pid}-${Date.now()}`;
+      const notify = await notifyListener(address);
+      const sock = join(tmp.path, `notify-${kind}.sock`);
+      const d = await startDaemon(['--socket', sock, `--allow=${vm}/:r`], { env: { NOTIFY_SOCKET: address } });
+
+      const ready = parseNotify(await notify.next());
+      assert.equal(ready.pid, d.pid, 'sent by the main process, as NotifyAccess=main requires');
+      assert.equal(ready.fields.READY, '1');
+      assert.match(ready.fields.STATUS!, /^serving: 0 connection\(s\), 0 request\(s\) .* policy generation 1$/);
+
+      const before = process.hrtime.bigint() / 1000n;
+      d.kill('SIGHUP');
+      const reloading = parseNotify(await notify.next());
+      const afterwards = process.hrtime.bigint() / 1000n;
+      assert.equal(reloading.fields.RELOADING, '1');
+      const usec = BigInt(reloading.fields.MONOTONIC_USEC!);
+      assert.ok(usec >= before && usec <= afterwards, `MONOTONIC_USEC ${usec} is CLOCK_MONOTONIC, between ${before} and ${afterwards}`);
+      const reloaded = parseNotify(await notify.next());
+      assert.equal(reloaded.fields.READY, '1');
+      assert.match(reloaded.fields.STATUS!, /policy generation 2$/);
+
+      d.kill('SIGTERM');
+      const stopping = parseNotify(await notify.next());
+      assert.equal(stopping.fields.STOPPING, '1');
+      assert.match(stopping.fields.STATUS!, /stopping on SIGTERM/);
+      assert.equal(await d.exited, 0);
+      assert.equal(notify.messages.length, 4, notify.messages.join('\n'));
+      notify.close();
+    });
+  }
+
+  it('reloads through systemd’s path: the new policy is in force after READY=1, and a policy that fails keeps the old one', async () => {
+    const dir = join(tmp.path, 'reload');
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'f'), 'old tree');
+    const notify = await notifyListener(join(tmp.path, 'notify-reload.sock'));
+    const sock = join(tmp.path, 'reload.sock');
+    const d = await startDaemon(['--socket', sock, `--allow=${dir}/:r`], { env: { NOTIFY_SOCKET: notify.address } });
+    await notify.next(); // READY=1
+    await using client = await connect(sock);
+
+    // Swap the tree: the broker keeps resolving beneath the directory it opened, until it reloads.
+    renameSync(dir, `${dir}.old`);
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'f'), 'new tree');
+    assert.equal(readFd(await client.open(join(dir, 'f'))), 'old tree');
+    d.kill('SIGHUP');
+    assert.equal(parseNotify(await notify.next()).fields.RELOADING, '1');
+    assert.equal(parseNotify(await notify.next()).fields.READY, '1');
+    assert.equal(readFd(await client.open(join(dir, 'f'))), 'new tree');
+    assert.equal((await client.status()).policy.generation, 2);
+
+    // A reload that cannot load (the allowed tree is gone) leaves generation 2 in force.
+    renameSync(dir, `${dir}.new`);
+    d.kill('SIGHUP');
+    assert.equal(parseNotify(await notify.next()).fields.RELOADING, '1');
+    const ready = parseNotify(await notify.next());
+    assert.equal(ready.fields.READY, '1');
+    assert.match(ready.fields.STATUS!, /last reload FAILED/);
+    assert.equal(readFd(await client.open(join(dir, 'f'))), 'new tree', 'still served beneath the directory generation 2 opened');
+    const report = await client.status();
+    assert.equal(report.policy.generation, 2);
+    assert.equal(report.policy.reloadFailures, 1);
+    assert.match(report.policy.lastReloadError!, /cannot open directory/);
+    assert.match(d.stderr(), /policy reload failed, keeping generation 2/);
+    client.close();
+    assert.equal(await d.stop(), 0);
+    notify.close();
+    rmSync(`${dir}.old`, { recursive: true });
+    rmSync(`${dir}.new`, { recursive: true });
+  });
+
+  it('pings WATCHDOG=1 when systemd asks for it', async () => {
+    const notify = await notifyListener(join(tmp.path, 'notify-watchdog.sock'));
+    const d = await startDaemon(['--socket', join(tmp.path, 'watchdog.sock'), `--allow=${vm}/:r`], {
+      env: { NOTIFY_SOCKET: notify.address, WATCHDOG_USEC: '100000' },
+    });
+    assert.equal(parseNotify(await notify.next()).fields.READY, '1');
+    assert.equal(parseNotify(await notify.next()).fields.WATCHDOG, '1');
+    assert.equal(parseNotify(await notify.next()).fields.WATCHDOG, '1');
+    assert.equal(await d.stop(), 0);
+    notify.close();
+  });
+});
