@@ -1,0 +1,207 @@
+/**
+ * Graceful stop and restart: SIGTERM with requests really in flight, the stop deadline, and library
+ * clients that live through a broker's `kill -9` and restart.
+ */
+import assert from 'node:assert/strict';
+import { closeSync, existsSync, fstatSync, mkdirSync, readSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { connect } from '../src/client/client.js';
+import { ClientClosedError, ConnectionLostError } from '../src/client/errors.js';
+import { C, native, PollMode, recvArena, recvMeta } from '../src/native.js';
+import { rfcOpenFrame, rfcReplyHex, tempDir } from './helpers.js';
+import { startDaemon } from './service-helpers.js';
+
+const tmp = tempDir();
+const vm = join(tmp.path, 'vm');
+mkdirSync(vm);
+for (let i = 0; i < 10; i++) writeFileSync(join(vm, `f${i}`), `file ${i}`);
+const ino = statSync(join(vm, 'f0')).ino;
+after(tmp.cleanup);
+
+function readFd(fd: number): string {
+  const buf = Buffer.alloc(64);
+  const n = readSync(fd, buf, 0, 64, 0);
+  closeSync(fd);
+  return buf.toString('utf8', 0, n);
+}
+
+/**
+ * A raw RFC client that sends requests and reads nothing, so that the broker's replies back up and
+ * it stops reading: every request it has not read yet is in flight. Sends in rounds until the
+ * broker has stopped deciding; returns the socket and how many were sent.
+ */
+async function backedUpClient(socket: string): Promise<{ fd: number; sent: number }> {
+  const fd = native.connectUnix(Buffer.from(socket), C.SOCK_SEQPACKET);
+  const frame = rfcOpenFrame(join(vm, 'f0'), C.O_RDONLY);
+  let sent = 0;
+  for (let round = 0; round < 10; round++) {
+    while (sent < 5000 && native.send(fd, frame, 0, frame.length, -1) === frame.length) sent++;
+    await sleep(30);
+  }
+  return { fd, sent };
+}
+
+/** Reads replies until the broker closes the socket; checks each is a success with one fd. */
+function readAllReplies(fd: number): Promise<{ replies: number; bad: string[] }> {
+  return new Promise((resolve) => {
+    let replies = 0;
+    const bad: string[] = [];
+    const st = new Float64Array(8);
+    const poller = new native.Poller(fd, PollMode.Receive, 64, (_events, count, status) => {
+      for (let i = 0, m = 0; i < count; i++) {
+        const offset = recvMeta[m]!, length = recvMeta[m + 1]!, nfds = recvMeta[m + 3]!;
+        const bytes = recvArena.toString('hex', offset, offset + length);
+        for (let k = 0; k < nfds; k++) {
+          const got = recvMeta[m + 4 + k]!;
+          native.fstat(got, st);
+          if (st[7] !== ino) bad.push(`fd of inode ${st[7]}`);
+          native.close(got);
+        }
+        if (bytes !== rfcReplyHex(1, 0) || nfds !== 1) bad.push(`${bytes} with ${nfds} fds`);
+        replies++;
+        m += 4 + nfds;
+      }
+      if (status !== 0) {
+        poller.close();
+        resolve({ replies, bad });
+      }
+    });
+    poller.start(C.UV_READABLE);
+  });
+}
+
+describe('graceful stop', () => {
+  it('on SIGTERM stops accepting, answers every request in flight, then exits 0 and removes its socket', async () => {
+    const sock = join(tmp.path, 'term.sock');
+    const d = await startDaemon(['--socket', sock, `--allow=${vm}/:r`, '--stop-timeout', '20000']);
+    const { fd, sent } = await backedUpClient(sock);
+    let decided: number;
+    {
+      await using probe = await connect({ path: sock, reconnect: false });
+      decided = (await probe.status()).requests.total;
+    }
+    assert.ok(sent - decided >= 50, `at least 50 requests in flight (sent ${sent}, decided ${decided})`);
+
+    d.kill('SIGTERM');
+    await sleep(200);
+    assert.equal(existsSync(sock), false, 'stopped accepting: the socket file is gone');
+    assert.equal(d.child.exitCode, null, 'still answering the backed-up client');
+    await assert.rejects(connect({ path: sock, reconnect: false }), { code: 'ENOENT' });
+
+    const { replies, bad } = await readAllReplies(fd);
+    native.close(fd);
+    assert.deepEqual(bad, []);
+    assert.equal(replies, sent, 'every request sent before SIGTERM was answered, with its fd');
+    assert.equal(await d.exited, 0);
+    assert.match(d.stderr(), /SIGTERM, stopped\n/);
+    assert.doesNotMatch(d.stderr(), /cut/);
+  });
+
+  it('cuts a connection that is still busy at the deadline, and exits 0', async () => {
+    const sock = join(tmp.path, 'deadline.sock');
+    const d = await startDaemon(['--socket', sock, `--allow=${vm}/:r`, '--stop-timeout', '300']);
+    const { fd, sent } = await backedUpClient(sock);
+    const t0 = Date.now();
+    d.kill('SIGTERM');
+    assert.equal(await d.exited, 0);
+    const took = Date.now() - t0;
+    assert.ok(took >= 250 && took < 10_000, `stopped at the deadline (${took} ms)`);
+    assert.match(d.stderr(), /SIGTERM, stopped; 1 busy connection\(s\) cut at the 300 ms deadline/);
+    const { replies, bad } = await readAllReplies(fd);
+    native.close(fd);
+    assert.deepEqual(bad, []);
+    assert.ok(replies < sent, 'the client sees the end of the connection instead of its last replies');
+  });
+
+  it('closes idle connections at once, and library clients are told', async () => {
+    const sock = join(tmp.path, 'idle.sock');
+    const d = await startDaemon(['--socket', sock, `--allow=${vm}/:r`]);
+    const client = await connect({ path: sock, reconnect: false });
+    const closed = new Promise((resolve) => client.once('close', resolve));
+    const t0 = Date.now();
+    assert.equal(await d.stop(), 0);
+    assert.ok(Date.now() - t0 < 4000);
+    await closed;
+    await assert.rejects(client.open(join(vm, 'f0')), ClientClosedError);
+  });
+});
+
+describe('restart with a connected library client', () => {
+  it('keeps working through kill -9 and a new broker: safe requests in flight are sent again, O_CREAT|O_EXCL ones fail', async () => {
+    const sock = join(tmp.path, 'kill9.sock');
+    let d = await startDaemon(['--socket', sock, `--allow=${vm}/:rwc`]);
+    await using client = await connect({ path: sock, reconnect: { initialDelay: 5, maxDelay: 100, timeout: 20_000 } });
+    const events: string[] = [];
+    client.on('disconnect', () => events.push('disconnect'));
+    client.on('reconnect', () => events.push('reconnect'));
+    assert.equal(readFd(await client.open(join(vm, 'f1'))), 'file 1');
+
+    // Requests the broker has received but not answered when it dies.
+    d.kill('SIGSTOP');
+    const safe = Array.from({ length: 10 }, (_, i) => client.open(join(vm, `f${i}`)));
+    const creating = client.open(join(vm, 'created-once'), 'wx').then(() => null, (err: Error) => err);
+    await sleep(50);
+    d.kill('SIGKILL');
+    assert.equal(await d.exited, null);
+    assert.ok(existsSync(sock), 'kill -9 leaves a stale socket file behind');
+
+    const lost = await creating;
+    assert.ok(lost instanceof ConnectionLostError, String(lost));
+    assert.match(lost.message, /may or may not have been done/);
+    // While no broker listens, the safe requests wait (the client retries with backoff).
+    await sleep(300);
+    assert.ok(client.pending >= 10);
+
+    d = await startDaemon(['--socket', sock, `--allow=${vm}/:rwc`]);
+    const contents = await Promise.all(safe.map(async (p) => readFd(await p)));
+    assert.deepEqual(contents, Array.from({ length: 10 }, (_, i) => `file ${i}`));
+    assert.deepEqual(events, ['disconnect', 'reconnect']);
+    assert.notEqual(client.fd, -1);
+
+    // And it goes on working, tagged opens included.
+    assert.equal(client.tagged, true);
+    const fd = await client.open(join(vm, 'after-restart'), 'wx', 0o600);
+    assert.equal(fstatSync(fd).mode & 0o777, 0o600);
+    closeSync(fd);
+    assert.equal(await d.stop(), 0);
+  });
+
+  it('reconnects after a graceful restart when it next has a request', async () => {
+    const sock = join(tmp.path, 'graceful.sock');
+    let d = await startDaemon(['--socket', sock, `--allow=${vm}/:r`]);
+    await using client = await connect(sock);
+    assert.equal(readFd(await client.open(join(vm, 'f2'))), 'file 2');
+    assert.equal(await d.stop(), 0);
+    d = await startDaemon(['--socket', sock, `--allow=${vm}/:r`]);
+    assert.equal(readFd(await client.open(join(vm, 'f3'))), 'file 3');
+    assert.equal(await d.stop(), 0);
+  });
+
+  it('fails a request within the reconnect timeout when no broker comes back, and never hangs', async () => {
+    const sock = join(tmp.path, 'gone.sock');
+    const d = await startDaemon(['--socket', sock, `--allow=${vm}/:r`]);
+    await using client = await connect({ path: sock, reconnect: { timeout: 300 } });
+    d.kill('SIGSTOP');
+    const pending = client.open(join(vm, 'f4'));
+    await sleep(50);
+    d.kill('SIGKILL');
+    const t0 = Date.now();
+    await assert.rejects(pending, (err: Error) => {
+      assert.ok(err instanceof ConnectionLostError);
+      assert.match(err.message, /no broker at .*gone\.sock for 300 ms \(ECONNREFUSED/);
+      return true;
+    });
+    assert.ok(Date.now() - t0 < 5000);
+    // A client made from an fd cannot reconnect: a request in flight fails at once.
+    const d2 = await startDaemon(['--socket', sock, `--allow=${vm}/:r`]);
+    const raw = native.connectUnix(Buffer.from(sock), C.SOCK_SEQPACKET);
+    await using byFd = await connect({ fd: raw });
+    d2.kill('SIGSTOP');
+    const inFlight = byFd.open(join(vm, 'f5'));
+    await sleep(50);
+    d2.kill('SIGKILL');
+    await assert.rejects(inFlight, /broker closed the connection/);
+  });
+});
