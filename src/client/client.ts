@@ -425,7 +425,11 @@ export class OpenHookClient extends EventEmitter {
       return;
     }
     this.#reconnecting = true;
-    void this.#reconnectLoop(path, reconnect).finally(() => (this.#reconnecting = false));
+    void this.#reconnectLoop(path, reconnect).finally(() => {
+      this.#reconnecting = false;
+      // The new link may have been lost while the waiting requests were sent on it: go again.
+      if (!this.#link && !this.#closed && this.#waiting.length > 0) this.#startReconnect();
+    });
   }
 
   async #reconnectLoop(path: string, opts: Required<ReconnectOptions>): Promise<void> {
