@@ -8,7 +8,9 @@ import { get } from 'node:http';
 import { closeSync, existsSync, mkdirSync, openSync, readSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import { MetricsAddressError, parseMetricsAddress } from '../src/broker/metrics-server.js';
 import { connect } from '../src/client/client.js';
+import { ActivationError, listenFds } from '../src/systemd/activation.js';
 import { C, native } from '../src/native.js';
 import { receiveOne, rfcOpenFrame, rfcReplyHex, tempDir } from './helpers.js';
 import { notifyListener, parseNotify, startDaemon, systemdStyleSocket } from './service-helpers.js';
@@ -202,5 +204,29 @@ describe('Type=notify', () => {
     assert.equal(parseNotify(await notify.next()).fields.WATCHDOG, '1');
     assert.equal(await d.stop(), 0);
     notify.close();
+  });
+});
+
+describe('parsing what systemd and operators say', () => {
+  it('reads LISTEN_* as sd_listen_fds does, and removes them from the environment', () => {
+    const env: NodeJS.ProcessEnv = { LISTEN_FDS: '2', LISTEN_PID: '42', LISTEN_FDNAMES: 'openhook:metrics' };
+    assert.deepEqual(listenFds(env, 42), { sockets: [{ fd: 3, name: 'openhook' }, { fd: 4, name: 'metrics' }], ignored: null });
+    assert.deepEqual(env, {}, 'no child inherits them');
+    assert.deepEqual(listenFds({ LISTEN_FDS: '1', LISTEN_PID: '42' }, 42).sockets, [{ fd: 3, name: 'unknown' }]);
+    assert.deepEqual(listenFds({}, 42), { sockets: [], ignored: null });
+    assert.match(listenFds({ LISTEN_FDS: '1', LISTEN_PID: '7' }, 42).ignored!, /LISTEN_PID is 7, not this process \(42\)/);
+    assert.throws(() => listenFds({ LISTEN_FDS: 'x', LISTEN_PID: '42' }, 42), ActivationError);
+    assert.throws(() => listenFds({ LISTEN_FDS: '1' }, 42), /LISTEN_PID is missing/);
+    assert.throws(() => listenFds({ LISTEN_FDS: '0', LISTEN_PID: '42' }, 42), /not a count/);
+  });
+
+  it('serves metrics on UNIX sockets and loopback addresses only', () => {
+    assert.deepEqual(parseMetricsAddress('unix:/run/openhook/metrics.sock'), { kind: 'unix', path: '/run/openhook/metrics.sock' });
+    assert.deepEqual(parseMetricsAddress('127.0.0.1:9464'), { kind: 'tcp', host: '127.0.0.1', port: 9464 });
+    assert.deepEqual(parseMetricsAddress('127.1.2.3:0'), { kind: 'tcp', host: '127.1.2.3', port: 0 });
+    assert.deepEqual(parseMetricsAddress('[::1]:9464'), { kind: 'tcp', host: '::1', port: 9464 });
+    for (const bad of ['0.0.0.0:9464', '10.0.0.1:9464', '[::]:9464', 'localhost:9464', 'unix:relative.sock', '127.0.0.1', '127.0.0.1:70000']) {
+      assert.throws(() => parseMetricsAddress(bad), MetricsAddressError, bad);
+    }
   });
 });
