@@ -11,14 +11,17 @@ import { connect } from '../src/client/client.js';
 import { ClientClosedError, ConnectionLostError } from '../src/client/errors.js';
 import { C, native, PollMode, recvArena, recvMeta } from '../src/native.js';
 import { rfcOpenFrame, rfcReplyHex, tempDir } from './helpers.js';
-import { startDaemon } from './service-helpers.js';
+import { killLeftovers, startDaemon } from './service-helpers.js';
 
 const tmp = tempDir();
 const vm = join(tmp.path, 'vm');
 mkdirSync(vm);
 for (let i = 0; i < 10; i++) writeFileSync(join(vm, `f${i}`), `file ${i}`);
 const ino = statSync(join(vm, 'f0')).ino;
-after(tmp.cleanup);
+after(() => {
+  killLeftovers();
+  tmp.cleanup();
+});
 
 function readFd(fd: number): string {
   const buf = Buffer.alloc(64);

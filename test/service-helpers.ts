@@ -8,6 +8,20 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { C, native } from '../src/native.js';
 import { CLI, fixture, receiveOne } from './helpers.js';
 
+/** Processes started here and not yet reaped: a failing test must not leave them running. */
+const live = new Set<ChildProcess>();
+
+/** Kills whatever a test left running (register with after()). */
+export function killLeftovers(): void {
+  for (const child of live) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  live.clear();
+}
+
+function track(child: ChildProcess): void {
+  live.add(child);
+  child.on('exit', () => live.delete(child));
+}
+
 /**
  * A listening socket at path, made as systemd makes one for a .socket unit (bound in place, so
  * getsockname names path), held by this process as systemd holds it. Returns the fd.
@@ -71,6 +85,7 @@ export async function startDaemon(args: string[], options: DaemonOptions = {}): 
     env,
     ...(options.uid !== undefined ? { uid: options.uid, gid: options.gid ?? options.uid } : {}),
   });
+  track(child);
   let err = '';
   child.stderr!.on('data', (d) => (err += d));
   child.stdout!.resume();
@@ -112,6 +127,7 @@ export interface NotifyListener {
 /** A SOCK_DGRAM socket at address (a path or '@abstract'), read as systemd reads NOTIFY_SOCKET. */
 export async function notifyListener(address: string): Promise<NotifyListener> {
   const child = spawn(fixture('notify-listener'), [address], { stdio: ['pipe', 'pipe', 'inherit'] });
+  track(child);
   const messages: string[] = [];
   let taken = 0;
   let buffered = '';

@@ -8,6 +8,7 @@ import { chmodSync, closeSync, mkdirSync, writeFileSync } from 'node:fs';
 import { get, type IncomingMessage } from 'node:http';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { Broker } from '../src/broker/broker.js';
 import type { StatusReport } from '../src/broker/metrics.js';
@@ -17,7 +18,7 @@ import { Policy } from '../src/policy/policy.js';
 import { parseAllowFlag } from '../src/policy/rule.js';
 import { encodeStatusRequest } from '../src/protocol/frames.js';
 import { CLI, fixture, probe, rfcOpenFrame, rfcReplyHex, tempDir } from './helpers.js';
-import { startDaemon, type Daemon } from './service-helpers.js';
+import { killLeftovers, startDaemon, type Daemon } from './service-helpers.js';
 
 const run = promisify(execFile);
 const NOBODY = 65534;
@@ -30,7 +31,10 @@ chmodSync(tmp.path, 0o711);
 const vm = join(tmp.path, 'vm');
 mkdirSync(join(vm, 'private'), { recursive: true });
 writeFileSync(join(vm, 'disk.img'), 'disk');
-after(tmp.cleanup);
+after(() => {
+  killLeftovers();
+  tmp.cleanup();
+});
 
 /** `openhook status ARGS`, as root or as another uid: exit code, stdout, stderr. */
 function status(args: string[], uid?: number): { code: number | null; out: string; err: string } {
@@ -82,7 +86,7 @@ describe('openhook status', () => {
     assert.equal(report.policy.generation, 1);
     assert.equal(report.policy.rules, 2);
     assert.deepEqual(report.requests, { total: 7, allowed: 2, denied: 5 });
-    assert.deepEqual(report.denials, { 'no-rule': 1, 'deny-rule': 1, access: 1, flags: 1, path: 1 });
+    assert.deepEqual(report.denials, { 'no-rule': 1, 'deny-rule': 1, access: 1, flags: 1, path: 1, audit: 0 });
     assert.deepEqual(report.errors, { open: { ENOENT: 1 }, protocol: 1, faults: 0, accept: 0 });
     assert.equal(report.connections.open, 1, 'the status command itself');
     assert.ok(report.connections.total >= 3);
@@ -97,7 +101,7 @@ describe('openhook status', () => {
     assert.match(r.out, new RegExp(`^openhook broker at ${sock}: serving \\(pid ${d.pid}, uid 0,`));
     assert.match(r.out, /^ {2}policy +generation 1, 2 rule\(s\)/m);
     assert.match(r.out, /^ {2}requests +7: 2 allowed, 5 denied$/m);
-    assert.match(r.out, /^ {2}denied +no-rule 1 · deny-rule 1 · access 1 · flags 1 · path 1$/m);
+    assert.match(r.out, /^ {2}denied +no-rule 1 · deny-rule 1 · access 1 · flags 1 · path 1 · audit 0$/m);
     assert.match(r.out, /^ {2}open errors +ENOENT 1$/m);
     assert.match(r.out, /^ {2}faults +1 malformed frame\(s\)/m);
     assert.match(r.out, /^ {2}latency +p50 < [\d.]+ (µs|ms), p90 < .*, p99 < .* \(mean [\d.]+ µs\)$/m);
@@ -122,6 +126,28 @@ describe('openhook status', () => {
   it('refuses STATUS flags it does not know', () => {
     const [line] = probe(sock, 'seqpacket', [encodeStatusRequest(1)]);
     assert.equal(line, `reply=${rfcReplyHex(0x103, -EINVAL)} fds=0`);
+  });
+
+  it('counts requests refused because a fail-closed audit log cannot be written', async () => {
+    const auditSock = join(tmp.path, 'audit.sock');
+    const a = await startDaemon(['--socket', auditSock, `--allow=${vm}/:r`, '--audit', '/dev/full']);
+    {
+      await using client = await connect(auditSock);
+      // The log finds out that it cannot write with the first record; later requests are refused.
+      let refused = 0;
+      for (let i = 0; i < 100 && refused < 3; i++) {
+        await client.open(join(vm, 'disk.img')).then(closeSync, (e: NodeJS.ErrnoException) => {
+          assert.equal(e.code, 'EIO');
+          refused++;
+        });
+        await sleep(10);
+      }
+      const report = await client.status();
+      assert.equal(refused, 3);
+      assert.equal(report.denials.audit, 3);
+      assert.equal(report.requests.denied, 3);
+    }
+    assert.equal(await a.stop(), 0);
   });
 
   it('finds a SOCK_STREAM broker too, and says clearly when there is none', async () => {

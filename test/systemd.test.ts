@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { get } from 'node:http';
-import { closeSync, existsSync, mkdirSync, openSync, readSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { MetricsAddressError, parseMetricsAddress } from '../src/broker/metrics-server.js';
@@ -13,13 +13,16 @@ import { connect } from '../src/client/client.js';
 import { ActivationError, listenFds } from '../src/systemd/activation.js';
 import { C, native } from '../src/native.js';
 import { receiveOne, rfcOpenFrame, rfcReplyHex, tempDir } from './helpers.js';
-import { notifyListener, parseNotify, startDaemon, systemdStyleSocket } from './service-helpers.js';
+import { killLeftovers, notifyListener, parseNotify, startDaemon, systemdStyleSocket } from './service-helpers.js';
 
 const tmp = tempDir();
 const vm = join(tmp.path, 'vm');
 mkdirSync(vm);
 writeFileSync(join(vm, 'disk.img'), 'disk');
-after(tmp.cleanup);
+after(() => {
+  killLeftovers();
+  tmp.cleanup();
+});
 
 function readFd(fd: number): string {
   const buf = Buffer.alloc(64);
@@ -125,7 +128,9 @@ describe('Type=notify', () => {
       const address = kind === 'path' ? join(tmp.path, 'notify.sock') : `@openhook-test-notify-${process.pid}-${Date.now()}`;
       const notify = await notifyListener(address);
       const sock = join(tmp.path, `notify-${kind}.sock`);
-      const d = await startDaemon(['--socket', sock, `--allow=${vm}/:r`], { env: { NOTIFY_SOCKET: address } });
+      const policy = join(tmp.path, `notify-${kind}.toml`);
+      writeFileSync(policy, `[[rule]]\nallow = "${vm}/"\naccess = "r"\n`);
+      const d = await startDaemon(['--socket', sock, '--policy', policy], { env: { NOTIFY_SOCKET: address } });
 
       const ready = parseNotify(await notify.next());
       assert.equal(ready.pid, d.pid, 'sent by the main process, as NotifyAccess=main requires');
@@ -154,44 +159,71 @@ describe('Type=notify', () => {
   }
 
   it('reloads through systemd’s path: the new policy is in force after READY=1, and a policy that fails keeps the old one', async () => {
-    const dir = join(tmp.path, 'reload');
-    mkdirSync(dir);
-    writeFileSync(join(dir, 'f'), 'old tree');
+    for (const name of ['a', 'b']) {
+      mkdirSync(join(tmp.path, name));
+      writeFileSync(join(tmp.path, name, 'f'), `tree ${name}`);
+    }
+    const allow = (name: string): string => `[[rule]]\nallow = "${join(tmp.path, name)}/"\naccess = "r"\n`;
+    const policy = join(tmp.path, 'reload.toml');
+    writeFileSync(policy, allow('a'));
     const notify = await notifyListener(join(tmp.path, 'notify-reload.sock'));
     const sock = join(tmp.path, 'reload.sock');
-    const d = await startDaemon(['--socket', sock, `--allow=${dir}/:r`], { env: { NOTIFY_SOCKET: notify.address } });
-    await notify.next(); // READY=1
+    const d = await startDaemon(['--socket', sock, '--policy', policy], { env: { NOTIFY_SOCKET: notify.address } });
+    assert.equal(parseNotify(await notify.next()).fields.READY, '1');
     await using client = await connect(sock);
+    const tryOpen = (name: string): Promise<string> => client.open(join(tmp.path, name, 'f')).then(readFd, (e: NodeJS.ErrnoException) => e.code!);
+    assert.deepEqual([await tryOpen('a'), await tryOpen('b')], ['tree a', 'EACCES']);
 
-    // Swap the tree: the broker keeps resolving beneath the directory it opened, until it reloads.
-    renameSync(dir, `${dir}.old`);
-    mkdirSync(dir);
-    writeFileSync(join(dir, 'f'), 'new tree');
-    assert.equal(readFd(await client.open(join(dir, 'f'))), 'old tree');
+    // ExecReload=kill -HUP $MAINPID
+    writeFileSync(policy, allow('b'));
     d.kill('SIGHUP');
     assert.equal(parseNotify(await notify.next()).fields.RELOADING, '1');
     assert.equal(parseNotify(await notify.next()).fields.READY, '1');
-    assert.equal(readFd(await client.open(join(dir, 'f'))), 'new tree');
+    assert.deepEqual([await tryOpen('a'), await tryOpen('b')], ['EACCES', 'tree b']);
     assert.equal((await client.status()).policy.generation, 2);
 
-    // A reload that cannot load (the allowed tree is gone) leaves generation 2 in force.
-    renameSync(dir, `${dir}.new`);
+    // A policy that does not load leaves generation 2 in force, and says so.
+    writeFileSync(policy, allow('a').replace('access', 'acess'));
     d.kill('SIGHUP');
     assert.equal(parseNotify(await notify.next()).fields.RELOADING, '1');
     const ready = parseNotify(await notify.next());
     assert.equal(ready.fields.READY, '1');
-    assert.match(ready.fields.STATUS!, /last reload FAILED/);
-    assert.equal(readFd(await client.open(join(dir, 'f'))), 'new tree', 'still served beneath the directory generation 2 opened');
+    assert.match(ready.fields.STATUS!, /policy generation 2; last reload FAILED/);
+    assert.deepEqual([await tryOpen('a'), await tryOpen('b')], ['EACCES', 'tree b']);
     const report = await client.status();
     assert.equal(report.policy.generation, 2);
     assert.equal(report.policy.reloadFailures, 1);
-    assert.match(report.policy.lastReloadError!, /cannot open directory/);
-    assert.match(d.stderr(), /policy reload failed, keeping generation 2/);
+    assert.match(report.policy.lastReloadError!, /reload\.toml:3:1: unknown key 'acess'/);
+    assert.match(d.stderr(), /policy reload \(SIGHUP\) failed, the old policy stays in force/);
+
     client.close();
     assert.equal(await d.stop(), 0);
     notify.close();
-    rmSync(`${dir}.old`, { recursive: true });
-    rmSync(`${dir}.new`, { recursive: true });
+  });
+
+  it('tells systemd about reloads that --watch makes, and answers SIGHUP without a policy file', async () => {
+    const policy = join(tmp.path, 'watch.toml');
+    writeFileSync(policy, `[[rule]]\nallow = "${vm}/"\naccess = "r"\n`);
+    const notify = await notifyListener(join(tmp.path, 'notify-watch.sock'));
+    const d = await startDaemon(['--socket', join(tmp.path, 'watch.sock'), '--policy', policy, '--watch'], { env: { NOTIFY_SOCKET: notify.address } });
+    assert.equal(parseNotify(await notify.next()).fields.READY, '1');
+    writeFileSync(policy, `[[rule]]\nallow = "${vm}/"\naccess = "rw"\n`);
+    assert.equal(parseNotify(await notify.next()).fields.RELOADING, '1');
+    assert.match(parseNotify(await notify.next()).fields.STATUS!, /policy generation 2$/);
+    assert.equal(await d.stop(), 0);
+    notify.close();
+
+    // With rules from the command line there is nothing to reload, but `systemctl reload` must not
+    // wait for an answer that never comes.
+    const flags = await notifyListener(join(tmp.path, 'notify-flags.sock'));
+    const f = await startDaemon(['--socket', join(tmp.path, 'flags.sock'), `--allow=${vm}/:r`], { env: { NOTIFY_SOCKET: flags.address } });
+    assert.equal(parseNotify(await flags.next()).fields.READY, '1');
+    f.kill('SIGHUP');
+    assert.equal(parseNotify(await flags.next()).fields.RELOADING, '1');
+    assert.match(parseNotify(await flags.next()).fields.STATUS!, /policy generation 1$/);
+    assert.match(f.stderr(), /SIGHUP: nothing to reload/);
+    assert.equal(await f.stop(), 0);
+    flags.close();
   });
 
   it('pings WATCHDOG=1 when systemd asks for it', async () => {
