@@ -10,8 +10,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { connect } from '../src/client/client.js';
 import { ClientClosedError, ConnectionLostError } from '../src/client/errors.js';
 import { C, native, PollMode, recvArena, recvMeta } from '../src/native.js';
-import { rfcOpenFrame, rfcReplyHex, tempDir } from './helpers.js';
-import { killLeftovers, startDaemon } from './service-helpers.js';
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { PRELOAD_LIBRARY } from '../src/launch/preload.js';
+import { fixture, rfcOpenFrame, rfcReplyHex, tempDir } from './helpers.js';
+import { killLeftovers, startDaemon, systemdStyleSocket } from './service-helpers.js';
 
 const tmp = tempDir();
 const vm = join(tmp.path, 'vm');
@@ -208,3 +211,51 @@ describe('restart with a connected library client', () => {
     await assert.rejects(inFlight, /broker closed the connection/);
   });
 });
+
+describe('the interposer across restarts under socket activation', () => {
+  it('never sees an error: opens made while the broker restarts wait in the backlog of systemd’s socket', async () => {
+    const path = join(tmp.path, 'interposed.sock');
+    const fd = await systemdStyleSocket(path, 'seqpacket');
+    const args = [`--allow=${vm}/:r`];
+    let d = await startDaemon(args, { fds: [fd] });
+    const child = spawn(fixture('opener', ['-pthread']), ['loop', join(vm, 'f0')], {
+      env: { PATH: '/usr/bin:/bin', LD_PRELOAD: PRELOAD_LIBRARY, OPENHOOK_SOCKET: path },
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+    const ask = (): Promise<string> => {
+      child.stdin!.write('\n');
+      return lines.next().then((r) => r.value as string);
+    };
+    try {
+      assert.equal(await ask(), 'ok');
+      assert.equal((await statusOf(path)).requests.total, 1, 'the open went through the broker');
+
+      // A graceful restart: the open is asked while no broker runs, and answered by the next one.
+      assert.equal(await d.stop(), 0);
+      const during = ask();
+      await sleep(200);
+      d = await startDaemon(args, { fds: [fd] });
+      assert.equal(await during, 'ok');
+
+      // kill -9, then the same.
+      d.kill('SIGKILL');
+      await d.exited;
+      const afterKill = ask();
+      await sleep(200);
+      d = await startDaemon(args, { fds: [fd] });
+      assert.equal(await afterKill, 'ok');
+      assert.equal(await ask(), 'ok');
+    } finally {
+      child.stdin!.end();
+      await new Promise((resolve) => child.on('close', resolve));
+      await d.stop();
+      native.close(fd);
+    }
+  });
+});
+
+async function statusOf(path: string): Promise<import('../src/broker/metrics.js').StatusReport> {
+  await using c = await connect({ path, reconnect: false });
+  return await c.status();
+}
