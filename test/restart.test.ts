@@ -3,14 +3,14 @@
  * clients that live through a broker's `kill -9` and restart.
  */
 import assert from 'node:assert/strict';
-import { closeSync, existsSync, fstatSync, mkdirSync, readSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, constants as fsConstants, existsSync, fstatSync, mkdirSync, openSync, readSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect } from '../src/client/client.js';
 import { ClientClosedError, ConnectionLostError } from '../src/client/errors.js';
 import { C, native, PollMode, recvArena, recvMeta } from '../src/native.js';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { PRELOAD_LIBRARY } from '../src/launch/preload.js';
 import { fixture, rfcOpenFrame, rfcReplyHex, tempDir } from './helpers.js';
@@ -47,6 +47,54 @@ async function backedUpClient(socket: string): Promise<{ fd: number; sent: numbe
     await sleep(30);
   }
   return { fd, sent };
+}
+
+/**
+ * A broker whose policy allows FIFOs, and 50 opens of FIFOs without writers from 5 library clients:
+ * every one blocks on the broker's thread pool until its other end opens. Waits until STATUS counts
+ * all 50 as under way.
+ */
+async function slowOpensInFlight(name: string, stopTimeout: number) {
+  const dir = join(tmp.path, name);
+  mkdirSync(dir);
+  const fifos = Array.from({ length: 50 }, (_, i) => join(dir, `p${i}`));
+  for (const f of fifos) execFileSync('mkfifo', [f]);
+  const policy = join(tmp.path, `${name}.toml`);
+  writeFileSync(policy, `[[rule]]\nallow = "${dir}/"\naccess = "r"\nfifos = true\n`);
+  const sock = join(tmp.path, `${name}.sock`);
+  const d = await startDaemon(['--socket', sock, '--policy', policy, '--stop-timeout', String(stopTimeout)]);
+  const clients = await Promise.all(Array.from({ length: 5 }, () => connect({ path: sock, reconnect: false })));
+  const opens = fifos.map((f, i) => clients[i % 5]!.open(f, 'r'));
+  opens.forEach((p) => p.catch(() => {})); // settled by the tests; never unhandled
+  for (let i = 0; ; i++) {
+    const pending = (await statusOf(sock)).requests.pending;
+    if (pending === 50) break;
+    if (i > 200) throw new Error(`only ${pending} slow opens under way`);
+    await sleep(20);
+  }
+  return { d, sock, clients, opens, fifos };
+}
+
+/**
+ * Opens the write end of each FIFO once its reader (a broker thread) is there. The pool runs some of
+ * the opens at a time, so go round the FIFOs until each has its writer (ENXIO: no reader yet).
+ */
+async function openWriters(fifos: string[]): Promise<number[]> {
+  const fds: number[] = [];
+  let waiting = [...fifos];
+  while (waiting.length > 0) {
+    waiting = waiting.filter((f) => {
+      try {
+        fds.push(openSync(f, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK));
+        return false;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENXIO') throw err;
+        return true;
+      }
+    });
+    if (waiting.length > 0) await sleep(5);
+  }
+  return fds;
 }
 
 /** Reads replies until the broker closes the socket; checks each is a success with one fd. */
@@ -103,6 +151,36 @@ describe('graceful stop', () => {
     assert.equal(await d.exited, 0);
     assert.match(d.stderr(), /SIGTERM, stopped\n/);
     assert.doesNotMatch(d.stderr(), /cut/);
+  });
+
+  it('on SIGTERM waits for 50 slow opens under way on the thread pool, answers each, then exits 0', async () => {
+    const { d, sock, clients, opens, fifos } = await slowOpensInFlight('slow-term', 20_000);
+    d.kill('SIGTERM');
+    await sleep(200);
+    assert.equal(existsSync(sock), false, 'stopped accepting');
+    assert.equal(d.child.exitCode, null, 'still waiting for the opens under way');
+
+    // The other ends arrive: every open completes, and its fd reaches its client.
+    const writers = await openWriters(fifos);
+    const fds = await Promise.all(opens);
+    for (const fd of fds) {
+      assert.ok(fstatSync(fd).isFIFO());
+      closeSync(fd);
+    }
+    for (const w of writers) closeSync(w);
+    assert.equal(await d.exited, 0);
+    assert.match(d.stderr(), /SIGTERM, stopped\n/);
+    for (const c of clients) c.close();
+  });
+
+  it('refuses the slow opens still under way at the deadline: the clients see the broker go, and exit is 0', async () => {
+    const { d, clients, opens } = await slowOpensInFlight('slow-deadline', 300);
+    const settled = opens.map((p) => p.then(() => 'fd', (err: Error) => err.constructor.name));
+    d.kill('SIGTERM');
+    assert.equal(await d.exited, 0);
+    assert.match(d.stderr(), /SIGTERM, stopped; 5 busy connection\(s\) cut at the 300 ms deadline/);
+    assert.deepEqual(new Set(await Promise.all(settled)), new Set(['ClientClosedError']));
+    for (const c of clients) c.close();
   });
 
   it('cuts a connection that is still busy at the deadline, and exits 0', async () => {

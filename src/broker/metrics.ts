@@ -54,6 +54,9 @@ export class Metrics {
   connectionsTotal = 0;
   /** connections closed at accept because the policy admits no section for the client */
   connectionsRefused = 0;
+  /** allowed opens run on the thread pool (they may block: FUSE, NFS, FIFOs), and those finished */
+  slowOpens = 0;
+  slowDone = 0;
   /** STATUS requests answered, and refused (-EACCES) */
   statusQueries = 0;
   statusRefused = 0;
@@ -105,7 +108,8 @@ export interface StatusReport {
   policy: { generation: number; loadedAt: string; rules: number; reloadFailures: number; lastReloadError: string | null };
   listeners: BrokerState['listeners'];
   connections: { open: number; total: number; refused: number };
-  requests: { total: number; allowed: number; denied: number };
+  /** slow: allowed opens run on the thread pool; pending: those still under way (not yet in total) */
+  requests: { total: number; allowed: number; denied: number; slow: number; pending: number };
   denials: Record<(typeof DENIAL_NAMES)[number], number>;
   errors: { open: Record<string, number>; protocol: number; faults: number; accept: number };
   status: { answered: number; refused: number };
@@ -142,7 +146,7 @@ export function snapshot(m: Metrics, s: BrokerState): StatusReport {
     policy: { ...s.policy, loadedAt: new Date(s.policy.loadedAt).toISOString() },
     listeners: s.listeners,
     connections: { open: s.connections, total: m.connectionsTotal, refused: m.connectionsRefused },
-    requests: { total: m.requests, allowed: m.allowed, denied },
+    requests: { total: m.requests, allowed: m.allowed, denied, slow: m.slowOpens, pending: m.slowOpens - m.slowDone },
     denials,
     errors: { open, protocol: m.protocolErrors, faults: m.faults, accept: m.acceptErrors },
     status: { answered: m.statusQueries, refused: m.statusRefused },

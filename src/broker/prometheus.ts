@@ -21,6 +21,8 @@ export function prometheusText(r: StatusReport): string {
   metric('openhook_connections_refused_total', 'counter', 'Connections closed at accept: the policy has no section for the client.', [['', r.connections.refused]]);
   metric('openhook_requests_total', 'counter', 'Open requests decided.', [['', r.requests.total]]);
   metric('openhook_requests_allowed_total', 'counter', 'Open requests the policy allowed.', [['', r.requests.allowed]]);
+  metric('openhook_slow_opens_total', 'counter', 'Allowed opens run on the thread pool (FUSE, NFS, FIFOs).', [['', r.requests.slow]]);
+  metric('openhook_slow_opens_pending', 'gauge', 'Opens on the thread pool now.', [['', r.requests.pending]]);
   metric('openhook_requests_denied_total', 'counter', 'Open requests denied, by reason.',
     DENIAL_NAMES.map((reason) => [`{reason="${reason}"}`, r.denials[reason]]));
   metric('openhook_open_errors_total', 'counter', 'Allowed requests whose open failed, by errno.',

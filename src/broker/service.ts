@@ -88,9 +88,10 @@ export function serveOpen(ctx: ServiceContext, peer: Peer, req: Request, cancel:
       if (resolver.offloads(decision.rule!, decision.rootFd, options)) {
         // The decision stays pinned (its root open, its verify hook valid) until the slow open is done.
         const policy = ctx.policy, pinned = decision, metrics = ctx.metrics;
+        metrics.slowOpens++;
         const slow = resolver.openSlow(decision.rootFd, decision.rest, flags, req.mode, options, cancel)
           .finally(() => policy.release(pinned))
-          .then((fd) => (metrics.recordOpen(-1, fd < 0 ? -fd : 0, started), fd));
+          .then((fd) => (metrics.slowDone++, metrics.recordOpen(-1, fd < 0 ? -fd : 0, started), fd));
         outcome.slow = ctx.audit ? audited(ctx, peer, req, raw, access, decision, started, slow) : slow;
         outcome.result = 0;
         return outcome;

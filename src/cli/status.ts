@@ -69,7 +69,7 @@ export function formatReport(r: StatusReport, socket: string): string {
   const failures = r.policy.reloadFailures ? `; ${r.policy.reloadFailures} failed reload(s)${r.policy.lastReloadError ? `, last: ${r.policy.lastReloadError}` : ''}` : '';
   row('policy', `generation ${r.policy.generation}, ${r.policy.rules} rule(s), loaded ${r.policy.loadedAt}${failures}`);
   row('connections', `${n(r.connections.open)} open, ${n(r.connections.total)} in all`);
-  row('requests', `${n(r.requests.total)}: ${n(r.requests.allowed)} allowed, ${n(r.requests.denied)} denied`);
+  row('requests', `${n(r.requests.total)}: ${n(r.requests.allowed)} allowed, ${n(r.requests.denied)} denied; ${n(r.requests.slow)} on the thread pool, ${n(r.requests.pending)} under way`);
   row('denied', Object.entries(r.denials).map(([k, v]) => `${k} ${n(v)}`).join(' · '));
   const openErrors = Object.entries(r.errors.open);
   row('open errors', openErrors.length ? openErrors.map(([k, v]) => `${k} ${n(v)}`).join(' · ') : 'none');
