@@ -85,7 +85,10 @@ describe('openhook status', () => {
     assert.ok(report.uptimeSeconds > 0);
     assert.equal(report.policy.generation, 1);
     assert.equal(report.policy.rules, 2);
-    assert.deepEqual(report.requests, { total: 7, allowed: 2, denied: 5, slow: 0, pending: 0 });
+    // The first opens beneath a root run on the thread pool until the broker knows its file system.
+    const { slow, ...requests } = report.requests;
+    assert.deepEqual(requests, { total: 7, allowed: 2, denied: 5, pending: 0 });
+    assert.ok(slow <= 2);
     assert.deepEqual(report.denials, { 'no-rule': 1, 'deny-rule': 1, access: 1, flags: 1, path: 1, audit: 0 });
     assert.deepEqual(report.errors, { open: { ENOENT: 1 }, protocol: 1, faults: 0, accept: 0 });
     assert.equal(report.connections.open, 1, 'the status command itself');
@@ -100,7 +103,7 @@ describe('openhook status', () => {
     assert.equal(r.code, 0, r.err);
     assert.match(r.out, new RegExp(`^openhook broker at ${sock}: serving \\(pid ${d.pid}, uid 0,`));
     assert.match(r.out, /^ {2}policy +generation 1, 2 rule\(s\)/m);
-    assert.match(r.out, /^ {2}requests +7: 2 allowed, 5 denied; 0 on the thread pool, 0 under way$/m);
+    assert.match(r.out, /^ {2}requests +7: 2 allowed, 5 denied; \d on the thread pool, 0 under way$/m);
     assert.match(r.out, /^ {2}denied +no-rule 1 · deny-rule 1 · access 1 · flags 1 · path 1 · audit 0$/m);
     assert.match(r.out, /^ {2}open errors +ENOENT 1$/m);
     assert.match(r.out, /^ {2}faults +1 malformed frame\(s\)/m);
