@@ -1,5 +1,5 @@
 /** `openhook status`: ask a running broker how it is doing (the STATUS extension). */
-import { Command } from 'commander';
+import { Command, InvalidArgumentError } from 'commander';
 import { quantileBound, type StatusReport } from '../broker/metrics.js';
 import { connect, type OpenHookClient } from '../client/client.js';
 
@@ -15,9 +15,9 @@ interface StatusOptions {
 export function statusCommand(): Command {
   return new Command('status')
     .description("show a running broker's health and counters (for its own user and root)")
-    .option('--socket <PATH>', `the broker's socket (default: $OPENHOOK_SOCKET, else ${DEFAULT_SOCKET})`, process.env.OPENHOOK_SOCKET ?? DEFAULT_SOCKET)
+    .option('--socket <PATH>', "the broker's socket ($OPENHOOK_SOCKET if set)", process.env.OPENHOOK_SOCKET ?? DEFAULT_SOCKET)
     .option('--json', 'print the STATUS report as JSON')
-    .option('--timeout <MS>', 'how long to wait for the answer', (t) => Number(t), 5000)
+    .option('--timeout <MS>', 'how long to wait for the answer', parseMs, 5000)
     .action(async (opts: StatusOptions) => {
       process.exitCode = await status(opts);
     });
@@ -99,4 +99,9 @@ function duration(seconds: number): string {
   const parts = [[Math.floor(s / 86400), 'd'], [Math.floor(s / 3600) % 24, 'h'], [Math.floor(s / 60) % 60, 'm'], [s % 60, 's']] as const;
   const first = parts.findIndex(([v]) => v > 0);
   return first < 0 ? '0s' : parts.slice(first).map(([v, u]) => `${v}${u}`).join(' ');
+}
+
+function parseMs(text: string): number {
+  if (!/^\d+$/.test(text) || Number(text) === 0) throw new InvalidArgumentError(`expected milliseconds, like 5000: '${text}'`);
+  return Number(text);
 }
