@@ -13,7 +13,8 @@ import { C, native, PollMode, recvArena, recvMeta } from '../src/native.js';
 import { execFileSync, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { PRELOAD_LIBRARY } from '../src/launch/preload.js';
-import { fixture, rfcOpenFrame, rfcReplyHex, tempDir } from './helpers.js';
+import { encodeConnect } from '../src/protocol/frames.js';
+import { fixture, receiveOne, rfcOpenFrame, rfcReplyHex, tempDir } from './helpers.js';
 import { killLeftovers, startDaemon, systemdStyleSocket } from './service-helpers.js';
 
 const tmp = tempDir();
@@ -181,6 +182,40 @@ describe('graceful stop', () => {
     assert.match(d.stderr(), /SIGTERM, stopped; 5 busy connection\(s\) cut at the 300 ms deadline/);
     assert.deepEqual(new Set(await Promise.all(settled)), new Set(['ClientClosedError']));
     for (const c of clients) c.close();
+  });
+
+  it('keeps a connection open while one made from it by CONNECT still has an open under way', async () => {
+    const dir = join(tmp.path, 'derived');
+    mkdirSync(dir);
+    const fifo = join(dir, 'pipe');
+    execFileSync('mkfifo', [fifo]);
+    const policy = join(tmp.path, 'derived.toml');
+    writeFileSync(policy, `[[rule]]\nallow = "${dir}/"\naccess = "r"\nfifos = true\n`);
+    const sock = join(tmp.path, 'derived.sock');
+    const d = await startDaemon(['--socket', sock, '--policy', policy]);
+    // The root connection asks for a private one (as the interposer does on its hook fd) and goes idle.
+    const root = native.connectUnix(Buffer.from(sock), C.SOCK_SEQPACKET);
+    const connectFrame = encodeConnect();
+    native.send(root, connectFrame, 0, connectFrame.length, -1);
+    const granted = await receiveOne(root);
+    assert.equal(granted.fds.length, 1);
+    await using derived = await connect({ fd: granted.fds[0]! });
+    const open = derived.open(fifo, 'r');
+    for (let i = 0; (await statusOf(sock)).requests.pending !== 1; i++) {
+      if (i > 200) throw new Error('the FIFO open never started');
+      await sleep(20);
+    }
+    d.kill('SIGTERM');
+    await sleep(300);
+    assert.equal(d.child.exitCode, null, 'the root stays while its derived connection is busy');
+    const [writer] = await openWriters([fifo]);
+    const fd = await open;
+    assert.ok(fstatSync(fd).isFIFO());
+    closeSync(fd);
+    closeSync(writer!);
+    assert.equal(await d.exited, 0);
+    assert.doesNotMatch(d.stderr(), /cut/);
+    native.close(root);
   });
 
   it('cuts a connection that is still busy at the deadline, and exits 0', async () => {

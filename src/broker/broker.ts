@@ -238,6 +238,10 @@ export class Broker implements ConnectionHost {
     if (n > 0) this.#perUid.set(conn.peer.uid, n);
     else this.#perUid.delete(conn.peer.uid);
     this.#watched.delete(conn);
+    if (this.#state === 'stopping' && conn.derived && conn.family.derived.size === 0) {
+      // The last connection made by CONNECT has finished: the one it came from may close now.
+      for (const c of this.#connections) if (c.family === conn.family && !c.derived) c.drain();
+    }
     if (this.#connections.size === 0) this.#onIdle?.();
   }
 

@@ -462,9 +462,12 @@ export class Connection {
     if (!this.#closed) this.#settle();
   }
 
-  /** Draining, and nothing sent is left unread: requests still queued in the socket wake us again. */
+  /**
+   * Draining, and nothing sent is left unread (requests still queued in the socket wake us again).
+   * A connection that others were made from by CONNECT waits for them: they end with it.
+   */
   #drained(): boolean {
-    return this.#draining && native.receiveQueued(this.fd) <= 0;
+    return this.#draining && (this.derived || this.family.derived.size === 0) && native.receiveQueued(this.fd) <= 0;
   }
 
   close(): void {
