@@ -8,7 +8,7 @@
  */
 import { accessSync, constants as fsConstants } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { AuditLog, type AuditFailure, type AuditFormat } from '../broker/audit-log.js';
+import type { AuditLog } from '../broker/audit-log.js';
 import { Broker, DEFAULT_BROKER_LIMITS, UnsupportedSystemError } from '../broker/broker.js';
 import { MetricsServer, parseMetricsAddress, type MetricsAddress } from '../broker/metrics-server.js';
 import { display, toBytes } from '../bytestring.js';
@@ -19,17 +19,15 @@ import { PolicyError } from '../policy/rule.js';
 import { ActivationError, listenFds } from '../systemd/activation.js';
 import { Notifier } from '../systemd/notify.js';
 import { daemonLog, underJournald, type Log } from './log.js';
+import { addAuditOptions, auditFromOptions, type AuditFlags } from './audit-options.js';
 import { addPolicyOptions, policyFromOptions, type PolicyFlags } from './policy-options.js';
 import { parseCount, parseMode } from './util.js';
 
-interface ServeOptions extends PolicyFlags {
+interface ServeOptions extends PolicyFlags, AuditFlags {
   socket?: string;
   stream?: boolean;
   mode: number;
   watch?: boolean;
-  audit?: string;
-  auditFormat: AuditFormat;
-  auditFailure: AuditFailure;
   maxConnections?: number;
   maxConnectionsPerUid?: number;
   metrics?: MetricsAddress;
@@ -48,17 +46,13 @@ export function serveCommand(): Command {
     .description('run the broker on a UNIX socket (or on the sockets systemd passes)')
     .option('--socket <PATH>', 'socket path to listen on; not needed under systemd socket activation')
     .option('--stream', 'listen with SOCK_STREAM instead of SOCK_SEQPACKET')
-    .option('--mode <OCTAL>', 'file mode of the socket', parseMode, 0o600)
+    .addOption(new Option('--mode <OCTAL>', 'file mode of the socket').argParser(parseMode).default(0o600, '0600'))
     .option('--max-connections <N>', `connections served at once (default ${DEFAULT_BROKER_LIMITS.connections})`, parseCount)
     .option('--max-connections-per-uid <N>', `connections per client uid (default ${DEFAULT_BROKER_LIMITS.connectionsPerUid})`, parseCount);
   addPolicyOptions(cmd);
+  addAuditOptions(cmd);
   return cmd
     .option('--watch', 'reload the --policy file whenever it changes (SIGHUP always reloads it)')
-    .option('--audit <FILE|->', 'write one audit line per decision to FILE (appended), or - for stderr')
-    .addOption(new Option('--audit-format <FORMAT>', 'audit lines as JSON, or pretty for a terminal').choices(['json', 'pretty']).default('json'))
-    .addOption(
-      new Option('--audit-failure <MODE>', 'when the audit log cannot be written: closed refuses requests with EIO, open serves on').choices(['closed', 'open']).default('closed'),
-    )
     .option('--metrics <ADDRESS>', 'serve Prometheus metrics on unix:PATH, 127.0.0.1:PORT or [::1]:PORT', parseMetrics)
     .option('--stop-timeout <MS>', 'on SIGTERM, how long in-flight requests may take before connections are cut', parseMs, 5000)
     .action((opts: ServeOptions) => serve(opts));
@@ -96,7 +90,7 @@ async function serve(opts: ServeOptions): Promise<void> {
   let audit: AuditLog | null = null;
   if (opts.audit !== undefined) {
     try {
-      audit = new AuditLog({ target: opts.audit, format: opts.auditFormat, failure: opts.auditFailure, warn: log.warn });
+      audit = auditFromOptions(opts, log.warn);
     } catch (err) {
       policy.close();
       fail(1, `cannot open the audit log ${opts.audit}: ${(err as Error).message}`);
