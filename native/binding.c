@@ -208,6 +208,24 @@ static uint64_t file_identity(int dirfd, const char *name) {
   return h | 1; /* never 0, which means "not a socket" */
 }
 
+/* Whether something listens on the socket file NAME in DIRFD: a stale socket left by a broker that
+ * died refuses connections (ECONNREFUSED) and may be replaced; a live one must never be stolen. The
+ * connect goes through the directory fd's magic link, so it reaches exactly the file we examined. */
+static bool socket_is_live(int dirfd, const char *name, int type) {
+  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  if ((size_t)snprintf(addr.sun_path, sizeof addr.sun_path, "/proc/self/fd/%d/%s", dirfd, name) >= sizeof addr.sun_path)
+    return false; /* cannot name it briefly enough to ask; treat it as stale, as bind would */
+  int probe = socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (probe < 0) return false;
+  int r;
+  do r = connect(probe, (struct sockaddr *)&addr, sizeof addr);
+  while (r < 0 && errno == EINTR);
+  /* EAGAIN: a full backlog, so someone listens; EPROTOTYPE: someone listens with another type. */
+  bool live = r == 0 || errno == EAGAIN || errno == EPROTOTYPE;
+  close(probe);
+  return live;
+}
+
 /* listenUnix(path, type, mode, backlog) -> { fd, identity }
  *
  * The socket is bound inside a fresh private directory next to PATH, given its mode there, and only
@@ -232,6 +250,10 @@ static napi_value js_listen_unix(napi_env env, napi_callback_info info) {
     if (!S_ISSOCK(st.st_mode)) {
       close(dirfd);
       return throw_errno(env, EEXIST, "bind (path exists and is not a socket)");
+    }
+    if (socket_is_live(dirfd, base, type)) {
+      close(dirfd);
+      return throw_errno(env, EADDRINUSE, "bind (another process is listening on this socket)");
     }
     if (unlinkat(dirfd, base, 0) < 0 && errno != ENOENT) {
       int e = errno;
