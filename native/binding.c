@@ -209,6 +209,24 @@ static uint64_t file_identity(int dirfd, const char *name) {
   return h | 1; /* never 0, which means "not a socket" */
 }
 
+/* Whether something listens on the socket file NAME in DIRFD: a stale socket left by a broker that
+ * died refuses connections (ECONNREFUSED) and may be replaced; a live one must never be stolen. The
+ * connect goes through the directory fd's magic link, so it reaches exactly the file we examined. */
+static bool socket_is_live(int dirfd, const char *name, int type) {
+  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  if ((size_t)snprintf(addr.sun_path, sizeof addr.sun_path, "/proc/self/fd/%d/%s", dirfd, name) >= sizeof addr.sun_path)
+    return false; /* cannot name it briefly enough to ask; treat it as stale, as bind would */
+  int probe = socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (probe < 0) return false;
+  int r;
+  do r = connect(probe, (struct sockaddr *)&addr, sizeof addr);
+  while (r < 0 && errno == EINTR);
+  /* EAGAIN: a full backlog, so someone listens; EPROTOTYPE: someone listens with another type. */
+  bool live = r == 0 || errno == EAGAIN || errno == EPROTOTYPE;
+  close(probe);
+  return live;
+}
+
 /* listenUnix(path, type, mode, backlog) -> { fd, identity }
  *
  * The socket is bound inside a fresh private directory next to PATH, given its mode there, and only
@@ -233,6 +251,10 @@ static napi_value js_listen_unix(napi_env env, napi_callback_info info) {
     if (!S_ISSOCK(st.st_mode)) {
       close(dirfd);
       return throw_errno(env, EEXIST, "bind (path exists and is not a socket)");
+    }
+    if (socket_is_live(dirfd, base, type)) {
+      close(dirfd);
+      return throw_errno(env, EADDRINUSE, "bind (another process is listening on this socket)");
     }
     if (unlinkat(dirfd, base, 0) < 0 && errno != ENOENT) {
       int e = errno;
@@ -340,6 +362,107 @@ static napi_value js_connect_unix(napi_env env, napi_callback_info info) {
     return throw_errno(env, e, "connect");
   }
   return make_int(env, fd);
+}
+
+static int get_buffer(napi_env env, napi_value v, uint8_t **data, size_t *len);
+
+/* A UNIX socket address from a path argument. A leading '@' names an abstract address (as systemd
+ * writes them in NOTIFY_SOCKET): the '@' becomes the NUL byte and the length counts no trailing NUL. */
+static int unix_address(napi_env env, napi_value v, struct sockaddr_un *addr, socklen_t *addrlen) {
+  size_t len;
+  memset(addr, 0, sizeof *addr);
+  addr->sun_family = AF_UNIX;
+  int r = arg_path(env, v, addr->sun_path, sizeof addr->sun_path, &len);
+  if (r) return r;
+  if (len == 0) return -EINVAL;
+  if (addr->sun_path[0] == '@') {
+    addr->sun_path[0] = 0;
+    *addrlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+  } else {
+    *addrlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+  }
+  return 0;
+}
+
+/* sendDatagram(address, buf) -> bytes sent or -errno. One SOCK_DGRAM message to a UNIX address, from
+ * a fresh socket: what sd_notify does, and all that NOTIFY_SOCKET needs. Never blocks. */
+static napi_value js_send_datagram(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  struct sockaddr_un addr;
+  socklen_t addrlen;
+  int r = unix_address(env, argv[0], &addr, &addrlen);
+  if (r) return make_int(env, r);
+  uint8_t *data;
+  size_t len;
+  if (get_buffer(env, argv[1], &data, &len)) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "buf must be a Buffer");
+    return NULL;
+  }
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return make_int(env, -errno);
+  ssize_t n;
+  do n = sendto(fd, data, len, MSG_NOSIGNAL, (struct sockaddr *)&addr, addrlen);
+  while (n < 0 && errno == EINTR);
+  int e = errno;
+  close(fd);
+  return make_int(env, n < 0 ? -e : n);
+}
+
+/* socketInfo(fd) -> { domain, type, listening, path }: what an inherited fd is, so that a socket
+ * handed over by systemd is used only if it is what the broker expects. path is the bound UNIX
+ * address ('@...' for abstract, '' for none or another family). Throws ENOTSOCK and friends. */
+static napi_value js_socket_info(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  INT_ARG(0, fd);
+  int domain = 0, type = 0, listening = 0;
+  socklen_t len = sizeof(int);
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0) return throw_errno(env, errno, "getsockopt");
+  len = sizeof(int);
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) return throw_errno(env, errno, "getsockopt");
+  len = sizeof(int);
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0) return throw_errno(env, errno, "getsockopt");
+  struct sockaddr_un addr;
+  socklen_t addrlen = sizeof addr;
+  size_t pathlen = 0;
+  memset(&addr, 0, sizeof addr);
+  if (domain == AF_UNIX && getsockname(fd, (struct sockaddr *)&addr, &addrlen) == 0 &&
+      addrlen > offsetof(struct sockaddr_un, sun_path)) {
+    pathlen = addrlen - offsetof(struct sockaddr_un, sun_path);
+    if (addr.sun_path[0] == 0) addr.sun_path[0] = '@';
+    else pathlen = strnlen(addr.sun_path, pathlen);
+  }
+  napi_value out, path;
+  CHECK(napi_create_object(env, &out));
+  napi_set_named_property(env, out, "domain", make_int(env, domain));
+  napi_set_named_property(env, out, "type", make_int(env, type));
+  napi_value b;
+  napi_get_boolean(env, listening != 0, &b);
+  napi_set_named_property(env, out, "listening", b);
+  /* latin1: one char per byte, the byte-string form the TypeScript side uses for paths */
+  napi_create_string_latin1(env, addr.sun_path, pathlen, &path);
+  napi_set_named_property(env, out, "path", path);
+  return out;
+}
+
+/* setNonblockCloexec(fd): for an inherited socket, which arrives blocking and inheritable. */
+static napi_value js_set_nonblock_cloexec(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  INT_ARG(0, fd);
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return throw_errno(env, errno, "fcntl");
+  int fdfl = fcntl(fd, F_GETFD);
+  if (fdfl < 0 || fcntl(fd, F_SETFD, fdfl | FD_CLOEXEC) < 0) return throw_errno(env, errno, "fcntl");
+  return NULL;
+}
+
+/* receiveQueued(fd) -> bytes waiting in the receive queue (SIOCINQ), or -errno. A stopping broker
+ * closes a connection only once nothing it was sent is left unread. */
+static napi_value js_receive_queued(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  INT_ARG(0, fd);
+  int n = 0;
+  if (ioctl(fd, SIOCINQ, &n) < 0) return make_int(env, -errno);
+  return make_int(env, n);
 }
 
 /* accept(fd) -> fd, or -errno (-EAGAIN when nothing is pending). */
@@ -1578,6 +1701,10 @@ static napi_value init(napi_env env, napi_value exports) {
     FN("peerGroups", js_peer_groups),
     FN("peerPidfd", js_peer_pidfd),
     FN("socketType", js_socket_type),
+    FN("socketInfo", js_socket_info),
+    FN("setNonblockCloexec", js_set_nonblock_cloexec),
+    FN("receiveQueued", js_receive_queued),
+    FN("sendDatagram", js_send_datagram),
     FN("openat2", js_openat2),
     FN("open", js_open),
     FN("lookup", js_lookup),
@@ -1614,7 +1741,7 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_value c;
   napi_create_object(env, &c);
 #define K(x) set_int(env, c, #x, x)
-  K(SOCK_STREAM); K(SOCK_SEQPACKET); K(SOCK_DGRAM);
+  K(SOCK_STREAM); K(SOCK_SEQPACKET); K(SOCK_DGRAM); K(AF_UNIX); K(AF_INET); K(AF_INET6);
   K(O_RDONLY); K(O_WRONLY); K(O_RDWR); K(O_ACCMODE); K(O_CREAT); K(O_EXCL); K(O_NOCTTY); K(O_TRUNC);
   K(O_APPEND); K(O_NONBLOCK); K(O_DSYNC); K(O_SYNC); K(O_DIRECT); K(O_LARGEFILE); K(O_DIRECTORY);
   K(O_NOFOLLOW); K(O_NOATIME); K(O_CLOEXEC); K(O_PATH); K(O_TMPFILE); K(FASYNC);

@@ -1,6 +1,6 @@
 /** openhook: delegate open() to a policy broker over a UNIX socket. */
-export { connect, OpenHookClient, type ConnectOptions, type RequestOptions } from './client/client.js';
-export { AbortError, ClientClosedError, OpenHookError, ProtocolError, TimeoutError } from './client/errors.js';
+export { connect, OpenHookClient, type ConnectOptions, type ReconnectOptions, type RequestOptions } from './client/client.js';
+export { AbortError, ClientClosedError, ConnectionLostError, OpenHookError, ProtocolError, TimeoutError } from './client/errors.js';
 export { toFlags, type OpenFlags } from './client/flags.js';
 export { Broker, Listener, type BrokerOptions, type ListenOptions } from './broker/broker.js';
 export type { AuditRecord, AuditSink } from './broker/audit.js';
@@ -17,3 +17,4 @@ export { FdSetImages, type FdSet, type ImageNode, type AddImageOptions, type Sna
 export { BrokerOpener, PolicyOpener, type ImageOpener } from './qemu/opener.js';
 export { runJob } from './qemu/jobs.js';
 export { openhookRun, qmpArgs, spawnQemu, type QemuProcess, type QmpWiring, type SpawnQemuOptions } from './qemu/spawn.js';
+export type { StatusReport } from './broker/metrics.js';

@@ -9,7 +9,7 @@ import { createRequire } from 'node:module';
 import { errnoName, errnoValue } from './errno.js';
 
 export interface NativeConstants {
-  SOCK_STREAM: number; SOCK_SEQPACKET: number; SOCK_DGRAM: number;
+  SOCK_STREAM: number; SOCK_SEQPACKET: number; SOCK_DGRAM: number; AF_UNIX: number; AF_INET: number; AF_INET6: number;
   O_RDONLY: number; O_WRONLY: number; O_RDWR: number; O_ACCMODE: number; O_CREAT: number; O_EXCL: number;
   O_NOCTTY: number; O_TRUNC: number; O_APPEND: number; O_NONBLOCK: number; O_DSYNC: number; O_SYNC: number;
   O_DIRECT: number; O_LARGEFILE: number; O_DIRECTORY: number; O_NOFOLLOW: number; O_NOATIME: number;
@@ -101,6 +101,14 @@ interface NativeBinding {
   peerGroups(fd: number): number[] | null;
   peerPidfd(fd: number): number;
   socketType(fd: number): number;
+  /** what an inherited fd is; path: the bound UNIX address as a byte string ('@...' if abstract) */
+  socketInfo(fd: number): { domain: number; type: number; listening: boolean; path: string };
+  /** for inherited sockets, which arrive blocking and inheritable */
+  setNonblockCloexec(fd: number): void;
+  /** bytes waiting in the receive queue (SIOCINQ), or -errno */
+  receiveQueued(fd: number): number;
+  /** one SOCK_DGRAM message to a UNIX address ('@name' is abstract); bytes sent or -errno */
+  sendDatagram(address: string | Buffer, buf: Uint8Array): number;
   openat2(dirfd: number, path: string | Buffer, flags: number, mode: number, resolve: number): number;
   /** openat2 (pass O_PATH) and fstat of the result in one call; out as for fstat */
   lookup(dirfd: number, path: string | Buffer, flags: number, resolve: number, out: Float64Array): number;

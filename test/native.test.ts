@@ -144,6 +144,16 @@ describe('native: listening sockets', () => {
     native.close(second.fd);
   });
 
+  it('never steals the socket of a live listener, of either type', () => {
+    const path = join(tmp.path, 'live.sock');
+    const live = native.listenUnix(Buffer.from(path), C.SOCK_SEQPACKET, 0o600, 8);
+    for (const type of [C.SOCK_SEQPACKET, C.SOCK_STREAM]) {
+      assert.throws(() => native.listenUnix(Buffer.from(path), type, 0o600, 8), { code: 'EADDRINUSE' });
+    }
+    assert.equal(native.unlinkSocket(Buffer.from(path), live.identity), true, 'still the first listener’s socket');
+    native.close(live.fd);
+  });
+
   it('accepts and connects over SOCK_SEQPACKET and SOCK_STREAM', () => {
     for (const type of [C.SOCK_SEQPACKET, C.SOCK_STREAM]) {
       const path = join(tmp.path, `ac${type}.sock`);

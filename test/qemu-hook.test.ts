@@ -32,7 +32,7 @@ interface Decision {
 function decisions(stderr: string): Decision[] {
   const out: Decision[] = [];
   for (const line of stderr.split('\n')) {
-    const m = /^openhook: (ALLOW|DENY (\w+)) (\/\S*) (O_\S+) \(/.exec(line);
+    const m = /^openhook: (ALLOW|(?:DENY|FAIL) (\w+)) (\/\S*) (O_\S+) \(/.exec(line);
     if (m) out.push({ allowed: m[1] === 'ALLOW', errno: m[2] ?? '', path: m[3]!, flags: m[4]! });
   }
   return out;

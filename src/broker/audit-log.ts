@@ -23,7 +23,7 @@ import { formatAccess } from '../policy/access.js';
 import { Command } from '../protocol/constants.js';
 import type { Peer } from '../policy/policy.js';
 import type { Rule } from '../policy/rule.js';
-import type { AuditRecord, AuditSink } from './audit.js';
+import { verdict, type AuditRecord, type AuditSink } from './audit.js';
 import { describeFlags } from './flags.js';
 
 export type AuditFormat = 'json' | 'pretty';
@@ -279,7 +279,6 @@ export function jsonLine(e: AuditRecord): string {
 export function prettyLine(e: AuditRecord): string {
   const t = new Date(e.time);
   const time = `${String(t.getHours()).padStart(2, '0')}:${String(t.getMinutes()).padStart(2, '0')}:${String(t.getSeconds()).padStart(2, '0')}.${String(t.getMilliseconds()).padStart(3, '0')}`;
-  const verdict = e.errno === 0 ? 'ALLOW' : e.allowed ? `FAIL ${errnoName(e.errno)}` : `DENY ${errnoName(e.errno)}`;
   const who = `pid ${e.peer.pid} uid ${e.peer.uid}${e.peer.session !== undefined ? ` ${e.peer.session}` : ''}`;
-  return `${time} ${verdict.padEnd(13)} ${display(e.path)} ${memo(flagsText, e.flags, describeFlags)} [${who}] ${e.reason} (${e.latencyUs} µs)\n`;
+  return `${time} ${verdict(e).padEnd(13)} ${display(e.path)} ${memo(flagsText, e.flags, describeFlags)} [${who}] ${e.reason} (${e.latencyUs} µs)\n`;
 }

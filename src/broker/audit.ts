@@ -3,6 +3,7 @@
  * takes the record and returns at once (audit-log.ts is the real writer).
  */
 import type { ByteString } from '../bytestring.js';
+import { errnoName } from '../errno.js';
 import type { Peer } from '../policy/policy.js';
 import type { Rule } from '../policy/rule.js';
 
@@ -35,4 +36,28 @@ export interface AuditSink {
    * every request with EIO, so that nothing is opened unaudited (see audit-log.ts).
    */
   readonly refusing?: boolean;
+}
+
+/**
+ * The outcome in one word and an errno: ALLOW (an fd was sent), FAIL ENOENT (allowed, but the open
+ * itself failed), DENY EACCES (refused). Allowed-but-failed is not a denial: saying DENY next to
+ * "allowed by" reads as a contradiction.
+ */
+export function verdict(e: Pick<AuditRecord, 'allowed' | 'errno'>): string {
+  if (e.errno === 0) return 'ALLOW';
+  return `${e.allowed ? 'FAIL' : 'DENY'} ${errnoName(e.errno)}`;
+}
+
+/** Several sinks as one: each gets every record; the broker refuses if any must refuse. */
+export function teeAudit(sinks: readonly (AuditSink | null | undefined)[]): AuditSink | null {
+  const live = sinks.filter((s): s is AuditSink => !!s);
+  if (live.length <= 1) return live[0] ?? null;
+  return {
+    record(entry) {
+      for (const s of live) s.record(entry);
+    },
+    get refusing() {
+      return live.some((s) => s.refusing);
+    },
+  };
 }

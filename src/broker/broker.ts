@@ -8,11 +8,17 @@
  * What clients can cost the broker is bounded (DESIGN.md, invariant 6): a total and a per-uid
  * connection cap, per-connection limits (see connection.ts), and accept that survives running out
  * of fds without spinning.
+ *
+ * As a service (see the end of the class): listening sockets inherited from systemd, the STATUS
+ * report, policy generations, and a graceful stop.
  */
+import { display } from '../bytestring.js';
 import { C, native, type NativePoller, PollMode, check } from '../native.js';
 import type { Peer, Policy } from '../policy/policy.js';
 import type { AuditSink } from './audit.js';
 import { Connection, DEFAULT_CONNECTION_LIMITS, type ConnectionFamily, type ConnectionHost, type ConnectionLimits, type SocketKind } from './connection.js';
+import { Metrics, snapshot, type BrokerState, type StatusReport } from './metrics.js';
+import { encodeStatusReply } from '../protocol/frames.js';
 import { missingSupport, Resolver } from './resolver.js';
 import type { ServiceContext } from './service.js';
 
@@ -58,7 +64,7 @@ export class UnsupportedSystemError extends Error {
   readonly code = 'ERR_OPENHOOK_UNSUPPORTED';
 }
 
-const EAGAIN = 11, EMFILE = 24, EPIPE = 32, ENFILE = 23, ENOBUFS = 105, ENOMEM = 12;
+const EACCES = 13, EAGAIN = 11, EMFILE = 24, EPIPE = 32, ENFILE = 23, ENOBUFS = 105, ENOMEM = 12;
 /** Connections accepted per wake-up, so that a connection storm cannot monopolise the loop. */
 const ACCEPT_BATCH = 64;
 /** How long accepting pauses when the process is out of fds and no reserve fd is left. */
@@ -80,6 +86,15 @@ export class Broker implements ConnectionHost {
   #log: (message: string) => void;
   #maxDerived: number;
   #closed = false;
+  // service state: see "As a service" below
+  #state: BrokerState['state'] = 'serving';
+  #generation = 1;
+  #loadedAt = Date.now();
+  #reloadFailures = 0;
+  #lastReloadError: string | null = null;
+  /** connections accepted from a listener: the only ones that may ask for STATUS */
+  #accepted = new WeakSet<Connection>();
+  #onIdle: (() => void) | null = null;
 
   constructor(options: BrokerOptions) {
     const missing = missingSupport();
@@ -89,6 +104,7 @@ export class Broker implements ConnectionHost {
       policy: options.policy,
       resolver: options.resolver ?? new Resolver(),
       audit: options.audit ?? null,
+      metrics: new Metrics(),
     };
     this.#log = options.log ?? ((m) => process.stderr.write(`openhook: ${m}\n`));
     this.#maxDerived = options.maxDerivedConnections ?? 1024;
@@ -107,7 +123,11 @@ export class Broker implements ConnectionHost {
   setPolicy(policy: Policy): void {
     const old = this.#ctx.policy;
     this.#ctx = { ...this.#ctx, policy };
-    if (old !== policy) old.close();
+    if (old !== policy) {
+      old.close();
+      this.#generation++;
+      this.#loadedAt = Date.now();
+    }
   }
 
   get connectionCount(): number {
@@ -157,22 +177,25 @@ export class Broker implements ConnectionHost {
     }
     if (!this.#ctx.policy.admits(peer)) {
       // The policy refuses clients that match none of its sections: close before reading anything.
+      this.#ctx.metrics.connectionsRefused++;
       native.close(fd);
       return;
     }
     if (!this.admits(peer.uid)) {
       // Over a cap: the client sees its connection closed at once, and learns nothing else.
       this.warn(`connection from uid ${peer.uid} (pid ${peer.pid}) refused: ${this.#connections.size >= this.limits.connections ? `${this.limits.connections} connections` : `${this.limits.connectionsPerUid} connections for this uid`}`, `cap:${peer.uid}`);
+      this.#ctx.metrics.connectionsRefused++;
       native.close(fd);
       return;
     }
-    this.#serve(fd, kind, peer);
+    this.#accepted.add(this.#serve(fd, kind, peer));
   }
 
   #serve(fd: number, kind: SocketKind, peer: Peer, family: ConnectionFamily | null = null): Connection {
     const conn = new Connection(this, fd, peer, kind, family);
     this.#connections.add(conn);
     this.#perUid.set(peer.uid, this.connectionsOf(peer.uid) + 1);
+    this.#ctx.metrics.connectionsTotal++;
     return conn;
   }
 
@@ -215,6 +238,11 @@ export class Broker implements ConnectionHost {
     if (n > 0) this.#perUid.set(conn.peer.uid, n);
     else this.#perUid.delete(conn.peer.uid);
     this.#watched.delete(conn);
+    if (this.#state === 'stopping' && conn.derived && conn.family.derived.size === 0) {
+      // The last connection made by CONNECT has finished: the one it came from may close now.
+      for (const c of this.#connections) if (c.family === conn.family && !c.derived) c.drain();
+    }
+    if (this.#connections.size === 0) this.#onIdle?.();
   }
 
   /** Deadlines (a half-sent frame, an unread reply) are checked by one timer, running only while some are pending. */
@@ -254,6 +282,7 @@ export class Broker implements ConnectionHost {
   }
 
   fault(conn: Connection, err: unknown): void {
+    this.#ctx.metrics.faults++;
     this.#log(`dropped connection from pid ${conn.peer.pid}: ${(err as Error)?.stack ?? String(err)}`);
   }
 
@@ -288,23 +317,155 @@ export class Broker implements ConnectionHost {
     if (this.#reserve >= 0) native.close(this.#reserve);
     this.#reserve = -1;
   }
+
+  // ---- As a service ------------------------------------------------------------------------------
+
+  /**
+   * Serves a listening socket that another process made and still owns: systemd's, under socket
+   * activation. It must be a listening UNIX socket of a kind the broker speaks. Its file is never
+   * unlinked, and closing the listener closes only this process's copy: systemd keeps the socket, and
+   * connections that arrive meanwhile wait in its backlog for the next broker.
+   */
+  listenInherited(fd: number): Listener {
+    if (this.#closed) throw new Error('broker is closed');
+    const info = native.socketInfo(fd);
+    if (info.domain !== C.AF_UNIX) throw new Error(`fd ${fd} is not a UNIX domain socket`);
+    if (info.type !== C.SOCK_SEQPACKET && info.type !== C.SOCK_STREAM) throw new Error(`fd ${fd} is neither SOCK_SEQPACKET nor SOCK_STREAM`);
+    if (!info.listening) throw new Error(`fd ${fd} is not a listening socket`);
+    native.setNonblockCloexec(fd);
+    const listener = new Listener(this, info.path ? display(info.path) : `fd ${fd}`, fd, info.type === C.SOCK_STREAM ? 'stream' : 'seqpacket', 0n, true);
+    this.#listeners.add(listener);
+    return listener;
+  }
+
+  get listeners(): readonly Listener[] {
+    return [...this.#listeners];
+  }
+
+  get metrics(): Metrics {
+    return this.#ctx.metrics;
+  }
+
+  get state(): BrokerState['state'] {
+    return this.#state;
+  }
+
+  /** Policies loaded since start: 1 for the first, one more for each that replaced it. */
+  get generation(): number {
+    return this.#generation;
+  }
+
+  /**
+   * Reloads the policy: load() builds the new one, which replaces the old one only if it loads. A
+   * policy that fails to load leaves the old one in force, and is counted and reported by STATUS.
+   */
+  async reload(load: () => Policy | Promise<Policy>): Promise<{ ok: true } | { ok: false; error: Error }> {
+    if (this.#closed || this.#state === 'stopping') return { ok: false, error: new Error('the broker is stopping') };
+    this.reloading();
+    try {
+      this.setPolicy(await load());
+      this.reloaded(null);
+      return { ok: true };
+    } catch (err) {
+      this.reloaded(err as Error);
+      return { ok: false, error: err as Error };
+    }
+  }
+
+  /** A reload (by whatever loads policies: see PolicyReloader) has begun: STATUS says 'reloading'. */
+  reloading(): void {
+    if (this.#state === 'serving') this.#state = 'reloading';
+  }
+
+  /** A reload has ended: error is null when the new policy is in force (setPolicy), else why not. */
+  reloaded(error: Error | null): void {
+    if (error) {
+      this.#reloadFailures++;
+      this.#lastReloadError = error.message;
+    } else {
+      this.#lastReloadError = null;
+    }
+    if (this.#state === 'reloading') this.#state = 'serving';
+  }
+
+  /** The STATUS report: counters and state. */
+  report(): StatusReport {
+    return snapshot(this.#ctx.metrics, {
+      state: this.#state,
+      connections: this.#connections.size,
+      listeners: [...this.#listeners].map((l) => ({ path: l.path, kind: l.kind, activated: l.inherited })),
+      policy: {
+        generation: this.#generation,
+        loadedAt: this.#loadedAt,
+        rules: this.#ctx.policy.ruleCount,
+        reloadFailures: this.#reloadFailures,
+        lastReloadError: this.#lastReloadError,
+      },
+    });
+  }
+
+  /**
+   * STATUS: the report as a reply frame, or -EACCES. Only a peer with the broker's own uid or root,
+   * on a connection it accepted from a listener, may see it: a launched program's adopted socket
+   * carries the broker's own credentials (it made the socketpair), so uid alone would let it in.
+   */
+  status(conn: Connection): Buffer | number {
+    const uid = conn.peer.uid;
+    if (!this.#accepted.has(conn) || (uid !== 0 && uid !== process.geteuid?.())) {
+      this.#ctx.metrics.statusRefused++;
+      return -EACCES;
+    }
+    this.#ctx.metrics.statusQueries++;
+    return encodeStatusReply(JSON.stringify(this.report()));
+  }
+
+  protocolError(): void {
+    this.#ctx.metrics.protocolErrors++;
+  }
+
+  /**
+   * Graceful stop. Stops accepting at once (removing the socket files this broker made; inherited
+   * sockets stay with their owner), then lets every connection finish: requests it has been sent are
+   * answered, and it is closed once its replies are out. Connections still busy at the deadline are
+   * closed, which their clients see as the broker going away. Resolves to how many were cut so.
+   */
+  async stop(deadlineMs: number): Promise<number> {
+    if (this.#closed) return 0;
+    this.#state = 'stopping';
+    for (const l of this.#listeners) l.close();
+    this.#listeners.clear();
+    if (this.#connections.size > 0) {
+      const idle = new Promise<void>((resolve) => (this.#onIdle = resolve));
+      for (const c of [...this.#connections]) c.drain();
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([idle, new Promise<void>((resolve) => (timer = setTimeout(resolve, deadlineMs)))]);
+      clearTimeout(timer);
+    }
+    const cut = this.#connections.size;
+    this.close();
+    return cut;
+  }
 }
+
 
 export class Listener {
   readonly path: string;
   readonly fd: number;
   readonly kind: SocketKind;
+  /** made by another process (systemd), which owns the socket file */
+  readonly inherited: boolean;
   #broker: Broker;
   #poller: NativePoller;
   #identity: bigint;
   #pause: NodeJS.Timeout | null = null;
   #closed = false;
 
-  constructor(broker: Broker, path: string, fd: number, kind: SocketKind, identity: bigint) {
+  constructor(broker: Broker, path: string, fd: number, kind: SocketKind, identity: bigint, inherited = false) {
     this.#broker = broker;
     this.path = path;
     this.fd = fd;
     this.kind = kind;
+    this.inherited = inherited;
     this.#identity = identity;
     this.#poller = new native.Poller(fd, PollMode.Notify, 0, () => this.#acceptReady());
     this.#poller.start(C.UV_READABLE);
@@ -327,6 +488,7 @@ export class Listener {
       }
       if (fd === -EMFILE || fd === -ENFILE || fd === -ENOBUFS || fd === -ENOMEM) {
         // The pending connection stays queued; polling again at once would spin. Pause instead.
+        this.#broker.metrics.acceptErrors++;
         this.#broker.warn(`accept: ${fd === -EMFILE ? 'EMFILE' : fd === -ENFILE ? 'ENFILE' : 'out of memory'}; pausing ${ACCEPT_PAUSE_MS} ms`, 'accept-pause');
         this.#poller.start(0);
         this.#pause = setTimeout(() => {
@@ -339,13 +501,16 @@ export class Listener {
     }
   }
 
-  /** Stops accepting and removes the socket file, if it is still the one this listener bound. */
+  /**
+   * Stops accepting and removes the socket file, if it is still the one this listener bound. An
+   * inherited socket's file is never removed (its identity is 0, which unlinkSocket never matches).
+   */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
     if (this.#pause) clearTimeout(this.#pause);
     this.#poller.close();
-    native.unlinkSocket(Buffer.from(this.path), this.#identity);
+    if (!this.inherited) native.unlinkSocket(Buffer.from(this.path), this.#identity);
     check(native.close(this.fd), 'close');
   }
 }

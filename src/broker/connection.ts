@@ -65,6 +65,10 @@ export interface ConnectionHost {
   context(): ServiceContext;
   /** CONNECT: the client's end of a fresh connection served like `from`, or -errno */
   derive(from: Connection): number;
+  /** STATUS: the whole reply frame, or -errno (-EACCES for a peer that may not see it) */
+  status(conn: Connection): Buffer | number;
+  /** a frame was answered -EPROTO (counted for STATUS) */
+  protocolError(): void;
   readonly limits: Readonly<ConnectionLimits>;
   /** asks the host to call expire() once now >= conn.deadline() */
   watch(conn: Connection): void;
@@ -130,6 +134,8 @@ export class Connection {
   #slowTagged = 0;
   /** no more requests will be read: EOF, or a stream that cannot be resynchronised */
   #ending = false;
+  /** graceful stop: serve what the client has sent, then close (see drain()) */
+  #draining = false;
   /** when the head reply first could not be sent (0: it is not blocked) */
   #blockedSince = 0;
   /** SOCK_STREAM: when the frame now being assembled began (0: none) */
@@ -245,6 +251,7 @@ export class Connection {
     if (msgFlags & (C.MSG_TRUNC | C.MSG_CTRUNC)) {
       // Truncated data, or control data (fds) that the broker refuses to take: a protocol error,
       // never a partial request.
+      this.#host.protocolError();
       this.#inOrder(encodeReply(replyBuf, 0, length >= 8 ? hostEndian.readU32(recvArena, offset + 4) : 0, -EPROTO), -1, null);
       return;
     }
@@ -265,6 +272,7 @@ export class Connection {
   #serve(buf: Buffer, offset: number, length: number, slot: Entry | null): void {
     const err = decodeRequest(buf, offset, length, request);
     if (err !== DecodeError.OK) {
+      this.#host.protocolError();
       this.#inOrder(encodeReply(replyBuf, 0, err === DecodeError.SHORT && length < 8 ? 0 : request.command, -EPROTO), -1, slot);
       return;
     }
@@ -299,21 +307,28 @@ export class Connection {
         this.#inOrder(encodeReply(replyBuf, 0, Command.CONNECT, fd < 0 ? fd : 0), fd < 0 ? -1 : fd, slot);
         return;
       }
+      case Command.STATUS: {
+        // No flags are defined yet; refusing unknown ones keeps them free for later meanings.
+        const answer = request.flags !== 0 ? -EINVAL : this.#host.status(this);
+        if (typeof answer === 'number') this.#inOrder(encodeReply(replyBuf, 0, Command.STATUS, answer), -1, slot);
+        else this.#inOrder(answer.length, -1, slot, answer);
+        return;
+      }
     }
   }
 
   /**
-   * A reply in request order: replyBuf[0, length) with fd (owned from here on). Into slot if given;
-   * else straight to the socket, queued if it cannot take it now.
+   * A reply in request order: buf[0, length) with fd (owned from here on). Into slot if given; else
+   * straight to the socket, queued if it cannot take it now.
    */
-  #inOrder(length: number, fd: number, slot: Entry | null): void {
+  #inOrder(length: number, fd: number, slot: Entry | null, buf: Buffer = replyBuf): void {
     if (this.#closed) {
       if (fd >= 0) native.close(fd);
       return;
     }
     if (slot) {
       slot.state = READY;
-      slot.bytes = Buffer.from(replyBuf.subarray(0, length));
+      slot.bytes = Buffer.from(buf.subarray(0, length));
       slot.fd = fd;
       return;
     }
@@ -321,11 +336,11 @@ export class Connection {
       // Within a wake-up: the reply joins the batch, sent when the wake-up's frames are served.
       if (batched === REPLY_BATCH) this.#flushBatch();
       if (this.#closed || this.#queue.length > 0) {
-        this.#inOrder(length, fd, null); // the socket filled up or failed: queue it, or drop it
+        this.#inOrder(length, fd, null, buf); // the socket filled up or failed: queue it, or drop it
         return;
       }
       const at = batched * REPLY_SLOT;
-      for (let i = 0; i < length; i++) batchArena[at + i] = replyBuf[i]!; // a dozen bytes: cheaper than Buffer#copy
+      for (let i = 0; i < length; i++) batchArena[at + i] = buf[i]!; // a dozen bytes: cheaper than Buffer#copy
       batchMeta[batched * 3] = at;
       batchMeta[batched * 3 + 1] = length;
       batchMeta[batched * 3 + 2] = fd;
@@ -333,7 +348,7 @@ export class Connection {
       return;
     }
     if (this.#queue.length === 0) {
-      const n = native.send(this.fd, replyBuf, 0, length, fd);
+      const n = native.send(this.fd, buf, 0, length, fd);
       if (n === length) {
         if (fd >= 0) native.close(fd);
         return;
@@ -341,7 +356,7 @@ export class Connection {
       if (n >= 0 || n === -EAGAIN) {
         // A stream took part of it (the fd went with the first byte), or the socket is full.
         if (n > 0 && fd >= 0) native.close(fd);
-        this.#push(READY, Buffer.from(replyBuf.subarray(n > 0 ? n : 0, length)), n > 0 ? -1 : fd);
+        this.#push(READY, Buffer.from(buf.subarray(n > 0 ? n : 0, length)), n > 0 ? -1 : fd);
         this.#blocked();
         return;
       }
@@ -349,7 +364,7 @@ export class Connection {
       this.close(); // EPIPE, ECONNRESET: the client is gone
       return;
     }
-    this.#push(READY, Buffer.from(replyBuf.subarray(0, length)), fd);
+    this.#push(READY, Buffer.from(buf.subarray(0, length)), fd);
   }
 
   /** Bytes the socket's send buffer can still take: SO_SNDBUF less what the client has not read. */
@@ -470,7 +485,7 @@ export class Connection {
   #settle(): void {
     if (this.#closed) return;
     const idle = this.#queue.length === 0;
-    if (this.#ending && idle && this.#slowTagged === 0) {
+    if (idle && this.#slowTagged === 0 && (this.#ending || this.#drained())) {
       this.close();
       return;
     }
@@ -490,6 +505,7 @@ export class Connection {
 
   /** -EPROTO, then no more reading; the connection closes once its replies are out. */
   #protocolEnd(): void {
+    this.#host.protocolError();
     this.#inOrder(encodeReply(replyBuf, 0, 0, -EPROTO), -1, null);
     this.#ending = true;
     this.#partialSince = 0;
@@ -510,6 +526,25 @@ export class Connection {
       this.#host.fault(this, err);
       this.close();
     }
+  }
+
+  // ---- Graceful stop ------------------------------------------------------------------------------
+
+  /**
+   * Serves what the client has sent, and closes once nothing it sent is left unread, no open is under
+   * way for it, and every reply is out. The broker cuts what is left at its deadline.
+   */
+  drain(): void {
+    this.#draining = true;
+    if (!this.#closed) this.#settle();
+  }
+
+  /**
+   * Draining, and nothing sent is left unread (requests still queued in the socket wake us again).
+   * A connection that others were made from by CONNECT waits for them: they end with it.
+   */
+  #drained(): boolean {
+    return this.#draining && (this.derived || this.family.derived.size === 0) && native.receiveQueued(this.fd) <= 0;
   }
 
   close(): void {

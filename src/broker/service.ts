@@ -15,6 +15,7 @@ import { Command, Feature } from '../protocol/constants.js';
 import type { Request } from '../protocol/frames.js';
 import { accessFor, flagsError } from './flags.js';
 import type { AuditSink } from './audit.js';
+import { Denial, type Metrics } from './metrics.js';
 import type { OpenCancel, Resolver } from './resolver.js';
 
 export const FEATURES = Feature.TAGGED_OPEN | Feature.CONNECT;
@@ -34,6 +35,7 @@ export interface ServiceContext {
   policy: Policy;
   resolver: Resolver;
   audit: AuditSink | null;
+  metrics: Metrics;
 }
 
 const outcome: OpenOutcome = { result: 0, fd: -1, slow: null };
@@ -43,12 +45,13 @@ const outcome: OpenOutcome = { result: 0, fd: -1, slow: null };
  * The caller owns outcome.fd (and the fd a slow open resolves to) and must close it after sending.
  */
 export function serveOpen(ctx: ServiceContext, peer: Peer, req: Request, cancel: OpenCancel | null): OpenOutcome {
-  const started = ctx.audit ? performance.now() : 0;
+  const started = performance.now();
   const raw = fromBytes(req.buf, req.nameOffset, req.nameOffset + req.nameLength);
   let errno = 0;
   let reason = '';
   let access = 0;
   let decision: Decision | null = null;
+  let denial: number = Denial.PATH;
   outcome.fd = -1;
   outcome.slow = null;
 
@@ -63,9 +66,11 @@ export function serveOpen(ctx: ServiceContext, peer: Peer, req: Request, cancel:
   if (badFlags) {
     errno = badFlags;
     reason = 'flags refused';
+    denial = Denial.FLAGS;
   } else if (ctx.audit?.refusing) {
     errno = 5; // EIO: the audit log cannot be written, and it is fail-closed
     reason = 'the audit log cannot be written (fail-closed)';
+    denial = Denial.AUDIT;
   } else if (!norm.ok) {
     errno = norm.errno === 'EINVAL' ? 22 : norm.errno === 'ENAMETOOLONG' ? 36 : ctx.policy.denyErrno;
     reason = norm.reason;
@@ -75,13 +80,18 @@ export function serveOpen(ctx: ServiceContext, peer: Peer, req: Request, cancel:
     reason = decision.reason;
     if (!decision.allowed) {
       errno = decision.errno;
+      denial = decision.rule === null ? Denial.NO_RULE : decision.rule.effect === 'deny' ? Denial.DENY_RULE : Denial.ACCESS;
     } else {
+      denial = -1;
       const options = decision.open;
       const resolver = ctx.resolver;
       if (resolver.offloads(decision.rule!, decision.rootFd, options)) {
         // The decision stays pinned (its root open, its verify hook valid) until the slow open is done.
-        const policy = ctx.policy, pinned = decision;
-        const slow = resolver.openSlow(decision.rootFd, decision.rest, flags, req.mode, options, cancel).finally(() => policy.release(pinned));
+        const policy = ctx.policy, pinned = decision, metrics = ctx.metrics;
+        metrics.slowOpens++;
+        const slow = resolver.openSlow(decision.rootFd, decision.rest, flags, req.mode, options, cancel)
+          .finally(() => policy.release(pinned))
+          .then((fd) => (metrics.slowDone++, metrics.recordOpen(-1, fd < 0 ? -fd : 0, started), fd));
         outcome.slow = ctx.audit ? audited(ctx, peer, req, raw, access, decision, started, slow) : slow;
         outcome.result = 0;
         return outcome;
@@ -98,6 +108,7 @@ export function serveOpen(ctx: ServiceContext, peer: Peer, req: Request, cancel:
     }
   }
   outcome.result = -errno;
+  ctx.metrics.recordOpen(denial, errno, started);
 
   if (ctx.audit) record(ctx.audit, peer, req.command, raw, req.flags, req.mode, access, decision, errno, reason, started);
   return outcome;

@@ -82,13 +82,13 @@ export async function runQemuDemo(keep: boolean): Promise<number> {
 
   let allowed = 0, refused = 0;
   const narrate = (line: string): void => {
-    const decision = /^openhook: (ALLOW|DENY \w+) (.*)$/.exec(line);
+    // ALLOW, DENY errno (the policy refused), or FAIL errno (allowed, but the open failed: QEMU
+    // probing whether a file exists).
+    const decision = /^openhook: (ALLOW|(DENY|FAIL) \w+) (.*)$/.exec(line);
     if (decision) {
       if (decision[1] === 'ALLOW') allowed++;
-      else if (decision[1] === 'DENY EACCES') refused++;
-      // An open that failed for another reason than the policy (QEMU probing whether a file exists) shows its errno.
-      const verdict = decision[1] === 'ALLOW' || decision[1] === 'DENY EACCES' || decision[1] === 'DENY EPERM' ? decision[1]! : decision[1]!.slice(5);
-      say(`   broker: ${verdict.padEnd(12)} ${decision[2]}`);
+      else if (decision[2] === 'DENY') refused++;
+      say(`   broker: ${decision[1]!.padEnd(12)} ${decision[3]}`);
     } else if (line.trim()) {
       say(`   ${line.startsWith('openhook') ? '' : 'qemu: '}${line}`);
     }

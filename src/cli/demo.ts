@@ -10,11 +10,11 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command } from './commander.js';
+import { verdict } from '../broker/audit.js';
 import { Broker } from '../broker/broker.js';
 import { describeFlags } from '../broker/flags.js';
 import { display } from '../bytestring.js';
 import { launch } from '../launch/launch.js';
-import { errnoName } from '../native.js';
 import { formatAccess } from '../policy/access.js';
 import { Policy } from '../policy/policy.js';
 import { parseAllowFlag } from '../policy/rule.js';
@@ -47,8 +47,7 @@ async function runDemo(keep: boolean): Promise<number> {
     policy: new Policy([rule]),
     audit: {
       record(e) {
-        const verdict = e.allowed && e.errno === 0 ? 'ALLOW' : `DENY ${errnoName(e.errno)}`;
-        say(`   broker: ${verdict.padEnd(12)} ${display(e.path)} ${describeFlags(e.flags)}  (${e.reason})`);
+        say(`   broker: ${verdict(e).padEnd(12)} ${display(e.path)} ${describeFlags(e.flags)}  (${e.reason})`);
       },
     },
     log: (m) => say(`   broker: ${m}`),

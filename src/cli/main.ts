@@ -6,18 +6,20 @@
  * launches, so its start-up time is the program's, and loading modules is most of it. Without a
  * known command (--help, --version, a typo), all are loaded so that help lists them.
  */
+import { VERSION } from '../version.js';
 import { Command } from './commander.js';
 
 const commands: Record<string, () => Promise<Command>> = {
   serve: async () => (await import('./serve.js')).serveCommand(),
   check: async () => (await import('./check.js')).checkCommand(),
   run: async () => (await import('./run.js')).runCommand(),
+  status: async () => (await import('./status.js')).statusCommand(),
   demo: async () => (await import('./demo.js')).demoCommand(),
 };
 
 const program = new Command('openhook')
   .description('delegate open() to a policy broker over a UNIX socket')
-  .version('0.1.0')
+  .version(VERSION)
   // Options after a subcommand belong to it, so that `run` can pass CMD's options through untouched.
   .enablePositionalOptions();
 

@@ -9,7 +9,8 @@
 import { renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { basename, resolve } from 'node:path';
 import { Command, InvalidArgumentError } from './commander.js';
-import type { AuditSink } from '../broker/audit.js';
+import { teeAudit, verdict, type AuditSink } from '../broker/audit.js';
+import type { AuditLog } from '../broker/audit-log.js';
 import { Broker } from '../broker/broker.js';
 import { describeFlags } from '../broker/flags.js';
 import { display } from '../bytestring.js';
@@ -18,12 +19,12 @@ import { describeFailure, EXIT_REFUSED, FORWARDED_SIGNALS, launch, LaunchError, 
 import type { LearnRecorder } from '../launch/learn.js';
 import { PRELOAD_LIBRARY, preloadValue } from '../launch/preload.js';
 import { formatReport, type LaunchReport } from '../launch/report.js';
-import { errnoName } from '../native.js';
 import { Policy } from '../policy/policy.js';
 import { PolicyError } from '../policy/rule.js';
+import { addAuditOptions, auditFromOptions, type AuditFlags } from './audit-options.js';
 import { addPolicyOptions, policyFromOptions, type PolicyFlags } from './policy-options.js';
 
-export interface RunOptions extends PolicyFlags {
+export interface RunOptions extends PolicyFlags, AuditFlags {
   ro: string[];
   fd: number;
   session?: string;
@@ -48,13 +49,13 @@ export function runCommand(): Command {
     .usage('[policy options] [options] -- CMD [ARGS...]')
     .argument('<command>', 'the program to run')
     .argument('[args...]', 'its arguments');
-  addPolicyOptions(cmd)
+  addAuditOptions(addPolicyOptions(cmd))
     .option('--ro <PATH>', 'let the program read and execute PATH itself, besides /usr /lib /lib64 /bin /sbin /etc (repeatable)', collect, [])
     .option('--fd <N>', 'fd number of the hook socket in the program, exported as OPENHOOK_FD', parseFd, 3)
     .option('--session <NAME>', "session name that policy sections match (default: the command's base name)")
     .option('--learn <FILE>', 'allow every request, then write a minimal policy for what the program asked to FILE')
     .option('--report', 'print the confinement that was enforced (Landlock, seccomp) before the program starts')
-    .option('--log', 'print every broker decision to stderr')
+    .option('--log', 'print every broker decision to stderr, briefly (--audit for the full audit log)')
     .option('--allow-unconfined', 'run even if Landlock or seccomp is unavailable (not recommended)')
     .option('--preload', "route an unmodified program's own opens to the broker with the interposer (LD_PRELOAD; docs/interposer.md)")
     .option('--allow-unix-sockets', 'let the program create UNIX sockets; it can then connect to any socket path it can name')
@@ -67,10 +68,10 @@ export function runCommand(): Command {
 
 const say = (line: string): void => void process.stderr.write(`openhook run: ${line}\n`);
 
+/** --log: one short line per decision on stderr, beside the program's own output. */
 const stderrLog: AuditSink = {
   record(e) {
-    const verdict = e.errno === 0 ? 'ALLOW' : `DENY ${errnoName(e.errno)}`;
-    process.stderr.write(`openhook: ${verdict} ${display(e.path)} ${describeFlags(e.flags)} (${e.reason})\n`);
+    process.stderr.write(`openhook: ${verdict(e)} ${display(e.path)} ${describeFlags(e.flags)} (${e.reason})\n`);
   },
 };
 
@@ -85,7 +86,7 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
       }
       // Loaded only for --learn: every other run starts without it.
       const { allowEverythingPolicy, LearnRecorder } = await import('../launch/learn.js');
-      recorder = new LearnRecorder(log);
+      recorder = new LearnRecorder();
       policy = allowEverythingPolicy();
     } else {
       // No rules at all is a valid policy: the program gets nothing through its hook.
@@ -115,7 +116,15 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
   }
   const readOnly = [...opts.ro.map((path) => resolve(path)), ...(opts.preload ? [PRELOAD_LIBRARY] : [])];
 
-  const broker = new Broker({ policy, audit: recorder ?? log, log: (m) => say(m) });
+  let auditLog: AuditLog | null;
+  try {
+    auditLog = auditFromOptions(opts, say);
+  } catch (err) {
+    say(`cannot open the audit log ${opts.audit}: ${(err as Error).message}`);
+    policy.close();
+    return EXIT_REFUSED;
+  }
+  const broker = new Broker({ policy, audit: teeAudit([recorder, log, auditLog]), log: (m) => say(m) });
   let result: LaunchResult;
   try {
     result = await launch({
@@ -141,6 +150,7 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
     throw err;
   } finally {
     broker.close();
+    await auditLog?.close();
   }
 
   const failure = describeFailure(result, command);

@@ -7,14 +7,21 @@
  * Many requests may be in flight on one connection. With a broker that offers tagged opens (found by
  * a HELLO exchange at connect), replies are matched by id and may arrive in any order; with a plain
  * RFC broker they are matched in order.
+ *
+ * A client connected by path survives the broker restarting: when its connection is lost it connects
+ * again, with backoff, and sends again the requests that are safe to repeat (every open but one with
+ * O_CREAT|O_EXCL, and STATUS), once each. The socket itself is a Link (link.ts); this file is about
+ * requests.
  */
 import { EventEmitter } from 'node:events';
-import { C, native, PollMode, recvArena, recvMeta, systemError, type NativePoller } from '../native.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { C, native, systemError } from '../native.js';
 import { Command, Feature, Size } from '../protocol/constants.js';
-import { decodeReply, encodeHello, encodeOpen, encodeTaggedOpen, type Reply } from '../protocol/frames.js';
-import { FrameAssembler } from '../protocol/stream.js';
-import { AbortError, ClientClosedError, ProtocolError, TimeoutError } from './errors.js';
+import { encodeHello, encodeOpen, encodeStatusRequest, encodeTaggedOpen, type Reply } from '../protocol/frames.js';
+import type { StatusReport } from '../broker/metrics.js';
+import { AbortError, ClientClosedError, ConnectionLostError, ProtocolError, TimeoutError } from './errors.js';
 import { toFlags, type OpenFlags } from './flags.js';
+import { Link, type LinkKind } from './link.js';
 
 export interface ConnectOptions {
   /** the broker's socket path */
@@ -29,6 +36,20 @@ export interface ConnectOptions {
   timeout?: number;
   /** gives up connecting when it fires */
   signal?: AbortSignal;
+  /**
+   * Connections by path: connect again when the broker goes away (default: on). An fd cannot be
+   * reconnected, so clients made from one never do.
+   */
+  reconnect?: boolean | ReconnectOptions;
+}
+
+export interface ReconnectOptions {
+  /** the first wait between attempts, in ms (default 10); it doubles after each failure */
+  initialDelay?: number;
+  /** the longest wait between attempts, in ms (default 1000) */
+  maxDelay?: number;
+  /** how long requests wait for a broker to come back before they fail, in ms (default 10000) */
+  timeout?: number;
 }
 
 export interface RequestOptions {
@@ -37,20 +58,33 @@ export interface RequestOptions {
   timeout?: number;
 }
 
+type Outcome = number | StatusReport;
+
 interface Pending {
-  id: number;
+  command: typeof Command.QEMU_OPEN | typeof Command.STATUS;
+  /** open: the name as sent, its flags and mode; kept to send it again after a reconnect */
+  name: Buffer;
+  flags: number;
+  mode: number;
+  /** for error messages */
   path: string;
-  resolve: (fd: number) => void;
+  /** tagged id on the current link, 0 otherwise */
+  id: number;
+  resolve: (value: Outcome) => void;
   reject: (err: Error) => void;
   timer: NodeJS.Timeout | null;
   signal: AbortSignal | null;
   onAbort: (() => void) | null;
   /** gave up (timeout, abort): its reply is still awaited, and its fd closed on arrival */
   abandoned: boolean;
+  /** already sent again once after a lost connection */
+  retried: boolean;
 }
 
-const EAGAIN = 11, ECONNRESET = 104;
+const EAGAIN = 11;
 const CONNECT_RETRY_MS = 5;
+const HELLO_TIMEOUT_MS = 5000;
+const RECONNECT_DEFAULTS: Required<ReconnectOptions> = { initialDelay: 10, maxDelay: 1000, timeout: 10_000 };
 
 /** Connects to a broker by socket path, by inherited fd, or through $OPENHOOK_FD. */
 export async function connect(target?: string | number | ConnectOptions): Promise<OpenHookClient> {
@@ -66,15 +100,15 @@ export async function connect(target?: string | number | ConnectOptions): Promis
   const type = native.socketType(fd);
   if (type < 0) throw systemError(type, 'getsockopt', `fd ${fd}`);
   if (type !== C.SOCK_SEQPACKET && type !== C.SOCK_STREAM) throw new TypeError(`fd ${fd} is not a SOCK_SEQPACKET or SOCK_STREAM socket`);
-  const client = new OpenHookClient(fd, type === C.SOCK_STREAM ? 'stream' : 'seqpacket', options.timeout ?? 0, owned);
-  if ((options.protocol ?? 'auto') === 'auto') {
-    try {
-      await client.negotiate(options.timeout || 5000);
-    } catch (err) {
-      client.close();
-      throw err;
-    }
-  }
+  const reconnect = options.path === undefined || options.reconnect === false ? null : { ...RECONNECT_DEFAULTS, ...(options.reconnect === true ? {} : options.reconnect) };
+  const client = new OpenHookClient({
+    kind: type === C.SOCK_STREAM ? 'stream' : 'seqpacket',
+    timeout: options.timeout ?? 0,
+    negotiate: (options.protocol ?? 'auto') === 'auto',
+    path: options.path ?? null,
+    reconnect,
+  });
+  await client.attach(fd, owned);
   return client;
 }
 
@@ -94,41 +128,56 @@ async function connectPath(path: string, type: number, signal?: AbortSignal): Pr
     } catch (err) {
       // A full backlog: the broker is busy, not gone. Retry without blocking the event loop.
       if ((err as { errno?: number }).errno !== -EAGAIN) throw Object.assign(err as Error, { path });
-      await new Promise((r) => setTimeout(r, CONNECT_RETRY_MS));
+      await sleep(CONNECT_RETRY_MS);
     }
   }
 }
 
+/** An open without O_CREAT|O_EXCL does the same whether it is done once or twice; STATUS too. */
+function isIdempotent(req: Pending): boolean {
+  const both = C.O_CREAT | C.O_EXCL;
+  return req.command === Command.STATUS || (req.flags & both) !== both;
+}
+
+interface ClientSettings {
+  kind: LinkKind;
+  timeout: number;
+  negotiate: boolean;
+  /** the socket path to reconnect to, or null */
+  path: string | null;
+  reconnect: Required<ReconnectOptions> | null;
+}
+
 export class OpenHookClient extends EventEmitter {
-  readonly fd: number;
-  readonly kind: 'seqpacket' | 'stream';
-  #timeout: number;
-  #ownsFd: boolean;
+  readonly kind: LinkKind;
+  #settings: ClientSettings;
+  /** the connected, negotiated link, or null while disconnected */
+  #link: Link | null = null;
   #tagged = false;
   #nextId = 1;
-  #poller: NativePoller;
-  #assembler: FrameAssembler | null;
-  /** RFC mode: requests in send order */
-  #queue: Pending[] = [];
-  /** tagged mode: requests by id */
+  /** RFC mode: open requests in send order */
+  #inOrder: Pending[] = [];
+  /** tagged mode: open requests by id */
   #byId = new Map<number, Pending>();
-  /** stream mode: fds received and not yet matched to a reply, in arrival order */
-  #fds: number[] = [];
-  #outbox: Buffer[] = [];
-  #hello: { resolve: (r: Reply) => void; reject: (e: Error) => void } | null = null;
+  /** STATUS requests in send order (the broker answers them in order) */
+  #statusQueue: Pending[] = [];
+  /** requests waiting for a link: made while disconnected, or to be sent again */
+  #waiting: Pending[] = [];
+  #reconnecting = false;
+  /** cancels a link's HELLO exchange, or a wait between reconnect attempts, when the client closes */
+  #cancel: ((err: Error) => void) | null = null;
   #closed = false;
-  #onFrame = (buf: Buffer, offset: number, length: number): void => this.#onReply(buf, offset, length, -1, 0);
 
-  constructor(fd: number, kind: 'seqpacket' | 'stream', timeout: number, ownsFd: boolean) {
+  /** @internal use connect() */
+  constructor(settings: ClientSettings) {
     super();
-    this.fd = fd;
-    this.kind = kind;
-    this.#timeout = timeout;
-    this.#ownsFd = ownsFd;
-    this.#assembler = kind === 'stream' ? new FrameAssembler() : null;
-    this.#poller = new native.Poller(fd, PollMode.Receive, 64, (events, count, status) => this.#onPoll(events, count, status));
-    this.#poller.start(C.UV_READABLE);
-    this.#poller.ref(false); // an idle connection does not keep the process alive
+    this.#settings = settings;
+    this.kind = settings.kind;
+  }
+
+  /** The socket fd of the current connection, or -1 while reconnecting. */
+  get fd(): number {
+    return this.#link?.fd ?? -1;
   }
 
   /** True when the broker answers tagged opens, whose replies may arrive out of order. */
@@ -140,26 +189,19 @@ export class OpenHookClient extends EventEmitter {
     return this.#closed;
   }
 
-  /** Requests sent and not yet answered. */
+  /** Requests sent (or waiting to be sent) and not yet answered. */
   get pending(): number {
-    return this.#queue.length + this.#byId.size;
+    return this.#inOrder.length + this.#byId.size + this.#statusQueue.length + this.#waiting.length;
   }
 
-  /** @internal HELLO exchange; called once by connect(). */
-  async negotiate(timeoutMs: number): Promise<void> {
-    const reply = await new Promise<Reply>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new TimeoutError(`no HELLO reply within ${timeoutMs} ms`)), timeoutMs);
-      this.#hello = {
-        resolve: (r) => (clearTimeout(timer), resolve(r)),
-        reject: (e) => (clearTimeout(timer), reject(e)),
-      };
-      this.#poller.ref(true);
-      this.#send(encodeHello(Feature.TAGGED_OPEN));
-    });
-    this.#hello = null;
-    this.#updateRef();
-    // A broker that predates HELLO answers -EPROTO: it speaks the RFC frames only.
-    this.#tagged = reply.result === 0 && (reply.features & Feature.TAGGED_OPEN) !== 0;
+  /** @internal the first link, made by connect(); failures close the fd and throw. */
+  async attach(fd: number, ownsFd: boolean): Promise<void> {
+    try {
+      this.#link = await this.#establish(fd, ownsFd);
+    } catch (err) {
+      this.#closed = true;
+      throw err;
+    }
   }
 
   /**
@@ -177,28 +219,16 @@ export class OpenHookClient extends EventEmitter {
       return Promise.reject(err);
     }
     if (name.length > Size.NAME_MAX_WIRE) return Promise.reject(systemError(36, 'open', shown)); // ENAMETOOLONG
-    const signal = options.signal ?? null;
-    if (signal?.aborted) return Promise.reject(new AbortError(undefined, { cause: signal.reason }));
+    return this.#request(Command.QEMU_OPEN, name, wire, mode, shown, options) as Promise<number>;
+  }
 
-    return new Promise<number>((resolve, reject) => {
-      const req: Pending = { id: 0, path: shown, resolve, reject, timer: null, signal, onAbort: null, abandoned: false };
-      const timeout = options.timeout ?? this.#timeout;
-      if (timeout > 0) req.timer = setTimeout(() => this.#abandon(req, new TimeoutError(`no reply for '${shown}' within ${timeout} ms`)), timeout);
-      if (signal) {
-        req.onAbort = () => this.#abandon(req, new AbortError(undefined, { cause: signal.reason }));
-        signal.addEventListener('abort', req.onAbort, { once: true });
-      }
-      if (this.#tagged) {
-        req.id = this.#nextId;
-        this.#nextId = (this.#nextId % 0xffffffff) + 1;
-        this.#byId.set(req.id, req);
-        this.#send(encodeTaggedOpen(req.id, name, wire, mode));
-      } else {
-        this.#queue.push(req);
-        this.#send(encodeOpen(name, wire, mode));
-      }
-      this.#updateRef();
-    });
+  /**
+   * The broker's STATUS report: uptime, policy generation, connections, counters and latencies.
+   * Brokers answer it only to their own uid and root (others: a SystemError with code 'EACCES').
+   */
+  status(options: RequestOptions = {}): Promise<StatusReport> {
+    if (this.#closed) return Promise.reject(new ClientClosedError('the connection is closed'));
+    return this.#request(Command.STATUS, Buffer.alloc(0), 0, 0, 'status', options) as Promise<StatusReport>;
   }
 
   /** Closes the connection (and the fd, if this client opened it). Pending requests reject. */
@@ -210,11 +240,92 @@ export class OpenHookClient extends EventEmitter {
     this.close();
   }
 
+  // ---- requests ----------------------------------------------------------------------------------
+
+  #request(command: Pending['command'], name: Buffer, flags: number, mode: number, shown: string, options: RequestOptions): Promise<Outcome> {
+    const signal = options.signal ?? null;
+    if (signal?.aborted) return Promise.reject(new AbortError(undefined, { cause: signal.reason }));
+    return new Promise<Outcome>((resolve, reject) => {
+      const req: Pending = { command, name, flags, mode, path: shown, id: 0, resolve, reject, timer: null, signal, onAbort: null, abandoned: false, retried: false };
+      const timeout = options.timeout ?? this.#settings.timeout;
+      if (timeout > 0) req.timer = setTimeout(() => this.#abandon(req, new TimeoutError(`no reply for '${shown}' within ${timeout} ms`)), timeout);
+      if (signal) {
+        req.onAbort = () => this.#abandon(req, new AbortError(undefined, { cause: signal.reason }));
+        signal.addEventListener('abort', req.onAbort, { once: true });
+      }
+      this.#dispatch(req);
+    });
+  }
+
+  /** Sends a request on the current link, or keeps it for the next one. */
+  #dispatch(req: Pending): void {
+    const link = this.#link;
+    if (!link) {
+      this.#waiting.push(req);
+      this.#startReconnect();
+      return;
+    }
+    if (req.command === Command.STATUS) {
+      this.#statusQueue.push(req);
+      link.send(encodeStatusRequest());
+    } else if (this.#tagged) {
+      req.id = this.#nextId;
+      this.#nextId = (this.#nextId % 0xffffffff) + 1;
+      this.#byId.set(req.id, req);
+      link.send(encodeTaggedOpen(req.id, req.name, req.flags, req.mode));
+    } else {
+      req.id = 0;
+      this.#inOrder.push(req);
+      link.send(encodeOpen(req.name, req.flags, req.mode));
+    }
+    this.#updateRef();
+  }
+
+  #onReply(reply: Reply, fd: number): void {
+    let req: Pending | undefined;
+    if (reply.command === Command.STATUS) {
+      req = this.#statusQueue.shift();
+    } else if (reply.command === Command.OPEN_TAGGED) {
+      req = this.#byId.get(reply.id);
+      this.#byId.delete(reply.id);
+    } else if (reply.command === Command.QEMU_OPEN && !this.#tagged) {
+      req = this.#inOrder.shift();
+    } else if (reply.result < 0 && !this.#tagged && this.#inOrder.length > 0) {
+      // A broker that could not parse a frame answers -EPROTO with command 0: it is the head's reply.
+      req = this.#inOrder.shift();
+    }
+    if (!req) {
+      if (fd >= 0) native.close(fd);
+      this.#protocolFailure(`reply for no request (command ${reply.command}, id ${reply.id})`);
+      return;
+    }
+    this.#updateRef();
+    if (req.abandoned) {
+      if (fd >= 0) native.close(fd);
+      return;
+    }
+    this.#settle(req);
+    if (reply.result !== 0) req.reject(systemError(reply.result, req.command === Command.STATUS ? 'status' : 'open', req.path));
+    else if (req.command === Command.STATUS) this.#resolveStatus(req, reply);
+    else req.resolve(fd);
+  }
+
+  #resolveStatus(req: Pending, reply: Reply): void {
+    try {
+      req.resolve(JSON.parse(reply.payload!.toString('utf8')) as StatusReport);
+    } catch {
+      req.reject(new ProtocolError('the STATUS reply is not a JSON document'));
+    }
+  }
+
   #abandon(req: Pending, err: Error): void {
     if (req.abandoned) return;
     req.abandoned = true;
     this.#settle(req);
     req.reject(err);
+    // Not yet sent: forget it now. Sent: its reply is still awaited, and its fd closed on arrival.
+    const i = this.#waiting.indexOf(req);
+    if (i >= 0) this.#waiting.splice(i, 1);
   }
 
   /** Clears a request's timer and abort listener. */
@@ -225,136 +336,166 @@ export class OpenHookClient extends EventEmitter {
     req.onAbort = null;
   }
 
-  #send(frame: Buffer): void {
-    if (this.#outbox.length > 0) {
-      this.#outbox.push(frame);
-      return;
-    }
-    const n = native.send(this.fd, frame, 0, frame.length, -1);
-    if (n === frame.length) return;
-    if (n === -EAGAIN || (n >= 0 && n < frame.length)) {
-      this.#outbox.push(n > 0 ? frame.subarray(n) : frame);
-      this.#poller.start(C.UV_READABLE | C.UV_WRITABLE);
-      return;
-    }
-    this.#shutdown(systemError(n, 'sendmsg'));
+  #updateRef(): void {
+    this.#link?.ref(this.#inOrder.length + this.#byId.size + this.#statusQueue.length > 0);
   }
 
-  #flush(): void {
-    while (this.#outbox.length > 0) {
-      const head = this.#outbox[0]!;
-      const n = native.send(this.fd, head, 0, head.length, -1);
-      if (n === -EAGAIN) return;
-      if (n < 0) {
-        this.#shutdown(systemError(n, 'sendmsg'));
-        return;
-      }
-      if (n < head.length) this.#outbox[0] = head.subarray(n);
-      else this.#outbox.shift();
-    }
-    this.#poller.start(C.UV_READABLE);
-  }
+  // ---- links: connecting, losing, reconnecting ---------------------------------------------------
 
-  #onPoll(events: number, count: number, status: number): void {
-    if (this.#closed) return;
-    if (events & C.UV_WRITABLE) this.#flush();
-    for (let i = 0, m = 0; i < count && !this.#closed; i++) {
-      const offset = recvMeta[m]!, length = recvMeta[m + 1]!, flags = recvMeta[m + 2]!, nfds = recvMeta[m + 3]!;
-      const fdStart = m + 4;
-      m = fdStart + nfds;
-      if (flags & (C.MSG_TRUNC | C.MSG_CTRUNC)) {
-        for (let k = 0; k < nfds; k++) native.close(recvMeta[fdStart + k]!);
-        this.#shutdown(new ProtocolError(flags & C.MSG_CTRUNC ? 'fds from the broker were truncated' : 'a reply was truncated'));
-        return;
-      }
-      if (this.#assembler) {
-        for (let k = 0; k < nfds; k++) this.#fds.push(recvMeta[fdStart + k]!);
-        if (!this.#assembler.push(recvArena, offset, length, this.#onFrame)) {
-          this.#shutdown(new ProtocolError('the broker sent a frame of impossible size'));
-          return;
-        }
-      } else {
-        this.#onReply(recvArena, offset, length, fdStart, nfds);
-      }
+  /** Makes a link on a connected fd, and negotiates tagged opens on it unless told not to. */
+  async #establish(fd: number, ownsFd: boolean): Promise<Link> {
+    let hello: ((reply: Reply, fd: number) => void) | null = null;
+    let helloLost: ((err: Error) => void) | null = null;
+    const link: Link = new Link(fd, this.#settings.kind, ownsFd, {
+      reply: (reply, got) => (hello ? hello(reply, got) : this.#onReply(reply, got)),
+      lost: (err) => (helloLost ? helloLost(err) : this.#onLost(link, err)),
+    });
+    if (!this.#settings.negotiate) {
+      this.#tagged = false;
+      return link;
     }
-    if (status !== 0 && !this.#closed) {
-      const gone = status === C.STATUS_EOF || status === -ECONNRESET;
-      this.#shutdown(gone ? new ClientClosedError('the broker closed the connection') : systemError(status, 'recvmsg'));
+    try {
+      const reply = await new Promise<Reply>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new TimeoutError(`no HELLO reply within ${HELLO_TIMEOUT_MS} ms`)), HELLO_TIMEOUT_MS);
+        const done = (): void => {
+          clearTimeout(timer);
+          hello = helloLost = this.#cancel = null;
+        };
+        hello = (r, got) => {
+          done();
+          if (got >= 0) native.close(got);
+          // A broker that predates HELLO answers it as an unknown command: -EPROTO.
+          if (r.command === Command.HELLO || r.result < 0) resolve(r);
+          else reject(new ProtocolError(`unexpected reply to HELLO (command ${r.command})`));
+        };
+        helloLost = this.#cancel = (err) => (done(), reject(err));
+        link.ref(true);
+        link.send(encodeHello(Feature.TAGGED_OPEN));
+      });
+      link.ref(false);
+      this.#tagged = reply.command === Command.HELLO && reply.result === 0 && (reply.features & Feature.TAGGED_OPEN) !== 0;
+      return link;
+    } catch (err) {
+      link.close();
+      throw err;
     }
   }
 
   /**
-   * One reply frame. For SOCK_SEQPACKET its fds are recvMeta[fdStart, fdStart+nfds); on a stream
-   * (fdStart < 0) fds arrive with the first byte of their reply, so they are taken in order.
+   * The broker closed the link or it failed. Without reconnecting, the client is done. Otherwise the
+   * requests that are safe to repeat wait for the next link; the others fail now, because the
+   * broker may or may not have done them.
    */
-  #onReply(buf: Buffer, offset: number, length: number, fdStart: number, nfds: number): void {
-    const reply = decodeReply(buf, offset, length);
-    const wantsFd = reply !== null && reply.result === 0 && reply.command !== Command.HELLO;
-    let fd = -1;
-    if (fdStart >= 0) {
-      for (let k = 0; k < nfds; k++) {
-        const got = recvMeta[fdStart + k]!;
-        if (k === 0 && wantsFd) fd = got;
-        else native.close(got);
+  #onLost(link: Link, err: Error): void {
+    if (link !== this.#link || this.#closed) return;
+    this.#link = null;
+    if (!this.#settings.reconnect || err instanceof ProtocolError) {
+      this.#shutdown(err);
+      return;
+    }
+    const unanswered = [...this.#inOrder, ...this.#byId.values(), ...this.#statusQueue];
+    this.#inOrder.length = 0;
+    this.#byId.clear();
+    this.#statusQueue.length = 0;
+    const again: Pending[] = [];
+    for (const req of unanswered) {
+      if (req.abandoned) continue;
+      if (isIdempotent(req) && !req.retried) {
+        req.retried = true;
+        again.push(req);
+      } else {
+        this.#settle(req);
+        req.reject(new ConnectionLostError(req.retried
+          ? `the broker went away twice before answering '${req.path}'`
+          : `the broker went away before answering '${req.path}'; an open with O_CREAT|O_EXCL may or may not have been done, so it is not sent again`));
       }
-      if (reply && nfds !== (wantsFd ? 1 : 0)) return this.#fail(fd, `a reply (result ${reply.result}) carried ${nfds} fds`);
-    } else if (wantsFd) {
-      fd = this.#fds.shift() ?? -1;
-      if (fd < 0) return this.#fail(fd, 'a successful reply arrived without its fd');
     }
-    if (!reply) return this.#fail(fd, 'malformed reply');
-
-    if (reply.command === Command.HELLO || (this.#hello && reply.result !== 0 && this.pending === 0)) {
-      if (!this.#hello) return this.#fail(fd, 'unexpected HELLO reply');
-      this.#hello.resolve(reply);
-      return;
-    }
-    let req: Pending | undefined;
-    if (reply.command === Command.OPEN_TAGGED) {
-      req = this.#byId.get(reply.id);
-      this.#byId.delete(reply.id);
-    } else if (reply.command === Command.QEMU_OPEN && !this.#tagged) {
-      req = this.#queue.shift();
-    } else if (reply.result < 0 && !this.#tagged && this.#queue.length > 0) {
-      // A broker that could not parse a frame answers -EPROTO with command 0: it is the head's reply.
-      req = this.#queue.shift();
-    }
-    if (!req) return this.#fail(fd, `reply for no request (command ${reply.command}, id ${reply.id})`);
-    this.#updateRef();
-    if (req.abandoned) {
-      if (fd >= 0) native.close(fd);
-      return;
-    }
-    this.#settle(req);
-    if (reply.result === 0) req.resolve(fd);
-    else req.reject(systemError(reply.result, 'open', req.path));
+    this.#waiting.unshift(...again);
+    this.emit('disconnect', err);
+    if (this.#waiting.length > 0) this.#startReconnect();
   }
 
-  #fail(fd: number, message: string): void {
-    if (fd >= 0) native.close(fd);
+  /** Connects again with backoff while requests wait; gives them up after the reconnect timeout. */
+  #startReconnect(): void {
+    const { path, reconnect } = this.#settings;
+    if (this.#reconnecting || this.#closed) return;
+    if (!path || !reconnect) {
+      // Cannot happen while a link may be lost only with reconnect on; kept as a clear failure.
+      this.#shutdown(new ClientClosedError('the broker closed the connection'));
+      return;
+    }
+    this.#reconnecting = true;
+    void this.#reconnectLoop(path, reconnect).finally(() => {
+      this.#reconnecting = false;
+      // The new link may have been lost while the waiting requests were sent on it: go again.
+      if (!this.#link && !this.#closed && this.#waiting.length > 0) this.#startReconnect();
+    });
+  }
+
+  async #reconnectLoop(path: string, opts: Required<ReconnectOptions>): Promise<void> {
+    const giveUpAt = Date.now() + opts.timeout;
+    let delay = opts.initialDelay;
+    let lastError: Error | null = null;
+    while (!this.#closed && this.#waiting.length > 0) {
+      try {
+        const fd = native.connectUnix(Buffer.from(path), this.kind === 'stream' ? C.SOCK_STREAM : C.SOCK_SEQPACKET);
+        const link = await this.#establish(fd, true);
+        if (this.#closed) {
+          link.close();
+          return;
+        }
+        this.#link = link;
+        this.emit('reconnect');
+        const waiting = this.#waiting;
+        this.#waiting = [];
+        for (const req of waiting) this.#dispatch(req);
+        return;
+      } catch (err) {
+        lastError = err as Error;
+      }
+      if (this.#closed) return;
+      if (Date.now() + delay > giveUpAt) {
+        const waiting = this.#waiting;
+        this.#waiting = [];
+        for (const req of waiting) {
+          this.#settle(req);
+          req.reject(new ConnectionLostError(`no broker at ${path} for ${opts.timeout} ms (${lastError?.message ?? 'no answer'})`, { cause: lastError }));
+        }
+        return;
+      }
+      // Jitter spreads the clients of one restarted broker over the interval.
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, delay * (0.5 + Math.random() / 2));
+        this.#cancel = () => (clearTimeout(timer), resolve());
+      });
+      this.#cancel = null;
+      delay = Math.min(delay * 2, opts.maxDelay);
+    }
+  }
+
+  #protocolFailure(message: string): void {
+    this.#link?.close();
+    this.#link = null;
     this.#shutdown(new ProtocolError(message));
-  }
-
-  #updateRef(): void {
-    if (!this.#closed) this.#poller.ref(this.pending > 0 || this.#hello !== null);
   }
 
   #shutdown(err: Error): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#poller.close();
-    if (this.#ownsFd) native.close(this.fd);
-    for (const fd of this.#fds) native.close(fd);
-    this.#fds.length = 0;
-    const waiting = [...this.#queue, ...this.#byId.values()];
-    this.#queue.length = 0;
+    this.#link?.close();
+    this.#link = null;
+    this.#cancel?.(err);
+    this.#cancel = null;
+    const waiting = [...this.#inOrder, ...this.#byId.values(), ...this.#statusQueue, ...this.#waiting];
+    this.#inOrder.length = 0;
     this.#byId.clear();
+    this.#statusQueue.length = 0;
+    this.#waiting = [];
     for (const req of waiting) {
       if (req.abandoned) continue;
       this.#settle(req);
       req.reject(err);
     }
-    this.#hello?.reject(err);
     this.emit('close', err instanceof ClientClosedError ? undefined : err);
   }
 }

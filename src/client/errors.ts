@@ -34,3 +34,13 @@ export class AbortError extends OpenHookError {
     super(message, options);
   }
 }
+
+/**
+ * The broker went away before answering, and the request was not sent again: it was not safe to
+ * repeat (an open with O_CREAT|O_EXCL may or may not have been done), it had been repeated once
+ * already, or no broker came back within the reconnect timeout.
+ */
+export class ConnectionLostError extends OpenHookError {
+  override name = 'ConnectionLostError';
+  override readonly code = 'ERR_OPENHOOK_CONNECTION_LOST';
+}

@@ -22,15 +22,8 @@ export class LearnRecorder implements AuditSink {
   /** normalised path → union of the access bits requested */
   readonly used = new Map<ByteString, number>();
   requests = 0;
-  #next: AuditSink | null;
-
-  /** next: another sink that sees every record too (a log) */
-  constructor(next: AuditSink | null = null) {
-    this.#next = next;
-  }
 
   record(entry: AuditRecord): void {
-    this.#next?.record(entry);
     // Requests refused for their flags (O_PATH, bad modes) need no rule: no rule could allow them.
     if (entry.access === 0) return;
     const n = normalise(entry.path);

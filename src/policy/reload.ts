@@ -23,6 +23,12 @@ export interface ReloaderOptions {
   apply: (policy: Policy) => void;
   /** where reloads and their errors are reported */
   log: (message: string) => void;
+  /** where failed reloads are reported, if not log (a daemon gives them a higher priority) */
+  warn?: (message: string) => void;
+  /** told before each reload, SIGHUP or watch alike (a service manager hears RELOADING=1) */
+  started?: (why: string) => void;
+  /** told after each reload: null when the new policy is in force, else why the old one stays */
+  finished?: (error: Error | null, why: string) => void;
   /** quiet period before a change is reloaded, ms (default 100) */
   debounceMs?: number;
   compile?: Pick<PolicyOptions, 'rootLimit'>;
@@ -58,20 +64,30 @@ export class PolicyReloader {
 
   async #reload(why: string): Promise<boolean> {
     const started = performance.now();
-    const reply = await this.#read();
-    if (!reply.ok) {
-      if (!reply.policyError) throw new Error(reply.message);
-      this.failed++;
-      this.#opts.log(`policy reload (${why}) failed, the old policy stays in force: ${reply.message}`);
-      return false;
+    this.#opts.started?.(why);
+    let error: Error | null = null;
+    try {
+      const reply = await this.#read();
+      if (!reply.ok) {
+        if (!reply.policyError) throw new Error(reply.message);
+        this.failed++;
+        (this.#opts.warn ?? this.#opts.log)(`policy reload (${why}) failed, the old policy stays in force: ${reply.message}`);
+        error = new PolicyError(reply.message);
+        return false;
+      }
+      // Compiling opens nothing (roots are opened at first use); it runs on the event loop in slices,
+      // while the old policy goes on serving.
+      const policy = await compilePolicySliced(reply.spec, this.#opts.compile);
+      this.#opts.apply(policy);
+      this.loaded++;
+      this.#opts.log(`policy reloaded (${why}) from ${this.#opts.file}: ${policy.ruleCount} rules in ${Math.round(performance.now() - started)} ms`);
+      return true;
+    } catch (err) {
+      error = err as Error;
+      throw err;
+    } finally {
+      this.#opts.finished?.(error, why);
     }
-    // Compiling opens nothing (roots are opened at first use); it runs on the event loop in slices,
-    // while the old policy goes on serving.
-    const policy = await compilePolicySliced(reply.spec, this.#opts.compile);
-    this.#opts.apply(policy);
-    this.loaded++;
-    this.#opts.log(`policy reloaded (${why}) from ${this.#opts.file}: ${policy.ruleCount} rules in ${Math.round(performance.now() - started)} ms`);
-    return true;
   }
 
   /** Reads and checks the file, on the helper thread if there is one. */

@@ -17,6 +17,11 @@ export const Command = {
    * interchangeable, so processes sharing an inherited socket may race on it harmlessly.
    */
   CONNECT: 0x102,
+  /**
+   * The broker's health and counters, as a JSON document in the reply. Answered only to a peer with
+   * the broker's own uid or root, on a connection accepted from a listening socket; others get -EACCES.
+   */
+  STATUS: 0x103,
 } as const;
 export type Command = (typeof Command)[keyof typeof Command];
 
@@ -38,7 +43,9 @@ export const Size = {
   HELLO_REQUEST: 16,
   /** u32 size | u32 command | u32 flags (0: none are defined yet) */
   CONNECT_REQUEST: 12,
-  /** u32 size | u32 command | s32 result; also the CONNECT reply, which carries the fd */
+  /** u32 size | u32 command | u32 flags (0: none are defined yet) */
+  STATUS_REQUEST: 12,
+  /** u32 size | u32 command | s32 result; also the CONNECT reply (with its fd), and the start of the STATUS reply */
   REPLY: 12,
   /** REPLY | u32 id */
   TAGGED_REPLY: 16,
@@ -47,6 +54,9 @@ export const Size = {
   /** the longest name a u16 length can state */
   NAME_MAX_WIRE: 0xffff,
 } as const;
+
+/** The largest STATUS reply a broker sends, and a client accepts; within MAX_FRAME, so streams reassemble it. */
+export const MAX_STATUS_REPLY = 64 * 1024;
 
 /** No frame can be longer: the tagged header plus the longest name. */
 export const MAX_FRAME = Size.TAGGED_HEADER + Size.NAME_MAX_WIRE;

@@ -4,14 +4,14 @@
  * Decoding fills a caller-owned Request and never copies the name: it records where the name lies in
  * the buffer, so that a broker can decide on the exact bytes without allocating per request.
  */
-import { Command, MAX_FRAME, MIN_FRAME, PROTOCOL_VERSION, Size } from './constants.js';
+import { Command, MAX_FRAME, MAX_STATUS_REPLY, MIN_FRAME, PROTOCOL_VERSION, Size } from './constants.js';
 import { hostEndian } from './endian.js';
 
 export interface Request {
   command: number;
   /** the id of an OPEN_TAGGED request, 0 otherwise */
   id: number;
-  /** open(2) flags (QEMU_OPEN, OPEN_TAGGED) */
+  /** open(2) flags (QEMU_OPEN, OPEN_TAGGED); STATUS: its flags word (none defined; must be 0) */
   flags: number;
   /** create mode (QEMU_OPEN, OPEN_TAGGED) */
   mode: number;
@@ -95,6 +95,12 @@ export function decodeRequest(buf: Buffer, offset: number, length: number, out: 
       out.nameLength = 0;
       return DecodeError.OK;
     }
+    case Command.STATUS: {
+      if (length !== Size.STATUS_REQUEST) return DecodeError.SIZE_MISMATCH;
+      out.flags = readU32(buf, offset + 8);
+      out.nameLength = 0;
+      return DecodeError.OK;
+    }
     default:
       return DecodeError.UNKNOWN_COMMAND;
   }
@@ -134,6 +140,26 @@ export function encodeHelloReply(buf: Buffer, offset: number, features: number):
   writeU32(buf, offset + 12, PROTOCOL_VERSION);
   writeU32(buf, offset + 16, features);
   return Size.HELLO_REPLY;
+}
+
+/** A whole STATUS reply: the 12-byte reply header with result 0, then the JSON document. */
+export function encodeStatusReply(json: string): Buffer {
+  const body = Buffer.from(json, 'utf8');
+  if (Size.REPLY + body.length > MAX_STATUS_REPLY) throw new RangeError(`status report of ${body.length} bytes exceeds ${MAX_STATUS_REPLY}`);
+  const buf = Buffer.allocUnsafe(Size.REPLY + body.length);
+  writeU32(buf, 0, buf.length);
+  writeU32(buf, 4, Command.STATUS);
+  writeS32(buf, 8, 0);
+  body.copy(buf, Size.REPLY);
+  return buf;
+}
+
+export function encodeStatusRequest(flags = 0): Buffer {
+  const buf = Buffer.allocUnsafe(Size.STATUS_REQUEST);
+  writeU32(buf, 0, Size.STATUS_REQUEST);
+  writeU32(buf, 4, Command.STATUS);
+  writeU32(buf, 8, flags >>> 0);
+  return buf;
 }
 
 /** A whole QEMU_OPEN request frame. `name` is bytes (exact) or a string (UTF-8). */
@@ -191,6 +217,8 @@ export interface Reply {
   /** HELLO: the broker's version and granted features */
   version: number;
   features: number;
+  /** STATUS with result 0: the JSON document (a copy); absent for every other reply */
+  payload?: Buffer;
 }
 
 /** Decodes a reply frame; null if it is malformed. */
@@ -208,6 +236,9 @@ export function decodeReply(buf: Buffer, offset: number, length: number): Reply 
     if (size !== Size.HELLO_REPLY) return null;
     reply.version = readU32(buf, offset + 12);
     reply.features = readU32(buf, offset + 16);
+  } else if (command === Command.STATUS && result === 0) {
+    if (size > MAX_STATUS_REPLY) return null;
+    reply.payload = Buffer.from(buf.subarray(offset + Size.REPLY, offset + size));
   } else if (size !== Size.REPLY) {
     return null;
   }

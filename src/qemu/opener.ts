@@ -6,6 +6,7 @@
  */
 import type { AuditSink } from '../broker/audit.js';
 import type { Broker } from '../broker/broker.js';
+import { Metrics } from '../broker/metrics.js';
 import { Resolver } from '../broker/resolver.js';
 import { serveOpen, type ServiceContext } from '../broker/service.js';
 import { fromText, toBytes } from '../bytestring.js';
@@ -36,6 +37,8 @@ export class PolicyOpener implements ImageOpener {
   #source: Policy | Broker;
   #resolver: Resolver;
   #audit: AuditSink | null;
+  /** counters of opens made here without a broker (a broker's own are in its context) */
+  #metrics = new Metrics();
   #peer: Peer;
 
   constructor(source: Policy | Broker, options: PolicyOpenerOptions = {}) {
@@ -65,7 +68,7 @@ export class PolicyOpener implements ImageOpener {
   }
 
   #context(): ServiceContext {
-    if (this.#source instanceof Policy) return { policy: this.#source, resolver: this.#resolver, audit: this.#audit };
+    if (this.#source instanceof Policy) return { policy: this.#source, resolver: this.#resolver, audit: this.#audit, metrics: this.#metrics };
     // A broker's context follows its policy reloads; an audit given here wins over the broker's.
     const ctx = this.#source.context();
     return this.#audit ? { ...ctx, audit: this.#audit } : ctx;

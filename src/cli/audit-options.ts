@@ -1,0 +1,24 @@
+/** The audit options shared by serve and run: --audit FILE|-, --audit-format, --audit-failure. */
+import { Option, type Command } from './commander.js';
+import { AuditLog, type AuditFailure, type AuditFormat } from '../broker/audit-log.js';
+
+export interface AuditFlags {
+  audit?: string;
+  auditFormat: AuditFormat;
+  auditFailure: AuditFailure;
+}
+
+export function addAuditOptions(cmd: Command): Command {
+  return cmd
+    .option('--audit <FILE|->', 'write one audit line per decision to FILE (appended), or - for stderr')
+    .addOption(new Option('--audit-format <FORMAT>', 'audit lines as JSON, or pretty for a terminal').choices(['json', 'pretty']).default('json'))
+    .addOption(
+      new Option('--audit-failure <MODE>', 'when the audit log cannot be written: closed refuses requests with EIO, open serves on').choices(['closed', 'open']).default('closed'),
+    );
+}
+
+/** The audit log the flags ask for, or null. Throws if the file cannot be opened. */
+export function auditFromOptions(opts: AuditFlags, warn: (message: string) => void): AuditLog | null {
+  if (opts.audit === undefined) return null;
+  return new AuditLog({ target: opts.audit, format: opts.auditFormat, failure: opts.auditFailure, warn });
+}
