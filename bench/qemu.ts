@@ -11,6 +11,9 @@
  * - launch() in-process with the interposer, as an orchestrator written in Node embeds it: what the
  *   hook itself costs QEMU (launch helper, Landlock, seccomp, LD_PRELOAD, brokered image opens).
  *
+ * With OPENHOOK_BENCH_CLI_COMPARE=OTHER/dist/cli/main.js, another revision's `openhook run` joins the
+ * same rotation as a row of its own (a before/after comparison of start-up in one run).
+ *
  * The target is at most 1.5x plain QEMU's time, a ratio of at least 0.67x in the table's convention
  * (>= 1.0 is as good as the reference).
  *
@@ -93,17 +96,22 @@ export async function benchQemu(opts: QemuBenchOptions): Promise<Row[]> {
   const plain: number[] = [];
   const cli: number[] = [];
   const wrapped: number[] = [];
+  const otherCli = process.env.OPENHOOK_BENCH_CLI_COMPARE;
+  const other = otherCli ? [process.execPath, otherCli, 'run', '--preload', '--allow', `${vm}/:rwc`, '--'] : null;
+  const compared: number[] = [];
   const inProcess: number[] = [];
   try {
     // Warm all three (page cache for QEMU, its firmware, Node and the CLI) before measuring.
     await readyMs(args, []);
     await readyMs(args, confined);
     await readyMs(args, wrapper);
+    if (other) await readyMs(args, other);
     await readyInProcess(args, vm);
     for (let i = 0; i < opts.runs; i++) {
       plain.push(await readyMs(args, []));
       cli.push(await readyMs(args, confined));
       wrapped.push(await readyMs(args, wrapper));
+      if (other) compared.push(await readyMs(args, other));
       inProcess.push(await readyInProcess(args, vm));
     }
   } finally {
@@ -115,6 +123,7 @@ export async function benchQemu(opts: QemuBenchOptions): Promise<Row[]> {
   };
   return [
     row('QEMU QMP-ready: openhook run --preload (CLI) vs plain', cli),
+    ...(other ? [row(`QEMU QMP-ready: ${otherCli} run --preload vs plain`, compared)] : []),
     { ...row('QEMU QMP-ready: bare Node wrapper (spawn only) vs plain', wrapped), target: '(floor for a Node CLI)' },
     row('QEMU QMP-ready: launch() + interposer in-process vs plain', inProcess),
   ];

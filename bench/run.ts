@@ -1,12 +1,13 @@
 /**
  * `npm run bench`: openhook against the C reference broker, in one run on one machine, as a table of
  * ratios. Options: --runs N (repetitions per case, medians reported; default 5), --count N (opens
- * per synchronous run; default 20000), --only NAME (case groups, comma-separated: broker, client, rss,
- * policy, interposer, qemu, startup).
+ * per synchronous run; default 20000), --only NAME (case groups, comma-separated: open, broker, client,
+ * rss, policy, interposer, qemu).
  */
 import { parseArgs } from 'node:util';
 import { benchBroker } from './broker.js';
 import { benchClient } from './client.js';
+import { benchOpenCost } from './open-cost.js';
 import { benchRss } from './rss.js';
 import { benchInterposer } from './interposer.js';
 import { benchPolicy } from './policy.js';
@@ -27,6 +28,7 @@ const wanted = (name: string): boolean => !values.only || values.only.split(',')
 console.log(`openhook bench: ${runs} runs per case, medians; ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}; node ${process.version}`);
 console.log('ratio ≥ 1.0× means openhook is as fast as the C reference broker (rates: openhook/ref; latencies: ref/openhook)\n');
 const rows: Row[] = [];
+if (wanted('open')) rows.push(...benchOpenCost({ runs }));
 if (wanted('broker')) rows.push(...(await benchBroker({ runs, count })));
 if (wanted('client')) rows.push(...(await benchClient({ runs, count })));
 if (wanted('rss')) rows.push(...(await benchRss()));

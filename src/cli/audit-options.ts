@@ -1,6 +1,6 @@
 /** The audit options shared by serve and run: --audit FILE|-, --audit-format, --audit-failure. */
 import { Option, type Command } from './commander.js';
-import { AuditLog, type AuditFailure, type AuditFormat } from '../broker/audit-log.js';
+import type { AuditFailure, AuditFormat, AuditLog } from '../broker/audit-log.js';
 
 export interface AuditFlags {
   audit?: string;
@@ -17,8 +17,12 @@ export function addAuditOptions(cmd: Command): Command {
     );
 }
 
-/** The audit log the flags ask for, or null. Throws if the file cannot be opened. */
-export function auditFromOptions(opts: AuditFlags, warn: (message: string) => void): AuditLog | null {
+/**
+ * The audit log the flags ask for, or null. Throws if the file cannot be opened. The writer is
+ * loaded only when asked for: `openhook run` without --audit starts without it.
+ */
+export async function auditFromOptions(opts: AuditFlags, warn: (message: string) => void): Promise<AuditLog | null> {
   if (opts.audit === undefined) return null;
+  const { AuditLog } = await import('../broker/audit-log.js');
   return new AuditLog({ target: opts.audit, format: opts.auditFormat, failure: opts.auditFailure, warn });
 }

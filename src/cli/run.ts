@@ -118,7 +118,7 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
 
   let auditLog: AuditLog | null;
   try {
-    auditLog = auditFromOptions(opts, say);
+    auditLog = await auditFromOptions(opts, say);
   } catch (err) {
     say(`cannot open the audit log ${opts.audit}: ${(err as Error).message}`);
     policy.close();

@@ -93,7 +93,7 @@ async function serve(opts: ServeOptions): Promise<void> {
   let audit: AuditLog | null = null;
   if (opts.audit !== undefined) {
     try {
-      audit = auditFromOptions(opts, log.warn);
+      audit = await auditFromOptions(opts, log.warn);
     } catch (err) {
       policy.close();
       fail(1, `cannot open the audit log ${opts.audit}: ${(err as Error).message}`);
