@@ -3,7 +3,7 @@
  * demand, and fd counting through /proc. Nothing here mocks a socket or a syscall.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -39,19 +39,24 @@ export interface ServeProcess {
   stop: (signal?: NodeJS.Signals) => Promise<number | null>;
 }
 
-/** Starts `openhook serve` and waits until its socket exists. */
-export async function startServe(socket: string, args: string[]): Promise<ServeProcess> {
-  const child = spawn(process.execPath, [CLI, 'serve', '--socket', socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Starts `openhook serve` and waits until it serves at its socket. With a wrapper command (for
+ * example prlimit), the wrapper runs the broker; it must exec it, so that the child's pid is the
+ * broker's.
+ */
+export async function startServe(socket: string, args: string[], wrapper: string[] = []): Promise<ServeProcess> {
+  const [cmd, ...rest] = wrapper.length ? wrapper : [process.execPath];
+  const argv = [...rest, ...(wrapper.length ? [process.execPath] : []), CLI, 'serve', '--socket', socket, ...args];
+  const child = spawn(cmd!, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
   child.stderr!.on('data', (d) => (err += d));
   child.stdout!.resume();
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  for (let i = 0; i < 500; i++) {
-    if (existsSync(socket) && err.includes('serving')) break;
+  for (let i = 0; i < 1000 && !(existsSync(socket) && err.includes('serving')); i++) {
     if (child.exitCode !== null) throw new Error(`serve exited with ${child.exitCode}: ${err}`);
     await sleep(10);
   }
-  if (!existsSync(socket)) throw new Error(`serve did not create ${socket}: ${err}`);
+  if (!existsSync(socket) || !err.includes('serving')) throw new Error(`serve did not start at ${socket}: ${err}`);
   return {
     child,
     socket,
@@ -61,6 +66,14 @@ export async function startServe(socket: string, args: string[]): Promise<ServeP
       return exited;
     },
   };
+}
+
+/** Reads an fd's first bytes (from offset 0) as text, and closes it. */
+export function readAndClose(fd: number, max = 64): string {
+  const buf = Buffer.alloc(max);
+  const n = readSync(fd, buf, 0, max, 0);
+  closeSync(fd);
+  return buf.toString('utf8', 0, n);
 }
 
 /** Waits until serve's stderr has matched pattern count times (10 s at most); throws with the stderr if not. */

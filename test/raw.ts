@@ -3,14 +3,13 @@
  * each reply exactly as it arrives. No codec of ours decides what is sent. Also: an in-process broker
  * on a temporary socket, and small facts about fds.
  */
-import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Broker, type BrokerOptions } from '../src/broker/broker.js';
 import { C, native, PollMode, recvArena, recvMeta, type NativePoller } from '../src/native.js';
 import { Policy } from '../src/policy/policy.js';
 import { makeRule, parseDenyFlag, type RuleSpec } from '../src/policy/rule.js';
-import { CLI, sleep, type ServeProcess } from './helpers.js';
+import { sleep, startServe, type ServeProcess } from './helpers.js';
 
 export interface RawReply {
   /** the reply's bytes */
@@ -199,32 +198,9 @@ export function closeAll(fds: number[]): void {
   for (const fd of fds) native.close(fd);
 }
 
-/**
- * Starts `openhook serve` under a wrapper command (for example prlimit) and waits until it serves.
- * The wrapper must exec the broker, so that the child's pid is the broker's.
- */
-export async function startServeUnder(wrapper: string[], socket: string, args: string[]): Promise<ServeProcess> {
-  const [cmd, ...rest] = wrapper.length ? wrapper : [process.execPath];
-  const argv = [...rest, ...(wrapper.length ? [process.execPath] : []), CLI, 'serve', '--socket', socket, ...args];
-  const child = spawn(cmd!, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
-  let err = '';
-  child.stderr!.on('data', (d) => (err += d));
-  child.stdout!.resume();
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  for (let i = 0; i < 1000 && !(existsSync(socket) && err.includes('serving')); i++) {
-    if (child.exitCode !== null) throw new Error(`serve exited with ${child.exitCode}: ${err}`);
-    await sleep(10);
-  }
-  if (!err.includes('serving')) throw new Error(`serve did not start: ${err}`);
-  return {
-    child,
-    socket,
-    stderr: () => err,
-    stop: async (signal = 'SIGTERM') => {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-      return exited;
-    },
-  };
+/** Starts `openhook serve` under a wrapper command (for example prlimit); see startServe. */
+export function startServeUnder(wrapper: string[], socket: string, args: string[]): Promise<ServeProcess> {
+  return startServe(socket, args, wrapper);
 }
 
 /** CPU time (user + system) a process has used, in seconds. */

@@ -3,7 +3,7 @@
  * clients that live through a broker's `kill -9` and restart.
  */
 import assert from 'node:assert/strict';
-import { closeSync, constants as fsConstants, existsSync, fstatSync, mkdirSync, openSync, readSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, constants as fsConstants, existsSync, fstatSync, mkdirSync, openSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -14,7 +14,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { PRELOAD_LIBRARY } from '../src/launch/preload.js';
 import { encodeConnect } from '../src/protocol/frames.js';
-import { fixture, receiveOne, rfcOpenFrame, rfcReplyHex, tempDir } from './helpers.js';
+import { fixture, readAndClose, receiveOne, rfcOpenFrame, rfcReplyHex, tempDir } from './helpers.js';
 import { killLeftovers, startDaemon, systemdStyleSocket } from './service-helpers.js';
 
 const tmp = tempDir();
@@ -26,13 +26,6 @@ after(() => {
   killLeftovers();
   tmp.cleanup();
 });
-
-function readFd(fd: number): string {
-  const buf = Buffer.alloc(64);
-  const n = readSync(fd, buf, 0, 64, 0);
-  closeSync(fd);
-  return buf.toString('utf8', 0, n);
-}
 
 /**
  * A raw RFC client that sends requests and reads nothing, so that the broker's replies back up and
@@ -255,7 +248,7 @@ describe('restart with a connected library client', () => {
     const events: string[] = [];
     client.on('disconnect', () => events.push('disconnect'));
     client.on('reconnect', () => events.push('reconnect'));
-    assert.equal(readFd(await client.open(join(vm, 'f1'))), 'file 1');
+    assert.equal(readAndClose(await client.open(join(vm, 'f1'))), 'file 1');
 
     // Requests the broker has received but not answered when it dies.
     d.kill('SIGSTOP');
@@ -274,7 +267,7 @@ describe('restart with a connected library client', () => {
     assert.ok(client.pending >= 10);
 
     d = await startDaemon(['--socket', sock, `--allow=${vm}/:rwc`]);
-    const contents = await Promise.all(safe.map(async (p) => readFd(await p)));
+    const contents = await Promise.all(safe.map(async (p) => readAndClose(await p)));
     assert.deepEqual(contents, Array.from({ length: 10 }, (_, i) => `file ${i}`));
     assert.deepEqual(events, ['disconnect', 'reconnect']);
     assert.notEqual(client.fd, -1);
@@ -291,10 +284,10 @@ describe('restart with a connected library client', () => {
     const sock = join(tmp.path, 'graceful.sock');
     let d = await startDaemon(['--socket', sock, `--allow=${vm}/:r`]);
     await using client = await connect(sock);
-    assert.equal(readFd(await client.open(join(vm, 'f2'))), 'file 2');
+    assert.equal(readAndClose(await client.open(join(vm, 'f2'))), 'file 2');
     assert.equal(await d.stop(), 0);
     d = await startDaemon(['--socket', sock, `--allow=${vm}/:r`]);
-    assert.equal(readFd(await client.open(join(vm, 'f3'))), 'file 3');
+    assert.equal(readAndClose(await client.open(join(vm, 'f3'))), 'file 3');
     assert.equal(await d.stop(), 0);
   });
 

@@ -5,14 +5,14 @@
  */
 import assert from 'node:assert/strict';
 import { get } from 'node:http';
-import { closeSync, existsSync, mkdirSync, openSync, readSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { MetricsAddressError, parseMetricsAddress } from '../src/broker/metrics-server.js';
 import { connect } from '../src/client/client.js';
 import { ActivationError, listenFds } from '../src/systemd/activation.js';
 import { C, native } from '../src/native.js';
-import { receiveOne, rfcOpenFrame, rfcReplyHex, tempDir } from './helpers.js';
+import { readAndClose, receiveOne, rfcOpenFrame, rfcReplyHex, tempDir } from './helpers.js';
 import { killLeftovers, notifyListener, parseNotify, startDaemon, systemdStyleSocket } from './service-helpers.js';
 
 const tmp = tempDir();
@@ -23,13 +23,6 @@ after(() => {
   killLeftovers();
   tmp.cleanup();
 });
-
-function readFd(fd: number): string {
-  const buf = Buffer.alloc(64);
-  const n = readSync(fd, buf, 0, 64, 0);
-  closeSync(fd);
-  return buf.toString('utf8', 0, n);
-}
 
 /** A listening socket made as systemd makes it from a .socket unit, and held here as systemd holds it. */
 async function systemdSocket(name: string, kind: 'seqpacket' | 'stream' = 'seqpacket'): Promise<{ path: string; fd: number }> {
@@ -44,7 +37,7 @@ describe('socket activation', () => {
     assert.match(first.stderr(), new RegExp(`serving on ${sock.path} \\(SOCK_SEQPACKET, from systemd\\)`));
     {
       await using client = await connect({ path: sock.path, reconnect: false });
-      assert.equal(readFd(await client.open(join(vm, 'disk.img'))), 'disk');
+      assert.equal(readAndClose(await client.open(join(vm, 'disk.img'))), 'disk');
       const report = await client.status();
       assert.deepEqual(report.listeners, [{ path: sock.path, kind: 'seqpacket', activated: true }]);
     }
@@ -59,7 +52,7 @@ describe('socket activation', () => {
     const second = await startDaemon([`--allow=${vm}/:r`], { fds: [sock.fd] });
     const reply = await receiveOne(waiting);
     assert.equal(reply.bytes, rfcReplyHex(1, 0));
-    assert.equal(readFd(reply.fds[0]!), 'disk');
+    assert.equal(readAndClose(reply.fds[0]!), 'disk');
     native.close(waiting);
     assert.equal(await second.stop(), 0);
     assert.ok(existsSync(sock.path));
@@ -73,7 +66,7 @@ describe('socket activation', () => {
     const d = await startDaemon([`--allow=${vm}/:r`], { fds: [seq.fd, stream.fd, metrics.fd], names: ['seq', 'stream', 'metrics'] });
     for (const [path, isStream] of [[seq.path, false], [stream.path, true]] as const) {
       await using client = await connect({ path, stream: isStream, reconnect: false });
-      assert.equal(readFd(await client.open(join(vm, 'disk.img'))), 'disk');
+      assert.equal(readAndClose(await client.open(join(vm, 'disk.img'))), 'disk');
     }
     const body = await new Promise<string>((resolve, reject) => {
       get({ socketPath: metrics.path, path: '/metrics' }, (res) => {
@@ -171,7 +164,7 @@ describe('Type=notify', () => {
     const d = await startDaemon(['--socket', sock, '--policy', policy], { env: { NOTIFY_SOCKET: notify.address } });
     assert.equal(parseNotify(await notify.next()).fields.READY, '1');
     await using client = await connect(sock);
-    const tryOpen = (name: string): Promise<string> => client.open(join(tmp.path, name, 'f')).then(readFd, (e: NodeJS.ErrnoException) => e.code!);
+    const tryOpen = (name: string): Promise<string> => client.open(join(tmp.path, name, 'f')).then(readAndClose, (e: NodeJS.ErrnoException) => e.code!);
     assert.deepEqual([await tryOpen('a'), await tryOpen('b')], ['tree a', 'EACCES']);
 
     // ExecReload=kill -HUP $MAINPID
