@@ -1,19 +1,22 @@
 /* openhook-launch: confines a program between fork and exec, for `openhook run`.
  *
- *   openhook-launch [--hook-from FD] [--hook-fd N] [--report-fd FD] [--wait]
+ *   openhook-launch [--hook-from FD] [--hook-fd N] [--report-fd FD] [--wait] [--parent PID]
  *                   [--path ACCESS PATH]... [--allow-unconfined] [--allow-unix-sockets]
  *                   -- CMD ARGS...
  *
  * Node spawns this helper with the hook socket and a report socket; the helper then, in order:
  *   1. moves the hook socket to fd N (exported by the caller as OPENHOOK_FD=N);
  *   2. closes every other fd except stdio (and its report fd, which is close-on-exec);
- *   3. sets no_new_privs;
- *   4. applies Landlock with the ABI the kernel reports, handling every filesystem right of that
+ *   3. with --parent PID, asks for SIGKILL when its parent dies, and refuses to go on if the parent
+ *      is no longer PID: the broker lives in the parent, so a program that outlives it can never be
+ *      served again, and nothing else would ever stop it (QEMU with -S waits for ever);
+ *   4. sets no_new_privs;
+ *   5. applies Landlock with the ABI the kernel reports, handling every filesystem right of that
  *      ABI, granting only what the --path options say, and scoping abstract UNIX sockets and
  *      signals (ABI 6);
- *   5. drops every capability (a root program would otherwise keep CAP_SYS_MODULE and friends);
- *   6. installs a seccomp filter for what Landlock cannot see (see build_filter());
- *   7. execs CMD.
+ *   6. drops every capability (a root program would otherwise keep CAP_SYS_MODULE and friends);
+ *   7. installs a seccomp filter for what Landlock cannot see (see build_filter());
+ *   8. execs CMD.
  *
  * Landlock and seccomp confine only the calling thread and its future children, which is why this
  * cannot happen inside Node. The helper holds no policy: which paths get which access is decided by
@@ -47,6 +50,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -164,6 +168,7 @@ struct path_grant {
 struct options {
   int hook_from, hook_fd, report_from;
   int wait;
+  long parent;
   int allow_unconfined;
   int allow_unix_sockets;
   struct path_grant *paths;
@@ -171,7 +176,7 @@ struct options {
   char **argv;
 };
 
-static int parse_fd(const char *s) {
+static int parse_count(const char *s) {
   char *end;
   errno = 0;
   long v = strtol(s, &end, 10);
@@ -181,7 +186,7 @@ static int parse_fd(const char *s) {
 
 static void usage(const char *why) {
   fprintf(stderr, "openhook-launch: %s\n"
-                  "usage: openhook-launch [--hook-from FD] [--hook-fd N] [--report-fd FD] [--wait]\n"
+                  "usage: openhook-launch [--hook-from FD] [--hook-fd N] [--report-fd FD] [--wait] [--parent PID]\n"
                   "       [--path ACCESS PATH]... [--allow-unconfined] [--allow-unix-sockets] -- CMD ARGS...\n",
           why);
   _exit(EXIT_REFUSED);
@@ -201,9 +206,13 @@ static void parse_options(int argc, char **argv, struct options *o) {
     if (!strcmp(a, "--wait")) o->wait = 1;
     else if (!strcmp(a, "--allow-unconfined")) o->allow_unconfined = 1;
     else if (!strcmp(a, "--allow-unix-sockets")) o->allow_unix_sockets = 1;
-    else if (i + 1 < argc && !strcmp(a, "--hook-from")) o->hook_from = parse_fd(argv[++i]);
-    else if (i + 1 < argc && !strcmp(a, "--hook-fd")) o->hook_fd = parse_fd(argv[++i]);
-    else if (i + 1 < argc && !strcmp(a, "--report-fd")) o->report_from = parse_fd(argv[++i]);
+    else if (i + 1 < argc && !strcmp(a, "--hook-from")) o->hook_from = parse_count(argv[++i]);
+    else if (i + 1 < argc && !strcmp(a, "--hook-fd")) o->hook_fd = parse_count(argv[++i]);
+    else if (i + 1 < argc && !strcmp(a, "--report-fd")) o->report_from = parse_count(argv[++i]);
+    else if (i + 1 < argc && !strcmp(a, "--parent")) {
+      o->parent = parse_count(argv[++i]);
+      if (o->parent <= 0) usage("--parent must be a process id");
+    }
     else if (i + 2 < argc && !strcmp(a, "--path")) {
       o->paths[o->npaths].access = argv[++i];
       o->paths[o->npaths++].path = argv[++i];
@@ -567,6 +576,14 @@ int main(int argc, char **argv) {
   struct options o;
   parse_options(argc, argv, &o);
   int rep = arrange_fds(&o);
+
+  if (o.parent) {
+    /* The death signal survives exec (no set-user-ID exec can happen under no_new_privs). Checking
+     * the parent after the prctl closes the race with a parent that died before it. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) fatal("parent", errno, "PR_SET_PDEATHSIG");
+    if (getppid() != (pid_t)o.parent) fatal("parent", ESRCH, "the launching process is gone");
+    emit("parent", "watched", num((unsigned long long)o.parent), "SIGKILL", NULL);
+  }
 
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) fatal("no_new_privs", errno, "PR_SET_NO_NEW_PRIVS");
   emit("no_new_privs", "set", NULL);

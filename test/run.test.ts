@@ -5,10 +5,12 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { after, before, describe, it } from 'node:test';
+import { HELPER_PATH } from '../src/launch/launch.js';
+import { C, native } from '../src/native.js';
 import { CLI, fixture, ROOT, tempDir } from './helpers.js';
 
 const tmp = tempDir('openhook-run-');
@@ -291,6 +293,59 @@ describe('run: exit status and signals', () => {
   }
 });
 
+describe('run: the program does not outlive its broker', () => {
+  /** The pids of a process's children, from every one of its threads. */
+  function childrenOf(pid: number): number[] {
+    const pids: number[] = [];
+    for (const task of readdirSync(`/proc/${pid}/task`)) {
+      const text = readFileSync(`/proc/${pid}/task/${task}/children`, 'utf8').trim();
+      if (text) pids.push(...text.split(' ').map(Number));
+    }
+    return pids;
+  }
+
+  it('kills the program when run itself dies (kill -9), since nothing could serve it again', { timeout: 30_000 }, async () => {
+    const child = spawn(process.execPath, [CLI, 'run', '--ro', FIXTURES, '--', PROBE, 'wait-signal'], { env: cleanEnv() });
+    let out = '';
+    await new Promise<void>((resolve) => child.stdout.on('data', (d) => ((out += d), out.includes('ready') && resolve())));
+    const [program] = childrenOf(child.pid!);
+    assert.ok(program, 'run has a child');
+    assert.match(readFileSync(`/proc/${program}/cmdline`, 'latin1'), /confined-probe/);
+    // 'exit', not 'close': a surviving program would hold run's stdout open forever.
+    const exited = new Promise((res) => child.on('exit', res));
+    child.kill('SIGKILL');
+    await exited;
+    child.stdout.destroy();
+    let alive = true;
+    for (let i = 0; i < 200 && alive; i++) {
+      // A zombie (reaped by init soon) counts as dead: it runs nothing.
+      try {
+        alive = !/^State:\s+Z/m.test(readFileSync(`/proc/${program}/status`, 'utf8'));
+      } catch {
+        alive = false;
+      }
+      if (alive) await new Promise((res) => setTimeout(res, 25));
+    }
+    if (alive) process.kill(program!, 'SIGKILL'); // do not leave it behind when the check fails
+    assert.equal(alive, false, 'the confined program outlived run');
+  });
+
+  it('the helper refuses to start the program if its parent is not the launching process', () => {
+    const [hook, peer] = native.socketpair(C.SOCK_SEQPACKET, false);
+    try {
+      const r = spawnSync(HELPER_PATH, ['--hook-from', '3', '--parent', '1', '--path', 'rx', '/usr', '--', '/usr/bin/true'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe', hook] });
+      assert.equal(r.status, 125, r.stderr);
+      assert.match(r.stderr, /fatal\tparent\tESRCH/);
+      const ok = spawnSync(HELPER_PATH, ['--hook-from', '3', '--parent', String(process.pid), '--path', 'rx', '/usr', '--', '/usr/bin/true'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe', hook] });
+      assert.equal(ok.status, 0, ok.stderr);
+      assert.match(ok.stderr, new RegExp(`parent\twatched\t${process.pid}\tSIGKILL`));
+    } finally {
+      native.close(hook);
+      native.close(peer);
+    }
+  });
+});
+
 describe('run --report', () => {
   it('prints the Landlock ABI, the handled rights, the rules and the seccomp rules', () => {
     const r = run(['--report', '--ro', '/openhook-no-such-dir', '--', 'true']);
@@ -309,6 +364,7 @@ describe('run --report', () => {
     assert.match(text, /skipped \/openhook-no-such-dir \(ENOENT\)/);
     assert.match(text, /fd 3 \(OPENHOOK_FD\); every other fd above stdio closed/);
     assert.match(text, /no_new_privs: set/);
+    assert.match(text, /if the broker's process dies: the program gets SIGKILL/);
     assert.match(text, /seccomp: filter for \w+/);
     assert.match(text, /io_uring_setup: errno ENOSYS/);
     assert.match(text, /open_by_handle_at: errno EPERM/);

@@ -28,7 +28,8 @@ export function demoQemuCommand(): Command {
     });
 }
 
-const say = (line = ''): void => void process.stdout.write(line + '\n');
+let readerGone = false; // stdout's reader went away (`| head`): keep quiet, and stop
+const say = (line = ''): void => void (readerGone || process.stdout.write(line + '\n'));
 const pause = (): Promise<void> => new Promise((r) => setTimeout(r, 30)); // lets stderr lines catch up with QMP
 
 /** The command that runs this CLI, from dist (node main.js) or from src (node --import tsx main.ts). */
@@ -124,10 +125,31 @@ export async function runQemuDemo(keep: boolean): Promise<number> {
   for (let i = 0; i < disk.length; i += 2) say(`       ${disk[i]} ${disk[i + 1]} \\`);
   say('       -chardev socket,id=qmp,fd=0 -mon chardev=qmp,mode=control');
   const started = performance.now();
-  let q: QemuProcess;
+  let q: QemuProcess | undefined;
+  // Ctrl-C, SIGTERM, or a reader that went away: stop QEMU (run passes SIGTERM on) and clean up,
+  // rather than leave a paused VM behind.
+  let stopping = false;
+  const stopEarly = (status: number) => (): void => {
+    readerGone ||= status === 1;
+    if (stopping) return;
+    stopping = true;
+    q?.child.kill('SIGTERM');
+    void (q?.exited ?? Promise.resolve()).then(() => {
+      if (!keep) rmSync(root, { recursive: true, force: true });
+      process.exit(status);
+    });
+  };
+  const onSigint = stopEarly(130), onSigterm = stopEarly(143), onStdoutError = stopEarly(1);
+  process.once('SIGINT', onSigint).once('SIGTERM', onSigterm);
+  process.stdout.on('error', onStdoutError);
+  const unhook = (): void => {
+    process.off('SIGINT', onSigint).off('SIGTERM', onSigterm);
+    process.stdout.off('error', onStdoutError);
+  };
   try {
     q = await spawnQemu([...MACHINE, ...disk], { prefix: openhookRun(['--log', '--preload', ...policyArgs]), onStderrLine: narrate });
   } catch (err) {
+    unhook();
     say(`   QEMU did not start: ${(err as Error).message}`);
     if (!keep) rmSync(root, { recursive: true, force: true });
     return 1;
@@ -184,6 +206,7 @@ export async function runQemuDemo(keep: boolean): Promise<number> {
     say(`   FAILED: ${(err as Error).message}`);
   }
   const exit = await q.quit();
+  unhook();
   await pause();
   say(`7. QEMU quits (exit status ${exit.signal ?? exit.code}). The images, read with qemu-io:`);
   say(`   base.qcow2:    ${contents(base)}`);

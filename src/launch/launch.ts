@@ -95,7 +95,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
   env.OPENHOOK_FD = String(hookFd);
   env.OPENHOOK_PASSTHROUGH = confinement.passthrough.join(':');
 
-  const args = ['--hook-from', '3', '--hook-fd', String(hookFd), '--report-fd', '4'];
+  const args = ['--hook-from', '3', '--hook-fd', String(hookFd), '--report-fd', '4', '--parent', String(process.pid)];
   if (options.waitForReport) args.push('--wait');
   if (options.allowUnconfined) args.push('--allow-unconfined');
   if (options.allowUnixSockets) args.push('--allow-unix-sockets');

@@ -26,6 +26,8 @@ export interface LaunchReport {
   hookFd: number | null;
   fdsClosed: boolean;
   noNewPrivs: boolean;
+  /** the signal CMD gets if the process that launched it (and holds its broker) dies */
+  parentDeathSignal: string | null;
   landlock: {
     enforced: boolean;
     /** the ABI the kernel reports, and the one whose rights were handled (the newest known) */
@@ -56,6 +58,7 @@ export function emptyReport(): LaunchReport {
     hookFd: null,
     fdsClosed: false,
     noNewPrivs: false,
+    parentDeathSignal: null,
     landlock: { enforced: false, abi: 0, usedAbi: 0, errata: null, handled: [], scoped: [], rules: [], skipped: [], unavailable: null },
     capabilities: null,
     seccomp: { enforced: false, arch: '', rules: [], instructions: 0, unavailable: null },
@@ -82,6 +85,7 @@ export function parseReportLine(report: LaunchReport, line: string): void {
     case 'fds hook': report.hookFd = Number(f[2]); return;
     case 'fds closed': report.fdsClosed = true; return;
     case 'no_new_privs set': report.noNewPrivs = true; return;
+    case 'parent watched': report.parentDeathSignal = f[3] ?? ''; return;
     case 'landlock abi': ll.abi = Number(f[2]); ll.usedAbi = Number(f[3]); return;
     case 'landlock errata': ll.errata = Number(f[2]); return;
     case 'landlock handled': ll.handled = list(f[2]); return;
@@ -114,6 +118,7 @@ export function formatReport(r: LaunchReport): string[] {
   const ll = r.landlock;
   out.push(`hook: fd ${r.hookFd ?? '?'} (OPENHOOK_FD); ${r.fdsClosed ? 'every other fd above stdio closed' : 'other fds NOT closed'}`);
   out.push(`no_new_privs: ${r.noNewPrivs ? 'set' : 'NOT set'}`);
+  out.push(`if the broker's process dies: ${r.parentDeathSignal ? `the program gets ${r.parentDeathSignal}` : 'the program is NOT stopped'}`);
   if (ll.enforced) {
     out.push(`landlock: ABI ${ll.abi}${ll.usedAbi !== ll.abi ? ` (enforcing the rights of ABI ${ll.usedAbi}, the newest openhook knows)` : ''}${ll.errata !== null ? `, errata ${ll.errata}` : ''}`);
     out.push(`  handled access rights: ${ll.handled.join(' ')}`);

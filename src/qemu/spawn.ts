@@ -100,8 +100,9 @@ export async function spawnQemu(args: string[], options: SpawnQemuOptions = {}):
   });
   const running = (): boolean => child.exitCode === null && child.signalCode === null;
   /**
-   * SIGTERM first: `openhook run` passes it on to QEMU, where SIGKILL would leave QEMU running
-   * without its broker. SIGKILL if it is still there after a grace period.
+   * SIGTERM first: `openhook run` passes it on to QEMU, which shuts down cleanly; SIGKILL to run
+   * would kill QEMU too (the launch helper's parent-death signal), but without that shutdown.
+   * SIGKILL if it is still there after a grace period.
    */
   const stop = async (graceMs = 3000): Promise<void> => {
     if (!running()) return;
