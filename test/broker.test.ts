@@ -3,7 +3,7 @@
  * RFC's frames byte for byte, and by the client library.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -137,6 +137,22 @@ describe('serve: the socket file and shutdown', () => {
     writeFileSync(path, 'precious');
     await assert.rejects(startServe(path, [`--allow=${vm}/:r`]), /not a socket/);
     assert.equal(readFileSync(path, 'utf8'), 'precious');
+  });
+
+  it('warns once per read-only root that rules would write or create beneath', async () => {
+    const ro = join(tmp.path, 'ro');
+    mkdirSync(ro);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'ro,size=1m', 'openhook-test-ro', ro]);
+    try {
+      const serve = await startServe(join(tmp.path, 'ro.sock'), ['--allow', `${ro}/:rwc`, '--allow', `${ro}/*.img:rw`, '--allow', `${vm}/:rwc`]);
+      const stopped = serve.stop();
+      await stopped;
+      const warnings = serve.stderr().split('\n').filter((l) => l.includes('read-only for the broker'));
+      assert.equal(warnings.length, 1, serve.stderr());
+      assert.match(warnings[0]!, new RegExp(`${ro}/? is read-only for the broker`));
+    } finally {
+      execFileSync('umount', [ro]);
+    }
   });
 
   it('exits with status 2 and a clear message for a bad policy', () => {

@@ -80,6 +80,7 @@ describe('openhook check', () => {
     const r = check('--allow', `${vm}/:r`, `${vm}/sub`, 'rd');
     assert.equal(r.status, 1);
     assert.match(r.out, /does not allow directories/);
+    assert.doesNotMatch(r.out, /opens:/, 'a denied request opens nothing');
   });
 
   it('refuses names with .. before any rule', () => {

@@ -128,6 +128,10 @@ describe('malformed policies name line and column', () => {
     assert.match(error('[[rule]]\nallow = /a/\n'), /^2:9: /);
     assert.match(error('[[rule]\n'), /^1:\d+: /);
     assert.match(error('[[rule]]\nallow = "/a/"\nallow = "/b/"\n'), /^3:\d+: /);
+    // Nesting deep enough to exhaust the stack of a recursive scanner is a policy error, not a crash.
+    const deep = 20_000;
+    assert.match(error(`x = ${'['.repeat(deep)}${']'.repeat(deep)}\n`), /^1:\d+: .*nested/);
+    assert.match(error(`x = ${'{ a = '.repeat(deep)}1${' }'.repeat(deep)}\n`), /^1:\d+: .*nested/);
   });
 
   it('unknown keys, wherever they are', () => {

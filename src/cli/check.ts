@@ -5,7 +5,7 @@
  */
 import { Command, InvalidArgumentError } from './commander.js';
 import { display, fromText } from '../bytestring.js';
-import { errnoName } from '../native.js';
+import { errnoName, errnoValue } from '../errno.js';
 import { Access, formatAccess, parseAccess } from '../policy/access.js';
 import { normalise } from '../policy/path.js';
 import type { Peer, Policy } from '../policy/policy.js';
@@ -92,15 +92,16 @@ async function explain(pathText: string, accessText: string, opts: CheckOptions,
     const d = policy.decide(peer, norm.path, want & ~Access.DIRECTORY);
     let allowed = d.allowed, errno = d.errno, why = d.reason;
     if (allowed && want & Access.DIRECTORY && !d.open.directories) {
+      // What the resolver answers when it finds a directory that the rule does not allow.
       allowed = false;
-      errno = 13;
+      errno = errnoValue('EACCES')!;
       why = `${d.rule!.origin} does not allow directories (access letter d)`;
     }
     out(`${allowed ? 'allow' : `deny (${errnoName(errno)})`} ${display(norm.path)} ${formatAccess(want)}`);
     out(`  why: ${why}`);
     if (d.rule) out(`  rule: ${d.rule.origin}: ${describeRule(d.rule)}`);
     out(`  client: ${who} -> ${section === null ? 'refused (matches no section; unmatched = "refuse")' : section === policy.defaultSection ? 'default section' : `section ${section.name}`}`);
-    if (d.allowed) out(`  opens: ${d.rest} beneath ${display(rootPathOf(norm.path, d.rest))}${d.open.followSymlinks ? ', following symlinks beneath it' : ''}`);
+    if (allowed) out(`  opens: ${d.rest} beneath ${display(rootPathOf(norm.path, d.rest))}${d.open.followSymlinks ? ', following symlinks beneath it' : ''}`);
     policy.release(d);
     return allowed ? 0 : 1;
   } finally {

@@ -11,11 +11,11 @@ import { Command, InvalidArgumentError, Option } from './commander.js';
 import type { AuditLog } from '../broker/audit-log.js';
 import { Broker, DEFAULT_BROKER_LIMITS, UnsupportedSystemError } from '../broker/broker.js';
 import { MetricsServer, parseMetricsAddress, type MetricsAddress } from '../broker/metrics-server.js';
-import { display, toBytes } from '../bytestring.js';
+import { display, toBytes, type ByteString } from '../bytestring.js';
 import { Access } from '../policy/access.js';
 import type { Policy } from '../policy/policy.js';
 import { PolicyReloader } from '../policy/reload.js';
-import { PolicyError } from '../policy/rule.js';
+import { PolicyError, rootOf, type Rule } from '../policy/rule.js';
 import { ActivationError, listenFds } from '../systemd/activation.js';
 import { Notifier } from '../systemd/notify.js';
 import { daemonLog, underJournald, type Log } from './log.js';
@@ -219,12 +219,16 @@ function summary(broker: Broker): string {
  * without ReadWritePaths= for the tree, or a dedicated User= without write permission. Say so at once.
  */
 function warnUnwritableRoots(policy: Policy, log: Log): void {
-  const rules = [policy.defaultSection, ...policy.sections].flatMap((s) => s.rules);
-  for (const rule of rules) {
+  // One check per root directory (a policy may have 100,000 rules beneath a few of them).
+  const writers = new Map<ByteString, Rule>();
+  for (const rule of [policy.defaultSection, ...policy.sections].flatMap((s) => s.rules)) {
     if (rule.effect !== 'allow' || !(rule.access & (Access.WRITE | Access.CREATE))) continue;
-    // The rule's root: the tree itself, an exact file's directory, or the directory above a glob.
-    const literal = rule.glob ? rule.path.slice(0, rule.path.indexOf('*')) : rule.path;
-    const dir = rule.tree && !rule.glob ? literal : literal.slice(0, Math.max(1, literal.lastIndexOf('/')));
+    const root = rootOf(rule);
+    const first = writers.get(root);
+    // Keep a creating rule where there is one: only creates fail for lack of write permission.
+    if (!first || (!(first.access & Access.CREATE) && rule.access & Access.CREATE)) writers.set(root, rule);
+  }
+  for (const [dir, rule] of writers) {
     try {
       accessSync(toBytes(dir), fsConstants.W_OK);
     } catch (err) {

@@ -17,6 +17,8 @@ export interface Position {
 
 const NL = 0x0a, HASH = 0x23, LBRACK = 0x5b, RBRACK = 0x5d, LBRACE = 0x7b, RBRACE = 0x7d;
 const COMMA = 0x2c, DOT = 0x2e, DQ = 0x22, SQ = 0x27, BSLASH = 0x5c;
+/** Nesting of arrays and inline tables that smol-toml accepts (its maxDepth default). */
+const MAX_DEPTH = 1000;
 
 export interface Located {
   /** for each array of tables ("rule", "client[0].rule"), the line of each of its tables, in order */
@@ -226,10 +228,16 @@ class Scanner {
     }
   }
 
-  #value(path: string): void {
+  #value(path: string, depth = 0): void {
     const s = this.#s;
     const c = s.charCodeAt(this.#i);
     if (c === DQ || c === SQ) return this.#string();
+    if ((c === LBRACK || c === LBRACE) && depth >= MAX_DEPTH) {
+      // Deeper than the parser accepts: it refuses the document with a position, so stop here
+      // rather than recurse until the stack runs out.
+      this.#i = s.length;
+      return;
+    }
     if (c === LBRACK) {
       this.#i++;
       for (let k = 0; ; k++) {
@@ -237,7 +245,7 @@ class Scanner {
         if (this.#i >= s.length || s.charCodeAt(this.#i) === RBRACK) break;
         const element = (s.charCodeAt(this.#i) === LBRACE && this.#element(path, this.#line, this.#i - this.#lineStart + 1)) || `${path}[${k}]`;
         if (this.#keys) this.#out.set(element, this.#pos());
-        this.#value(element);
+        this.#value(element, depth + 1);
         this.#skipBlank(true);
         if (s.charCodeAt(this.#i) === COMMA) this.#i++;
       }
@@ -254,7 +262,7 @@ class Scanner {
         if (this.#keys) this.#out.set(key, pos);
         this.#i++; // '='
         this.#skipBlank(false);
-        this.#value(key);
+        this.#value(key, depth + 1);
         this.#skipBlank(true);
         if (s.charCodeAt(this.#i) === COMMA) this.#i++;
       }

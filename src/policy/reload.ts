@@ -56,10 +56,14 @@ export class PolicyReloader {
     this.file = resolve(options.file);
   }
 
-  /** Reloads now (after any reload in progress). Resolves to true if the new policy is in force. */
+  /**
+   * Reloads now (after any reload in progress). Resolves to true if the new policy is in force, and
+   * to false if the old one stays; it never rejects, so a daemon's SIGHUP cannot bring it down.
+   */
   reload(why: string): Promise<boolean> {
-    this.#queue = this.#queue.then(() => this.#reload(why));
-    return this.#queue;
+    const next = this.#queue.then(() => this.#reload(why));
+    this.#queue = next;
+    return next;
   }
 
   async #reload(why: string): Promise<boolean> {
@@ -68,13 +72,7 @@ export class PolicyReloader {
     let error: Error | null = null;
     try {
       const reply = await this.#read();
-      if (!reply.ok) {
-        if (!reply.policyError) throw new Error(reply.message);
-        this.failed++;
-        (this.#opts.warn ?? this.#opts.log)(`policy reload (${why}) failed, the old policy stays in force: ${reply.message}`);
-        error = new PolicyError(reply.message);
-        return false;
-      }
+      if (!reply.ok) throw reply.policyError ? new PolicyError(reply.message) : new Error(reply.message);
       // Compiling opens nothing (roots are opened at first use); it runs on the event loop in slices,
       // while the old policy goes on serving.
       const policy = await compilePolicySliced(reply.spec, this.#opts.compile);
@@ -83,8 +81,11 @@ export class PolicyReloader {
       this.#opts.log(`policy reloaded (${why}) from ${this.#opts.file}: ${policy.ruleCount} rules in ${Math.round(performance.now() - started)} ms`);
       return true;
     } catch (err) {
-      error = err as Error;
-      throw err;
+      // Whatever went wrong (a bad file, or a fault of ours), the old policy stays in force.
+      error = err instanceof Error ? err : new Error(String(err));
+      this.failed++;
+      (this.#opts.warn ?? this.#opts.log)(`policy reload (${why}) failed, the old policy stays in force: ${error.message}`);
+      return false;
     } finally {
       this.#opts.finished?.(error, why);
     }
