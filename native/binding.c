@@ -715,7 +715,7 @@ static napi_value js_set_recv_arena(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-#define FRAME_MAX (18 + 65535) /* the largest legal RFC frame; a bigger message is truncated */
+#define FRAME_MAX (22 + 65535) /* the largest legal frame (OPEN_TAGGED); a bigger message is truncated */
 
 enum { STATUS_OK = 0, STATUS_EOF = 1 };
 
@@ -1333,18 +1333,6 @@ static napi_value js_fstat(napi_env env, napi_callback_info info) {
   return make_int(env, 0);
 }
 
-/* fsMagic(fd) -> the filesystem's magic number (statfs f_type, as an unsigned 32-bit value), or
- * -errno. Tells the broker whether opens beneath a root may block (network, FUSE). */
-static napi_value js_fs_magic(napi_env env, napi_callback_info info) {
-  ARGS(1);
-  INT_ARG(0, fd);
-  struct statfs sfs;
-  int r;
-  do r = fstatfs(fd, &sfs);
-  while (r < 0 && errno == EINTR);
-  return make_int(env, r < 0 ? -errno : (int64_t)(uint32_t)sfs.f_type);
-}
-
 /* ---- slow opens: a small pool of threads ------------------------------------------------------
  * An open that may block (a network or FUSE filesystem, a FIFO) runs here, off the event loop. Each
  * job is one of the resolver's steps (lookup, create, reopen); the resolver in TypeScript chains
@@ -1712,7 +1700,6 @@ static napi_value init(napi_env env, napi_value exports) {
     FN("create", js_create),
     FN("reopen", js_reopen),
     FN("fstat", js_fstat),
-    FN("fsMagic", js_fs_magic),
     FN("dup", js_dup),
     FN("close", js_close),
 #undef FN

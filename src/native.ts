@@ -24,7 +24,7 @@ export interface NativeConstants {
   UV_READABLE: number; UV_WRITABLE: number; UV_DISCONNECT: number;
   /** status passed to a receiving poller's callback when the peer has closed */
   STATUS_EOF: number;
-  /** the largest legal RFC frame: 18 header bytes + a 65535-byte name */
+  /** the largest legal frame: OPEN_TAGGED's 22 header bytes + a 65535-byte name (MAX_FRAME) */
   FRAME_MAX: number;
   MAX_FDS_PER_MSG: number;
 }
@@ -126,8 +126,6 @@ interface NativeBinding {
   reopen(fd: number, flags: number): number;
   /** out = [mode, nlink, uid, gid, size, rdev, dev, ino] */
   fstat(fd: number, out: Float64Array): number;
-  /** statfs f_type of the filesystem holding fd (unsigned), or -errno */
-  fsMagic(fd: number): number;
   /** F_DUPFD_CLOEXEC: a new fd for the same open file, or -errno */
   dup(fd: number): number;
   close(fd: number): number;

@@ -4,6 +4,8 @@ import { lstatSync, readFileSync, statSync, symlinkSync, writeFileSync, openSync
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { C, native, PollMode, recvArena, recvMeta, check } from '../src/native.js';
+import { MAX_FRAME } from '../src/protocol/constants.js';
+import { encodeTaggedOpen } from '../src/protocol/frames.js';
 import { fdCount, ROOT, sleep, tempDir } from './helpers.js';
 
 const tmp = tempDir();
@@ -77,6 +79,18 @@ describe('native: fd passing', () => {
     native.close(a);
     const got = await receiveOnce(b, PollMode.Receive);
     assert.equal(got.status, C.STATUS_EOF);
+    native.close(b);
+  });
+
+  it('receives the largest legal frame whole (an OPEN_TAGGED with a 65535-byte name)', async () => {
+    assert.equal(C.FRAME_MAX, MAX_FRAME, 'the addon and the protocol agree on the largest frame');
+    const [a, b] = native.socketpair(C.SOCK_SEQPACKET, true);
+    const frame = encodeTaggedOpen(7, Buffer.alloc(65535, 0x61), 0, 0);
+    assert.ok(native.send(a, frame, 0, frame.length, -1) > 0);
+    const got = await receiveOnce(b, PollMode.Receive);
+    assert.equal(got.records[0]![1], MAX_FRAME);
+    assert.equal(got.records[0]![2]! & C.MSG_TRUNC, 0, 'not truncated');
+    native.close(a);
     native.close(b);
   });
 

@@ -11,6 +11,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, linkSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import type { AuditRecord } from '../src/broker/audit.js';
 import { Resolver } from '../src/broker/resolver.js';
 import { C, native } from '../src/native.js';
 import { fixture, tempDir } from './helpers.js';
@@ -185,8 +186,11 @@ for (const offload of ['auto', 'always'] as const) {
 
   describe(`resolver ${where}: special files and hard links`, () => {
     let broker: InProcessBroker, client: RawClient, other: RawClient;
+    const audited: AuditRecord[] = [];
+    /** The audit log's reasons for the refusals of name (the resolver's reason, on either path). */
+    const reasonsFor = (name: string): string[] => [...new Set(audited.filter((e) => e.path === join(tree, name) && e.errno === EACCES).map((e) => e.reason))];
     before(async () => {
-      broker = inProcessBroker(tmp.path, `special-${offload}`, { allow: [`${tree}/:rwc`] }, { resolver: new Resolver({ offload }) });
+      broker = inProcessBroker(tmp.path, `special-${offload}`, { allow: [`${tree}/:rwc`] }, { resolver: new Resolver({ offload }), audit: { record: (e) => audited.push(e) } });
       await warmUp(broker, join(tree, 'file'));
       client = RawClient.connect(broker.socket);
       other = RawClient.connect(broker.socket, 'seqpacket');
@@ -214,6 +218,9 @@ for (const offload of ['auto', 'always'] as const) {
         closeAll(r.fds);
       });
       assert.deepEqual(counts, [0, 0, 0, 0, 1], 'IN_OPEN events: none on the special files, one on the file');
+      assert.deepEqual(reasonsFor('fifo'), ['FIFO refused']);
+      assert.deepEqual(reasonsFor('null-dev'), ['device refused']);
+      assert.deepEqual(reasonsFor('sock'), ['socket refused']);
     });
 
     it('serves another client while a FIFO request is refused, and a writer waiting on the FIFO stays waiting', async () => {
@@ -243,6 +250,7 @@ for (const offload of ['auto', 'always'] as const) {
         assert.equal(r.result, -EACCES, flags.toString(8));
       }
       assert.equal(readFileSync(join(outside, 'linked'), 'utf8'), 'SECRET, hard-linked into the tree');
+      assert.deepEqual(reasonsFor('hard'), ['file has more than one hard link: write access refused']);
     });
 
     it('honours O_NONBLOCK and O_APPEND, and always adds O_NOCTTY', async () => {

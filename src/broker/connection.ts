@@ -279,23 +279,23 @@ export class Connection {
     switch (request.command) {
       case Command.QEMU_OPEN: {
         const out = serveOpen(this.#host.context(), this.peer, request, this.#cancel);
-        if (out.slow) {
-          this.#waitFor(out.slow, slot);
+        if (typeof out !== 'number') {
+          this.#waitFor(out, slot);
           return;
         }
-        this.#inOrder(encodeReply(replyBuf, 0, Command.QEMU_OPEN, out.result), out.fd, slot);
+        this.#inOrder(encodeReply(replyBuf, 0, Command.QEMU_OPEN, out < 0 ? out : 0), out < 0 ? -1 : out, slot);
         return;
       }
       case Command.OPEN_TAGGED: {
         const id = request.id;
         const out = serveOpen(this.#host.context(), this.peer, request, this.#cancel);
-        if (out.slow) {
+        if (typeof out !== 'number') {
           if (slot) slot.state = DONE;
           this.#slowTagged++;
-          out.slow.then((fd) => this.#taggedDone(id, fd), (err: unknown) => this.#guard(() => { throw err; }));
+          out.then((fd) => this.#taggedDone(id, fd), (err: unknown) => this.#guard(() => { throw err; }));
           return;
         }
-        this.#inOrder(encodeTaggedReply(replyBuf, 0, id, out.result), out.fd, slot);
+        this.#inOrder(encodeTaggedReply(replyBuf, 0, id, out < 0 ? out : 0), out < 0 ? -1 : out, slot);
         return;
       }
       case Command.HELLO:
@@ -303,7 +303,7 @@ export class Connection {
         return;
       case Command.CONNECT: {
         // No flags are defined yet; refusing unknown ones keeps them free for later meanings.
-        const fd = request.connectFlags !== 0 ? -EINVAL : this.#host.derive(this);
+        const fd = request.flags !== 0 ? -EINVAL : this.#host.derive(this);
         this.#inOrder(encodeReply(replyBuf, 0, Command.CONNECT, fd < 0 ? fd : 0), fd < 0 ? -1 : fd, slot);
         return;
       }

@@ -65,8 +65,8 @@ export class Metrics {
   /** sum of latencies in ms, for the mean and Prometheus' _sum */
   latencySumMs = 0;
 
-  /** Counts one open request. errno: 0 for an fd sent; denial: a Denial, or -1 when allowed. */
-  recordOpen(denial: number, errno: number, startedMs: number): void {
+  /** Counts one open request. errno: 0 for an fd sent; denial: a Denial, or -1 when allowed; ms: its latency. */
+  recordOpen(denial: number, errno: number, ms: number): void {
     this.requests++;
     if (denial < 0) {
       this.allowed++;
@@ -74,7 +74,6 @@ export class Metrics {
     } else {
       this.denied[denial]!++;
     }
-    const ms = performance.now() - startedMs;
     this.latencySumMs += ms;
     const us = (ms * 1000) | 0;
     const b = 32 - Math.clz32(us);

@@ -222,6 +222,7 @@ export class Resolver {
 
   /** Opens rest beneath rootFd, on the event loop. flags must have passed flagsError(). Returns an fd or -errno. */
   open(rootFd: number, rest: ByteString, flags: number, mode: number, options: OpenOptions = DEFAULT_OPEN_OPTIONS): number {
+    this.refusal = '';
     const resolve = resolveFlags(options);
     const ioFlags = ioFlagsOf(flags);
     const pathFlags = C.O_PATH | C.O_CLOEXEC | (flags & C.O_NOFOLLOW);
@@ -236,10 +237,7 @@ export class Resolver {
       // Without a verify hook or O_EXCL, the native side reopens at once what #check always allows
       // (a regular file with one link, no O_DIRECTORY) and hands back everything else unopened.
       const found = fast ? native.openFile(rootFd, rest, pathFlags, resolve, ioFlags, stat) : native.lookup(rootFd, rest, pathFlags, resolve, stat);
-      if (stat[8] === 1) {
-        stat[8] = 0;
-        return found;
-      }
+      if (fast && stat[8] === 1) return found; // openFile reopened it (lookup never sets stat[8])
       if (found === -EAGAIN) {
         this.stats.eagain++;
         continue;
@@ -279,16 +277,17 @@ export class Resolver {
   /**
    * The same steps as open(), each on a pool thread, so that a stalled filesystem or a FIFO waiting
    * for its other end never blocks the event loop. Resolves to an fd or -errno, never rejects.
+   * Other requests reuse `refusal` meanwhile, so a refusal's reason goes to why.refusal.
    */
-  openSlow(rootFd: number, rest: ByteString, flags: number, mode: number, options: OpenOptions, cancel: OpenCancel | null): Promise<number> {
+  openSlow(rootFd: number, rest: ByteString, flags: number, mode: number, options: OpenOptions, cancel: OpenCancel | null, why: { refusal: string } | null = null): Promise<number> {
     this.stats.slowOpens++;
     // The root is the policy's; a reload may close it while the jobs wait. Hold our own.
     const root = native.dup(rootFd);
     if (root < 0) return Promise.resolve(root);
-    return this.#openSlow(root, rest, flags, mode, options, cancel).finally(() => native.close(root));
+    return this.#openSlow(root, rest, flags, mode, options, cancel, why).finally(() => native.close(root));
   }
 
-  async #openSlow(rootFd: number, rest: ByteString, flags: number, mode: number, options: OpenOptions, cancel: OpenCancel | null): Promise<number> {
+  async #openSlow(rootFd: number, rest: ByteString, flags: number, mode: number, options: OpenOptions, cancel: OpenCancel | null, why: { refusal: string } | null): Promise<number> {
     const resolve = resolveFlags(options);
     const ioFlags = ioFlagsOf(flags);
     const pathFlags = C.O_PATH | C.O_CLOEXEC | (flags & C.O_NOFOLLOW);
@@ -311,7 +310,7 @@ export class Resolver {
           continue;
         }
         if (made === -EEXIST && !exclusive) {
-          if (raced) return this.#refuse('O_CREAT through a dangling symlink');
+          if (raced) return this.#refuse('O_CREAT through a dangling symlink', why);
           raced = true;
           again--;
           continue;
@@ -324,9 +323,11 @@ export class Resolver {
         native.close(path);
         return exclusive ? -EEXIST : -ECANCELED;
       }
+      this.refusal = '';
       const refused = this.#check(found.mode, found.nlink, flags, options) || (options.verify ? options.verify(path) : 0);
       if (refused) {
         native.close(path);
+        if (why) why.refusal = this.refusal;
         return -refused;
       }
       const fifo = (found.mode & C.S_IFMT) === C.S_IFIFO;
@@ -415,8 +416,9 @@ export class Resolver {
     return -EAGAIN;
   }
 
-  #refuse(reason: string): number {
+  #refuse(reason: string, why: { refusal: string } | null = null): number {
     this.refusal = reason;
+    if (why) why.refusal = reason;
     return -EACCES;
   }
 }

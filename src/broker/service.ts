@@ -5,7 +5,7 @@
  *     -> reply (+fd) -> audit
  *
  * An open that may block (a network or FUSE filesystem, an allowed FIFO) takes the same path, but
- * the resolver runs it on a thread pool and the reply follows when it is done (outcome.slow).
+ * the resolver runs it on a thread pool and serveOpen returns a promise of the result.
  */
 import { fromBytes, type ByteString } from '../bytestring.js';
 import { C } from '../native.js';
@@ -23,14 +23,6 @@ export const FEATURES = Feature.TAGGED_OPEN | Feature.CONNECT;
 const { O_CREAT, O_DIRECTORY } = C;
 const EISDIR = 21;
 
-/** The outcome of an open request: an fd to send (result 0), a negative errno, or a slow open under way. */
-export interface OpenOutcome {
-  result: number;
-  fd: number;
-  /** set when the open runs on the thread pool: resolves to an fd or -errno (the caller owns the fd) */
-  slow: Promise<number> | null;
-}
-
 export interface ServiceContext {
   policy: Policy;
   resolver: Resolver;
@@ -38,13 +30,11 @@ export interface ServiceContext {
   metrics: Metrics;
 }
 
-const outcome: OpenOutcome = { result: 0, fd: -1, slow: null };
-
 /**
- * Decides and performs one open. The returned object is reused by the next call: read it at once.
- * The caller owns outcome.fd (and the fd a slow open resolves to) and must close it after sending.
+ * Decides and performs one open. Returns an fd to send, or -errno; or, when the open runs on the
+ * thread pool, a promise of one. The caller owns the fd and must close it after sending.
  */
-export function serveOpen(ctx: ServiceContext, peer: Peer, req: Request, cancel: OpenCancel | null): OpenOutcome {
+export function serveOpen(ctx: ServiceContext, peer: Peer, req: Request, cancel: OpenCancel | null): number | Promise<number> {
   const started = performance.now();
   const raw = fromBytes(req.buf, req.nameOffset, req.nameOffset + req.nameLength);
   let errno = 0;
@@ -52,8 +42,7 @@ export function serveOpen(ctx: ServiceContext, peer: Peer, req: Request, cancel:
   let access = 0;
   let decision: Decision | null = null;
   let denial: number = Denial.PATH;
-  outcome.fd = -1;
-  outcome.slow = null;
+  let fd = -1;
 
   let flags = req.flags;
   let badFlags = flagsError(flags);
@@ -88,41 +77,36 @@ export function serveOpen(ctx: ServiceContext, peer: Peer, req: Request, cancel:
       if (resolver.offloads(decision.rule!, decision.rootFd, options)) {
         // The decision stays pinned (its root open, its verify hook valid) until the slow open is done.
         const policy = ctx.policy, pinned = decision, metrics = ctx.metrics;
+        const why = { refusal: '' };
         metrics.slowOpens++;
-        const slow = resolver.openSlow(decision.rootFd, decision.rest, flags, req.mode, options, cancel)
+        const slow = resolver.openSlow(decision.rootFd, decision.rest, flags, req.mode, options, cancel, why)
           .finally(() => policy.release(pinned))
-          .then((fd) => (metrics.slowDone++, metrics.recordOpen(-1, fd < 0 ? -fd : 0, started), fd));
-        outcome.slow = ctx.audit ? audited(ctx, peer, req, raw, access, decision, started, slow) : slow;
-        outcome.result = 0;
-        return outcome;
+          .then((fd) => (metrics.slowDone++, metrics.recordOpen(-1, fd < 0 ? -fd : 0, performance.now() - started), fd));
+        return ctx.audit ? audited(ctx, peer, req, raw, access, decision, why, started, slow) : slow;
       }
-      resolver.refusal = '';
-      const fd = resolver.open(decision.rootFd, decision.rest, flags, req.mode, options);
+      fd = resolver.open(decision.rootFd, decision.rest, flags, req.mode, options);
       ctx.policy.release(decision); // the root may close now, if a reload retired it
       if (fd < 0) {
         errno = -fd;
         if (resolver.refusal) reason = resolver.refusal;
-      } else {
-        outcome.fd = fd;
       }
     }
   }
-  outcome.result = -errno;
-  ctx.metrics.recordOpen(denial, errno, started);
-
-  if (ctx.audit) record(ctx.audit, peer, req.command, raw, req.flags, req.mode, access, decision, errno, reason, started);
-  return outcome;
+  const elapsedMs = performance.now() - started;
+  ctx.metrics.recordOpen(denial, errno, elapsedMs);
+  if (ctx.audit) record(ctx.audit, peer, req.command, raw, req.flags, req.mode, access, decision, errno, reason, elapsedMs);
+  return fd < 0 ? -errno : fd;
 }
 
 /** A slow open's audit record, written when its result is known. */
-async function audited(ctx: ServiceContext, peer: Peer, req: Request, raw: ByteString, access: number, decision: Decision, started: number, slow: Promise<number>): Promise<number> {
+async function audited(ctx: ServiceContext, peer: Peer, req: Request, raw: ByteString, access: number, decision: Decision, why: { refusal: string }, started: number, slow: Promise<number>): Promise<number> {
   const { command, flags, mode } = req; // req is reused by the next request: copy now
   const result = await slow;
-  record(ctx.audit!, peer, command, raw, flags, mode, access, decision, result < 0 ? -result : 0, decision.reason, started);
+  record(ctx.audit!, peer, command, raw, flags, mode, access, decision, result < 0 ? -result : 0, why.refusal || decision.reason, performance.now() - started);
   return result;
 }
 
-function record(audit: AuditSink, peer: Peer, command: number, path: ByteString, flags: number, mode: number, access: number, decision: Decision | null, errno: number, reason: string, started: number): void {
+function record(audit: AuditSink, peer: Peer, command: number, path: ByteString, flags: number, mode: number, access: number, decision: Decision | null, errno: number, reason: string, elapsedMs: number): void {
   audit.record({
     time: Date.now(),
     peer,
@@ -135,7 +119,7 @@ function record(audit: AuditSink, peer: Peer, command: number, path: ByteString,
     rule: decision?.rule ?? null,
     errno,
     reason,
-    latencyUs: Math.round((performance.now() - started) * 1000),
+    latencyUs: Math.round(elapsedMs * 1000),
   });
 }
 

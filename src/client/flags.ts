@@ -1,7 +1,7 @@
 /** fs.open-style flag strings, as numbers for the wire. */
 import { constants as fsc } from 'node:fs';
 
-const table: Record<string, number> = {
+const table = {
   r: fsc.O_RDONLY,
   'r+': fsc.O_RDWR,
   rs: fsc.O_RDONLY | fsc.O_SYNC,
@@ -14,16 +14,16 @@ const table: Record<string, number> = {
   ax: fsc.O_WRONLY | fsc.O_CREAT | fsc.O_APPEND | fsc.O_EXCL,
   'a+': fsc.O_RDWR | fsc.O_CREAT | fsc.O_APPEND,
   'ax+': fsc.O_RDWR | fsc.O_CREAT | fsc.O_APPEND | fsc.O_EXCL,
-};
+} as const satisfies Record<string, number>;
 
-export type OpenFlags = number | keyof typeof table | 'r' | 'r+' | 'w' | 'wx' | 'w+' | 'wx+' | 'a' | 'ax' | 'a+' | 'ax+' | 'rs' | 'rs+';
+export type OpenFlags = number | keyof typeof table;
 
 export function toFlags(flags: OpenFlags): number {
   if (typeof flags === 'number') {
     if (!Number.isInteger(flags) || flags < 0 || flags > 0xffffffff) throw new RangeError(`invalid open flags: ${flags}`);
     return flags;
   }
-  const n = table[flags];
+  const n = (table as Record<string, number>)[flags]; // flags may be any string at run time
   if (n === undefined) throw new TypeError(`unknown open flags '${flags}' (use r, r+, w, wx, w+, a, a+, ... or a number)`);
   return n;
 }

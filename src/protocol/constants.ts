@@ -41,10 +41,8 @@ export const Size = {
   TAGGED_HEADER: 22,
   /** u32 size | u32 command | u32 version | u32 features */
   HELLO_REQUEST: 16,
-  /** u32 size | u32 command | u32 flags (0: none are defined yet) */
-  CONNECT_REQUEST: 12,
-  /** u32 size | u32 command | u32 flags (0: none are defined yet) */
-  STATUS_REQUEST: 12,
+  /** CONNECT and STATUS: u32 size | u32 command | u32 flags (0: none are defined yet) */
+  FLAGS_REQUEST: 12,
   /** u32 size | u32 command | s32 result; also the CONNECT reply (with its fd), and the start of the STATUS reply */
   REPLY: 12,
   /** REPLY | u32 id */

@@ -11,12 +11,10 @@ export interface Request {
   command: number;
   /** the id of an OPEN_TAGGED request, 0 otherwise */
   id: number;
-  /** open(2) flags (QEMU_OPEN, OPEN_TAGGED); STATUS: its flags word (none defined; must be 0) */
+  /** open(2) flags (QEMU_OPEN, OPEN_TAGGED); CONNECT, STATUS: their flags word (none defined; must be 0) */
   flags: number;
   /** create mode (QEMU_OPEN, OPEN_TAGGED) */
   mode: number;
-  /** CONNECT: its flags word (none defined; must be 0) */
-  connectFlags: number;
   /** HELLO: the client's version and wanted features */
   version: number;
   features: number;
@@ -27,7 +25,7 @@ export interface Request {
 }
 
 export function newRequest(): Request {
-  return { command: 0, id: 0, flags: 0, mode: 0, connectFlags: 0, version: 0, features: 0, buf: Buffer.alloc(0), nameOffset: 0, nameLength: 0 };
+  return { command: 0, id: 0, flags: 0, mode: 0, version: 0, features: 0, buf: Buffer.alloc(0), nameOffset: 0, nameLength: 0 };
 }
 
 /** Why a frame could not be decoded. Every one is answered with -EPROTO. */
@@ -89,14 +87,10 @@ export function decodeRequest(buf: Buffer, offset: number, length: number, out: 
       out.nameLength = 0;
       return DecodeError.OK;
     }
-    case Command.CONNECT: {
-      if (length !== Size.CONNECT_REQUEST) return DecodeError.SIZE_MISMATCH;
-      out.connectFlags = readU32(buf, offset + 8);
-      out.nameLength = 0;
-      return DecodeError.OK;
-    }
+    case Command.CONNECT:
     case Command.STATUS: {
-      if (length !== Size.STATUS_REQUEST) return DecodeError.SIZE_MISMATCH;
+      // The same 12 bytes: size, command, flags.
+      if (length !== Size.FLAGS_REQUEST) return DecodeError.SIZE_MISMATCH;
       out.flags = readU32(buf, offset + 8);
       out.nameLength = 0;
       return DecodeError.OK;
@@ -104,11 +98,6 @@ export function decodeRequest(buf: Buffer, offset: number, length: number, out: 
     default:
       return DecodeError.UNKNOWN_COMMAND;
   }
-}
-
-/** The size field of a frame at offset, for stream reassembly; no validation beyond the bounds. */
-export function frameSize(buf: Buffer, offset: number): number {
-  return readU32(buf, offset);
 }
 
 export function isValidFrameSize(size: number): boolean {
@@ -155,9 +144,14 @@ export function encodeStatusReply(json: string): Buffer {
 }
 
 export function encodeStatusRequest(flags = 0): Buffer {
-  const buf = Buffer.allocUnsafe(Size.STATUS_REQUEST);
-  writeU32(buf, 0, Size.STATUS_REQUEST);
-  writeU32(buf, 4, Command.STATUS);
+  return encodeFlagsRequest(Command.STATUS, flags);
+}
+
+/** The 12-byte request of CONNECT and STATUS: size, command, flags. */
+function encodeFlagsRequest(command: number, flags: number): Buffer {
+  const buf = Buffer.allocUnsafe(Size.FLAGS_REQUEST);
+  writeU32(buf, 0, Size.FLAGS_REQUEST);
+  writeU32(buf, 4, command);
   writeU32(buf, 8, flags >>> 0);
   return buf;
 }
@@ -202,11 +196,7 @@ export function encodeHello(features: number): Buffer {
 
 /** A CONNECT request frame. */
 export function encodeConnect(flags = 0): Buffer {
-  const buf = Buffer.allocUnsafe(Size.CONNECT_REQUEST);
-  writeU32(buf, 0, Size.CONNECT_REQUEST);
-  writeU32(buf, 4, Command.CONNECT);
-  writeU32(buf, 8, flags >>> 0);
-  return buf;
+  return encodeFlagsRequest(Command.CONNECT, flags);
 }
 
 export interface Reply {
@@ -245,4 +235,3 @@ export function decodeReply(buf: Buffer, offset: number, length: number): Reply 
   return reply;
 }
 
-export { MAX_FRAME, MIN_FRAME };

@@ -3,7 +3,8 @@
  * one read. Whole frames inside a chunk are handed out in place, without copying; only a partial tail
  * is copied aside until the rest arrives.
  */
-import { MAX_FRAME, MIN_FRAME } from './constants.js';
+import { MAX_FRAME } from './constants.js';
+import { isValidFrameSize } from './frames.js';
 import { hostEndian } from './endian.js';
 
 export type FrameSink = (buf: Buffer, offset: number, length: number) => void;
@@ -34,7 +35,7 @@ export class FrameAssembler {
         return true;
       }
       const size = hostEndian.readU32(chunk, pos);
-      if (size < MIN_FRAME || size > MAX_FRAME) return false;
+      if (!isValidFrameSize(size)) return false;
       if (end - pos < size) {
         this.#stash(chunk, pos, end);
         return true;
@@ -62,7 +63,7 @@ export class FrameAssembler {
       if (this.#have < 4) return pos;
     }
     const size = hostEndian.readU32(pending, 0);
-    if (size < MIN_FRAME || size > MAX_FRAME) return -1;
+    if (!isValidFrameSize(size)) return -1;
     const take = Math.min(size - this.#have, end - pos);
     chunk.copy(pending, this.#have, pos, pos + take);
     this.#have += take;

@@ -60,9 +60,8 @@ export class PolicyOpener implements ImageOpener {
     req.buf = name;
     req.nameOffset = 0;
     req.nameLength = name.length;
-    const outcome = serveOpen(this.#context(), this.#peer, req, null);
     // An open that may block (network or FUSE filesystem, FIFO) runs on the resolver's thread pool.
-    const fd = outcome.slow ? await outcome.slow : outcome.result < 0 ? outcome.result : outcome.fd;
+    const fd = await serveOpen(this.#context(), this.#peer, req, null);
     if (fd < 0) throw systemError(fd, 'open', path);
     return fd;
   }

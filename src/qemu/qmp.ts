@@ -163,7 +163,8 @@ export class QmpClient extends EventEmitter {
     this.fd = fd;
     this.#timeout = timeout;
     this.#whenClosed = new Promise((resolve) => (this.#markClosed = resolve));
-    this.#poller = new native.Poller(fd, PollMode.Receive, 16, (events, count, status) => this.#onPoll(events, count, status));
+    // QEMU sends no fds on QMP: any that arrive are dropped by the kernel, never installed here.
+    this.#poller = new native.Poller(fd, PollMode.ReceiveDiscardFds, 16, (events, count, status) => this.#onPoll(events, count, status));
     this.#poller.start(C.UV_READABLE);
   }
 
@@ -262,16 +263,17 @@ export class QmpClient extends EventEmitter {
 
   #handshake(timeoutMs: number, signal?: AbortSignal): Promise<void> {
     const greeted = new Promise<QmpGreeting>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new QmpTimeoutError(`no QMP greeting within ${timeoutMs} ms`)), timeoutMs);
-      const onAbort = (): void => reject(new AbortError(undefined, { cause: signal?.reason }));
-      signal?.addEventListener('abort', onAbort, { once: true });
-      const onClose = (): void => (clearTimeout(timer), reject(this.#closeError ?? new QmpClosedError('QEMU closed the connection before its greeting')));
-      this.#onGreeting = (g) => {
+      // However it ends, nothing of the wait stays behind (a long-lived signal would keep the listener).
+      const end = (): void => {
         clearTimeout(timer);
         signal?.removeEventListener('abort', onAbort);
         this.off('close', onClose);
-        resolve(g);
       };
+      const timer = setTimeout(() => (end(), reject(new QmpTimeoutError(`no QMP greeting within ${timeoutMs} ms`))), timeoutMs);
+      const onAbort = (): void => (end(), reject(new AbortError(undefined, { cause: signal?.reason })));
+      const onClose = (): void => (end(), reject(this.#closeError ?? new QmpClosedError('QEMU closed the connection before its greeting')));
+      this.#onGreeting = (g) => (end(), resolve(g));
+      signal?.addEventListener('abort', onAbort, { once: true });
       this.once('close', onClose);
       this.#poller.ref(true);
     });
@@ -347,10 +349,8 @@ export class QmpClient extends EventEmitter {
     if (events & C.UV_WRITABLE) this.#flush();
     let text = '';
     for (let i = 0, m = 0; i < count; i++) {
-      const offset = recvMeta[m]!, length = recvMeta[m + 1]!, nfds = recvMeta[m + 3]!;
-      // QEMU sends no fds on QMP; never keep any that arrive.
-      for (let k = 0; k < nfds; k++) native.close(recvMeta[m + 4 + k]!);
-      m += 4 + nfds;
+      const offset = recvMeta[m]!, length = recvMeta[m + 1]!;
+      m += 4; // no fds follow a record: they are discarded
       text += this.#decoder.write(recvArena.subarray(offset, offset + length));
     }
     if (text) this.#onText(text);
