@@ -6,7 +6,7 @@
  * the right thing. Set-up calls throw Node-style errors (`code`, `errno`, `syscall`) themselves.
  */
 import { createRequire } from 'node:module';
-import { errnoName, errnoValue } from './errno.js';
+import { errnoName } from './errno.js';
 
 export interface NativeConstants {
   SOCK_STREAM: number; SOCK_SEQPACKET: number; SOCK_DGRAM: number; AF_UNIX: number; AF_INET: number; AF_INET6: number;
@@ -156,7 +156,6 @@ export const recvArena = Buffer.allocUnsafeSlow(64 * 65_600);
 export const recvMeta = new Int32Array(16 * 1024);
 native.setRecvArena(recvArena, recvMeta);
 
-export { errnoName, errnoValue };
 
 export interface SystemError extends Error {
   code: string;

@@ -18,7 +18,7 @@
 import { isUtf8 } from 'node:buffer';
 import { close, openSync, write } from 'node:fs';
 import { display } from '../bytestring.js';
-import { errnoName } from '../native.js';
+import { errnoName } from '../errno.js';
 import { formatAccess } from '../policy/access.js';
 import { Command } from '../protocol/constants.js';
 import type { Peer } from '../policy/policy.js';

@@ -5,7 +5,7 @@
  * histogram with fixed power-of-two buckets, indexed by one clz32. Nothing allocates; nothing is
  * formatted until someone asks (snapshot()).
  */
-import { errnoName } from '../native.js';
+import { errnoName } from '../errno.js';
 
 /** Why a request was denied: a small fixed set, so that counting is an array increment. */
 export const Denial = {

@@ -65,7 +65,7 @@ function backingOf(image: string): string {
   return info['backing-filename'] ?? '(none)';
 }
 
-export async function runQemuDemo(keep: boolean): Promise<number> {
+async function runQemuDemo(keep: boolean): Promise<number> {
   const cli = cliCommand();
   const missing = missingTools(cli);
   if (missing) {

@@ -3,6 +3,7 @@
  * --deny PATH on the command line.
  */
 import type { Command } from './commander.js';
+import { collect } from './util.js';
 import { Policy } from '../policy/policy.js';
 import { parseAllowFlag, parseDenyFlag, PolicyError, type Rule } from '../policy/rule.js';
 
@@ -12,7 +13,6 @@ export interface PolicyFlags {
   policy?: string;
 }
 
-const collect = (value: string, previous: string[]): string[] => [...previous, value];
 
 export function addPolicyOptions(cmd: Command): Command {
   return cmd
@@ -22,7 +22,7 @@ export function addPolicyOptions(cmd: Command): Command {
 }
 
 /** Builds the policy from the flags; throws PolicyError with a message for people. */
-export function policyFromFlags(flags: PolicyFlags): Policy {
+function policyFromFlags(flags: PolicyFlags): Policy {
   const rules: Rule[] = [...flags.allow.map(parseAllowFlag), ...flags.deny.map(parseDenyFlag)];
   if (rules.length === 0) throw new PolicyError('no rules: give --policy FILE, or --allow PATH:ACCESS (and --deny PATH), to say what clients may open');
   return new Policy(rules);

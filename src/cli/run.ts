@@ -23,6 +23,7 @@ import { Policy } from '../policy/policy.js';
 import { PolicyError } from '../policy/rule.js';
 import { addAuditOptions, auditFromOptions, type AuditFlags } from './audit-options.js';
 import { addPolicyOptions, policyFromOptions, type PolicyFlags } from './policy-options.js';
+import { collect } from './util.js';
 
 export interface RunOptions extends PolicyFlags, AuditFlags {
   ro: string[];
@@ -36,7 +37,6 @@ export interface RunOptions extends PolicyFlags, AuditFlags {
   preload?: boolean;
 }
 
-const collect = (value: string, previous: string[]): string[] => [...previous, value];
 
 function parseFd(text: string): number {
   if (!/^\d+$/.test(text) || Number(text) < 3 || Number(text) > 1_048_575) throw new InvalidArgumentError(`the hook fd must be a number from 3 up, not '${text}'`);

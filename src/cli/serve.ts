@@ -22,7 +22,7 @@ import { daemonLog, underJournald, type Log } from './log.js';
 import { addAuditOptions, auditFromOptions, type AuditFlags } from './audit-options.js';
 import { addPolicyOptions, policyFromOptions, type PolicyFlags } from './policy-options.js';
 import { native } from '../native.js';
-import { parseCount, parseMode } from './util.js';
+import { parseCount, parseMode, parseMs } from './util.js';
 
 interface ServeOptions extends PolicyFlags, AuditFlags {
   socket?: string;
@@ -251,9 +251,4 @@ function parseMetrics(text: string): MetricsAddress {
   } catch (err) {
     throw new InvalidArgumentError((err as Error).message);
   }
-}
-
-function parseMs(text: string): number {
-  if (!/^\d+$/.test(text)) throw new InvalidArgumentError(`expected milliseconds, like 5000: '${text}'`);
-  return Number(text);
 }

@@ -1,10 +1,12 @@
 /** `openhook status`: ask a running broker how it is doing (the STATUS extension). */
-import { Command, InvalidArgumentError } from './commander.js';
+import { Command } from './commander.js';
+import { parsePositiveMs } from './util.js';
+import { errnoValue } from '../errno.js';
 import { quantileBound, type StatusReport } from '../broker/metrics.js';
 import { connect, type OpenHookClient } from '../client/client.js';
 
 const DEFAULT_SOCKET = '/run/openhook/openhook.sock';
-const EPROTOTYPE = 91;
+const EPROTOTYPE = errnoValue('EPROTOTYPE')!;
 
 interface StatusOptions {
   socket: string;
@@ -17,7 +19,7 @@ export function statusCommand(): Command {
     .description("show a running broker's health and counters (for its own user and root)")
     .option('--socket <PATH>', "the broker's socket ($OPENHOOK_SOCKET if set)", process.env.OPENHOOK_SOCKET ?? DEFAULT_SOCKET)
     .option('--json', 'print the STATUS report as JSON')
-    .option('--timeout <MS>', 'how long to wait for the answer', parseMs, 5000)
+    .option('--timeout <MS>', 'how long to wait for the answer', parsePositiveMs, 5000)
     .action(async (opts: StatusOptions) => {
       process.exitCode = await status(opts);
     });
@@ -99,9 +101,4 @@ function duration(seconds: number): string {
   const parts = [[Math.floor(s / 86400), 'd'], [Math.floor(s / 3600) % 24, 'h'], [Math.floor(s / 60) % 60, 'm'], [s % 60, 's']] as const;
   const first = parts.findIndex(([v]) => v > 0);
   return first < 0 ? '0s' : parts.slice(first).map(([v, u]) => `${v}${u}`).join(' ');
-}
-
-function parseMs(text: string): number {
-  if (!/^\d+$/.test(text) || Number(text) === 0) throw new InvalidArgumentError(`expected milliseconds, like 5000: '${text}'`);
-  return Number(text);
 }

@@ -12,3 +12,19 @@ export function parseCount(text: string): number {
   if (!/^[1-9][0-9]*$/.test(text) || !Number.isSafeInteger(Number(text))) throw new InvalidArgumentError(`expected a positive whole number: '${text}'`);
   return Number(text);
 }
+
+/** Milliseconds, 0 or more. */
+export function parseMs(text: string): number {
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(Number(text))) throw new InvalidArgumentError(`expected milliseconds, like 5000: '${text}'`);
+  return Number(text);
+}
+
+/** Milliseconds, more than 0 (a timeout that can be met). */
+export function parsePositiveMs(text: string): number {
+  const ms = parseMs(text);
+  if (ms === 0) throw new InvalidArgumentError(`expected milliseconds above 0, like 5000: '${text}'`);
+  return ms;
+}
+
+/** For repeatable options: each use adds its value. */
+export const collect = (value: string, previous: string[]): string[] => [...previous, value];

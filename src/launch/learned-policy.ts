@@ -34,7 +34,7 @@ export interface LearnedRule {
 /** Lists a directory's entry names (byte strings), or null if it cannot be read. */
 export type ListDirectory = (dir: ByteString) => Array<{ name: ByteString; isDirectory: boolean }> | null;
 
-export const listDirectory: ListDirectory = (dir) => {
+const listDirectory: ListDirectory = (dir) => {
   try {
     return readdirSync(toBytes(dir), { withFileTypes: true, encoding: 'buffer' }).map((e) => ({
       name: e.name.toString('latin1'),

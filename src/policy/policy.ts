@@ -15,7 +15,7 @@ import { readlinkSync } from 'node:fs';
 import type { OpenOptions } from '../broker/resolver.js';
 import type { ByteString } from '../bytestring.js';
 import { display } from '../bytestring.js';
-import { errnoName } from '../native.js';
+import { errnoName } from '../errno.js';
 import { Access, formatAccess } from './access.js';
 import type { Rule } from './rule.js';
 import { DEFAULT_ROOT_LIMIT, RootTable, type Root, type RootHandle } from './roots.js';
@@ -115,7 +115,7 @@ function trieRules(rules: readonly Rule[], sections: readonly SectionSpec[]): (r
   return [rules, ...sections.map((s) => (s.includeDefault ? [...s.rules, ...rules] : s.rules))];
 }
 
-export function compileTries(rules: readonly Rule[], sections: readonly SectionSpec[]): CompiledTries {
+function compileTries(rules: readonly Rule[], sections: readonly SectionSpec[]): CompiledTries {
   const tries = trieRules(rules, sections).map((list) => {
     const trie = new Trie<CompiledRule>();
     for (const r of list) trie.add(r, makeEntry);

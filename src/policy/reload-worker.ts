@@ -10,7 +10,7 @@ import { parentPort } from 'node:worker_threads';
 import { readPolicyFile } from './spec.js';
 import { PolicyError } from './rule.js';
 
-export const CHUNK = 5000;
+const CHUNK = 5000;
 
 parentPort!.on('message', (file: string) => {
   try {

@@ -9,7 +9,7 @@
  */
 
 /** The first fd systemd passes (SD_LISTEN_FDS_START). */
-export const LISTEN_FDS_START = 3;
+const LISTEN_FDS_START = 3;
 
 export interface InheritedSocket {
   fd: number;

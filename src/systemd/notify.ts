@@ -93,6 +93,6 @@ export class Notifier {
 }
 
 /** CLOCK_MONOTONIC in µs: libuv's hrtime reads that clock on Linux. */
-export function monotonicUsec(): bigint {
+function monotonicUsec(): bigint {
   return process.hrtime.bigint() / 1000n;
 }
