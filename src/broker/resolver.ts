@@ -243,7 +243,7 @@ export class Resolver {
         continue;
       }
       if (found === -ENOENT && create) {
-        const made = native.create(rootFd, rest, ioFlags | C.O_CREAT | C.O_EXCL, this.createMode(mode), options.verify ? resolve | C.RESOLVE_NO_SYMLINKS : resolve);
+        const made = native.create(rootFd, rest, ioFlags | C.O_CREAT | C.O_EXCL, this.createMode(mode), createResolve(resolve, options));
         if (made === -EAGAIN) {
           this.stats.eagain++;
           continue;
@@ -259,15 +259,8 @@ export class Resolver {
         return made;
       }
       if (found < 0) return found;
-      if (exclusive) {
-        native.close(found);
-        return -EEXIST;
-      }
-      const refused = this.#check(stat[0]!, stat[1]!, flags, options) || (options.verify ? options.verify(found) : 0);
-      if (refused) {
-        native.close(found);
-        return -refused;
-      }
+      const refused = this.#vet(found, stat[0]!, stat[1]!, flags, exclusive, options);
+      if (refused) return refused;
       const fd = native.reopen(found, ioFlags);
       native.close(found);
       return fd;
@@ -304,7 +297,7 @@ export class Resolver {
         continue;
       }
       if (found.result === -ENOENT && create) {
-        const made = (await this.#job(C.JOB_CREATE, rootFd, rest, ioFlags | C.O_CREAT | C.O_EXCL, this.createMode(mode), options.verify ? resolve | C.RESOLVE_NO_SYMLINKS : resolve)).result;
+        const made = (await this.#job(C.JOB_CREATE, rootFd, rest, ioFlags | C.O_CREAT | C.O_EXCL, this.createMode(mode), createResolve(resolve, options))).result;
         if (made === -EAGAIN) {
           this.stats.eagain++;
           continue;
@@ -319,16 +312,15 @@ export class Resolver {
       }
       if (found.result < 0) return found.result;
       const path = found.result;
-      if (exclusive || cancel?.cancelled) {
+      if (cancel?.cancelled) {
         native.close(path);
-        return exclusive ? -EEXIST : -ECANCELED;
+        return -ECANCELED;
       }
       this.refusal = '';
-      const refused = this.#check(found.mode, found.nlink, flags, options) || (options.verify ? options.verify(path) : 0);
+      const refused = this.#vet(path, found.mode, found.nlink, flags, exclusive, options);
       if (refused) {
-        native.close(path);
         if (why) why.refusal = this.refusal;
-        return -refused;
+        return refused;
       }
       const fifo = (found.mode & C.S_IFMT) === C.S_IFIFO;
       if (fifo) cancel?.fifos.add(path);
@@ -383,6 +375,17 @@ export class Resolver {
     resolve({ result, mode, nlink });
   }
 
+  /**
+   * The step after a lookup that found something, on either path: 0 if pathFd may be reopened with
+   * flags; otherwise closes pathFd and returns -errno (EEXIST for O_EXCL, or #check's or the verify
+   * hook's refusal).
+   */
+  #vet(pathFd: number, mode: number, nlink: number, flags: number, exclusive: boolean, options: OpenOptions): number {
+    const refused = exclusive ? EEXIST : this.#check(mode, nlink, flags, options) || (options.verify ? options.verify(pathFd) : 0);
+    if (refused) native.close(pathFd);
+    return -refused;
+  }
+
   /** The errno that refuses what was found, or 0 if it may be opened with flags. */
   #check(mode: number, nlink: number, flags: number, options: OpenOptions): number {
     const type = mode & C.S_IFMT;
@@ -421,6 +424,11 @@ export class Resolver {
     if (why) why.refusal = reason;
     return -EACCES;
   }
+}
+
+/** A create never follows a symlink when a verify hook must see the file: it cannot before it exists. */
+function createResolve(resolve: number, options: OpenOptions): number {
+  return options.verify ? resolve | C.RESOLVE_NO_SYMLINKS : resolve;
 }
 
 function resolveFlags(options: OpenOptions): number {
