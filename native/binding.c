@@ -152,6 +152,14 @@ static int arg_path(napi_env env, napi_value v, char *out, size_t cap, size_t *l
     return NULL;                                                                                   \
   }
 
+/* A path argument for a request-path call: a bad one (NUL inside, too long) is -errno, not a throw. */
+#define PATH_ARG(i, name)                                                                          \
+  char name[PATH_MAX];                                                                             \
+  {                                                                                                \
+    int bad = arg_path(env, argv[i], name, sizeof name, NULL);                                     \
+    if (bad) return make_int(env, bad);                                                            \
+  }
+
 /* ---- sockets ---------------------------------------------------------------------------------- */
 
 static napi_value js_socket(napi_env env, napi_callback_info info) {
@@ -494,6 +502,18 @@ static int get_buffer(napi_env env, napi_value v, uint8_t **data, size_t *len) {
 
 /* send(fd, buf, offset, length, passFd) -> bytes sent or -errno. passFd < 0 sends no fd.
  * MSG_NOSIGNAL: a client that hung up must never kill the broker with SIGPIPE. */
+/* Attaches n fds to m as one SCM_RIGHTS message, in ctl (CMSG_SPACE(n ints), suitably aligned). */
+static void attach_fds(struct msghdr *m, void *ctl, const int *fds, size_t n) {
+  memset(ctl, 0, CMSG_SPACE(sizeof(int) * n));
+  m->msg_control = ctl;
+  m->msg_controllen = CMSG_SPACE(sizeof(int) * n);
+  struct cmsghdr *c = CMSG_FIRSTHDR(m);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int) * n);
+  memcpy(CMSG_DATA(c), fds, sizeof(int) * n);
+}
+
 static napi_value js_send(napi_env env, napi_callback_info info) {
   ARGS(5);
   INT_ARG(0, fd);
@@ -516,16 +536,7 @@ static napi_value js_send(napi_env env, napi_callback_info info) {
     char buf[CMSG_SPACE(sizeof(int))];
     struct cmsghdr align;
   } ctl;
-  if (pass_fd >= 0) {
-    memset(&ctl, 0, sizeof ctl);
-    m.msg_control = ctl.buf;
-    m.msg_controllen = sizeof ctl.buf;
-    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
-  }
+  if (pass_fd >= 0) attach_fds(&m, ctl.buf, &pass_fd, 1);
   ssize_t n;
   do n = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
   while (n < 0 && errno == EINTR);
@@ -561,16 +572,7 @@ static napi_value js_send_fds(napi_env env, napi_callback_info info) {
     char buf[CMSG_SPACE(sizeof(int) * MAX_FDS_PER_MSG)];
     struct cmsghdr align;
   } ctl;
-  if (nfds) {
-    memset(&ctl, 0, sizeof ctl);
-    m.msg_control = ctl.buf;
-    m.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-    memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-  }
+  if (nfds) attach_fds(&m, ctl.buf, fds, nfds);
   ssize_t n;
   do n = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
   while (n < 0 && errno == EINTR);
@@ -633,16 +635,7 @@ static napi_value js_send_replies(napi_env env, napi_callback_info info) {
     }
     iovs[i] = (struct iovec){reply_arena + off, len};
     msgs[i] = (struct mmsghdr){.msg_hdr = {.msg_iov = &iovs[i], .msg_iovlen = 1}};
-    if (pass >= 0) {
-      memset(&ctl[i], 0, sizeof ctl[i]);
-      msgs[i].msg_hdr.msg_control = ctl[i].buf;
-      msgs[i].msg_hdr.msg_controllen = sizeof ctl[i].buf;
-      struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(sizeof(int));
-      memcpy(CMSG_DATA(c), &pass, sizeof(int));
-    }
+    if (pass >= 0) attach_fds(&msgs[i].msg_hdr, ctl[i].buf, &pass, 1);
   }
   int sent = 0;
   while (sent < count) {
@@ -898,18 +891,23 @@ static napi_value js_set_busy_poll(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* Marks the watcher stopped (stopping it too, unless libuv already did) and lets the JS object go. */
+static void poller_stopped(napi_env env, poller_t *p, bool stop_watcher) {
+  if (!p->started) return;
+  if (stop_watcher) uv_poll_stop(&p->handle);
+  p->started = false;
+  uint32_t rc;
+  napi_reference_unref(env, p->self_ref, &rc);
+}
+
 static void on_poll(uv_poll_t *h, int status, int events) {
   poller_t *p = h->data;
   napi_env env = p->env;
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
   int count = 0, st = status; /* libuv's status is already -errno */
-  if (status < 0 && !uv_is_active((uv_handle_t *)h) && p->started) {
-    /* libuv stops a watcher whose fd reports EPOLLERR; keep our state in step. */
-    p->started = false;
-    uint32_t rc;
-    napi_reference_unref(env, p->self_ref, &rc);
-  }
+  /* libuv stops a watcher whose fd reports EPOLLERR; keep our state in step. */
+  if (status < 0 && !uv_is_active((uv_handle_t *)h)) poller_stopped(env, p, false);
   /* EPOLLERR reaches us as UV_EBADF; a receive tells the real story (ECONNRESET, EOF, data left). */
   if (p->mode != MODE_NOTIFY && (status == UV_EBADF || (status == 0 && (events & UV_READABLE))))
     count = drain(p->fd, p->max_msgs, p->max_bytes, p->mode == MODE_RECV_DISCARD_FDS, p->seqpacket, &st);
@@ -936,12 +934,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
 static void poller_close(napi_env env, poller_t *p) {
   if (p->closed) return;
   p->closed = true;
-  if (p->started) {
-    uv_poll_stop(&p->handle);
-    p->started = false;
-    uint32_t rc;
-    napi_reference_unref(env, p->self_ref, &rc);
-  }
+  poller_stopped(env, p, true);
   napi_async_destroy(env, p->async_ctx);
   napi_delete_reference(env, p->callback_ref);
   p->callback_ref = NULL;
@@ -1019,12 +1012,7 @@ static napi_value poller_start(napi_env env, napi_callback_info info) {
   poller_t *p = unwrap_poller(env, self);
   if (!p) return NULL;
   if (events == 0) {
-    if (p->started) {
-      uv_poll_stop(&p->handle);
-      p->started = false;
-      uint32_t rc;
-      napi_reference_unref(env, p->self_ref, &rc);
-    }
+    poller_stopped(env, p, true);
     return NULL;
   }
   int r = uv_poll_start(&p->handle, events, on_poll);
@@ -1194,13 +1182,15 @@ static void stat_out(double *out, const struct stat *st) {
   out[4] = (double)st->st_size, out[5] = (double)st->st_rdev, out[6] = (double)st->st_dev, out[7] = (double)st->st_ino;
 }
 
-static double *arg_stat_array(napi_env env, napi_value v) {
+static double *arg_stat_array(napi_env env, napi_value v, size_t min) {
   napi_typedarray_type t;
   size_t n, off;
   double *out;
   napi_value ab;
-  if (napi_get_typedarray_info(env, v, &t, &n, (void **)&out, &ab, &off) != napi_ok || t != napi_float64_array || n < 8) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "out must be a Float64Array of 8");
+  if (napi_get_typedarray_info(env, v, &t, &n, (void **)&out, &ab, &off) != napi_ok || t != napi_float64_array || n < min) {
+    char why[64];
+    snprintf(why, sizeof why, "out must be a Float64Array of %zu", min);
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", why);
     return NULL;
   }
   return out;
@@ -1213,9 +1203,7 @@ static napi_value js_openat2(napi_env env, napi_callback_info info) {
   UINT_ARG(2, flags);
   UINT_ARG(3, mode);
   UINT_ARG(4, resolve);
-  char path[PATH_MAX];
-  int r = arg_path(env, argv[1], path, sizeof path, NULL);
-  if (r) return make_int(env, r);
+  PATH_ARG(1, path);
   return make_int(env, sys_openat2(dirfd, path, flags, mode, resolve));
 }
 
@@ -1226,11 +1214,9 @@ static napi_value js_lookup(napi_env env, napi_callback_info info) {
   INT_ARG(0, dirfd);
   UINT_ARG(2, flags);
   UINT_ARG(3, resolve);
-  double *out = arg_stat_array(env, argv[4]);
+  double *out = arg_stat_array(env, argv[4], 8);
   if (!out) return NULL;
-  char path[PATH_MAX];
-  int r = arg_path(env, argv[1], path, sizeof path, NULL);
-  if (r) return make_int(env, r);
+  PATH_ARG(1, path);
   struct stat st;
   int fd = lookup_fd(dirfd, path, flags, resolve, &st);
   if (fd >= 0) stat_out(out, &st);
@@ -1253,21 +1239,13 @@ static napi_value js_open_file(napi_env env, napi_callback_info info) {
   UINT_ARG(2, flags);
   UINT_ARG(3, resolve);
   UINT_ARG(4, io_flags);
-  napi_typedarray_type t;
-  size_t n, off;
-  double *out;
-  napi_value ab;
-  if (napi_get_typedarray_info(env, argv[5], &t, &n, (void **)&out, &ab, &off) != napi_ok || t != napi_float64_array || n < 9) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "out must be a Float64Array of 9");
-    return NULL;
-  }
+  double *out = arg_stat_array(env, argv[5], 9);
+  if (!out) return NULL;
   if (!(flags & O_PATH)) {
     napi_throw_type_error(env, "ERR_INVALID_ARG", "openFile resolves with O_PATH only");
     return NULL;
   }
-  char path[PATH_MAX];
-  int r = arg_path(env, argv[1], path, sizeof path, NULL);
-  if (r) return make_int(env, r);
+  PATH_ARG(1, path);
   struct stat st;
   int fd = lookup_fd(dirfd, path, flags, resolve, &st);
   out[8] = 0;
@@ -1289,9 +1267,7 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
   UINT_ARG(2, flags);
   UINT_ARG(3, mode);
   UINT_ARG(4, resolve);
-  char path[PATH_MAX];
-  int r = arg_path(env, argv[1], path, sizeof path, NULL);
-  if (r) return make_int(env, r);
+  PATH_ARG(1, path);
   return make_int(env, create_fd(dirfd, path, flags, mode, resolve));
 }
 
@@ -1300,9 +1276,7 @@ static napi_value js_open(napi_env env, napi_callback_info info) {
   ARGS(3);
   UINT_ARG(1, flags);
   UINT_ARG(2, mode);
-  char path[PATH_MAX];
-  int r = arg_path(env, argv[0], path, sizeof path, NULL);
-  if (r) return make_int(env, r);
+  PATH_ARG(0, path);
   int fd;
   do fd = open(path, (int)flags | O_CLOEXEC, mode);
   while (fd < 0 && errno == EINTR);
@@ -1325,7 +1299,7 @@ static napi_value js_reopen(napi_env env, napi_callback_info info) {
 static napi_value js_fstat(napi_env env, napi_callback_info info) {
   ARGS(2);
   INT_ARG(0, fd);
-  double *out = arg_stat_array(env, argv[1]);
+  double *out = arg_stat_array(env, argv[1], 8);
   if (!out) return NULL;
   struct stat st;
   if (fstat(fd, &st) < 0) return make_int(env, -errno);
