@@ -645,18 +645,30 @@ static int route(int dirfd, const char *path, int *flags, mode_t mode, char *fra
   return ROUTE_BROKER;
 }
 
+#define PASS_THROUGH INT_MIN /* brokered(): the call belongs to the real function */
+
+/* Routes an open and, where it goes to the broker, asks the broker (and traces it). Returns the fd,
+ * -errno, or PASS_THROUGH. */
+static int brokered(const char *fn, int dirfd, const char *path, int flags, mode_t mode) {
+  char frame[OPEN_HEADER + NAME_CAP];
+  size_t len = 0;
+  int rflags = flags;
+  int r = route(dirfd, path, &rflags, mode, frame, &len);
+  if (r == ROUTE_DIRECT) return PASS_THROUGH;
+  int fd = r < 0 ? r : broker_request(frame, len, (flags & O_CLOEXEC) != 0);
+  if (cfg.trace >= 0) trace("broker", fn, r < 0 ? path : frame + OPEN_HEADER, r < 0 ? strlen(path) : len - OPEN_HEADER, rflags, fd, fd < 0 ? -fd : 0);
+  return fd;
+}
+
 /* The common body of every open wrapper. */
 static int do_open(enum which w, int dirfd, const char *path, int flags, mode_t mode) {
   if (!hooked() || path == NULL) return real_open(w, dirfd, path, flags, mode);
   /* The checked variants without a mode abort on O_CREAT: glibc's own check should say so. */
   if (w >= W_OPEN_2 && w <= W_OPENAT64_2 && needs_mode(flags)) return real_open(w, dirfd, path, flags, mode);
   int saved = errno;
-  char frame[OPEN_HEADER + NAME_CAP];
-  size_t len = 0;
-  int rflags = flags;
-  int r = route(dirfd, path, &rflags, mode, frame, &len);
-  if (r == ROUTE_DIRECT) {
-    int fd = real_open(w, dirfd, path, flags, mode);
+  int fd = brokered(which_name[w], dirfd, path, flags, mode);
+  if (fd == PASS_THROUGH) {
+    fd = real_open(w, dirfd, path, flags, mode);
     if (cfg.trace >= 0) {
       int e = errno;
       trace("direct", which_name[w], path, strlen(path), flags, fd, e);
@@ -664,8 +676,6 @@ static int do_open(enum which w, int dirfd, const char *path, int flags, mode_t 
     }
     return fd;
   }
-  int fd = r < 0 ? r : broker_request(frame, len, (flags & O_CLOEXEC) != 0);
-  if (cfg.trace >= 0) trace("broker", which_name[w], r < 0 ? path : frame + OPEN_HEADER, r < 0 ? strlen(path) : len - OPEN_HEADER, rflags, fd, fd < 0 ? -fd : 0);
   if (fd < 0) {
     errno = -fd;
     return -1;
@@ -745,17 +755,12 @@ static FILE *broker_fopen(const char *fn, const char *path, const char *mode, bo
   if (!hooked() || path == NULL || mode == NULL) return NULL;
   int flags = fopen_flags(mode);
   if (flags < 0) return NULL; /* the real fopen says EINVAL */
-  char frame[OPEN_HEADER + NAME_CAP];
-  size_t len = 0;
-  int rflags = flags;
-  int r = route(AT_FDCWD, path, &rflags, 0666, frame, &len);
-  if (r == ROUTE_DIRECT) {
+  int fd = brokered(fn, AT_FDCWD, path, flags, 0666);
+  if (fd == PASS_THROUGH) {
     if (cfg.trace >= 0) trace("direct", fn, path, strlen(path), flags, -1, 0);
     return NULL;
   }
   *routed = true;
-  int fd = r < 0 ? r : broker_request(frame, len, (flags & O_CLOEXEC) != 0);
-  if (cfg.trace >= 0) trace("broker", fn, r < 0 ? path : frame + OPEN_HEADER, r < 0 ? strlen(path) : len - OPEN_HEADER, rflags, fd, fd < 0 ? -fd : 0);
   if (fd < 0) {
     errno = -fd;
     return NULL;
@@ -802,16 +807,11 @@ static FILE *broker_freopen(freopen_fn fn, const char *name, const char *path, c
   if (!hooked() || path == NULL || mode == NULL) return fn(path, mode, stream);
   int flags = fopen_flags(mode);
   if (flags < 0) return fn(path, mode, stream);
-  char frame[OPEN_HEADER + NAME_CAP];
-  size_t len = 0;
-  int rflags = flags;
-  int r = route(AT_FDCWD, path, &rflags, 0666, frame, &len);
-  if (r == ROUTE_DIRECT) {
+  int fd = brokered(name, AT_FDCWD, path, flags, 0666);
+  if (fd == PASS_THROUGH) {
     if (cfg.trace >= 0) trace("direct", name, path, strlen(path), flags, -1, 0);
     return fn(path, mode, stream);
   }
-  int fd = r < 0 ? r : broker_request(frame, len, (flags & O_CLOEXEC) != 0);
-  if (cfg.trace >= 0) trace("broker", name, r < 0 ? path : frame + OPEN_HEADER, r < 0 ? strlen(path) : len - OPEN_HEADER, rflags, fd, fd < 0 ? -fd : 0);
   if (fd < 0) {
     /* freopen closes the stream even when the new open fails; an empty name fails after that. */
     fn("", mode, stream);
