@@ -12,7 +12,7 @@ import { existsSync, linkSync, mkdirSync, readFileSync, statSync, symlinkSync, w
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { AuditRecord } from '../src/broker/audit.js';
-import { Resolver } from '../src/broker/resolver.js';
+import { ioFlagsOf, Resolver } from '../src/broker/resolver.js';
 import { C, native } from '../src/native.js';
 import { fixture, tempDir } from './helpers.js';
 import { closeAll, fdFlags, inodeOf, inProcessBroker, openFrame, RawClient, warmUp, type InProcessBroker } from './raw.js';
@@ -260,6 +260,12 @@ for (const offload of ['auto', 'always'] as const) {
       assert.equal(fl & C.O_ACCMODE, C.O_RDWR);
       assert.ok(fl & C.O_NONBLOCK && fl & C.O_APPEND);
       closeAll(r.fds);
+      // The kernel keeps no trace of O_NOCTTY in the open file, so check the flags the broker opens with.
+      for (const flags of [C.O_RDONLY, C.O_RDWR | C.O_CREAT | C.O_EXCL, C.O_WRONLY | C.O_TRUNC]) {
+        const io = ioFlagsOf(flags);
+        assert.ok(io & C.O_NOCTTY && io & C.O_CLOEXEC, flags.toString(8));
+        assert.equal(io & (C.O_CREAT | C.O_EXCL), 0, 'creating is the create step\'s, never the reopen\'s');
+      }
     });
 
     it('honours O_EXCL: an existing name is EEXIST and nothing is opened', async () => {
@@ -365,6 +371,25 @@ describe('resolver: EAGAIN from openat2', () => {
     } finally {
       native.close(root);
       swapper.kill();
+    }
+  });
+});
+
+describe('resolver: magic links', () => {
+  it('never follows a magic link, even under a rule that follows symlinks (ELOOP, on both paths)', async () => {
+    // A root inside /proc makes /proc/self/fd/N a name beneath the root. RESOLVE_BENEATH alone
+    // would refuse the jump with EXDEV; RESOLVE_NO_MAGICLINKS refuses the magic link itself.
+    const root = native.open('/proc/self/', C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0);
+    const target = native.open(join(tree, 'file'), C.O_RDONLY | C.O_CLOEXEC, 0);
+    const resolver = new Resolver();
+    const options = { followSymlinks: true, directories: false, fifos: false, hardlinks: 'read-only' as const };
+    try {
+      assert.equal(resolver.open(root, `fd/${target}`, C.O_RDONLY, 0, options), -ELOOP);
+      assert.equal(await resolver.openSlow(root, `fd/${target}`, C.O_RDONLY, 0, options, null), -ELOOP);
+    } finally {
+      resolver.close();
+      native.close(target);
+      native.close(root);
     }
   });
 });

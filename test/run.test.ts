@@ -114,17 +114,19 @@ describe('run: the program cannot open files itself', () => {
     assert.equal(out.socketpair, 'ok');
   });
 
-  it('refuses metadata changes by path (chmod, utimes, xattrs, truncate)', () => {
+  it('refuses metadata changes by path (chmod, chown, utimes, xattrs, truncate)', () => {
     const { out } = probe(['metadata', secret]);
-    for (const call of ['chmod', 'fchmodat', 'utimensat', 'setxattr', 'truncate']) assert.match(out[call] ?? '', /^(EACCES|EPERM)$/, `${call}: ${out[call]}`);
+    const calls = ['chmod', 'fchmodat', 'fchmodat2', 'utimensat', 'setxattr', 'lsetxattr', 'removexattr', 'lremovexattr', 'chown', 'lchown', 'fchownat', 'truncate'];
+    for (const call of calls) assert.match(out[call] ?? '', /^(EACCES|EPERM)$/, `${call}: ${out[call]}`);
     assert.equal(readFileSync(secret, 'utf8'), 'the secret\n');
   });
 
-  it('refuses ptrace, and TIOCSTI even with high bits in the command', () => {
+  it('refuses ptrace, TIOCSTI even with high bits in the command, and TIOCLINUX', () => {
     const { out } = probe(['ptrace', 'tiocsti']);
     assert.equal(out.ptrace, 'EPERM');
     assert.equal(out.tiocsti, 'EPERM');
     assert.equal(out.tiocsti_highbits, 'EPERM');
+    assert.equal(out.tioclinux, 'EPERM');
   });
 
   it('kills a program that makes x32 or i386 syscalls', { skip: process.arch !== 'x64' && 'x86_64 only' }, () => {
@@ -185,6 +187,13 @@ describe('run: fds', () => {
     const [fd, passthrough] = env.stdout.trim().split('\n');
     assert.equal(fd, '9');
     assert.ok(passthrough!.split(':').includes('/usr/'), passthrough);
+  });
+
+  it('never passes on OPENHOOK_SOCKET: the program is served through its hook, never by a broker it finds by path', () => {
+    const argv = [CLI, 'run', '--', 'sh', '-c', 'echo "socket=${OPENHOOK_SOCKET-unset}"'];
+    const r = spawnSync(process.execPath, argv, { encoding: 'utf8', env: { ...cleanEnv(), OPENHOOK_SOCKET: join(tmp.path, 'another-broker.sock') } });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout.trim(), 'socket=unset');
   });
 });
 

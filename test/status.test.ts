@@ -16,8 +16,8 @@ import { connect } from '../src/client/client.js';
 import { C, native } from '../src/native.js';
 import { Policy } from '../src/policy/policy.js';
 import { parseAllowFlag } from '../src/policy/rule.js';
-import { encodeStatusRequest } from '../src/protocol/frames.js';
-import { CLI, fixture, probe, rfcOpenFrame, rfcReplyHex, tempDir } from './helpers.js';
+import { encodeConnect, encodeStatusRequest } from '../src/protocol/frames.js';
+import { CLI, fixture, probe, receiveOne, rfcOpenFrame, rfcReplyHex, tempDir } from './helpers.js';
 import { killLeftovers, startDaemon, type Daemon } from './service-helpers.js';
 
 const run = promisify(execFile);
@@ -167,8 +167,9 @@ describe('openhook status', () => {
 });
 
 describe('STATUS in a broker library user’s process', () => {
-  it('answers a connection it accepted, never one it adopted, though both peers have its uid', async () => {
+  it('answers a connection it accepted, never one it adopted or derived, though all peers have its uid', async (t) => {
     const broker = new Broker({ policy: new Policy([parseAllowFlag(`${vm}/:r`)]), log: () => {} });
+    t.after(() => broker.close()); // also when an assertion fails, or the file would never end
     const path = join(tmp.path, 'inproc.sock');
     broker.listen(path);
     await using accepted = await connect(path);
@@ -180,7 +181,20 @@ describe('STATUS in a broker library user’s process', () => {
     broker.adopt(brokerEnd, 'seqpacket');
     await using adopted = await connect({ fd: clientEnd });
     await assert.rejects(adopted.status(), { code: 'EACCES', syscall: 'status' });
-    broker.close();
+
+    // Connections made by CONNECT are socketpairs too, whoever asked: from the adopted hook (what
+    // the interposer does) and from an accepted connection alike.
+    const [hookEnd, programEnd] = native.socketpair(C.SOCK_SEQPACKET, true);
+    broker.adopt(hookEnd, 'seqpacket');
+    for (const root of [programEnd, native.connectUnix(Buffer.from(path), C.SOCK_SEQPACKET)]) {
+      const frame = encodeConnect();
+      assert.equal(native.send(root, frame, 0, frame.length, -1), frame.length);
+      const { fds } = await receiveOne(root);
+      assert.equal(fds.length, 1, 'CONNECT gives a connection');
+      await using derived = await connect({ fd: fds[0]! });
+      await assert.rejects(derived.status(), { code: 'EACCES', syscall: 'status' });
+      native.close(root);
+    }
   });
 });
 

@@ -436,7 +436,7 @@ function resolveFlags(options: OpenOptions): number {
 }
 
 /** The flags of the real open: O_NOCTTY always; O_CLOEXEC on the broker's own copy, which is closed once sent. */
-function ioFlagsOf(flags: number): number {
+export function ioFlagsOf(flags: number): number {
   return (flags | C.O_NOCTTY | C.O_CLOEXEC) & ~(C.O_CREAT | C.O_EXCL);
 }
 
