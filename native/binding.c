@@ -16,6 +16,7 @@
 #include <string.h>
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -471,6 +472,19 @@ static napi_value js_receive_queued(napi_env env, napi_callback_info info) {
   int n = 0;
   if (ioctl(fd, SIOCINQ, &n) < 0) return make_int(env, -errno);
   return make_int(env, n);
+}
+
+/* peerClosed(fd) -> 1 if the peer has closed the socket (both directions shut: POLLHUP), 0 if it is
+ * still there (perhaps having shut only its writing), or -errno. */
+static napi_value js_peer_closed(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  INT_ARG(0, fd);
+  struct pollfd p = {.fd = fd, .events = 0};
+  int r;
+  do r = poll(&p, 1, 0);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) return make_int(env, -errno);
+  return make_int(env, (p.revents & POLLHUP) ? 1 : 0);
 }
 
 /* accept(fd) -> fd, or -errno (-EAGAIN when nothing is pending). */
@@ -1666,6 +1680,7 @@ static napi_value init(napi_env env, napi_value exports) {
     FN("socketInfo", js_socket_info),
     FN("setNonblockCloexec", js_set_nonblock_cloexec),
     FN("receiveQueued", js_receive_queued),
+    FN("peerClosed", js_peer_closed),
     FN("sendDatagram", js_send_datagram),
     FN("openat2", js_openat2),
     FN("open", js_open),

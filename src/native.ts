@@ -107,6 +107,8 @@ interface NativeBinding {
   setNonblockCloexec(fd: number): void;
   /** bytes waiting in the receive queue (SIOCINQ), or -errno */
   receiveQueued(fd: number): number;
+  /** 1 if the peer closed the socket (POLLHUP), 0 if it is there (perhaps having shut its writing only), or -errno */
+  peerClosed(fd: number): number;
   /** one SOCK_DGRAM message to a UNIX address ('@name' is abstract); bytes sent or -errno */
   sendDatagram(address: string | Buffer, buf: Uint8Array): number;
   openat2(dirfd: number, path: string | Buffer, flags: number, mode: number, resolve: number): number;

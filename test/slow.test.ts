@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Resolver } from '../src/broker/resolver.js';
 import { C, native } from '../src/native.js';
-import { fdCount, fixture, sleep, tempDir } from './helpers.js';
+import { fdCount, fixture, settledFdCount, sleep, tempDir } from './helpers.js';
 import { closeAll, inodeOf, inProcessBroker, openFrame, RawClient, taggedFrame, type InProcessBroker } from './raw.js';
 
 const ECANCELED = 125;
@@ -47,12 +47,25 @@ const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length
 describe('slow opens: a stalled FUSE filesystem', { skip: existsSync('/dev/fuse') ? false : 'no /dev/fuse on this machine' }, () => {
   let fs: ChildProcess;
   let broker: InProcessBroker;
+  let heldLines = 0, heldSeen = 0;
+  /** Resolves once stall-fs holds one more lookup than was waited for before. */
+  const held = async (): Promise<void> => {
+    heldSeen++;
+    for (let i = 0; i < 500 && heldLines < heldSeen; i++) await sleep(10);
+    assert.ok(heldLines >= heldSeen, 'stall-fs never got the lookup');
+  };
+  /** Lets the held lookups go, once the one just asked for is held. */
+  const release = async (): Promise<void> => {
+    await held();
+    fs.stdin!.write('release\n');
+  };
   before(async () => {
     fs = spawn(fixture('stall-fs'), [fuse], { stdio: ['pipe', 'pipe', 'inherit'] });
     await new Promise<void>((resolve, reject) => {
-      fs.stdout!.once('data', () => resolve());
+      fs.stdout!.setEncoding('utf8').once('data', () => resolve());
       fs.once('exit', (code) => reject(new Error(`stall-fs exited with ${code}`)));
     });
+    fs.stdout!.on('data', (d: string) => (heldLines += d.split('\n').filter((l) => l === 'held').length));
     broker = inProcessBroker(tmp.path, 'fuse', { allow: [`${local}/:r`, `${fuse}/:r`] });
   });
   after(async () => {
@@ -82,7 +95,7 @@ describe('slow opens: a stalled FUSE filesystem', { skip: existsSync('/dev/fuse'
 
       const pending = a.next(5000);
       await sleep(50);
-      fs.stdin!.write('release\n');
+      await release();
       const r = (await pending)!;
       assert.equal(r.result, 0, 'the stalled open completes once the server answers');
       assert.equal(buf.toString('utf8', 0, readSync(r.fds[0]!, buf)), 'hello\n');
@@ -105,7 +118,7 @@ describe('slow opens: a stalled FUSE filesystem', { skip: existsSync('/dev/fuse'
         assert.equal(inodeOf(r.fds[0]!), localIno);
         closeAll(r.fds);
       }
-      fs.stdin!.write('release\n');
+      await release();
       const late = (await a.next(3000))!;
       assert.deepEqual([late.command, late.id, late.result], [0x101, 1, 0]);
       closeAll(late.fds);
@@ -120,7 +133,7 @@ describe('slow opens: a stalled FUSE filesystem', { skip: existsSync('/dev/fuse'
       a.send(openFrame(join(fuse, 'stall')));
       a.send(openFrame(join(local, 'file')));
       await assert.rejects(a.next(300), /no reply/, 'the open behind the stalled one waits its turn');
-      fs.stdin!.write('release\n');
+      await release();
       const first = (await a.next(3000))!;
       const second = (await a.next(3000))!;
       assert.equal(first.result, 0);
@@ -184,8 +197,30 @@ describe('slow opens: FIFOs where a rule allows them', () => {
     const [threads, idle, queued, pending] = resolver.poolStats()!;
     assert.deepEqual([idle, queued, pending], [threads, 0, 0], `pool: ${threads} threads, ${idle} idle, ${queued} queued, ${pending} pending`);
     assert.ok(threads <= 16);
-    await sleep(50);
-    assert.equal(fdCount(process.pid), baseline);
+    assert.equal(await settledFdCount(process.pid), baseline);
+  });
+
+  it('cancels a FIFO open whose client closed right after sending it (request and hang-up read at once)', async () => {
+    const resolver = broker.broker.resolver;
+    const poolIdle = async (): Promise<boolean> => {
+      for (let i = 0; i < 100; i++) {
+        const stats = resolver.poolStats();
+        if (stats && stats[1] === stats[0] && stats[2] === 0 && stats[3] === 0) return true;
+        await sleep(20);
+      }
+      return false;
+    };
+    for (const flags of [C.O_RDONLY, C.O_WRONLY]) {
+      const started = resolver.stats.slowOpens;
+      const a = RawClient.connect(broker.socket);
+      // In the same tick: the broker reads the frame and the end of the connection in one wake-up.
+      a.send(openFrame(join(fifos, 'pipe'), flags));
+      a.close();
+      while (resolver.stats.slowOpens === started) await sleep(5); // the broker has taken the request
+      const idle = await poolIdle();
+      if (!idle) native.close(native.open(join(fifos, 'pipe'), C.O_RDWR | C.O_NONBLOCK, 0)); // free the thread for the tests after
+      assert.ok(idle, `a pool thread stays pinned by a FIFO open (${flags ? 'O_WRONLY' : 'O_RDONLY'}) for a client that is gone`);
+    }
   });
 
   it('a cancelled open never reaches the client, and the error is ECANCELED internally only', async () => {

@@ -211,6 +211,10 @@ export class Connection {
       if (this.#closed) return;
       if (status === C.STATUS_EOF) {
         this.#ending = true; // answer what was asked (a stream may have shut down only its writing), then close
+        // But a client that has closed its socket reads no answer: cancel what waits for it, or a
+        // FIFO open sent just before the close would pin a pool thread until someone opens the
+        // FIFO's other end (the hang-up below is never seen once the connection is ending).
+        if (native.peerClosed(this.fd) === 1) this.#cancel.cancel();
       } else if (status !== 0) {
         this.close(); // ECONNRESET and the like: the client is gone
         return;
