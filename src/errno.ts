@@ -4,6 +4,12 @@
  */
 import { constants } from 'node:os';
 
+/**
+ * errno numbers by name, as this system defines them: `E.EACCES`. The one table for src/ and test/:
+ * write names, never numbers.
+ */
+export const E = constants.errno;
+
 const values = constants.errno as Record<string, number>;
 const names = new Map<number, string>();
 for (const [name, value] of Object.entries(values)) {
