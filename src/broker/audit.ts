@@ -14,6 +14,8 @@ export interface AuditRecord {
   command: number;
   /** the path as the client sent it (exact bytes), or '' for commands without one */
   path: ByteString;
+  /** the second path of a file operation: RENAME's and LINK's destination, SYMLINK's new name */
+  path2?: ByteString | undefined;
   flags: number;
   mode: number;
   /** access bits the request needed */

@@ -24,6 +24,7 @@ import { DecodeError, decodeRequest, encodeHelloReply, encodeReply, encodeTagged
 import { FrameAssembler } from '../protocol/stream.js';
 import { OpenCancel } from './resolver.js';
 import { FEATURES, serveOpen, type ServiceContext } from './service.js';
+import { fileOperationFrom, serveFileOperation } from './operations.js';
 
 const EPROTO = 71, EAGAIN = 11, EINVAL = 22;
 /** Messages drained per wake-up: enough to amortise the call into JS, few enough to be fair. */
@@ -316,6 +317,12 @@ export class Connection {
         const answer = request.flags !== 0 ? -EINVAL : this.#host.status(this);
         if (typeof answer === 'number') this.#inOrder(encodeReply(replyBuf, 0, Command.STATUS, answer), -1, slot);
         else this.#inOrder(answer.length, -1, slot, answer);
+        return;
+      }
+      default: {
+        // A file operation (decodeRequest knows no other commands): 0 or -errno; TMPFILE's fd.
+        const out = serveFileOperation(this.#host.context(), this.peer, fileOperationFrom(request));
+        this.#inOrder(encodeReply(replyBuf, 0, request.command, out < 0 ? out : 0), out > 0 && request.command === Command.TMPFILE ? out : -1, slot);
         return;
       }
     }

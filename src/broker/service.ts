@@ -18,7 +18,7 @@ import type { AuditSink } from './audit.js';
 import { Denial, type Metrics } from './metrics.js';
 import type { OpenCancel, Resolver } from './resolver.js';
 
-export const FEATURES = Feature.TAGGED_OPEN | Feature.CONNECT;
+export const FEATURES = Feature.TAGGED_OPEN | Feature.CONNECT | Feature.FILE_OPS;
 
 const { O_CREAT, O_DIRECTORY } = C;
 const EISDIR = 21;

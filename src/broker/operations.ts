@@ -1,0 +1,318 @@
+/**
+ * What the broker does with one file operation (mkdir, unlink, rename, link, symlink, chmod, chown,
+ * utimes, truncate, access, mkfifo, O_TMPFILE), shaped like serveOpen:
+ *
+ *   validate flags -> normalise the path(s) -> policy.decide at each end -> perform beneath the
+ *     root(s) (src/resolver/operations.ts) -> account (metrics, audit)
+ *
+ * Both ways in call it: the wire protocol's file-operation commands (connection.ts) and the syscall
+ * hook, which builds the same FileOperation from the trapped syscall's arguments. Rights per
+ * operation (docs/policy.md):
+ *
+ * | operation           | needs                                                                  |
+ * |---------------------|------------------------------------------------------------------------|
+ * | mkdir               | m at the path                                                          |
+ * | unlink, rmdir       | u at the path                                                          |
+ * | rename              | u at the source; c (a directory: m) at the destination; replacing what |
+ * |                     | is there needs u there too, else the kernel is told RENAME_NOREPLACE   |
+ * | rename (EXCHANGE)   | u and c (or m, by what arrives) at both ends                           |
+ * | link                | r at the source (and its rule's hardlinks setting), c at the new name  |
+ * | symlink             | s at the new name; the target is stored as given                       |
+ * | chmod, chown        | a; chown never changes ownership                                        |
+ * | utimes              | a; setting both times to now (touch) needs a or w                      |
+ * | truncate            | w                                                                      |
+ * | mkfifo              | c, and the rule's fifos = true                                         |
+ * | tmpfile             | c on the directory                                                     |
+ * | access              | answered by the policy: R_OK r, W_OK w (a directory: c), X_OK x (a     |
+ * |                     | directory: r); F_OK: exists beneath an allow rule                      |
+ *
+ * Each operation is synchronous, on the event loop. (On a network filesystem these syscalls may wait
+ * as an open may; running them on the resolver's pool is a follow-up.)
+ */
+import { fromBytes, type ByteString } from '../bytestring.js';
+import { E } from '../errno.js';
+import { C, FC } from '../native.js';
+import { Access } from '../policy/access.js';
+import { normalise } from '../policy/path.js';
+import type { Decision, Peer } from '../policy/policy.js';
+import { Command, COMMAND_NAMES } from '../protocol/constants.js';
+import type { Request } from '../protocol/frames.js';
+import { Operations, type Beneath } from '../resolver/operations.js';
+import type { ServiceContext } from './service.js';
+import type { Resolver } from './resolver.js';
+
+/** One file operation, as the wire or the hook states it. Unused numbers are 0. */
+export interface FileOperation {
+  /** Command.MKDIR ... Command.TMPFILE */
+  command: number;
+  /** the path (SYMLINK: the target, stored as given) */
+  path: ByteString;
+  /** RENAME, LINK: the destination; SYMLINK: the new name; '' for the others */
+  path2: ByteString;
+  flags: number;
+  mode: number;
+  /** CHOWN: u32, 0xffffffff (or -1) keeps the id */
+  uid: number;
+  gid: number;
+  /** UTIMES: atime sec, atime nsec, mtime sec, mtime nsec; TRUNCATE: a = length */
+  a: number;
+  b: number;
+  c: number;
+  d: number;
+}
+
+/** The FileOperation a decoded file-operation frame carries (names copied out of the buffer). */
+export function fileOperationFrom(req: Request): FileOperation {
+  return {
+    command: req.command,
+    path: fromBytes(req.buf, req.nameOffset, req.nameOffset + req.nameLength),
+    path2: req.name2Length ? fromBytes(req.buf, req.name2Offset, req.name2Offset + req.name2Length) : '',
+    flags: req.flags, mode: req.mode, uid: req.uid, gid: req.gid, a: req.a, b: req.b, c: req.c, d: req.d,
+  };
+}
+
+const operationsOf = new WeakMap<Resolver, Operations>();
+
+/** The Operations that perform beneath roots for this resolver (one per resolver: they share its umask and hardlink default). */
+export function operationsFor(resolver: Resolver): Operations {
+  let ops = operationsOf.get(resolver);
+  if (!ops) operationsOf.set(resolver, (ops = new Operations(resolver, resolver.eagainRetries)));
+  return ops;
+}
+
+/** What one request got to, for the accounting at the end. */
+interface Outcome {
+  errno: number;
+  reason: string;
+  access: number;
+  decision: Decision | null;
+}
+
+/**
+ * Decides and performs one file operation. Returns 0 (TMPFILE: an fd the caller sends and closes),
+ * or -errno. Never throws on bad input.
+ */
+export function serveFileOperation(ctx: ServiceContext, peer: Peer, op: FileOperation): number {
+  const started = performance.now();
+  const held: Decision[] = [];
+  const out: Outcome = { errno: 0, reason: '', access: 0, decision: null };
+  let result = 0;
+  try {
+    result = perform(ctx, peer, op, out, held);
+  } finally {
+    for (const d of held) ctx.policy.release(d);
+  }
+  if (result < 0 && out.errno === 0) out.errno = -result;
+  const allowed = out.decision?.allowed ?? false;
+  const name = COMMAND_NAMES[op.command] ?? String(op.command);
+  ctx.metrics.recordOperation(name, allowed, allowed ? out.errno : 0);
+  if (!allowed && out.errno === 0) out.errno = E.EACCES; // never "allowed nothing, errno 0"
+  const elapsedMs = performance.now() - started;
+  ctx.audit?.record({
+    time: Date.now(), peer, command: op.command, path: op.path, path2: op.path2 || undefined, flags: op.flags, mode: op.mode,
+    access: out.access, allowed, rule: out.decision?.rule ?? null, errno: result < 0 ? -result : 0, reason: out.reason, latencyUs: Math.round(elapsedMs * 1000),
+  });
+  return result;
+}
+
+/**
+ * The hook's "link an fd" (linkat(fd, "", dir, name, AT_EMPTY_PATH), as after open(O_TMPFILE)): fd is
+ * the broker's copy of the program's fd (pidfd_getfd), which the caller closes. Needs c at path; only
+ * an unnamed file may be linked so (operations.ts, linkUnnamed).
+ */
+export function serveLinkUnnamed(ctx: ServiceContext, peer: Peer, fd: number, path: ByteString): number {
+  const started = performance.now();
+  const held: Decision[] = [];
+  const out: Outcome = { errno: 0, reason: '', access: Access.CREATE, decision: null };
+  let result = 0;
+  try {
+    const to = decideAt(ctx, peer, path, Access.CREATE, out, held);
+    result = typeof to === 'number' ? to : done(operationsFor(ctx.resolver), operationsFor(ctx.resolver).linkUnnamed(fd, to), out);
+  } finally {
+    for (const d of held) ctx.policy.release(d);
+  }
+  const allowed = out.decision?.allowed ?? false;
+  ctx.metrics.recordOperation('link', allowed, allowed && result < 0 ? -result : 0);
+  ctx.audit?.record({
+    time: Date.now(), peer, command: Command.LINK, path: `/proc/self/fd/${fd}`, path2: path, flags: 0, mode: 0, access: out.access, allowed,
+    rule: out.decision?.rule ?? null, errno: result < 0 ? -result : 0, reason: out.reason, latencyUs: Math.round((performance.now() - started) * 1000),
+  });
+  return result;
+}
+
+const NOFOLLOW_ONLY = FC.AT_SYMLINK_NOFOLLOW;
+const AT_EACCESS = 0x200;
+
+function perform(ctx: ServiceContext, peer: Peer, op: FileOperation, out: Outcome, held: Decision[]): number {
+  const bad = flagsError(op);
+  if (bad) {
+    out.reason = 'flags refused';
+    return -bad;
+  }
+  if (ctx.audit?.refusing) {
+    out.reason = 'the audit log cannot be written (fail-closed)';
+    return -E.EIO;
+  }
+  const ops = operationsFor(ctx.resolver);
+  const noFollow = (op.flags & NOFOLLOW_ONLY) !== 0;
+  switch (op.command) {
+    case Command.MKDIR:
+      return single(ctx, peer, op.path, Access.MKDIR, out, held, (at) => ops.mkdir(at, op.mode), ops);
+    case Command.UNLINK:
+      return single(ctx, peer, op.path, Access.REMOVE, out, held, (at) => ops.unlink(at, false), ops);
+    case Command.RMDIR:
+      return single(ctx, peer, op.path, Access.REMOVE, out, held, (at) => ops.unlink(at, true), ops);
+    case Command.SYMLINK:
+      return single(ctx, peer, op.path2, Access.SYMLINK, out, held, (at) => ops.symlink(op.path, at), ops);
+    case Command.CHMOD:
+      return single(ctx, peer, op.path, Access.ATTRIBUTES, out, held, (at) => ops.chmod(at, op.mode, noFollow), ops);
+    case Command.CHOWN:
+      return single(ctx, peer, op.path, Access.ATTRIBUTES, out, held, (at) => ops.chown(at, op.uid | 0, op.gid | 0, noFollow), ops);
+    case Command.UTIMES: {
+      // touch(1) on a file one may write sets both times to now: unconfined, write permission is enough.
+      const touch = op.b === FC.UTIME_NOW && op.d === FC.UTIME_NOW;
+      const need = touch && !allows(ctx, peer, op.path, Access.ATTRIBUTES) ? Access.WRITE : Access.ATTRIBUTES;
+      return single(ctx, peer, op.path, need, out, held, (at) => ops.utimes(at, op.a, op.b, op.c, op.d, noFollow), ops);
+    }
+    case Command.TRUNCATE:
+      return single(ctx, peer, op.path, Access.WRITE, out, held, (at) => ops.truncate(at, op.a), ops);
+    case Command.TMPFILE:
+      return single(ctx, peer, op.path, Access.CREATE, out, held, (at) => ops.tmpfile(at, op.flags, op.mode), ops);
+    case Command.MKFIFO:
+      return single(ctx, peer, op.path, Access.CREATE, out, held, (at) => {
+        if (!at.options.fifos) {
+          out.reason = 'FIFOs are not allowed by this rule';
+          return -E.EACCES;
+        }
+        return ops.mkfifo(at, op.mode);
+      }, ops);
+    case Command.LINK:
+      return link(ctx, peer, op, out, held, ops);
+    case Command.RENAME:
+      return rename(ctx, peer, op, out, held, ops);
+    case Command.ACCESS:
+      return access(ctx, peer, op, out, held, ops);
+    default:
+      out.reason = 'unknown file operation';
+      return -E.EINVAL;
+  }
+}
+
+/** The errno for flags or numbers this operation cannot take, or 0. */
+function flagsError(op: FileOperation): number {
+  const f = op.flags >>> 0;
+  switch (op.command) {
+    case Command.RENAME: {
+      const known = FC.RENAME_NOREPLACE | FC.RENAME_EXCHANGE;
+      if (f & ~known || f === known) return E.EINVAL;
+      return 0;
+    }
+    case Command.CHMOD:
+    case Command.CHOWN:
+    case Command.UTIMES:
+      return f & ~NOFOLLOW_ONLY ? E.EINVAL : 0;
+    case Command.ACCESS:
+      return f & ~AT_EACCESS || op.mode & ~7 ? E.EINVAL : 0;
+    case Command.TRUNCATE:
+      return f || op.a < 0 ? E.EINVAL : 0;
+    case Command.TMPFILE: {
+      const acc = f & C.O_ACCMODE;
+      if (acc !== C.O_WRONLY && acc !== C.O_RDWR) return E.EINVAL; // as open(2) with O_TMPFILE
+      return f & ~(C.O_ACCMODE | C.O_EXCL | C.O_CLOEXEC) ? E.EINVAL : 0;
+    }
+    default:
+      return f ? E.EINVAL : 0;
+  }
+}
+
+/** Normalises and decides one end; the allowed decision is held until the operation is done. */
+function decideAt(ctx: ServiceContext, peer: Peer, raw: ByteString, access: number, out: Outcome, held: Decision[]): Beneath | number {
+  out.access |= access;
+  const norm = normalise(raw);
+  if (!norm.ok) {
+    out.reason = norm.reason;
+    return -(norm.errno === 'EINVAL' ? E.EINVAL : norm.errno === 'ENAMETOOLONG' ? E.ENAMETOOLONG : ctx.policy.denyErrno);
+  }
+  const d = ctx.policy.decide(peer, norm.path, access);
+  out.decision = d;
+  out.reason = d.reason;
+  if (!d.allowed) return -d.errno;
+  held.push(d);
+  return { rootFd: d.rootFd, rest: d.rest, options: d.open };
+}
+
+/** Whether the policy would allow access at raw (nothing is held). */
+function allows(ctx: ServiceContext, peer: Peer, raw: ByteString, access: number): boolean {
+  const norm = normalise(raw);
+  if (!norm.ok) return false;
+  const d = ctx.policy.decide(peer, norm.path, access);
+  ctx.policy.release(d);
+  return d.allowed;
+}
+
+function single(ctx: ServiceContext, peer: Peer, raw: ByteString, access: number, out: Outcome, held: Decision[], step: (at: Beneath) => number, ops: Operations): number {
+  const at = decideAt(ctx, peer, raw, access, out, held);
+  if (typeof at === 'number') return at;
+  return done(ops, step(at), out);
+}
+
+/** After the perform step: the operation's own refusal reason, if it gave one. */
+function done(ops: Operations, result: number, out: Outcome): number {
+  if (result < 0 && ops.refusal) out.reason = ops.refusal;
+  return result;
+}
+
+/** What arriving at a place needs: c for what is not a directory, m for a directory. */
+function arriving(type: number): number {
+  return type === C.S_IFDIR ? Access.MKDIR : Access.CREATE;
+}
+
+function link(ctx: ServiceContext, peer: Peer, op: FileOperation, out: Outcome, held: Decision[], ops: Operations): number {
+  // The source needs read: a hard link to a file outside every rule is refused here, by the policy.
+  const from = decideAt(ctx, peer, op.path, Access.READ, out, held);
+  if (typeof from === 'number') return from;
+  const to = decideAt(ctx, peer, op.path2, Access.CREATE, out, held);
+  if (typeof to === 'number') return to;
+  return done(ops, ops.link(from, to), out);
+}
+
+function rename(ctx: ServiceContext, peer: Peer, op: FileOperation, out: Outcome, held: Decision[], ops: Operations): number {
+  const exchange = (op.flags & FC.RENAME_EXCHANGE) !== 0;
+  const from = decideAt(ctx, peer, op.path, Access.REMOVE, out, held);
+  if (typeof from === 'number') return from;
+  const moving = ops.typeOf(from);
+  if (moving === 0) return done(ops, -E.ENOENT, out);
+  const to = decideAt(ctx, peer, op.path2, Access.REMOVE & (exchange ? ~0 : 0) | arriving(moving), out, held);
+  if (typeof to === 'number') return to;
+  let flags = op.flags;
+  if (exchange) {
+    // What comes back to the source must be allowed to arrive there too.
+    const back = ops.typeOf(to);
+    if (back === 0) return done(ops, -E.ENOENT, out);
+    const again = decideAt(ctx, peer, op.path, Access.REMOVE | arriving(back), out, held);
+    if (typeof again === 'number') return again;
+  } else if (!allows(ctx, peer, op.path2, Access.REMOVE)) {
+    // Replacing what is at the destination removes it: without u there, the kernel must refuse to.
+    flags |= FC.RENAME_NOREPLACE;
+  }
+  return done(ops, ops.rename(from, to, flags), out);
+}
+
+/**
+ * access(2), answered by the policy so that `test -w` tells the truth: the path must exist beneath
+ * an allow rule (F_OK), and the rule must grant what each bit asks.
+ */
+function access(ctx: ServiceContext, peer: Peer, op: FileOperation, out: Outcome, held: Decision[], ops: Operations): number {
+  const at = decideAt(ctx, peer, op.path, 0, out, held);
+  if (typeof at === 'number') return at;
+  const type = ops.typeAt(at);
+  if (type < 0) return done(ops, type, out);
+  const dir = type === C.S_IFDIR;
+  let need = 0;
+  if (op.mode & FC.R_OK) need |= Access.READ;
+  if (op.mode & FC.W_OK) need |= dir ? Access.CREATE : Access.WRITE;
+  if (op.mode & FC.X_OK) need |= dir ? Access.READ : Access.EXECUTE;
+  if (need === 0) return 0;
+  const again = decideAt(ctx, peer, op.path, need, out, held);
+  return typeof again === 'number' ? again : 0;
+}
