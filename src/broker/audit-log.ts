@@ -269,7 +269,7 @@ const quotedErrno = (errno: number): string => `"${errnoName(errno)}"`;
 export function jsonLine(e: AuditRecord): string {
   return (
     `{"time":"${isoTime(e.time)}","client":${clientField(e.peer)},` +
-    `"command":"${commandNames.get(e.command) ?? e.command}",${pathFields(e.path)},${e.path2 !== undefined ? pathFields(e.path2, 'to') + ',' : ''}"flags":"${memo(flagsText, e.flags, describeFlags)}",` +
+    `"command":"${commandNames.get(e.command) ?? e.command}",${pathFields(e.path)},${e.path2 !== undefined ? `${pathFields(e.path2, 'to')},"to_access":"${formatAccess(e.access2 ?? 0)}",` : ''}"flags":"${memo(flagsText, e.flags, describeFlags)}",` +
     `"mode":"${memo(modeText, e.mode, describeMode)}","access":"${memo(accessText, e.access, formatAccess)}","decision":"${e.allowed ? 'allow' : 'deny'}",` +
     `"rule":${ruleField(e.rule)},"errno":${e.errno ? memo(errnoText, e.errno, quotedErrno) : 'null'},` +
     `"reason":${memo(reasonJson, e.reason, JSON.stringify)},"latency_us":${e.latencyUs}}\n`

@@ -18,8 +18,10 @@ export interface AuditRecord {
   path2?: ByteString | undefined;
   flags: number;
   mode: number;
-  /** access bits the request needed */
+  /** access bits the request needed (a file operation: at path) */
   access: number;
+  /** a file operation: access bits needed at path2 */
+  access2?: number | undefined;
   allowed: boolean;
   /** the rule that decided, or null */
   rule: Rule | null;

@@ -14,7 +14,7 @@
  * | mkdir               | m at the path                                                          |
  * | unlink, rmdir       | u at the path                                                          |
  * | rename              | u at the source; c (a directory: m) at the destination; replacing what |
- * |                     | is there needs u there too, else the kernel is told RENAME_NOREPLACE   |
+ * |                     | is there needs u there too (and without u, RENAME_NOREPLACE is added)  |
  * | rename (EXCHANGE)   | u and c (or m, by what arrives) at both ends                           |
  * | link                | r at the source (and its rule's hardlinks setting), c at the new name  |
  * | symlink             | s at the new name; the target is stored as given                       |
@@ -84,7 +84,9 @@ export function operationsFor(resolver: Resolver): Operations {
 interface Outcome {
   errno: number;
   reason: string;
+  /** access needed at the first path, and at the second */
   access: number;
+  access2: number;
   decision: Decision | null;
 }
 
@@ -95,7 +97,7 @@ interface Outcome {
 export function serveFileOperation(ctx: ServiceContext, peer: Peer, op: FileOperation): number {
   const started = performance.now();
   const held: Decision[] = [];
-  const out: Outcome = { errno: 0, reason: '', access: 0, decision: null };
+  const out: Outcome = { errno: 0, reason: '', access: 0, access2: 0, decision: null };
   let result = 0;
   try {
     result = perform(ctx, peer, op, out, held);
@@ -110,7 +112,7 @@ export function serveFileOperation(ctx: ServiceContext, peer: Peer, op: FileOper
   const elapsedMs = performance.now() - started;
   ctx.audit?.record({
     time: Date.now(), peer, command: op.command, path: op.path, path2: op.path2 || undefined, flags: op.flags, mode: op.mode,
-    access: out.access, allowed, rule: out.decision?.rule ?? null, errno: result < 0 ? -result : 0, reason: out.reason, latencyUs: Math.round(elapsedMs * 1000),
+    access: out.access, access2: out.access2 || undefined, allowed, rule: out.decision?.rule ?? null, errno: result < 0 ? -result : 0, reason: out.reason, latencyUs: Math.round(elapsedMs * 1000),
   });
   return result;
 }
@@ -123,10 +125,10 @@ export function serveFileOperation(ctx: ServiceContext, peer: Peer, op: FileOper
 export function serveLinkUnnamed(ctx: ServiceContext, peer: Peer, fd: number, path: ByteString): number {
   const started = performance.now();
   const held: Decision[] = [];
-  const out: Outcome = { errno: 0, reason: '', access: Access.CREATE, decision: null };
+  const out: Outcome = { errno: 0, reason: '', access: 0, access2: 0, decision: null };
   let result = 0;
   try {
-    const to = decideAt(ctx, peer, path, Access.CREATE, out, held);
+    const to = decideAt(ctx, peer, path, Access.CREATE, out, held, true);
     result = typeof to === 'number' ? to : done(operationsFor(ctx.resolver), operationsFor(ctx.resolver).linkUnnamed(fd, to), out);
   } finally {
     for (const d of held) ctx.policy.release(d);
@@ -134,7 +136,7 @@ export function serveLinkUnnamed(ctx: ServiceContext, peer: Peer, fd: number, pa
   const allowed = out.decision?.allowed ?? false;
   ctx.metrics.recordOperation('link', allowed, allowed && result < 0 ? -result : 0);
   ctx.audit?.record({
-    time: Date.now(), peer, command: Command.LINK, path: `/proc/self/fd/${fd}`, path2: path, flags: 0, mode: 0, access: out.access, allowed,
+    time: Date.now(), peer, command: Command.LINK, path: `/proc/self/fd/${fd}`, path2: path, flags: 0, mode: 0, access: 0, access2: out.access2, allowed,
     rule: out.decision?.rule ?? null, errno: result < 0 ? -result : 0, reason: out.reason, latencyUs: Math.round((performance.now() - started) * 1000),
   });
   return result;
@@ -163,7 +165,7 @@ function perform(ctx: ServiceContext, peer: Peer, op: FileOperation, out: Outcom
     case Command.RMDIR:
       return single(ctx, peer, op.path, Access.REMOVE, out, held, (at) => ops.unlink(at, true), ops);
     case Command.SYMLINK:
-      return single(ctx, peer, op.path2, Access.SYMLINK, out, held, (at) => ops.symlink(op.path, at), ops);
+      return single(ctx, peer, op.path2, Access.SYMLINK, out, held, (at) => ops.symlink(op.path, at), ops, true);
     case Command.CHMOD:
       return single(ctx, peer, op.path, Access.ATTRIBUTES, out, held, (at) => ops.chmod(at, op.mode, noFollow), ops);
     case Command.CHOWN:
@@ -226,8 +228,9 @@ function flagsError(op: FileOperation): number {
 }
 
 /** Normalises and decides one end; the allowed decision is held until the operation is done. */
-function decideAt(ctx: ServiceContext, peer: Peer, raw: ByteString, access: number, out: Outcome, held: Decision[]): Beneath | number {
-  out.access |= access;
+function decideAt(ctx: ServiceContext, peer: Peer, raw: ByteString, access: number, out: Outcome, held: Decision[], second = false): Beneath | number {
+  if (second) out.access2 |= access;
+  else out.access |= access;
   const norm = normalise(raw);
   if (!norm.ok) {
     out.reason = norm.reason;
@@ -250,8 +253,8 @@ function allows(ctx: ServiceContext, peer: Peer, raw: ByteString, access: number
   return d.allowed;
 }
 
-function single(ctx: ServiceContext, peer: Peer, raw: ByteString, access: number, out: Outcome, held: Decision[], step: (at: Beneath) => number, ops: Operations): number {
-  const at = decideAt(ctx, peer, raw, access, out, held);
+function single(ctx: ServiceContext, peer: Peer, raw: ByteString, access: number, out: Outcome, held: Decision[], step: (at: Beneath) => number, ops: Operations, second = false): number {
+  const at = decideAt(ctx, peer, raw, access, out, held, second);
   if (typeof at === 'number') return at;
   return done(ops, step(at), out);
 }
@@ -271,7 +274,7 @@ function link(ctx: ServiceContext, peer: Peer, op: FileOperation, out: Outcome, 
   // The source needs read: a hard link to a file outside every rule is refused here, by the policy.
   const from = decideAt(ctx, peer, op.path, Access.READ, out, held);
   if (typeof from === 'number') return from;
-  const to = decideAt(ctx, peer, op.path2, Access.CREATE, out, held);
+  const to = decideAt(ctx, peer, op.path2, Access.CREATE, out, held, true);
   if (typeof to === 'number') return to;
   return done(ops, ops.link(from, to), out);
 }
@@ -282,7 +285,7 @@ function rename(ctx: ServiceContext, peer: Peer, op: FileOperation, out: Outcome
   if (typeof from === 'number') return from;
   const moving = ops.typeOf(from);
   if (moving === 0) return done(ops, -E.ENOENT, out);
-  const to = decideAt(ctx, peer, op.path2, Access.REMOVE & (exchange ? ~0 : 0) | arriving(moving), out, held);
+  const to = decideAt(ctx, peer, op.path2, (exchange ? Access.REMOVE : 0) | arriving(moving), out, held, true);
   if (typeof to === 'number') return to;
   let flags = op.flags;
   if (exchange) {
@@ -291,8 +294,12 @@ function rename(ctx: ServiceContext, peer: Peer, op: FileOperation, out: Outcome
     if (back === 0) return done(ops, -E.ENOENT, out);
     const again = decideAt(ctx, peer, op.path, Access.REMOVE | arriving(back), out, held);
     if (typeof again === 'number') return again;
+  } else if (ops.typeOf(to) !== 0) {
+    // Replacing what is at the destination removes it: that needs u there too.
+    const replace = decideAt(ctx, peer, op.path2, Access.REMOVE | arriving(moving), out, held, true);
+    if (typeof replace === 'number') return replace;
   } else if (!allows(ctx, peer, op.path2, Access.REMOVE)) {
-    // Replacing what is at the destination removes it: without u there, the kernel must refuse to.
+    // Nothing there now; if something appears before the rename, without u the kernel must not replace it.
     flags |= FC.RENAME_NOREPLACE;
   }
   return done(ops, ops.rename(from, to, flags), out);

@@ -94,3 +94,50 @@ export function formatAccess(bits: number): string {
   if (bits === ALL_ACCESS) return 'all';
   return letters.map(([l, b]) => (bits & b ? l : '')).join('') || '-';
 }
+
+/** What each operation needs, by the name `check` accepts for it (docs/policy.md). */
+export const OPERATION_ACCESS: Readonly<Record<string, string>> = {
+  open: 'r',
+  read: 'r',
+  write: 'w',
+  create: 'wc',
+  list: 'rd',
+  mkdir: 'm',
+  unlink: 'u',
+  rmdir: 'u',
+  'rename-from': 'u',
+  'rename-to': 'c',
+  'rename-dir-to': 'm',
+  'link-from': 'r',
+  'link-to': 'c',
+  symlink: 's',
+  chmod: 'a',
+  chown: 'a',
+  utimes: 'a',
+  truncate: 'w',
+  mkfifo: 'c',
+  tmpfile: 'c',
+  exec: 'x',
+};
+
+/**
+ * What a request needs, as `check` takes it: letters (without the pairing rules of a grant: a rename's
+ * destination needs c alone), 'all', or an operation's name (OPERATION_ACCESS). Throws AccessError.
+ */
+export function parseRequestAccess(text: string): number {
+  if (text === 'all') return ALL_ACCESS;
+  const op = Object.hasOwn(OPERATION_ACCESS, text) ? OPERATION_ACCESS[text]! : text;
+  let bits = 0;
+  for (const ch of op) {
+    const entry = letters.find(([l]) => l === ch);
+    if (!entry) throw new AccessError(`unknown access '${text}': give letters of ${ACCESS_LETTERS}, 'all', or an operation (${Object.keys(OPERATION_ACCESS).join(', ')})`);
+    bits |= entry[1];
+  }
+  if (bits === 0) throw new AccessError(`empty access: give letters of ${ACCESS_LETTERS}`);
+  return bits;
+}
+
+/** 'm make directories, u remove files and directories' for the letters of bits. */
+export function explainAccess(bits: number): string {
+  return letters.filter(([, b]) => bits & b).map(([l]) => `${l} ${ACCESS_MEANING[l]}`).join(', ');
+}
