@@ -22,6 +22,8 @@ export class LearnRecorder implements AuditSink {
   /** normalised path → union of the access bits requested */
   readonly used = new Map<ByteString, number>();
   requests = 0;
+  /** trees not to learn (the session's private temporary directory) */
+  readonly ignored: ByteString[] = [];
 
   record(entry: AuditRecord): void {
     // Requests refused for their flags (O_PATH, bad modes) need no rule: no rule could allow them.
@@ -35,7 +37,8 @@ export class LearnRecorder implements AuditSink {
   #use(path: ByteString, access: number): void {
     if (access === 0) return;
     const n = normalise(path);
-    if (n.ok) this.used.set(n.path, (this.used.get(n.path) ?? 0) | access);
+    if (!n.ok || this.ignored.some((dir) => n.path === dir || n.path.startsWith(`${dir}/`))) return;
+    this.used.set(n.path, (this.used.get(n.path) ?? 0) | access);
   }
 }
 
