@@ -284,17 +284,17 @@ function rename(ctx: ServiceContext, peer: Peer, op: FileOperation, out: Outcome
   const from = decideAt(ctx, peer, op.path, Access.REMOVE, out, held);
   if (typeof from === 'number') return from;
   const moving = ops.typeOf(from);
-  if (moving === 0) return done(ops, -E.ENOENT, out);
+  if (moving < 0) return done(ops, moving, out);
   const to = decideAt(ctx, peer, op.path2, (exchange ? Access.REMOVE : 0) | arriving(moving), out, held, true);
   if (typeof to === 'number') return to;
   let flags = op.flags;
   if (exchange) {
     // What comes back to the source must be allowed to arrive there too.
     const back = ops.typeOf(to);
-    if (back === 0) return done(ops, -E.ENOENT, out);
+    if (back < 0) return done(ops, back, out);
     const again = decideAt(ctx, peer, op.path, Access.REMOVE | arriving(back), out, held);
     if (typeof again === 'number') return again;
-  } else if (ops.typeOf(to) !== 0) {
+  } else if (ops.typeOf(to) > 0) {
     // Replacing what is at the destination removes it: that needs u there too.
     const replace = decideAt(ctx, peer, op.path2, Access.REMOVE | arriving(moving), out, held, true);
     if (typeof replace === 'number') return replace;

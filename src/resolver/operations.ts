@@ -104,14 +104,12 @@ export class Operations {
     return { fd, mode: stat[0]!, nlink: stat[1]!, uid: stat[2]!, gid: stat[3]! };
   }
 
-  /** What a name is (S_IFMT bits), without following it; 0 if it is not there (or cannot be seen). */
+  /** What a name is (S_IFMT bits, never 0), without following it; or -errno (-ENOENT: nothing there). */
   typeOf(at: Beneath): number {
-    let type = 0;
-    this.withParent(at, (dir, name) => {
-      if (native.fstatatNoFollow(dir, name, typeOut) === 0) type = typeOut[0]! & C.S_IFMT;
-      return 0;
+    return this.withParent(at, (dir, name) => {
+      const r = native.fstatatNoFollow(dir, name, typeOut);
+      return r < 0 ? r : typeOut[0]! & C.S_IFMT;
     });
-    return type;
   }
 
   // ---- Operations on a name ---------------------------------------------------------------------
