@@ -380,3 +380,64 @@ describe('refused operations leave nothing behind', () => {
     }
   });
 });
+
+describe('the tools speak the whole vocabulary', () => {
+  it('audit records name the operation and both ends; status counts per operation; learn records each end', async () => {
+    const { jsonLine, prettyLine } = await import('../src/broker/audit-log.js');
+    const { LearnRecorder } = await import('../src/launch/learn.js');
+    const { minimalRules, formatPolicy } = await import('../src/launch/learned-policy.js');
+    const tmp = tempDir();
+    const base = realpathSync(tmp.path);
+    const tree = join(base, 'tree');
+    mkdirSync(join(tree, 'sub'), { recursive: true });
+    writeFileSync(join(tree, 'a'), 'a');
+    const records: import('../src/broker/audit.js').AuditRecord[] = [];
+    const recorder = new LearnRecorder();
+    const broker = new Broker({
+      policy: new Policy([makeRule({ allow: `${tree}/`, access: 'all' }, 'tree rule')]),
+      audit: { record: (e) => (records.push(e), recorder.record(e)) },
+      log: () => {},
+    });
+    broker.listen(join(base, 's'));
+    const c = await connect(join(base, 's'));
+    try {
+      await c.rename(join(tree, 'a'), join(tree, 'sub', 'b'));
+      await c.mkdir(join(tree, 'made'));
+      assert.equal(await code(c.mkdir(join(base, 'outside'))), 'EACCES');
+      const status = await c.status();
+      assert.deepEqual(status.operations.rename, { done: 1, denied: 0, failed: 0 });
+      assert.deepEqual(status.operations.mkdir, { done: 1, denied: 1, failed: 0 });
+      const rename = JSON.parse(jsonLine(records[0]!));
+      assert.equal(rename.command, 'RENAME');
+      assert.equal(rename.path, join(tree, 'a'));
+      assert.equal(rename.to, join(tree, 'sub', 'b'));
+      assert.equal(rename.access, 'u');
+      assert.equal(rename.to_access, 'c');
+      assert.match(prettyLine(records[0]!), /ALLOW +rename .*\/a -> .*\/sub\/b/);
+      assert.equal(JSON.parse(jsonLine(records[1]!)).command, 'MKDIR');
+      assert.equal(JSON.parse(jsonLine(records[1]!)).access, 'm');
+      const learned = formatPolicy(minimalRules(recorder.used));
+      // Every entry of the tree was used, so it collapses: u (rename's source), c (its destination, with
+      // the w that c needs), m (mkdir); nothing the program did not ask for.
+      assert.match(learned, new RegExp(`allow = "${tree}/"\\naccess = "wcmu"`));
+      assert.match(learned, new RegExp(`allow = "${base}/outside"\\naccess = "m"`));
+    } finally {
+      c.close();
+      broker.close();
+      tmp.cleanup();
+    }
+  });
+
+  it('openhook check explains a file operation by letters or by name', async () => {
+    const { spawnSync } = await import('node:child_process');
+    const { CLI } = await import('./helpers.js');
+    const r = spawnSync(process.execPath, [CLI, 'check', '--allow', '/srv/t/:rwc', '/srv/t/x', 'rename-from'], { encoding: 'utf8' });
+    assert.equal(r.status, 1);
+    assert.match(r.stdout, /^deny \(EACCES\) \/srv\/t\/x u\n/);
+    assert.match(r.stdout, /grants 'rwc', the request needs 'u'/);
+    assert.match(r.stdout, /needs: u remove files and directories/);
+    const bad = spawnSync(process.execPath, [CLI, 'check', '--allow', '/srv/t/:rwq', '/srv/t/x', 'r'], { encoding: 'utf8' });
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /unknown access letter 'q'/);
+  });
+});
