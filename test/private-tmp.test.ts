@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { fromText } from '../src/bytestring.js';
@@ -19,7 +19,7 @@ const parent = realpathSync(tmp.path);
 after(tmp.cleanup);
 
 function run(args: string[], script: string): { status: number | null; stdout: string; stderr: string } {
-  const env = { ...process.env, TMPDIR: parent };
+  const env: NodeJS.ProcessEnv = { ...process.env, TMPDIR: parent };
   for (const key of Object.keys(env)) if (key.startsWith('OPENHOOK_')) delete env[key];
   const r = spawnSync(process.execPath, [CLI, 'run', '--preload', ...args, '--', 'sh', '-c', script], { encoding: 'utf8', env, timeout: 60_000 });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
@@ -105,5 +105,20 @@ describe('removing the private temporary directory', () => {
     symlinkSync(outside, name);
     assert.equal(removePrivateTmp(name), false);
     assert.equal(readFileSync(join(outside, 'precious'), 'utf8'), 'keep me');
+  });
+});
+
+describe('run: x is fixed at launch', () => {
+  it('a program in a tree whose rule grants x runs; without x it cannot be executed', () => {
+    const bin = join(parent, 'bin');
+    mkdirSync(bin);
+    copyFileSync('/bin/true', join(bin, 'prog'));
+    chmodSync(join(bin, 'prog'), 0o755);
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    for (const key of Object.keys(env)) if (key.startsWith('OPENHOOK_')) delete env[key];
+    const withX = spawnSync(process.execPath, [CLI, 'run', '--allow', `${bin}/:rx`, '--', join(bin, 'prog')], { encoding: 'utf8', env, timeout: 60_000 });
+    assert.equal(withX.status, 0, withX.stderr);
+    const withoutX = spawnSync(process.execPath, [CLI, 'run', '--allow', `${bin}/:r`, '--', join(bin, 'prog')], { encoding: 'utf8', env, timeout: 60_000 });
+    assert.equal(withoutX.status, 126, withoutX.stderr);
   });
 });
