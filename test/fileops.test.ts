@@ -441,3 +441,69 @@ describe('the tools speak the whole vocabulary', () => {
     assert.match(bad.stderr, /unknown access letter 'q'/);
   });
 });
+
+describe('the entry points the syscall hook calls', () => {
+  it('serveLinkUnnamed names an O_TMPFILE file (c at the name), and nothing that has a name', async () => {
+    const { serveLinkUnnamed, serveFileOperation } = await import('../src/broker/operations.js');
+    const { Resolver } = await import('../src/broker/resolver.js');
+    const { Metrics } = await import('../src/broker/metrics.js');
+    const { openSync } = await import('node:fs');
+    const tmp = tempDir();
+    const base = realpathSync(tmp.path);
+    mkdirSync(join(base, 'rw'));
+    mkdirSync(join(base, 'ro'));
+    writeFileSync(join(base, 'outside'), 'SECRET');
+    const ctx = {
+      policy: new Policy([makeRule({ allow: `${base}/rw/`, access: 'rwc' }, 'rw'), makeRule({ allow: `${base}/ro/`, access: 'r' }, 'ro')]),
+      resolver: new Resolver(),
+      audit: null,
+      metrics: new Metrics(),
+    };
+    const peer = { pid: process.pid, uid: 0, gid: 0, groups: [] };
+    const fd = serveFileOperation(ctx, peer, { command: Command.TMPFILE, path: `${base}/rw`, path2: '', flags: 2, mode: 0o640, uid: 0, gid: 0, a: 0, b: 0, c: 0, d: 0 });
+    assert.ok(fd >= 0, `tmpfile: ${fd}`);
+    try {
+      writeSync(fd, 'journal');
+      assert.equal(serveLinkUnnamed(ctx, peer, fd, `${base}/ro/j`), -E.EACCES);
+      assert.equal(serveLinkUnnamed(ctx, peer, fd, `${base}/rw/j`), 0);
+      assert.equal(readFileSync(join(base, 'rw', 'j'), 'utf8'), 'journal');
+      assert.equal(statSync(join(base, 'rw', 'j')).mode & 0o777, 0o640);
+      // now it has a name: linking it by fd again is refused (link by path instead)
+      assert.equal(serveLinkUnnamed(ctx, peer, fd, `${base}/rw/j2`), -E.EACCES);
+    } finally {
+      closeSync(fd);
+    }
+    // a file from outside every rule, held by fd, is never pulled into the tree
+    const secret = openSync(join(base, 'outside'), 'r');
+    try {
+      assert.equal(serveLinkUnnamed(ctx, peer, secret, `${base}/rw/stolen`), -E.EACCES);
+      assert.ok(!existsSync(join(base, 'rw', 'stolen')));
+    } finally {
+      closeSync(secret);
+      ctx.policy.close();
+      ctx.resolver.close();
+      tmp.cleanup();
+    }
+  });
+
+  it("deny carve-outs hold on the parent's real path where symlinks are followed", async () => {
+    const tmp = tempDir();
+    const base = realpathSync(tmp.path);
+    const tree = join(base, 'tree');
+    mkdirSync(join(tree, 'private'), { recursive: true });
+    writeFileSync(join(tree, 'private', 'key'), 'KEY');
+    symlinkSync('private', join(tree, 'via'));
+    const h = await brokerWith(join(base, 's'), [{ allow: `${tree}/`, access: 'all', follow_symlinks: true }, { deny: `${tree}/private/` }]);
+    try {
+      assert.equal(await code(h.client.mkdir(join(tree, 'via', 'x'))), 'EACCES');
+      assert.equal(await code(h.client.unlink(join(tree, 'via', 'key'))), 'EACCES');
+      assert.equal(await code(h.client.rename(join(tree, 'via', 'key'), join(tree, 'key'))), 'EACCES');
+      assert.equal(await code(h.client.chmod(join(tree, 'via', 'key'), 0o777)), 'EACCES');
+      assert.ok(existsSync(join(tree, 'private', 'key')) && !existsSync(join(tree, 'private', 'x')));
+      assert.equal(await code(h.client.mkdir(join(tree, 'ok'))), 'ok');
+    } finally {
+      h.close();
+      tmp.cleanup();
+    }
+  });
+});
