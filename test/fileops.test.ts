@@ -407,6 +407,13 @@ describe('the tools speak the whole vocabulary', () => {
       const status = await c.status();
       assert.deepEqual(status.operations.rename, { done: 1, denied: 0, failed: 0 });
       assert.deepEqual(status.operations.mkdir, { done: 1, denied: 1, failed: 0 });
+      const { prometheusText } = await import('../src/broker/prometheus.js');
+      assert.match(prometheusText(status), /^openhook_file_operations_total\{operation="mkdir",outcome="denied"\} 1$/m);
+      // `openhook status` for people (run asynchronously: this process serves the broker)
+      const { execFile } = await import('node:child_process');
+      const { CLI } = await import('./helpers.js');
+      const out = await new Promise<string>((resolve, reject) => execFile(process.execPath, [CLI, 'status', '--socket', join(base, 's')], (err, stdout) => (err ? reject(err) : resolve(stdout))));
+      assert.match(out, /^ {2}operations +rename 1 · mkdir 1 \(1 denied\)$/m);
       const rename = JSON.parse(jsonLine(records[0]!));
       assert.equal(rename.command, 'RENAME');
       assert.equal(rename.path, join(tree, 'a'));
