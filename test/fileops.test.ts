@@ -514,3 +514,41 @@ describe('the entry points the syscall hook calls', () => {
     }
   });
 });
+
+describe('file-operation frames', () => {
+  it('encode and decode: every field in host byte order, two names, negative times', async () => {
+    const { decodeRequest, newRequest, DecodeError } = await import('../src/protocol/frames.js');
+    const frame = encodeFileOp(Command.UTIMES, '/a/é', null, { flags: 0x100, a: -5, b: 999_999_999, c: 2 ** 40, d: (1 << 30) - 1 });
+    const req = newRequest();
+    assert.equal(decodeRequest(frame, 0, frame.length, req), DecodeError.OK);
+    assert.deepEqual([req.command, req.flags, req.a, req.b, req.c, req.d, req.uid, req.gid], [Command.UTIMES, 0x100, -5, 999_999_999, 2 ** 40, (1 << 30) - 1, 0xffffffff, 0xffffffff]);
+    assert.equal(frame.subarray(req.nameOffset, req.nameOffset + req.nameLength).toString(), '/a/é');
+    const two = encodeFileOp(Command.RENAME, '/a', '/bb', { flags: 1 });
+    assert.equal(decodeRequest(two, 0, two.length, req), DecodeError.OK);
+    assert.equal(two.subarray(req.name2Offset, req.name2Offset + req.name2Length).toString(), '/bb');
+    assert.equal(decodeRequest(two, 0, two.length - 1, req), DecodeError.SIZE_MISMATCH);
+    assert.equal(decodeRequest(two.subarray(0, 40), 0, 40, req), DecodeError.SIZE_MISMATCH);
+    const oneTooMany = encodeFileOp(Command.MKDIR, '/a', '/b');
+    assert.equal(decodeRequest(oneTooMany, 0, oneTooMany.length, req), DecodeError.EMPTY_NAME);
+  });
+
+  it('work over SOCK_STREAM too', async () => {
+    const tmp = tempDir();
+    const base = realpathSync(tmp.path);
+    mkdirSync(join(base, 't'));
+    const broker = new Broker({ policy: new Policy([makeRule({ allow: `${base}/t/`, access: 'all' }, 'r')]), log: () => {} });
+    broker.listen(join(base, 's'), { stream: true });
+    const c = await connect({ path: join(base, 's'), stream: true });
+    try {
+      await Promise.all([c.mkdir(join(base, 't', 'a')), c.symlink('x', join(base, 't', 'b')), c.mkdir(join(base, 't', 'c'))]);
+      const fd = await c.tmpfile(join(base, 't'));
+      closeSync(fd);
+      assert.equal(await code(c.rmdir(join(base, 't', 'b'))), 'ENOTDIR');
+      assert.deepEqual(readdirSync(join(base, 't')).sort(), ['a', 'b', 'c']);
+    } finally {
+      c.close();
+      broker.close();
+      tmp.cleanup();
+    }
+  });
+});
