@@ -26,6 +26,26 @@
  * | access              | answered by the policy: R_OK r, W_OK w (a directory: c), X_OK x (a     |
  * |                     | directory: r); F_OK: exists beneath an allow rule                      |
  *
+ * For the syscall hook: how a trapped syscall becomes a FileOperation (paths made absolute from the
+ * program's cwd or dirfd first, as for an open; flags the syscall has and the command does not take
+ * are the hook's to refuse or drop):
+ *
+ * | syscall                                   | command, fields                                           |
+ * |-------------------------------------------|-----------------------------------------------------------|
+ * | mkdir, mkdirat                            | MKDIR path, mode                                          |
+ * | unlink, unlinkat(0) / rmdir, unlinkat(AT_REMOVEDIR) | UNLINK path / RMDIR path                        |
+ * | rename, renameat, renameat2               | RENAME path, path2, flags (RENAME_NOREPLACE, RENAME_EXCHANGE; RENAME_WHITEOUT: EINVAL) |
+ * | link, linkat (no AT_EMPTY_PATH)           | LINK path, path2 (AT_SYMLINK_FOLLOW: resolve it in the hook, or refuse) |
+ * | linkat(fd, "", ..., AT_EMPTY_PATH)        | serveLinkUnnamed(fd from pidfd_getfd, path2)              |
+ * | symlink, symlinkat                        | SYMLINK path = target as given, path2 = new name          |
+ * | chmod, fchmodat(, AT_SYMLINK_NOFOLLOW)    | CHMOD path, mode, flags                                   |
+ * | chown, lchown, fchownat                   | CHOWN path, uid, gid (u32; -1 unchanged), flags           |
+ * | utimensat, utimes, utime, futimesat       | UTIMES path, a b c d (NULL times: both UTIME_NOW), flags  |
+ * | truncate                                  | TRUNCATE path, a = length                                 |
+ * | access, faccessat, faccessat2             | ACCESS path, mode (R_OK 4, W_OK 2, X_OK 1; F_OK 0)        |
+ * | mknod, mknodat of S_IFIFO                 | MKFIFO path, mode (any other type: EPERM in the hook)     |
+ * | open, openat, openat2 with O_TMPFILE      | TMPFILE path (the directory), flags = access mode (+O_EXCL, O_CLOEXEC) |
+ *
  * Each operation is synchronous, on the event loop. (On a network filesystem these syscalls may wait
  * as an open may; running them on the resolver's pool is a follow-up.)
  */
