@@ -97,6 +97,12 @@ async function explain(pathText: string, accessText: string, opts: CheckOptions,
       errno = errnoValue('EACCES')!;
       why = `${d.rule!.origin} does not allow directories (access letter d)`;
     }
+    if (allowed && d.directoryOnly && !(want & Access.DIRECTORY)) {
+      // What the resolver answers when the name a glob tree covers as its root is not a directory.
+      allowed = false;
+      errno = policy.denyErrno;
+      why = `${d.rule!.origin} covers ${display(norm.path)} only as a directory (a tree's root); check it with 'd' if it is one`;
+    }
     out(`${allowed ? 'allow' : `deny (${errnoName(errno)})`} ${display(norm.path)} ${formatAccess(want)}`);
     out(`  why: ${why}`);
     if (d.rule) out(`  rule: ${d.rule.origin}: ${describeRule(d.rule)}`);
