@@ -23,7 +23,7 @@ import { Policy } from '../policy/policy.js';
 import { PolicyError } from '../policy/rule.js';
 import { addAuditOptions, auditFromOptions, type AuditFlags } from './audit-options.js';
 import { addPolicyOptions, policyFromOptions, type PolicyFlags } from './policy-options.js';
-import { collect } from './util.js';
+import { collect, shellQuote } from './util.js';
 
 export interface RunOptions extends PolicyFlags, AuditFlags {
   ro: string[];
@@ -159,7 +159,7 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
     return result.status;
   }
   if (recorder && opts.learn !== undefined) {
-    const written = await writeLearned(opts.learn, recorder, command, args, result.status);
+    const written = await writeLearned(opts.learn, recorder, [...learnedOptions(opts), '--', command, ...args], result.status);
     if (written !== 0) return written;
   }
   return result.status;
@@ -172,13 +172,30 @@ function announce(report: LaunchReport, opts: RunOptions): void {
   if (!report.seccomp.enforced && report.seccomp.unavailable) say(`WARNING: running without the seccomp filter (${report.seccomp.unavailable})`);
 }
 
-async function writeLearned(file: string, recorder: LearnRecorder, command: string, args: string[], status: number): Promise<number> {
+/**
+ * The options of a learn run that shape what the program could do, as arguments: the policy file's
+ * header repeats them, since the learned rules hold only under the same options (--preload above all).
+ */
+function learnedOptions(opts: RunOptions): string[] {
+  return [
+    ...(opts.preload ? ['--preload'] : []),
+    ...opts.ro.flatMap((path) => ['--ro', path]),
+    ...(opts.fd !== 3 ? ['--fd', String(opts.fd)] : []),
+    ...(opts.session !== undefined ? ['--session', opts.session] : []),
+    ...(opts.allowUnixSockets ? ['--allow-unix-sockets'] : []),
+    ...(opts.allowUnconfined ? ['--allow-unconfined'] : []),
+  ];
+}
+
+/** argv: the learn run's options, '--', and the command with its arguments. */
+async function writeLearned(file: string, recorder: LearnRecorder, argv: string[], status: number): Promise<number> {
   const { formatPolicy, minimalRules } = await import('../launch/learned-policy.js');
   const rules = minimalRules(recorder.used);
+  const words = argv.map(shellQuote).join(' ');
   const header = [
-    `openhook policy learned by: openhook run --learn ${file} -- ${[command, ...args].join(' ')}`,
+    `openhook policy learned by: openhook run --learn ${shellQuote(file)} ${words}`,
     `${new Date().toISOString()}: the program exited with status ${status}; ${recorder.requests} requests on ${recorder.used.size} paths`,
-    'Review it, then enforce it: openhook run --policy FILE -- CMD',
+    `Review it, then enforce it: openhook run --policy ${shellQuote(file)} ${words}`,
   ];
   const tmp = `${file}.tmp-${process.pid}`;
   try {
