@@ -90,7 +90,7 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
       policy = allowEverythingPolicy();
     } else {
       // No rules at all is a valid policy: the program gets nothing through its hook.
-      policy = opts.allow.length > 0 || opts.deny.length > 0 || opts.policy !== undefined ? await policyFromOptions(opts) : new Policy([]);
+      policy = opts.allow.length > 0 || opts.deny.length > 0 || opts.policy !== undefined ? await policyFromOptions(opts, (m) => say(`WARNING: ${m}`)) : new Policy([]);
     }
   } catch (err) {
     if (err instanceof PolicyError) {
@@ -158,11 +158,22 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
     say(failure);
     return result.status;
   }
+  if (result.status !== 0 && broker.metrics.requests === 0) say(unbrokeredFailure(command, result.status, opts.preload === true));
   if (recorder && opts.learn !== undefined) {
     const written = await writeLearned(opts.learn, recorder, [...learnedOptions(opts), '--', command, ...args], result.status);
     if (written !== 0) return written;
   }
   return result.status;
+}
+
+/**
+ * CMD failed and never asked the broker for anything: whatever it could not open, the kernel refused
+ * (Landlock) without the broker hearing of it, so --log and --audit are silent. Say so, and what helps.
+ */
+function unbrokeredFailure(command: string, status: number, preload: boolean): string {
+  const why = `${command} exited with status ${status} and asked the broker for nothing: if it failed to open a file, the kernel refused it (Landlock), not the policy`;
+  if (!preload) return `${why}. A program that does not use OPENHOOK_FD opens files itself: try --preload to route its opens to the broker`;
+  return `${why}. Its opens went to the real call (OPENHOOK_TRACE=1 shows where each went); --ro PATH lets it read PATH itself`;
 }
 
 function announce(report: LaunchReport, opts: RunOptions): void {
