@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { closeSync, fstatSync, mkdirSync, writeFileSync } from 'node:fs';
+import { closeSync, fstatSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { connect } from '../src/client/client.js';
@@ -56,5 +56,20 @@ describe('a glob tree pattern, /srv/*/', () => {
     const dir = await client.open(join(srv, 'a'), C.O_RDONLY | C.O_DIRECTORY);
     assert.ok(fstatSync(dir).isDirectory());
     closeSync(dir);
+  });
+
+  it('with follow_symlinks, a link beneath a matched directory cannot reach the file directly under /srv', async () => {
+    symlinkSync('../disk.img', join(srv, 'a', 'up'));
+    symlinkSync('disk.img', join(srv, 'a', 'here'));
+    const policy = join(tmp.path, 'follow.toml');
+    writeFileSync(policy, `[[rule]]\nallow = "${srv}/*/"\naccess = "rd"\nfollow_symlinks = true\n`);
+    const follow = await startServe(join(tmp.path, 'follow.sock'), ['--policy', policy]);
+    try {
+      await using client = await connect(follow.socket);
+      assert.equal(readAndClose(await client.open(join(srv, 'a', 'here'))), 'inside\n');
+      await assert.rejects(client.open(join(srv, 'a', 'up')), { code: 'EACCES' });
+    } finally {
+      await follow.stop();
+    }
   });
 });
