@@ -337,7 +337,8 @@ describe('the trie against a plain reading of the precedence rules', () => {
   // A second, naive implementation of trie.ts's documented order: for each rule, its best way of
   // matching (ranks per component), then the best rule. Random policies and paths must agree.
   const LIT = 4, PART = 3, STAR = 2, WIDE = 1;
-  type Scored = { ranks: number[]; end: number };
+  // atRoot: a tree matched on its own directory (the path names it, nothing beneath)
+  type Scored = { ranks: number[]; end: number; atRoot: boolean };
   const cmp = (a: Scored, b: Scored): number => {
     for (let i = 0; i < a.ranks.length; i++) if (a.ranks[i] !== b.ranks[i]) return a.ranks[i]! - b.ranks[i]!;
     return a.end - b.end;
@@ -350,8 +351,8 @@ describe('the trie against a plain reading of the precedence rules', () => {
   }
   function best(segs: string[], si: number, comps: string[], ci: number, tree: boolean): Scored | null {
     if (si === segs.length) {
-      if (ci === comps.length) return { ranks: [], end: tree ? 1 : 2 };
-      return tree ? { ranks: comps.slice(ci).map(() => WIDE), end: 1 } : null;
+      if (ci === comps.length) return { ranks: [], end: tree ? 1 : 2, atRoot: tree };
+      return tree ? { ranks: comps.slice(ci).map(() => WIDE), end: 1, atRoot: false } : null;
     }
     const seg = segs[si]!;
     if (seg === '**') {
@@ -359,7 +360,7 @@ describe('the trie against a plain reading of the precedence rules', () => {
       for (let k = 0; ci + k <= comps.length; k++) {
         const rest = best(segs, si + 1, comps, ci + k, tree);
         if (!rest) continue;
-        const s = { ranks: [...Array(k).fill(WIDE), ...rest.ranks], end: rest.end };
+        const s = { ranks: [...Array(k).fill(WIDE), ...rest.ranks], end: rest.end, atRoot: rest.atRoot };
         if (!top || cmp(s, top) > 0) top = s;
       }
       return top;
@@ -368,7 +369,7 @@ describe('the trie against a plain reading of the precedence rules', () => {
     const r = matchSeg(seg, comps[ci]!);
     if (!r) return null;
     const rest = best(segs, si + 1, comps, ci + 1, tree);
-    return rest && { ranks: [r, ...rest.ranks], end: rest.end };
+    return rest && { ranks: [r, ...rest.ranks], end: rest.end, atRoot: rest.atRoot };
   }
 
   it('agrees on 3000 random paths over 300 random policies', () => {
@@ -402,6 +403,10 @@ describe('the trie against a plain reading of the precedence rules', () => {
         p.release(d);
         const got = d.rule ? p.rules.findIndex((r) => r.origin === d.rule!.origin) : -1;
         assert.equal(got, want, `policy:\n${text}\npath: /${comps.join('/')}`);
+        // An allowing glob tree on its own root covers a directory only, and these rules grant no 'd'.
+        const w = specs[want];
+        const rootOnly = w !== undefined && !w.deny && w.tree && w.segs.some((g) => g.includes('*')) && top!.atRoot;
+        assert.equal(/only as a directory/.test(d.reason), rootOnly, `policy:\n${text}\npath: /${comps.join('/')}\n${d.reason}`);
       }
       p.close();
     }

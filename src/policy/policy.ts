@@ -19,6 +19,7 @@ import { errnoName } from '../errno.js';
 import { Access, formatAccess } from './access.js';
 import type { Rule } from './rule.js';
 import { DEFAULT_ROOT_LIMIT, RootTable, type Root, type RootHandle } from './roots.js';
+import { directoriesOnly, isDirectoryFd, treeRootRefusal } from './tree-root.js';
 import { Trie, type Entry } from './trie.js';
 
 export interface Peer {
@@ -47,6 +48,8 @@ export interface Decision {
   open: OpenOptions;
   /** the pinned root (allow only): hand the decision back with policy.release() after the open */
   handle: RootHandle | null;
+  /** allow only: decided by a glob tree on its own root, so good for a directory only (tree-root.ts) */
+  directoryOnly?: boolean;
 }
 
 /** Which clients a section applies to: every criterion given must match; a list matches any member. */
@@ -228,6 +231,9 @@ export class Policy {
     if ((rule.access & access) !== access) {
       return deny(rule, this.denyErrno, `${rule.origin} grants '${formatAccess(rule.access)}', the request needs '${formatAccess(access)}'`);
     }
+    const directoryOnly = rule.glob && section.trie.matchedTreeRoot;
+    const refusal = directoryOnly ? treeRootRefusal(rule, path, access) : null;
+    if (refusal !== null) return deny(rule, this.denyErrno, refusal);
     const root = c.root!;
     const h = this.#roots.acquire(root);
     if (typeof h === 'number') {
@@ -235,6 +241,7 @@ export class Policy {
     }
     const rest = path.length === c.rootLength || path === '/' ? '.' : path.slice(c.rootLength + 1);
     const open = rule.followSymlinks ? { ...c.open, verify: (fd: number) => this.#verify(section, access, c, h, fd) } : c.open;
+    if (directoryOnly) return { allowed: true, errno: 0, rule, rootFd: h.fd, rest, reason: c.reason, open: directoriesOnly(open, this.denyErrno), handle: h, directoryOnly };
     return { allowed: true, errno: 0, rule, rootFd: h.fd, rest, reason: c.reason, open, handle: h };
   }
 
@@ -268,6 +275,7 @@ export class Policy {
     else return this.denyErrno; // outside the root: the kernel should have refused already
     const again = section.trie.match(lexical)?.rule ?? null;
     if (again === null || again.effect === 'deny') return again?.denyErrno || this.denyErrno;
+    if (again.glob && section.trie.matchedTreeRoot && !isDirectoryFd(fd)) return this.denyErrno;
     return (again.access & access) === access ? 0 : this.denyErrno;
   }
 

@@ -88,10 +88,20 @@ export class Trie<E extends Entry> {
   #best: E | null = null;
   #bestEnd = 0;
   #bestSeq = 0;
+  #bestAtRoot = false;
   #gen = 0;
 
   get size(): number {
     return this.#count;
+  }
+
+  /**
+   * Whether the last match() was decided by a tree rule on the tree's own directory (the path names
+   * it, nothing beneath). For a glob tree such as `/srv/*\/`, that name is a directory only if the
+   * file really is one: the policy must check that, since the lexical match cannot.
+   */
+  get matchedTreeRoot(): boolean {
+    return this.#bestAtRoot;
   }
 
   /**
@@ -180,6 +190,7 @@ export class Trie<E extends Entry> {
     this.#best = null;
     this.#bestEnd = 0;
     this.#bestSeq = 0;
+    this.#bestAtRoot = false;
     this.#search(this.#root, 0, 1);
     const found = this.#best;
     this.#best = null;
@@ -198,7 +209,7 @@ export class Trie<E extends Entry> {
       const gen = this.#gen;
       if (node.exact) this.#consider(node.exact, node.exactSeq, END_EXACT, cmp);
       if (this.#gen !== gen) cmp = 0;
-      if (node.tree) this.#consider(node.tree, node.treeSeq, END_TREE, cmp);
+      if (node.tree) this.#consider(node.tree, node.treeSeq, END_TREE, cmp, true);
       if (this.#gen !== gen) cmp = 0;
       if (node.wide) this.#search(node.wide, i, cmp); // '**' matching no component
       return;
@@ -247,7 +258,7 @@ export class Trie<E extends Entry> {
     this.#search(next, i + 1, cmp);
   }
 
-  #consider(rule: E, seq: number, end: number, cmp: number): void {
+  #consider(rule: E, seq: number, end: number, cmp: number, atRoot = false): void {
     if (cmp < 0) return;
     if (cmp === 0 && this.#best !== null) {
       if (end < this.#bestEnd) return;
@@ -256,6 +267,7 @@ export class Trie<E extends Entry> {
     this.#best = rule;
     this.#bestEnd = end;
     this.#bestSeq = seq;
+    this.#bestAtRoot = atRoot;
     for (let i = 0, n = this.#n; i < n; i++) best[i] = cur[i]!; // a few components: no subarray to allocate
     this.#gen++;
   }
