@@ -67,15 +67,18 @@ export class Channel {
    */
   send(buf: Buffer, fds: readonly number[] | null = null): void {
     if (this.#closed) return;
-    const out = { buf, fds: fds && fds.length > 0 ? fds : null };
+    const out = fds !== null && fds.length > 0 ? fds : null;
     if (this.#outbox.length > 0) {
-      this.#outbox.push(out);
+      this.#outbox.push({ buf, fds: out });
       return;
     }
-    if (!this.#sendSome(out)) {
-      this.#outbox.push(out);
-      this.#poller.start(C.UV_READABLE | C.UV_WRITABLE);
-    }
+    // The common case, one whole message sent at once, allocates nothing.
+    const n = this.#sendmsg(buf, out);
+    if (n === buf.length) return;
+    if (n < 0 && n !== -E.EAGAIN) return this.#end(n, 'sendmsg');
+    // Partly sent (the fds went with the first byte) or not at all: the rest waits for POLLOUT.
+    this.#outbox.push(n > 0 ? { buf: buf.subarray(n), fds: null } : { buf, fds: out });
+    this.#poller.start(C.UV_READABLE | C.UV_WRITABLE);
   }
 
   /** Closes the channel (and its fd, if it owns it) without reporting anything. */
@@ -94,26 +97,25 @@ export class Channel {
     this.#options.ended(err);
   }
 
-  /** Sends what the socket takes; true when all of out is gone, or the channel has ended. */
-  #sendSome(out: { buf: Buffer; fds: readonly number[] | null }): boolean {
-    const n = out.fds ? native.sendFds(this.fd, out.buf, out.fds as number[]) : native.send(this.fd, out.buf, 0, out.buf.length, -1);
-    if (n === -E.EAGAIN) return false;
-    if (n < 0) {
-      this.#end(n, 'sendmsg');
-      return true;
-    }
-    out.fds = null; // the fds went with the first byte
-    if (n === out.buf.length) return true;
-    out.buf = out.buf.subarray(n);
-    return false;
+  /** One sendmsg, with fds on the first byte: the bytes sent, or -errno. */
+  #sendmsg(buf: Buffer, fds: readonly number[] | null): number {
+    return fds ? native.sendFds(this.fd, buf, fds as number[]) : native.send(this.fd, buf, 0, buf.length, -1);
   }
 
   #flush(): void {
-    while (this.#outbox.length > 0 && !this.#closed) {
-      if (!this.#sendSome(this.#outbox[0]!)) return;
+    while (this.#outbox.length > 0) {
+      const head = this.#outbox[0]!;
+      const n = this.#sendmsg(head.buf, head.fds);
+      if (n === -E.EAGAIN) return;
+      if (n < 0) return this.#end(n, 'sendmsg');
+      head.fds = null; // the fds went with the first byte
+      if (n < head.buf.length) {
+        head.buf = head.buf.subarray(n);
+        return;
+      }
       this.#outbox.shift();
     }
-    if (!this.#closed) this.#poller.start(C.UV_READABLE);
+    this.#poller.start(C.UV_READABLE);
   }
 
   #onPoll(events: number, count: number, status: number): void {

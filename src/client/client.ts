@@ -229,17 +229,17 @@ export class OpenHookClient extends EventEmitter {
 
   #request(command: Pending['command'], name: Buffer, flags: number, mode: number, shown: string, options: RequestOptions): Promise<Outcome> {
     const timeout = options.timeout ?? this.#settings.timeout;
-    const req: Pending = {
-      command, name, flags, mode, path: shown, id: 0, retried: false,
-      wait: new Wait<Outcome>({
-        timeout,
-        signal: options.signal,
-        timeoutError: () => new TimeoutError(`no reply for '${shown}' within ${timeout} ms`),
-        onGiveUp: () => this.#forget(req),
-      }),
-    };
-    if (!req.wait.settled) this.#dispatch(req);
-    return req.wait.promise;
+    const signal = options.signal;
+    // Most requests have neither timeout nor signal: they get a plain wait, without the closures.
+    const wait = timeout > 0 || signal ? new Wait<Outcome>({
+      timeout,
+      signal,
+      timeoutError: () => new TimeoutError(`no reply for '${shown}' within ${timeout} ms`),
+      onGiveUp: () => this.#forget(req),
+    }) : new Wait<Outcome>();
+    const req: Pending = { command, name, flags, mode, path: shown, id: 0, retried: false, wait };
+    if (!wait.settled) this.#dispatch(req);
+    return wait.promise;
   }
 
   /** Sends a request on the current link, or keeps it for the next one. */
