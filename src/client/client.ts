@@ -36,7 +36,7 @@ export interface ConnectOptions {
   protocol?: 'auto' | 'rfc';
   /** default per-request timeout in ms; 0 or absent means none */
   timeout?: number;
-  /** gives up connecting when it fires */
+  /** gives up connecting when it fires, also while the HELLO exchange waits (rejects with AbortError) */
   signal?: AbortSignal;
   /**
    * Connections by path: connect again when the broker goes away (default: on). An fd cannot be

@@ -4,6 +4,7 @@
  * A link knows framing (a SOCK_SEQPACKET message is a frame; SOCK_STREAM is reassembled) and which
  * replies carry an fd, and nothing about requests: the client (client.ts) matches replies to requests
  * and decides what to do when a link is lost. A link is used once; reconnecting makes a new one.
+ * The socket itself (poller, outbox, how it ends) is a Channel (channel.ts), shared with QMP.
  */
 import { C, native, recvArena, recvMeta } from '../native.js';
 import { Command } from '../protocol/constants.js';
