@@ -83,7 +83,8 @@ describe('client library against a broker', () => {
     await using client = await connect({ path: seq, signal: ac.signal });
     assert.equal(getEventListeners(ac.signal, 'abort').length, 0, 'connect left its listener');
     for (let round = 0; round < 10; round++) {
-      const fds = await Promise.all(Array.from({ length: 1000 }, (_, i) => client.open(join(dir, `f${i % 50}`), 'r', 0, { signal: ac.signal, timeout: 60_000 })));
+      const opens = Array.from({ length: 1000 }, (_, i) => client.open(join(dir, `f${i % 50}`), 'r', 0, { signal: ac.signal, timeout: 60_000 }));
+      const fds = await Promise.all(opens);
       for (const fd of fds) closeSync(fd);
     }
     assert.equal(getEventListeners(ac.signal, 'abort').length, 0, 'answered requests left their abort listeners');

@@ -326,7 +326,9 @@ export class OpenHookClient extends EventEmitter {
       this.#tagged = false;
       return link;
     }
-    const answer = new Wait<Reply>({ timeout: HELLO_TIMEOUT_MS, signal, timeoutError: () => new TimeoutError(`no HELLO reply within ${HELLO_TIMEOUT_MS} ms`) });
+    const answer = new Wait<Reply>({
+      timeout: HELLO_TIMEOUT_MS, signal, timeoutError: () => new TimeoutError(`no HELLO reply within ${HELLO_TIMEOUT_MS} ms`),
+    });
     hello = (r, got) => {
       if (got >= 0) native.close(got);
       // A broker that predates HELLO answers it as an unknown command: -EPROTO.

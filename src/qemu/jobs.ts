@@ -43,7 +43,9 @@ export async function runJob(qmp: QmpClient, command: string, args: Record<strin
   concluded.catch(() => {}); // observed below; never an unhandled rejection if the command fails first
   try {
     await qmp.execute(command, args, { signal: options.signal, timeout: options.timeout });
-    const ended = new Wait<void>({ timeout: options.timeout, timeoutError: () => new QmpTimeoutError(`job ${id} did not end within ${options.timeout} ms`) });
+    const ended = new Wait<void>({
+      timeout: options.timeout, timeoutError: () => new QmpTimeoutError(`job ${id} did not end within ${options.timeout} ms`),
+    });
     concluded.then(() => ended.resolve(), (err: Error) => ended.reject(err));
     await ended.promise;
   } finally {
