@@ -140,7 +140,11 @@ export function receiveOne(fd: number, timeoutMs = 5000): Promise<{ bytes: strin
     const timer = setTimeout(() => (poller.close(), reject(new Error('no message'))), timeoutMs);
     const poller = new native.Poller(fd, PollMode.Receive, 1, (_events, count, status) => {
       if (count === 0) {
-        if (status !== 0) (clearTimeout(timer), poller.close(), reject(new Error(`socket status ${status}`)));
+        if (status !== 0) {
+          clearTimeout(timer);
+          poller.close();
+          reject(new Error(`socket status ${status}`));
+        }
         return;
       }
       const nfds = recvMeta[3]!;

@@ -62,7 +62,10 @@ describe('limits: running out of fds', () => {
         const c = new RawClient(native.dup(fd), 'seqpacket');
         c.send(openFrame(file));
         const r = await c.next(3000);
-        if (r) (served++, closeAll(r.fds));
+        if (r) {
+          served++;
+          closeAll(r.fds);
+        }
         else closed++;
         c.close();
       }
