@@ -16,5 +16,16 @@ export default tseslint.config(
       sourceType: 'module',
       globals: globals.node,
     },
+    rules: {
+      // An assert that throws in a finally block replaces the error that the try block was already
+      // throwing, so a test failure reports the cleanup, not the cause: assert after the finally.
+      'no-restricted-syntax': [
+        'error',
+        {
+          selector: "TryStatement > BlockStatement.finalizer :matches(CallExpression[callee.object.name='assert'], CallExpression[callee.name='assert'])",
+          message: 'No assert inside finally: it hides the error the try block threw. Keep the value, assert after the try statement.',
+        },
+      ],
+    },
   },
 );
