@@ -14,12 +14,13 @@ import { dirname, join } from 'node:path';
 const nodeGyp = process.env.npm_config_node_gyp ? [process.execPath, process.env.npm_config_node_gyp] : ['node-gyp'];
 const verbose = ['verbose', 'silly'].includes(process.env.npm_config_loglevel ?? '');
 
-const args = [];
+// node-gyp lets npm_config_* variables override its command line, so the headers go in by variable.
+const env = { ...process.env };
 const ownPrefix = dirname(dirname(process.execPath));
-if (!process.env.npm_config_nodedir && existsSync(join(ownPrefix, 'include', 'node', 'node_api.h'))) args.push(`--nodedir=${ownPrefix}`);
+if (!env.npm_config_nodedir && existsSync(join(ownPrefix, 'include', 'node', 'node_api.h'))) env.npm_config_nodedir = ownPrefix;
 
 function gyp(command) {
-  const r = spawnSync(nodeGyp[0], [...nodeGyp.slice(1), command, ...args], { stdio: verbose ? 'inherit' : 'pipe', encoding: 'utf8', maxBuffer: 64 << 20 });
+  const r = spawnSync(nodeGyp[0], [...nodeGyp.slice(1), command], { env, stdio: verbose ? 'inherit' : 'pipe', encoding: 'utf8', maxBuffer: 64 << 20 });
   return { ok: r.status === 0, output: `${r.error ? `${r.error.message}\n` : ''}${r.stdout ?? ''}${r.stderr ?? ''}` };
 }
 
@@ -27,7 +28,8 @@ let r = existsSync(join('build', 'Makefile')) ? gyp('build') : { ok: false, outp
 if (!r.ok) r = gyp('rebuild');
 if (!r.ok) {
   process.stderr.write(r.output);
-  process.stderr.write(`\nopenhook: building the native code failed (${nodeGyp.join(' ')} rebuild ${args.join(' ')}).\n` +
+  const headers = env.npm_config_nodedir ? `, with Node's headers from ${env.npm_config_nodedir}` : '';
+  process.stderr.write(`\nopenhook: building the native code failed (${nodeGyp.join(' ')} rebuild${headers}).\n` +
     'It needs g++, make and python3 (Debian: apt-get install build-essential python3), and Node\'s headers.\n');
   process.exit(1);
 }

@@ -45,7 +45,8 @@ describe('npm pack, then npm install -g from the tarball', () => {
   let install = { status: null as number | null, out: '' };
   before(() => {
     // --foreground-scripts shows what the install script prints, as npm does for a clone's own install.
-    install = npm(['install', '-g', '--prefix', prefix, '--foreground-scripts', tarball], outside);
+    // --nodedir= undoes a nodedir in the user's npmrc: a user's machine need not have one.
+    install = npm(['install', '-g', '--prefix', prefix, '--foreground-scripts', '--nodedir=', tarball], outside);
   });
 
   it('installs, building the native code offline with no .npmrc, and says nothing about the build', () => {
