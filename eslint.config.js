@@ -22,7 +22,8 @@ export default tseslint.config(
       'no-restricted-syntax': [
         'error',
         {
-          selector: "TryStatement > BlockStatement.finalizer :matches(CallExpression[callee.object.name='assert'], CallExpression[callee.name='assert'])",
+          selector:
+            "TryStatement > BlockStatement.finalizer :matches(CallExpression[callee.object.name='assert'], CallExpression[callee.name='assert'])",
           message: 'No assert inside finally: it hides the error the try block threw. Keep the value, assert after the try statement.',
         },
       ],

@@ -20,7 +20,12 @@ const ownPrefix = dirname(dirname(process.execPath));
 if (!env.npm_config_nodedir && existsSync(join(ownPrefix, 'include', 'node', 'node_api.h'))) env.npm_config_nodedir = ownPrefix;
 
 function gyp(command) {
-  const r = spawnSync(nodeGyp[0], [...nodeGyp.slice(1), command], { env, stdio: verbose ? 'inherit' : 'pipe', encoding: 'utf8', maxBuffer: 64 << 20 });
+  const r = spawnSync(nodeGyp[0], [...nodeGyp.slice(1), command], {
+    env,
+    stdio: verbose ? 'inherit' : 'pipe',
+    encoding: 'utf8',
+    maxBuffer: 64 << 20,
+  });
   return { ok: r.status === 0, output: `${r.error ? `${r.error.message}\n` : ''}${r.stdout ?? ''}${r.stderr ?? ''}` };
 }
 
@@ -29,7 +34,9 @@ if (!r.ok) r = gyp('rebuild');
 if (!r.ok) {
   process.stderr.write(r.output);
   const headers = env.npm_config_nodedir ? `, with Node's headers from ${env.npm_config_nodedir}` : '';
-  process.stderr.write(`\nopenhook: building the native code failed (${nodeGyp.join(' ')} rebuild${headers}).\n` +
-    'It needs g++, make and python3 (Debian: apt-get install build-essential python3), and Node\'s headers.\n');
+  process.stderr.write(
+    `\nopenhook: building the native code failed (${nodeGyp.join(' ')} rebuild${headers}).\n` +
+      "It needs g++, make and python3 (Debian: apt-get install build-essential python3), and Node's headers.\n",
+  );
   process.exit(1);
 }
