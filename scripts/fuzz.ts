@@ -105,7 +105,10 @@ function validFrame(): Buffer {
   b.writeUInt32LE(b.length, 0);
   b.writeUInt32LE(command, 4);
   let o = 8;
-  if (command === 0x101) (b.writeUInt32LE(rand(), o), (o += 4));
+  if (command === 0x101) {
+    b.writeUInt32LE(rand(), o);
+    o += 4;
+  }
   b.writeUInt32LE(randomFlags(), o);
   b.writeUInt32LE(chance(0.5) ? 0o644 : rand() & 0xffff, o + 4);
   b.writeUInt16LE(name.length, o + 8);

@@ -62,7 +62,10 @@ describe('limits: running out of fds', () => {
         const c = new RawClient(native.dup(fd), 'seqpacket');
         c.send(openFrame(file));
         const r = await c.next(3000);
-        if (r) (served++, closeAll(r.fds));
+        if (r) {
+          served++;
+          closeAll(r.fds);
+        }
         else closed++;
         c.close();
       }
@@ -194,6 +197,7 @@ describe('limits: caps and fairness', () => {
       const socket = join(tmp.path, `hangup-${kind}.sock`);
       const serve = await startServeUnder([], socket, [`--allow=${data}/:r`, ...(kind === 'stream' ? ['--stream'] : [])]);
       const pid = serve.child.pid!;
+      let stopped: unknown;
       try {
         const warm = RawClient.connect(socket, kind);
         const w = (await warm.request(openFrame(file)))!;
@@ -216,8 +220,9 @@ describe('limits: caps and fairness', () => {
         closeAll(r.fds);
         c.close();
       } finally {
-        assert.equal(await serve.stop(), 0);
+        stopped = await serve.stop();
       }
+      assert.equal(stopped, 0, 'the broker stopped cleanly');
     });
   }
 });

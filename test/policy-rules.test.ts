@@ -397,7 +397,10 @@ describe('the trie against a plain reading of the precedence rules', () => {
           const s = best(sp.segs, 0, comps, 0, sp.tree);
           if (!s) return;
           const c = top ? cmp(s, top) : 1;
-          if (c > 0 || (c === 0 && sp.deny && !specs[want]!.deny)) (top = s), (want = i);
+          if (c > 0 || (c === 0 && sp.deny && !specs[want]!.deny)) {
+            top = s;
+            want = i;
+          }
         });
         const d = p.decide(root, '/' + comps.join('/'), R);
         p.release(d);

@@ -17,7 +17,7 @@ import { C, native } from '../src/native.js';
 import { fixture, tempDir } from './helpers.js';
 import { closeAll, fdFlags, inodeOf, inProcessBroker, openFrame, RawClient, warmUp, type InProcessBroker } from './raw.js';
 
-const EACCES = 13, ENOENT = 2, ELOOP = 40, EXDEV = 18, EEXIST = 17, ENOTDIR = 20, EISDIR = 21;
+const EACCES = 13, ELOOP = 40, EXDEV = 18, EEXIST = 17, ENOTDIR = 20, EISDIR = 21;
 
 const tmp = tempDir('openhook-resolver-');
 const tree = join(tmp.path, 'tree');

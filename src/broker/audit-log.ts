@@ -208,7 +208,6 @@ function pathFields(path: string): string {
   // The common case: printable ASCII with nothing to escape.
   // eslint-disable-next-line no-control-regex
   if (!/[\x00-\x1f"\\\x80-\xff]/.test(path)) return `"path":"${path}"`;
-  // eslint-disable-next-line no-control-regex
   if (!/[\x80-\xff]/.test(path)) return `"path":${JSON.stringify(path)}`;
   const bytes = Buffer.from(path, 'latin1');
   if (isUtf8(bytes)) return `"path":${JSON.stringify(bytes.toString('utf8'))}`;

@@ -198,6 +198,7 @@ export class Connection {
       // Batch the replies only if they surely fit in the socket (one reply may always be tried):
       // a reply that cannot be sent keeps its fd, and a client that never reads must not make the
       // broker hold more than one.
+      // eslint-disable-next-line @typescript-eslint/no-this-alias -- records which connection owns the batch; not an alias for a closure
       if (count > 0 && !this.#assembler && (count === 1 || this.#sendRoom() >= count * REPLY_COST)) batchOwner = this;
       for (let i = 0, m = 0; i < count && !this.#closed && !this.#ending; i++) {
         const offset = recvMeta[m]!, length = recvMeta[m + 1]!, flags = recvMeta[m + 2]!;

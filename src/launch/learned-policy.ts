@@ -133,6 +133,7 @@ export function tomlString(path: ByteString): string | null {
 
 /** Control characters escaped, so that a name can never end a comment line and start a rule. */
 function oneLine(text: string): string {
+  // eslint-disable-next-line no-control-regex -- finding control characters is the point: they get escaped
   return text.replace(/[\x00-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
 }
 

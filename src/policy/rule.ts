@@ -101,7 +101,10 @@ function splitStars(part: string): string[] {
   for (let i = 0; i < part.length; i++) {
     const ch = part[i]!;
     if (ch === '\\' && (part[i + 1] === '*' || part[i + 1] === '\\')) cur += part[++i];
-    else if (ch === '*') (pieces.push(cur), (cur = ''));
+    else if (ch === '*') {
+      pieces.push(cur);
+      cur = '';
+    }
     else cur += ch;
   }
   pieces.push(cur);

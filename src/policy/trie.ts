@@ -167,9 +167,13 @@ export class Trie<E extends Entry> {
 
   #place(node: Node<E>, rule: Rule, seq: number, entry: E): E {
     if (rule.tree) {
-      if (better(entry, seq, node.tree, node.treeSeq)) (node.tree = entry), (node.treeSeq = seq);
+      if (better(entry, seq, node.tree, node.treeSeq)) {
+        node.tree = entry;
+        node.treeSeq = seq;
+      }
     } else if (better(entry, seq, node.exact, node.exactSeq)) {
-      (node.exact = entry), (node.exactSeq = seq);
+      node.exact = entry;
+      node.exactSeq = seq;
     }
     return entry;
   }
@@ -220,14 +224,20 @@ export class Trie<E extends Entry> {
       const next = node.lit.get(c);
       if (next) {
         this.#step(next, i, LIT, cmp);
-        if (this.#gen !== gen) (cmp = 0), (gen = this.#gen);
+        if (this.#gen !== gen) {
+          cmp = 0;
+          gen = this.#gen;
+        }
       }
     }
     if (node.globs) {
       for (const e of node.globs) {
         if (e.glob.kind === '*' || matchPart(e.glob.pieces, c)) {
           this.#step(e.node, i, e.rank, cmp);
-          if (this.#gen !== gen) (cmp = 0), (gen = this.#gen);
+          if (this.#gen !== gen) {
+            cmp = 0;
+            gen = this.#gen;
+          }
         }
       }
     }
@@ -243,7 +253,11 @@ export class Trie<E extends Entry> {
         }
         if (node.wide) {
           this.#search(node.wide, j, c2);
-          if (this.#gen !== gen) (cmp = 0), (c2 = 0), (gen = this.#gen);
+          if (this.#gen !== gen) {
+            cmp = 0;
+            c2 = 0;
+            gen = this.#gen;
+          }
         }
         cur[j] = WIDE;
         if (c2 === 0) c2 = WIDE > best[j]! ? 1 : WIDE < best[j]! ? -1 : 0;
