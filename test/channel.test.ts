@@ -139,7 +139,10 @@ describe('Channel: outbox and received fds', () => {
         const off = recvMeta[m]!, len = recvMeta[m + 1]!, nfds = recvMeta[m + 3]!;
         // The kernel hands an fd over with the read that takes the bytes of its message: the record
         // carrying it ends with 'tail'. Sent too early, it would come with a read of the big buffer.
-        for (let k = 0; k < nfds; k++) received.push(got.length + len), native.close(recvMeta[m + 4 + k]!);
+        for (let k = 0; k < nfds; k++) {
+          received.push(got.length + len);
+          native.close(recvMeta[m + 4 + k]!);
+        }
         got += recvArena.toString('latin1', off, off + len);
         m += 4 + nfds;
       }
