@@ -11,11 +11,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "napi.h"
@@ -70,10 +72,11 @@ static int split_path(const char *path, char *dir, size_t dircap, const char **b
 
 /* An inode number alone can be reused at once after an unlink, so a socket file is known by its
  * device, inode and birth time together (rename changes ctime, never btime), folded into 64 bits.
- * Where the filesystem has no birth time, device and inode remain. */
-static uint64_t file_identity(int dirfd, const char *name) {
+ * Where the filesystem has no birth time, device and inode remain. 0: not a socket, or not there.
+ * at_flags: AT_SYMLINK_NOFOLLOW for a name, AT_EMPTY_PATH (name "") for an O_PATH fd. */
+static uint64_t file_identity(int dirfd, const char *name, int at_flags) {
   struct statx stx;
-  if (statx(dirfd, name, AT_SYMLINK_NOFOLLOW, STATX_TYPE | STATX_INO | STATX_BTIME, &stx) < 0) return 0;
+  if (statx(dirfd, name, at_flags, STATX_TYPE | STATX_INO | STATX_BTIME, &stx) < 0) return 0;
   if ((stx.stx_mode & S_IFMT) != S_IFSOCK) return 0;
   uint64_t btime_s = (stx.stx_mask & STATX_BTIME) ? (uint64_t)stx.stx_btime.tv_sec : 0;
   uint64_t btime_ns = (stx.stx_mask & STATX_BTIME) ? stx.stx_btime.tv_nsec : 0;
@@ -83,36 +86,109 @@ static uint64_t file_identity(int dirfd, const char *name) {
   return h | 1; /* never 0, which means "not a socket" */
 }
 
-/* Whether something listens on the socket file NAME in DIRFD: a stale socket left by a broker that
- * died refuses connections (ECONNREFUSED) and may be replaced; a live one must never be stolen. The
- * connect goes through the directory fd's magic link, so it reaches exactly the file we examined. */
-static bool socket_is_live(int dirfd, const char *name, int type) {
+/* Whether the socket file that the O_PATH fd FILE holds is dead: no socket at all is bound to it,
+ * so that it may be removed. The probe is a SOCK_DGRAM connect through the fd's magic link, so it
+ * reaches exactly the file we examined, whatever the length of its path. The kernel finds the
+ * socket bound to the inode before it looks at its state: a socket of another type answers
+ * EPROTOTYPE even while it is bound and not yet listening (a broker starting at this very moment),
+ * a datagram socket accepts, and only a file that no socket holds answers ECONNREFUSED. Our
+ * listeners are stream or seqpacket, so a socket bound there never looks dead. Any other answer
+ * (EACCES, say) proves nothing, and keeps the file. */
+static bool socket_is_dead(int file) {
   struct sockaddr_un addr = {.sun_family = AF_UNIX};
-  if ((size_t)snprintf(addr.sun_path, sizeof addr.sun_path, "/proc/self/fd/%d/%s", dirfd, name) >= sizeof addr.sun_path)
-    return false; /* cannot name it briefly enough to ask; treat it as stale, as bind would */
-  int probe = socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  snprintf(addr.sun_path, sizeof addr.sun_path, "/proc/self/fd/%d", file);
+  int probe = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (probe < 0) return false;
   int r;
   do r = connect(probe, (struct sockaddr *)&addr, sizeof addr);
   while (r < 0 && errno == EINTR);
-  /* EAGAIN: a full backlog, so someone listens; EPROTOTYPE: someone listens with another type. */
-  bool live = r == 0 || errno == EAGAIN || errno == EPROTOTYPE;
+  bool dead = r < 0 && errno == ECONNREFUSED;
   close(probe);
-  return live;
+  return dead;
+}
+
+/* Serialises the removal of a dead socket among brokers starting at once: an exclusive flock on the
+ * directory, held from the probe to the listen. Advisory, and only between brokers: so that no one
+ * who can read the directory can stop a broker from starting by holding the lock, it waits at most
+ * a second and then goes on without it (docs/security.md, "The listening socket"). Returns the
+ * locked fd, or -1 (no lock: the directory is unreadable, or the wait ran out). */
+static int lock_directory(int dirfd) {
+  int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  for (int tries = 0; tries < 100; tries++) {
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0) return fd;
+    if (errno != EWOULDBLOCK && errno != EINTR) break;
+    struct timespec ten_ms = {0, 10 * 1000 * 1000};
+    nanosleep(&ten_ms, NULL);
+  }
+  close(fd);
+  return -1;
+}
+
+/* What is at NAME in DIRFD, where bind found something: -EEXIST if it is not a socket (a symlink
+ * included: it is never followed), -EADDRINUSE if a socket is bound to it, -ENOENT if it went away
+ * meanwhile, or 0 once the dead socket that was there has been removed. It is removed only if the
+ * name still holds the very file the probe found dead, so that a socket bound since is never taken. */
+static int remove_dead_socket(int dirfd, const char *name) {
+  int file = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  if (file < 0) return -errno;
+  struct stat st;
+  int r = fstat(file, &st) < 0 ? -errno : !S_ISSOCK(st.st_mode) ? -EEXIST : 0;
+  if (r == 0) {
+    uint64_t identity = file_identity(file, "", AT_EMPTY_PATH);
+    if (!socket_is_dead(file)) r = -EADDRINUSE;
+    else if (file_identity(dirfd, name, AT_SYMLINK_NOFOLLOW) != identity) r = -ENOENT; /* replaced: look again */
+    else if (unlinkat(dirfd, name, 0) < 0 && errno != ENOENT) r = -errno;
+  }
+  close(file);
+  return r;
+}
+
+/* The address to bind: PATH made absolute, so that the kernel records the name an operator can
+ * find (ss -xlp, /proc/net/unix). An absolute PATH is kept as written; a relative one gets the
+ * directory's real path (the magic link's target). Only a name longer than sun_path allows is bound
+ * through the directory fd's magic link instead, and recorded so. */
+static int bind_address(const char *path, int dirfd, const char *base, struct sockaddr_un *addr) {
+  char abs[PATH_MAX], magic[32];
+  memset(addr, 0, sizeof *addr);
+  addr->sun_family = AF_UNIX;
+  size_t cap = sizeof addr->sun_path;
+  if (path[0] == '/') {
+    if (strlen(path) < cap) return snprintf(addr->sun_path, cap, "%s", path), 0;
+  } else {
+    snprintf(magic, sizeof magic, "/proc/self/fd/%d", dirfd);
+    ssize_t n = readlink(magic, abs, sizeof abs - 1);
+    if (n > 0 && abs[0] == '/') {
+      abs[n] = 0;
+      if ((size_t)snprintf(addr->sun_path, cap, "%s%s%s", abs, n > 1 ? "/" : "", base) < cap) return 0;
+    }
+  }
+  if ((size_t)snprintf(addr->sun_path, cap, "/proc/self/fd/%d/%s", dirfd, base) >= cap) return -ENAMETOOLONG;
+  return 0;
 }
 
 /* listenUnix(path, type, mode, backlog) -> { fd, identity }
  *
- * The socket is bound inside a fresh private directory next to PATH, given its mode there, and only
- * then renamed into place with RENAME_NOREPLACE. So the socket is never reachable with the wrong mode,
- * the process umask is never touched (it is process-wide and other threads create files), and
- * nothing that is not a socket, and no symlink, is ever unlinked or followed at PATH. */
+ * Binds at PATH itself, so that the kernel records PATH as the socket's name, and keeps three
+ * promises (docs/security.md, "The listening socket"):
+ * - It never replaces a socket that a live process holds. bind() never replaces anything; when
+ *   something is at PATH, it is removed only if it is a socket that no socket is bound to (see
+ *   socket_is_dead: a broker that has bound and not yet listened counts as live), and only while
+ *   it is still the file the probe found dead.
+ * - It never unlinks anything that is not a socket, and never follows a symlink at PATH: bind does
+ *   not follow one (EADDRINUSE), and what is there is examined with AT_SYMLINK_NOFOLLOW.
+ * - The socket is never connectable with more permissions than MODE: its mode is set on the socket
+ *   before bind, which creates the file with it less the umask; bits the umask took are put back
+ *   (through an O_PATH fd of the file, checked to be a socket) before listen(), and until listen()
+ *   no one can connect at all. The process umask is never touched: it is process-wide.
+ * Brokers starting at once serialise the removal of a dead socket on a lock of the directory (see
+ * lock_directory). What remains is in docs/security.md. */
 static napi_value js_listen_unix(napi_env env, napi_callback_info info) {
   ARGS(4);
   INT_ARG(1, type);
   UINT_ARG(2, mode);
   INT_ARG(3, backlog);
-  char path[PATH_MAX], dir[PATH_MAX], tmpl[PATH_MAX], bindpath[64];
+  char path[PATH_MAX], dir[PATH_MAX];
   const char *base;
   int r = arg_path(env, argv[0], path, sizeof path, NULL);
   if (r) return throw_errno(env, -r, "bind");
@@ -120,38 +196,13 @@ static napi_value js_listen_unix(napi_env env, napi_callback_info info) {
 
   int dirfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (dirfd < 0) return throw_errno(env, errno, "open");
-  struct stat st;
-  if (fstatat(dirfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-    if (!S_ISSOCK(st.st_mode)) {
-      close(dirfd);
-      return throw_errno(env, EEXIST, "bind (path exists and is not a socket)");
-    }
-    if (socket_is_live(dirfd, base, type)) {
-      close(dirfd);
-      return throw_errno(env, EADDRINUSE, "bind (another process is listening on this socket)");
-    }
-    if (unlinkat(dirfd, base, 0) < 0 && errno != ENOENT) {
-      int e = errno;
-      close(dirfd);
-      return throw_errno(env, e, "unlink");
-    }
-  }
-
-  if ((size_t)snprintf(tmpl, sizeof tmpl, "%s/.openhook-XXXXXX", dir) >= sizeof tmpl) {
-    close(dirfd);
-    return throw_errno(env, ENAMETOOLONG, "bind");
-  }
-  if (!mkdtemp(tmpl)) {
-    int e = errno;
-    close(dirfd);
-    return throw_errno(env, e, "mkdtemp");
-  }
-  int tmpfd = open(tmpl, O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
-  int fd = -1, err = 0;
+  struct sockaddr_un addr;
+  int fd = -1, lockfd = -1, pathfd = -1, err = 0;
   uint64_t identity = 0;
-  const char *failed = NULL;
-  if (tmpfd < 0) {
-    err = errno, failed = "open";
+  const char *failed = "bind";
+  bool bound = false;
+  if ((r = bind_address(path, dirfd, base, &addr))) {
+    err = -r;
     goto out;
   }
   fd = socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -159,32 +210,62 @@ static napi_value js_listen_unix(napi_env env, napi_callback_info info) {
     err = errno, failed = "socket";
     goto out;
   }
-  /* Bind through the directory fd's magic link: the private path is short whatever PATH's length. */
-  snprintf(bindpath, sizeof bindpath, "/proc/self/fd/%d/s", tmpfd);
-  struct sockaddr_un addr = {.sun_family = AF_UNIX};
-  memcpy(addr.sun_path, bindpath, strlen(bindpath) + 1);
-  if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
-    err = errno, failed = "bind";
-    goto out;
-  }
-  if (fchmodat(tmpfd, "s", mode & 07777, 0) < 0) {
+  /* The mode of the socket's own inode is the mode bind gives the file (less the umask). */
+  if (fchmod(fd, mode & 07777) < 0) {
     err = errno, failed = "chmod";
     goto out;
   }
-  identity = file_identity(tmpfd, "s");
-  if (syscall(SYS_renameat2, tmpfd, "s", dirfd, base, RENAME_NOREPLACE) < 0) {
-    err = errno, failed = "rename";
+  for (int tries = 0; tries < 4 && !bound; tries++) {
+    if (bind(fd, (struct sockaddr *)&addr, sizeof addr) == 0) {
+      bound = true;
+      break;
+    }
+    if (errno != EADDRINUSE) {
+      err = errno;
+      goto out;
+    }
+    if (lockfd < 0) lockfd = lock_directory(dirfd);
+    r = remove_dead_socket(dirfd, base);
+    if (r == -EEXIST) {
+      err = EEXIST, failed = "bind (path exists and is not a socket)";
+      goto out;
+    }
+    if (r == -EADDRINUSE) {
+      err = EADDRINUSE, failed = "bind (another process is listening on this socket)";
+      goto out;
+    }
+    if (r < 0 && r != -ENOENT) {
+      err = -r, failed = "unlink";
+      goto out;
+    }
+  }
+  if (!bound) {
+    err = EADDRINUSE, failed = "bind (the path keeps changing)";
     goto out;
+  }
+  pathfd = openat(dirfd, base, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  identity = pathfd < 0 ? 0 : file_identity(pathfd, "", AT_EMPTY_PATH);
+  if (!identity) { /* not a socket at PATH a moment after our bind: someone else writes there */
+    err = EEXIST, failed = "bind (the socket file was replaced)";
+    goto out;
+  }
+  struct stat st;
+  if (fstat(pathfd, &st) < 0 || (st.st_mode & 07777) != (mode & 07777)) {
+    char magic[32];
+    snprintf(magic, sizeof magic, "/proc/self/fd/%d", pathfd);
+    if (chmod(magic, mode & 07777) < 0) {
+      err = errno, failed = "chmod";
+      goto out;
+    }
   }
   if (listen(fd, backlog) < 0) {
     err = errno, failed = "listen";
-    unlinkat(dirfd, base, 0);
     goto out;
   }
 out:
-  if (err && tmpfd >= 0) unlinkat(tmpfd, "s", 0);
-  rmdir(tmpl);
-  if (tmpfd >= 0) close(tmpfd);
+  if (err && bound && identity && file_identity(dirfd, base, AT_SYMLINK_NOFOLLOW) == identity) unlinkat(dirfd, base, 0);
+  if (pathfd >= 0) close(pathfd);
+  if (lockfd >= 0) close(lockfd); /* releases the lock, after listen() */
   close(dirfd);
   if (err) {
     if (fd >= 0) close(fd);
@@ -212,7 +293,7 @@ static napi_value js_unlink_socket(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "identity must be a bigint");
     return NULL;
   }
-  bool removed = identity != 0 && file_identity(AT_FDCWD, path) == identity && unlink(path) == 0;
+  bool removed = identity != 0 && file_identity(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW) == identity && unlink(path) == 0;
   napi_value out;
   napi_get_boolean(env, removed, &out);
   return out;
