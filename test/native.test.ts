@@ -3,7 +3,8 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { lstatSync, readFileSync, statSync, symlinkSync, writeFileSync, openSync, closeSync, existsSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { C, native, PollMode, recvArena, recvMeta, check } from '../src/native.js';
+import { C, native, PollMode, recvArena, recvMeta, check, systemError } from '../src/native.js';
+import { E } from '../src/errno.js';
 import { MAX_FRAME } from '../src/protocol/constants.js';
 import { encodeTaggedOpen } from '../src/protocol/frames.js';
 import { fdCount, ROOT, sleep, tempDir } from './helpers.js';
@@ -257,6 +258,22 @@ describe('native: errors and files', () => {
       assert.match(err.message, /^ENOENT: /);
       return true;
     });
+  });
+
+  it('builds every errno error in one place, systemError(), whichever side throws it', () => {
+    // The addon reports errno and syscall only; its errors are the ones check() builds for a -errno.
+    const fromC = (() => { try { native.connectUnix(Buffer.from(join(tmp.path, 'nope.sock')), C.SOCK_SEQPACKET); } catch (e) { return e as Error; } })()!;
+    const fromTs = systemError(-E.ENOENT, 'connect');
+    assert.equal(fromC.message, fromTs.message);
+    assert.equal(fromC.message, 'ENOENT: no such file or directory, connect', 'libuv\'s wording, as Node\'s own errors');
+    assert.equal(Object.getPrototypeOf(fromC), Object.getPrototypeOf(fromTs));
+    assert.deepEqual({ ...fromC }, { ...fromTs });
+    // The listener's refusals keep the reason in the syscall, and use names the C side never had a table for.
+    writeFileSync(join(tmp.path, 'plain'), '');
+    assert.throws(() => native.listenUnix(Buffer.from(join(tmp.path, 'plain')), C.SOCK_SEQPACKET, 0o600, 8), {
+      code: 'EEXIST', errno: -E.EEXIST, message: 'EEXIST: file already exists, bind (path exists and is not a socket)',
+    });
+    assert.equal(systemError(-E.EHOSTUNREACH, 'x').code, 'EHOSTUNREACH');
   });
 
   it('returns -errno from request-path calls, and openat2 stays beneath its root', () => {
