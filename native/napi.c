@@ -140,8 +140,11 @@ napi_status export_functions(napi_env env, napi_value exports, const export_fn *
 }
 
 napi_status export_class(napi_env env, napi_value exports, const char *name, napi_callback ctor, const export_fn *methods, size_t n) {
-  napi_property_descriptor d[8];
-  if (n > COUNT(d)) return napi_invalid_arg;
+  napi_property_descriptor d[16];
+  if (n > COUNT(d)) {
+    napi_throw_range_error(env, "ERR_OPENHOOK_NAPI", "export_class: more methods than napi.c allows");
+    return napi_invalid_arg;
+  }
   for (size_t i = 0; i < n; i++) d[i] = (napi_property_descriptor){methods[i].name, NULL, methods[i].fn, NULL, NULL, NULL, napi_default, NULL};
   napi_value cls;
   napi_status s = napi_define_class(env, name, NAPI_AUTO_LENGTH, ctor, NULL, n, d, &cls);

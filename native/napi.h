@@ -41,7 +41,7 @@ typedef struct {
 } export_fn;
 napi_status export_functions(napi_env env, napi_value exports, const export_fn *fns, size_t n);
 
-/* Defines the class name (constructor ctor, methods from a table) on exports. */
+/* Defines the class name (constructor ctor, at most 16 methods from a table) on exports. */
 napi_status export_class(napi_env env, napi_value exports, const char *name, napi_callback ctor, const export_fn *methods, size_t n);
 
 #define COUNT(table) (sizeof(table) / sizeof((table)[0]))

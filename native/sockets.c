@@ -231,7 +231,7 @@ static napi_value js_listen_unix(napi_env env, napi_callback_info info) {
       goto out;
     }
     if (r == -EADDRINUSE) {
-      err = EADDRINUSE, failed = "bind (another process is listening on this socket)";
+      err = EADDRINUSE, failed = "bind (another process is listening on this socket, or is about to)";
       goto out;
     }
     if (r < 0 && r != -ENOENT) {
