@@ -12,7 +12,7 @@ import { existsSync, linkSync, mkdirSync, readFileSync, statSync, symlinkSync, w
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { AuditRecord } from '../src/broker/audit.js';
-import { ioFlagsOf, Resolver } from '../src/broker/resolver.js';
+import { codeOf, ioFlagsOf, Resolver } from '../src/resolver/resolver.js';
 import { C, native } from '../src/native.js';
 import { fixture, tempDir } from './helpers.js';
 import { closeAll, fdFlags, inodeOf, inProcessBroker, openFrame, RawClient, warmUp, type InProcessBroker } from './raw.js';
@@ -352,7 +352,7 @@ describe('resolver: EAGAIN from openat2', () => {
         const deadline = Date.now() + 10_000;
         while ((failures < 20 || (retries > 0 && successes < 5)) && Date.now() < deadline) {
           const seen = resolver.stats.eagain;
-          const fd = resolver.open(root, 'a/link', C.O_RDONLY, 0, options);
+          const fd = codeOf(resolver.open(root, 'a/link', C.O_RDONLY, 0, options));
           const tries = resolver.stats.eagain - seen;
           if (fd >= 0) {
             assert.equal(inodeOf(fd), targetIno);
@@ -384,8 +384,8 @@ describe('resolver: magic links', () => {
     const resolver = new Resolver();
     const options = { followSymlinks: true, directories: false, fifos: false, hardlinks: 'read-only' as const };
     try {
-      assert.equal(resolver.open(root, `fd/${target}`, C.O_RDONLY, 0, options), -ELOOP);
-      assert.equal(await resolver.openSlow(root, `fd/${target}`, C.O_RDONLY, 0, options, null), -ELOOP);
+      assert.equal(codeOf(resolver.open(root, `fd/${target}`, C.O_RDONLY, 0, options)), -ELOOP);
+      assert.equal(codeOf(await resolver.openSlow(root, `fd/${target}`, C.O_RDONLY, 0, options, null)), -ELOOP);
     } finally {
       resolver.close();
       native.close(target);

@@ -19,7 +19,7 @@ import type { AuditSink } from './audit.js';
 import { Connection, DEFAULT_CONNECTION_LIMITS, type ConnectionFamily, type ConnectionHost, type ConnectionLimits, type SocketKind } from './connection.js';
 import { Metrics, snapshot, type BrokerState, type StatusReport } from './metrics.js';
 import { encodeStatusReply } from '../protocol/frames.js';
-import { missingSupport, Resolver } from './resolver.js';
+import { missingSupport, Resolver } from '../resolver/resolver.js';
 import type { ServiceContext } from './service.js';
 
 export interface BrokerLimits extends ConnectionLimits {
@@ -125,6 +125,8 @@ export class Broker implements ConnectionHost {
     this.#ctx = { ...this.#ctx, policy };
     if (old !== policy) {
       old.close();
+      // Roots are reopened as the new policy uses them; opens in flight keep theirs (roots.ts).
+      this.#ctx.resolver.roots.retireAll();
       this.#generation++;
       this.#loadedAt = Date.now();
     }

@@ -20,10 +20,11 @@ import { C, native, PollMode, recvArena, recvMeta, type NativePoller } from '../
 import type { Peer } from '../policy/policy.js';
 import { Command } from '../protocol/constants.js';
 import { hostEndian } from '../protocol/endian.js';
-import { DecodeError, decodeRequest, encodeHelloReply, encodeReply, encodeTaggedReply, newRequest } from '../protocol/frames.js';
+import { DecodeError, decodeRequest, encodeHelloReply, encodeReply, encodeTaggedReply, newRequest, type Request } from '../protocol/frames.js';
 import { FrameAssembler } from '../protocol/stream.js';
-import { OpenCancel } from './resolver.js';
-import { FEATURES, serveOpen, type ServiceContext } from './service.js';
+import { fromBytes } from '../bytestring.js';
+import { OpenCancel } from '../resolver/resolver.js';
+import { FEATURES, serveOpen, type OpenRequest, type ServiceContext } from './service.js';
 
 const EPROTO = 71, EAGAIN = 11, EINVAL = 22;
 /** Messages drained per wake-up: enough to amortise the call into JS, few enough to be fair. */
@@ -94,6 +95,7 @@ interface Entry {
 
 /** Scratch space shared by all connections: requests are served one at a time on the event loop. */
 const request = newRequest();
+const openRequest: OpenRequest = { command: 0, path: '', flags: 0, mode: 0 };
 const replyBuf = Buffer.alloc(32);
 const EMPTY = Buffer.alloc(0);
 
@@ -282,7 +284,7 @@ export class Connection {
     }
     switch (request.command) {
       case Command.QEMU_OPEN: {
-        const out = serveOpen(this.#host.context(), this.peer, request, this.#cancel);
+        const out = serveOpen(this.#host.context(), this.peer, openRequestOf(request), this.#cancel);
         if (typeof out !== 'number') {
           this.#waitFor(out, slot);
           return;
@@ -292,7 +294,7 @@ export class Connection {
       }
       case Command.OPEN_TAGGED: {
         const id = request.id;
-        const out = serveOpen(this.#host.context(), this.peer, request, this.#cancel);
+        const out = serveOpen(this.#host.context(), this.peer, openRequestOf(request), this.#cancel);
         if (typeof out !== 'number') {
           if (slot) slot.state = DONE;
           this.#slowTagged++;
@@ -566,4 +568,13 @@ export class Connection {
     native.close(this.fd);
     this.#host.released(this);
   }
+}
+
+/** The open a decoded frame asks for (in the shared scratch request: serveOpen copies what outlives it). */
+function openRequestOf(frame: Request): OpenRequest {
+  openRequest.command = frame.command;
+  openRequest.path = fromBytes(frame.buf, frame.nameOffset, frame.nameOffset + frame.nameLength);
+  openRequest.flags = frame.flags;
+  openRequest.mode = frame.mode;
+  return openRequest;
 }
