@@ -15,8 +15,9 @@ import { Policy } from '../src/policy/policy.js';
 import { parseAllowFlag } from '../src/policy/rule.js';
 import { fdCount, sleep, tempDir } from './helpers.js';
 import { closeAll, inodeOf, inProcessBroker, openFrame, RawClient, taggedFrame, type InProcessBroker } from './raw.js';
+import { E } from '../src/errno.js';
 
-const EPROTO = 71, ENOENT = 2, EPIPE = 32, ECONNRESET = 104, EAGAIN = 11;
+const { EPROTO, ENOENT, EPIPE, ECONNRESET, EAGAIN } = E;
 
 const tmp = tempDir('openhook-conn-');
 const file = join(tmp.path, 'data', 'file');
@@ -320,7 +321,7 @@ describe('connection: CONNECT and the caps', () => {
       assert.equal(first.result, 0, 'a second connection for this uid is within the cap');
       assert.equal(first.fds.length, 1);
       const second = (await c.request(connect))!;
-      assert.equal(second.result, -24, 'a third is not: EMFILE');
+      assert.equal(second.result, -E.EMFILE, 'a third is not: EMFILE');
       assert.deepEqual(second.fds, []);
       const d = new RawClient(first.fds[0]!, 'seqpacket');
       const r = (await d.request(openFrame(file)))!;

@@ -11,6 +11,7 @@ import { compilePolicy, parsePolicyText } from '../src/policy/file.js';
 import { Policy, type Peer } from '../src/policy/policy.js';
 import { parseAllowFlag, parseDenyFlag, parseRulePath } from '../src/policy/rule.js';
 import { tempDir } from './helpers.js';
+import { E } from '../src/errno.js';
 
 const R = Access.READ, W = Access.WRITE, C = Access.CREATE;
 const root: Peer = { pid: 1, uid: 0, gid: 0, groups: [] };
@@ -182,7 +183,7 @@ access = "r"
     const p = policy('[[rule]]\nallow = "@/srv/"\naccess = "rwc"\n[[rule]]\nallow = "@/srv/vm/"\naccess = "r"\n');
     const d = p.decide(root, fromText(`${T}/srv/vm/a`), R | W);
     assert.equal(d.allowed, false);
-    assert.equal(d.errno, 13);
+    assert.equal(d.errno, E.EACCES);
     assert.match(d.reason, /grants 'r', the request needs 'rw'/);
     assert.equal(verdict(p, '@/srv/vm/a', R | W | C), 'deny:4');
     assert.equal(verdict(p, '@/srv/other/a', R | W | C), 'allow:1');
@@ -193,14 +194,14 @@ access = "r"
 describe('denial errnos', () => {
   it('denies unmatched paths with EACCES by default, or the configured errno; deny rules may set their own', () => {
     const p = policy('deny_errno = "ENOENT"\n[[rule]]\nallow = "@/srv/"\naccess = "r"\n[[rule]]\ndeny = "@/srv/vm/"\ndeny_errno = "EPERM"\n[[rule]]\ndeny = "@/srv/other/"\n');
-    assert.equal(p.decide(root, '/etc/passwd', R).errno, 2);
-    assert.equal(p.decide(root, fromText(`${T}/srv/vm/a`), R).errno, 1);
-    assert.equal(p.decide(root, fromText(`${T}/srv/other/a`), R).errno, 2);
-    assert.equal(p.decide(root, fromText(`${T}/srv/a`), W).errno, 2, 'too little access: the policy errno');
+    assert.equal(p.decide(root, '/etc/passwd', R).errno, E.ENOENT);
+    assert.equal(p.decide(root, fromText(`${T}/srv/vm/a`), R).errno, E.EPERM);
+    assert.equal(p.decide(root, fromText(`${T}/srv/other/a`), R).errno, E.ENOENT);
+    assert.equal(p.decide(root, fromText(`${T}/srv/a`), W).errno, E.ENOENT, 'too little access: the policy errno');
     p.close();
     const q = policy('[[rule]]\nallow = "@/srv/"\naccess = "r"\n[[rule]]\ndeny = "@/srv/vm/"\ndeny_errno = 2\n');
-    assert.equal(q.decide(root, '/etc/passwd', R).errno, 13);
-    assert.equal(q.decide(root, fromText(`${T}/srv/vm/x`), R).errno, 2);
+    assert.equal(q.decide(root, '/etc/passwd', R).errno, E.EACCES);
+    assert.equal(q.decide(root, fromText(`${T}/srv/vm/x`), R).errno, E.ENOENT);
     q.close();
   });
 

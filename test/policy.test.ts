@@ -7,6 +7,7 @@ import { normalise } from '../src/policy/path.js';
 import { Policy, type Peer } from '../src/policy/policy.js';
 import { parseAllowFlag, parseDenyFlag, PolicyError } from '../src/policy/rule.js';
 import { tempDir } from './helpers.js';
+import { E } from '../src/errno.js';
 
 const peer: Peer = { pid: 1, uid: 0, gid: 0, groups: [] };
 
@@ -20,7 +21,7 @@ describe('policy from flags', () => {
     const p = new Policy([parseAllowFlag(`${vm}/:r`)]);
     const d = p.decide(peer, fromText('/etc/passwd'), Access.READ);
     assert.equal(d.allowed, false);
-    assert.equal(d.errno, 13);
+    assert.equal(d.errno, E.EACCES);
     assert.equal(d.rule, null);
     p.close();
   });

@@ -16,8 +16,9 @@ import { codeOf, ioFlagsOf, Resolver } from '../src/resolver/resolver.js';
 import { C, native } from '../src/native.js';
 import { fixture, tempDir } from './helpers.js';
 import { closeAll, fdFlags, inodeOf, inProcessBroker, openFrame, RawClient, warmUp, type InProcessBroker } from './raw.js';
+import { E } from '../src/errno.js';
 
-const EACCES = 13, ENOENT = 2, ELOOP = 40, EXDEV = 18, EEXIST = 17, ENOTDIR = 20, EISDIR = 21;
+const { EACCES, ENOENT, ELOOP, EXDEV, EEXIST, ENOTDIR, EISDIR } = E;
 
 const tmp = tempDir('openhook-resolver-');
 const tree = join(tmp.path, 'tree');
@@ -360,7 +361,7 @@ describe('resolver: EAGAIN from openat2', () => {
             assert.ok(tries <= retries, `success after ${tries} EAGAINs with ${retries} retries`);
             successes++;
           } else {
-            assert.equal(fd, -11, `only EAGAIN may come back, got ${fd}`);
+            assert.equal(fd, -E.EAGAIN, `only EAGAIN may come back, got ${fd}`);
             assert.equal(tries, retries + 1, 'exactly the bound of attempts, then EAGAIN');
             failures++;
           }

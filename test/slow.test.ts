@@ -13,8 +13,9 @@ import { Resolver } from '../src/resolver/resolver.js';
 import { C, native } from '../src/native.js';
 import { fdCount, fixture, settledFdCount, sleep, tempDir } from './helpers.js';
 import { closeAll, inodeOf, inProcessBroker, openFrame, RawClient, taggedFrame, type InProcessBroker } from './raw.js';
+import { E } from '../src/errno.js';
 
-const ECANCELED = 125;
+const { ECANCELED } = E;
 const tmp = tempDir('openhook-slow-');
 const local = join(tmp.path, 'local');
 const fuse = join(tmp.path, 'fuse');

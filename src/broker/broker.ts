@@ -22,6 +22,7 @@ import { encodeStatusReply } from '../protocol/frames.js';
 import { missingSupport, Resolver } from '../resolver/resolver.js';
 import { ReplyBatch } from './reply-batch.js';
 import type { ServiceContext } from './service.js';
+import { E } from '../errno.js';
 
 export interface BrokerLimits extends ConnectionLimits {
   /** connections served at once; beyond, new ones are closed at accept (default 4096) */
@@ -65,7 +66,7 @@ export class UnsupportedSystemError extends Error {
   readonly code = 'ERR_OPENHOOK_UNSUPPORTED';
 }
 
-const EACCES = 13, EAGAIN = 11, EMFILE = 24, EPIPE = 32, ENFILE = 23, ENOBUFS = 105, ENOMEM = 12;
+const { EACCES, EAGAIN, EMFILE, EPIPE, ENFILE, ENOBUFS, ENOMEM } = E;
 /** Connections accepted per wake-up, so that a connection storm cannot monopolise the loop. */
 const ACCEPT_BATCH = 64;
 /** How long accepting pauses when the process is out of fds and no reserve fd is left. */

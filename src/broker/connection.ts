@@ -26,8 +26,9 @@ import { REPLY_SLOT, type ReplyBatch } from './reply-batch.js';
 import { fromBytes } from '../bytestring.js';
 import { OpenCancel } from '../resolver/resolver.js';
 import { FEATURES, serveOpen, type OpenRequest, type ServiceContext } from './service.js';
+import { E } from '../errno.js';
 
-const EPROTO = 71, EAGAIN = 11, EINVAL = 22;
+const { EPROTO, EAGAIN, EINVAL } = E;
 /** Messages drained per wake-up: enough to amortise the call into JS, few enough to be fair. */
 export const BATCH = 64;
 /** Bytes drained per wake-up on SOCK_STREAM, where one read can hold many frames. */

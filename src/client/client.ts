@@ -22,6 +22,7 @@ import type { StatusReport } from '../broker/metrics.js';
 import { AbortError, ClientClosedError, ConnectionLostError, ProtocolError, TimeoutError } from './errors.js';
 import { toFlags, type OpenFlags } from './flags.js';
 import { Link, type LinkKind } from './link.js';
+import { E } from '../errno.js';
 
 export interface ConnectOptions {
   /** the broker's socket path */
@@ -81,7 +82,7 @@ interface Pending {
   retried: boolean;
 }
 
-const EAGAIN = 11;
+const { EAGAIN } = E;
 const CONNECT_RETRY_MS = 5;
 const HELLO_TIMEOUT_MS = 5000;
 const RECONNECT_DEFAULTS: Required<ReconnectOptions> = { initialDelay: 10, maxDelay: 1000, timeout: 10_000 };
@@ -218,7 +219,7 @@ export class OpenHookClient extends EventEmitter {
     } catch (err) {
       return Promise.reject(err);
     }
-    if (name.length > Size.NAME_MAX_WIRE) return Promise.reject(systemError(36, 'open', shown)); // ENAMETOOLONG
+    if (name.length > Size.NAME_MAX_WIRE) return Promise.reject(systemError(-E.ENAMETOOLONG, 'open', shown));
     return this.#request(Command.QEMU_OPEN, name, wire, mode, shown, options) as Promise<number>;
   }
 

@@ -10,6 +10,7 @@ import { Command } from '../protocol/constants.js';
 import { decodeReply, type Reply } from '../protocol/frames.js';
 import { FrameAssembler } from '../protocol/stream.js';
 import { ClientClosedError, ProtocolError } from './errors.js';
+import { E } from '../errno.js';
 
 export type LinkKind = 'seqpacket' | 'stream';
 
@@ -20,7 +21,7 @@ export interface LinkEvents {
   lost(err: Error): void;
 }
 
-const EAGAIN = 11, ECONNRESET = 104;
+const { EAGAIN, ECONNRESET } = E;
 
 /** Whether a successful reply to this command carries an fd: opens do; HELLO and STATUS do not. */
 function carriesFd(command: number): boolean {

@@ -22,6 +22,7 @@ import { StringDecoder } from 'node:string_decoder';
 import { AbortError } from '../client/errors.js';
 import { C, native, PollMode, recvArena, recvMeta, systemError, type NativePoller } from '../native.js';
 import { QmpClosedError, QmpError, QmpProtocolError, QmpTimeoutError } from './errors.js';
+import { E } from '../errno.js';
 
 export interface QmpGreeting {
   version: { qemu: { major: number; minor: number; micro: number }; package: string };
@@ -94,7 +95,7 @@ interface Outgoing {
   fds: readonly number[] | null;
 }
 
-const EAGAIN = 11, ECONNRESET = 104;
+const { EAGAIN, ECONNRESET } = E;
 /** A line longer than this is not QMP; refuse it rather than buffer without bound. */
 const MAX_LINE = 64 * 1024 * 1024;
 const CONNECT_RETRY_MS = 10;
