@@ -1,10 +1,11 @@
 /**
  * The resolver's one state machine (src/resolver/machine.ts), through both of its drivers: every
  * scenario runs on the event loop (the sync driver) and on the thread pool (the pool driver), and
- * the two must give the same result, reasons included. Real files, real syscalls.
+ * the two must give the same result, reasons included. Real files, real syscalls. (The EAGAIN bound
+ * under a real renaming race, on both drivers: resolver.test.ts.)
  */
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { linkSync, mkdirSync, statSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -13,7 +14,7 @@ import { C, native } from '../src/native.js';
 import type { OpenOptions } from '../src/policy/open-options.js';
 import { OpenMachine, Step } from '../src/resolver/machine.js';
 import { Resolver, type OpenResult } from '../src/resolver/resolver.js';
-import { fixture, tempDir } from './helpers.js';
+import { tempDir } from './helpers.js';
 import { fdFlags, inodeOf } from './raw.js';
 
 const tmp = tempDir('openhook-machine-');
@@ -151,54 +152,5 @@ describe('the open machine, step by step', () => {
     assert.equal(step, Step.DONE);
     assert.deepEqual(m.result, { errno: E.EAGAIN, reason: '' });
     assert.deepEqual(settings.stats, { eagain: 3, eagainFailures: 1 });
-  });
-});
-
-describe('the open machine under a renaming race (EAGAIN from openat2), through both drivers', () => {
-  // As in resolver.test.ts: a symlink walking '..' many times, followed while another process
-  // renames: openat2 answers EAGAIN, and each driver must give up after the same bound.
-  const eagain = join(dir, 'eagain');
-  const target = join(eagain, 't', 'f');
-  before(() => {
-    mkdirSync(join(eagain, 'a'), { recursive: true });
-    mkdirSync(join(eagain, 't'));
-    mkdirSync(join(eagain, 'swap', 'x'), { recursive: true });
-    symlinkSync('x', join(eagain, 'swap', 'y'));
-    writeFileSync(target, 'target');
-    symlinkSync('../a/'.repeat(200) + '../t/f', join(eagain, 'a', 'link'));
-  });
-
-  it('answers only the file or EAGAIN, after exactly the bound of attempts', async () => {
-    const swapper = spawn(fixture('swapper'), [join(eagain, 'swap', 'x'), join(eagain, 'swap', 'y')], { stdio: ['ignore', 'pipe', 'inherit'] });
-    await new Promise((r) => swapper.stdout.once('data', r));
-    const root = native.open(eagain, C.O_PATH | C.O_DIRECTORY, 0);
-    const retries = 1;
-    const resolver = new Resolver({ eagainRetries: retries });
-    const targetIno = statSync(target).ino;
-    try {
-      for (const driver of ['sync', 'pool'] as const) {
-        let failures = 0;
-        const deadline = Date.now() + 10_000;
-        while (failures < 5 && Date.now() < deadline) {
-          const seen = resolver.stats.eagain;
-          const r = driver === 'sync' ? resolver.open(root, 'a/link', C.O_RDONLY, 0, FOLLOW) : await resolver.openSlow(root, 'a/link', C.O_RDONLY, 0, FOLLOW, null);
-          const tries = resolver.stats.eagain - seen;
-          if (typeof r === 'number') {
-            assert.equal(inodeOf(r), targetIno, driver);
-            native.close(r);
-            assert.ok(tries <= retries, `${driver}: success after ${tries} EAGAINs`);
-          } else {
-            assert.deepEqual(r, { errno: E.EAGAIN, reason: '' }, driver);
-            assert.equal(tries, retries + 1, `${driver}: exactly the bound of attempts, then EAGAIN`);
-            failures++;
-          }
-        }
-        assert.ok(failures >= 5, `${driver}: the swapper provoked EAGAIN (${failures} failures)`);
-      }
-    } finally {
-      resolver.close();
-      native.close(root);
-      swapper.kill();
-    }
   });
 });
