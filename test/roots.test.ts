@@ -3,10 +3,13 @@
  * bounded, reference-counted; a reload (retireAll) never closes a root under an open in flight.
  */
 import assert from 'node:assert/strict';
-import { fstatSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { fstatSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { after, describe, it } from 'node:test';
 import { E } from '../src/errno.js';
-import { native } from '../src/native.js';
+import { C, native } from '../src/native.js';
+import { Policy } from '../src/policy/policy.js';
+import { parseAllowFlag } from '../src/policy/rule.js';
+import { PolicyOpener } from '../src/qemu/opener.js';
 import { Resolver } from '../src/resolver/resolver.js';
 import { RootTable, type RootHandle } from '../src/resolver/roots.js';
 import { tempDir } from './helpers.js';
@@ -81,5 +84,18 @@ describe('resolver: opens beneath a root named by path', () => {
       r.close();
       rmSync(`${T}/later`, { recursive: true });
     }
+  });
+});
+
+describe('PolicyOpener: roots', () => {
+  it('closes the root fds its own resolver opened when it is closed', async () => {
+    const opener = new PolicyOpener(new Policy([parseAllowFlag(`${T}/home/u/:rwc`)]));
+    const before = readdirSync('/proc/self/fd').length;
+    const fd = await opener.open(`${T}/home/u/img`, C.O_RDWR | C.O_CREAT, 0o600).catch((e: Error) => e);
+    assert.equal(typeof fd, 'number', String(fd));
+    native.close(fd as number);
+    assert.ok(readdirSync('/proc/self/fd').length > before, 'the root stays open between opens');
+    opener.close();
+    assert.equal(readdirSync('/proc/self/fd').length, before, 'closed with the opener');
   });
 });

@@ -35,6 +35,8 @@ export interface PolicyOpenerOptions {
 export class PolicyOpener implements ImageOpener {
   #source: Policy | Broker;
   #resolver: Resolver;
+  /** the resolver was made here (not given), so close() closes it */
+  #ownResolver: boolean;
   #audit: AuditSink | null;
   /** counters of opens made here without a broker (a broker's own are in its context) */
   #metrics = new Metrics();
@@ -42,6 +44,7 @@ export class PolicyOpener implements ImageOpener {
 
   constructor(source: Policy | Broker, options: PolicyOpenerOptions = {}) {
     this.#source = source;
+    this.#ownResolver = options.resolver === undefined;
     this.#resolver = options.resolver ?? new Resolver();
     this.#audit = options.audit ?? null;
     this.#peer = {
@@ -56,6 +59,14 @@ export class PolicyOpener implements ImageOpener {
     const fd = await serveOpen(this.#context(), this.#peer, req, null);
     if (fd < 0) throw systemError(fd, 'open', path);
     return fd;
+  }
+
+  /**
+   * Closes what this opener made: its resolver's thread pool and the root directory fds it keeps
+   * open (the policy opens none). A resolver given in the options stays open.
+   */
+  close(): void {
+    if (this.#ownResolver) this.#resolver.close();
   }
 
   #context(): ServiceContext {
