@@ -17,9 +17,12 @@
  * 5. openat2 answers EAGAIN when a rename or mount raced a lookup that it cannot prove safe; that is
  *    retried a bounded number of times, then EAGAIN goes to the client. There is no fallback.
  *
+ * 6. O_NOATIME never reaches the real open (ioFlagsOf): the broker is not the client.
+ *
  * Opens that may block (beneath a network or FUSE filesystem, or where FIFOs are allowed) run the
  * same steps on a small thread pool: `openSlow`. Both run one state machine (machine.ts); results
  * are values (result.ts): an fd, or an errno with its reason. Nothing here throws on the request path.
+ * A policy names a root by its path; `openBeneath` pins its fd from the root table (roots.ts).
  */
 import { display, type ByteString } from '../bytestring.js';
 import { E, errnoName } from '../errno.js';
