@@ -23,6 +23,7 @@ import { parseArgs } from 'node:util';
 import { C, native, PollMode, recvArena, recvMeta, type NativePoller } from '../src/native.js';
 import { fdCount, sleep } from '../test/helpers.js';
 import { fdFlags, startServeUnder } from '../test/raw.js';
+import { E } from '../src/errno.js';
 
 const { values } = parseArgs({
   options: {
@@ -228,7 +229,7 @@ class FuzzClient {
       const attach = chance(0.05) ? spareFds.slice(0, 1 + below(spareFds.length)) : [];
       const n = attach.length ? native.sendFds(this.fd, b, attach) : native.send(this.fd, b, 0, b.length, -1);
       if (n < 0) {
-        if (n !== -11) {
+        if (n !== -E.EAGAIN) {
           stats.sendErrors++;
           this.close();
         }

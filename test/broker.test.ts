@@ -10,8 +10,9 @@ import { after, before, describe, it } from 'node:test';
 import { connect } from '../src/client/client.js';
 import { C, native } from '../src/native.js';
 import { CLI, fixture, settledFdCount, probe, receiveOne, rfcOpenFrame, rfcReplyHex, sleep, startServe, tempDir, type ServeProcess } from './helpers.js';
+import { E } from '../src/errno.js';
 
-const EACCES = 13, ENOENT = 2, EEXIST = 17, EISDIR = 21, EPROTO = 71, EINVAL = 22;
+const { EACCES, ENOENT, EEXIST, EISDIR, EPROTO, EINVAL } = E;
 
 const tmp = tempDir();
 const vm = join(tmp.path, 'vm');

@@ -16,6 +16,7 @@ import { Policy } from '../src/policy/policy.js';
 import { parseAllowFlag } from '../src/policy/rule.js';
 import { encodeReply } from '../src/protocol/frames.js';
 import { fdCount, ROOT, tempDir } from './helpers.js';
+import { E } from '../src/errno.js';
 
 const tmp = tempDir();
 const dir = join(tmp.path, 'data');
@@ -69,7 +70,7 @@ describe('client library against a broker', () => {
       await using client = await connect(options);
       await assert.rejects(client.open('/etc/passwd'), (err: NodeJS.ErrnoException) => {
         assert.equal(err.code, 'EACCES');
-        assert.equal(err.errno, -13);
+        assert.equal(err.errno, -E.EACCES);
         assert.equal(err.syscall, 'open');
         assert.equal(err.path, '/etc/passwd');
         return true;

@@ -15,7 +15,7 @@ import { execFileSync } from 'node:child_process';
 import { linkSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { Resolver, type HardlinkRule, type OpenOptions } from '../src/broker/resolver.js';
+import { codeOf, Resolver, type HardlinkRule, type OpenOptions } from '../src/resolver/resolver.js';
 import { C, native } from '../src/native.js';
 import { tempDir } from './helpers.js';
 
@@ -54,7 +54,7 @@ const allowAll = (): number => 0;
 
 /** An fd or -errno from Resolver.open, with the fd closed: only the answer matters here. */
 function answer(resolver: Resolver, name: string, flags: number, options: OpenOptions): number {
-  const fd = resolver.open(root, name, flags, 0, options);
+  const fd = codeOf(resolver.open(root, name, flags, 0, options));
   if (fd >= 0) native.close(fd);
   return fd >= 0 ? 0 : fd;
 }

@@ -10,8 +10,9 @@ import { after, describe, it } from 'node:test';
 import { C, native } from '../src/native.js';
 import { CLI, fdCount, fixture, sleep, tempDir } from './helpers.js';
 import { closeAll, cpuSeconds, inodeOf, openFrame, RawClient, startServeUnder } from './raw.js';
+import { E } from '../src/errno.js';
 
-const EMFILE = 24, ENFILE = 23, EAGAIN = 11;
+const { EMFILE, ENFILE, EAGAIN } = E;
 
 const tmp = tempDir('openhook-limits-');
 chmodSync(tmp.path, 0o755); // a client of another uid must reach the socket

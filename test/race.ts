@@ -14,7 +14,7 @@ import { mkdirSync, mkdtempSync, openSync, closeSync, fstatSync, realpathSync, r
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Broker } from '../src/broker/broker.js';
-import { Resolver } from '../src/broker/resolver.js';
+import { Resolver } from '../src/resolver/resolver.js';
 import { Policy } from '../src/policy/policy.js';
 import { makeRule } from '../src/policy/rule.js';
 import { fixture } from './helpers.js';

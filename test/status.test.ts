@@ -19,10 +19,11 @@ import { parseAllowFlag } from '../src/policy/rule.js';
 import { encodeConnect, encodeStatusRequest } from '../src/protocol/frames.js';
 import { CLI, cliForOthers, fixture, forOthers, probe, receiveOne, rfcOpenFrame, rfcReplyHex, tempDir } from './helpers.js';
 import { killLeftovers, startDaemon, type Daemon } from './service-helpers.js';
+import { E } from '../src/errno.js';
 
 const run = promisify(execFile);
 const NOBODY = 65534;
-const EACCES = 13, EINVAL = 22;
+const { EACCES, EINVAL } = E;
 
 const tmp = tempDir();
 // Others must reach the sockets in here (access control is the broker's job in these tests), but

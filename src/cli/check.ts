@@ -109,7 +109,6 @@ async function explain(pathText: string, accessText: string, opts: CheckOptions,
     if (d.rule) out(`  rule: ${d.rule.origin}: ${describeRule(d.rule)}`);
     out(`  client: ${who} -> ${section === null ? 'refused (matches no section; unmatched = "refuse")' : section === policy.defaultSection ? 'default section' : `section ${section.name}`}`);
     if (allowed) out(`  opens: ${d.rest} beneath ${display(rootPathOf(norm.path, d.rest))}${d.open.followSymlinks ? ', following symlinks beneath it' : ''}`);
-    policy.release(d);
     return allowed ? 0 : 1;
   } finally {
     policy.close();

@@ -2,7 +2,7 @@
  * A rule: allow or deny, on an exact file, a directory tree (`PATH/`), or a glob pattern (`*` within
  * one component, `**` across components). Allow rules carry access letters and options.
  */
-import type { HardlinkRule } from '../broker/resolver.js';
+import type { HardlinkRule } from './open-options.js';
 import { display, fromText, type ByteString } from '../bytestring.js';
 import { errnoName, errnoValue } from '../errno.js';
 import { formatAccess, parseAccess } from './access.js';

@@ -2,14 +2,13 @@
  * A glob tree such as `/srv/*\/` covers every directory its pattern names, as a tree: /srv/a/ and all
  * beneath it (docs/policy.md). The pattern's own match, /srv/disk.img, is such a directory only if
  * the file there is one, which a lexical decision cannot know. So an allow decided by a glob tree on
- * its own root is good for a directory only: the resolver's verify step checks the type on the fd it
+ * its own root is good for a directory only: the resolver checks the type of what it
  * resolved, before anything is opened for I/O, and nothing may be created there. Otherwise the rule
  * would grant a regular file it does not name.
  *
  * (A literal tree needs none of this: its root is opened as a directory, or the rule allows nothing.)
  */
-import { fstatSync } from 'node:fs';
-import type { OpenOptions } from '../broker/resolver.js';
+import type { OpenOptions } from './open-options.js';
 import { display, type ByteString } from '../bytestring.js';
 import { Access } from './access.js';
 import type { Rule } from './rule.js';
@@ -21,19 +20,7 @@ export function treeRootRefusal(rule: Rule, path: ByteString, access: number): s
   return null;
 }
 
-/** open, narrowed to directories: any other file found there is refused with denyErrno. */
+/** open, narrowed to directories: the resolver refuses any other file found there with denyErrno. */
 export function directoriesOnly(open: OpenOptions, denyErrno: number): OpenOptions {
-  const verify = open.verify;
-  return {
-    ...open,
-    verify: (fd) => (isDirectoryFd(fd) ? (verify ? verify(fd) : 0) : denyErrno),
-  };
-}
-
-export function isDirectoryFd(fd: number): boolean {
-  try {
-    return fstatSync(fd).isDirectory();
-  } catch {
-    return false;
-  }
+  return { ...open, directoriesOnly: denyErrno };
 }
