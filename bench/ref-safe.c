@@ -8,7 +8,7 @@
  *   - fstat of what was found: only a regular file goes on (a FIFO, device or socket is refused
  *     without ever being opened for I/O), and one with several hard links only for reading;
  *   - reopen of exactly that inode with the real flags through /proc/self/fd, opened once as a
- *     directory fd (what native/binding.c does);
+ *     directory fd (what native/files.c does);
  *   - a client's attached fds never enter the table: received with no control buffer;
  *   - with AUDITFILE: one JSON line per decision, formatted with snprintf into a buffer and written
  *     with write() when the buffer fills or 10 ms after the first unwritten line (batched, as

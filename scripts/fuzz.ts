@@ -24,6 +24,7 @@ import { C, native, PollMode, recvArena, recvMeta, type NativePoller } from '../
 import { fdCount, sleep } from '../test/helpers.js';
 import { fdFlags, startServeUnder } from '../test/raw.js';
 import { encodeFileOp } from '../src/protocol/frames.js';
+import { E } from '../src/errno.js';
 
 const { values } = parseArgs({
   options: {
@@ -115,7 +116,10 @@ function validFrame(): Buffer {
   b.writeUInt32LE(b.length, 0);
   b.writeUInt32LE(command, 4);
   let o = 8;
-  if (command === 0x101) (b.writeUInt32LE(rand(), o), (o += 4));
+  if (command === 0x101) {
+    b.writeUInt32LE(rand(), o);
+    o += 4;
+  }
   b.writeUInt32LE(randomFlags(), o);
   b.writeUInt32LE(chance(0.5) ? 0o644 : rand() & 0xffff, o + 4);
   b.writeUInt16LE(name.length, o + 8);
@@ -235,7 +239,7 @@ class FuzzClient {
       const attach = chance(0.05) ? spareFds.slice(0, 1 + below(spareFds.length)) : [];
       const n = attach.length ? native.sendFds(this.fd, b, attach) : native.send(this.fd, b, 0, b.length, -1);
       if (n < 0) {
-        if (n !== -11) {
+        if (n !== -E.EAGAIN) {
           stats.sendErrors++;
           this.close();
         }

@@ -4,7 +4,7 @@ export { AbortError, ClientClosedError, ConnectionLostError, OpenHookError, Prot
 export { toFlags, type OpenFlags } from './client/flags.js';
 export { Broker, Listener, type BrokerOptions, type ListenOptions } from './broker/broker.js';
 export type { AuditRecord, AuditSink } from './broker/audit.js';
-export { Resolver } from './broker/resolver.js';
+export { Resolver } from './resolver/resolver.js';
 export {
   Access, compilePolicy, formatAccess, loadPolicyFile, parseAccess, parseAllowFlag, parseDenyFlag, parsePolicyText, Policy,
   PolicyError, readPolicyFile, Section, type Decision, type Peer, type PolicyOptions, type PolicySpec, type Rule, type SectionSpec,

@@ -1,12 +1,20 @@
 /**
- * Typed loader for the native addon (native/binding.c).
+ * Typed loader for the native addon (native/module.c and its parts).
  *
  * The addon holds only the syscalls Node lacks. Calls on the request path return a result or a
  * negative errno; use `check()` to turn a negative result into a Node-style error where throwing is
- * the right thing. Set-up calls throw Node-style errors (`code`, `errno`, `syscall`) themselves.
+ * the right thing. Set-up calls throw Node-style errors (`code`, `errno`, `syscall`).
+ *
+ * Every such error is built here, by systemError(), whichever side throws it: the addon calls it
+ * (setErrorFactory, below) with the errno and the syscall's name. One builder, with the complete
+ * table of errno names (os.constants) and libuv's wording, as Node's own errors have.
  */
 import { createRequire } from 'node:module';
+import { getSystemErrorMap } from 'node:util';
 import { errnoName } from './errno.js';
+
+/** libuv's names and descriptions by negative errno (on Linux, libuv's codes are -errno); loaded on first use. */
+let systemErrors: Map<number, [string, string]> | undefined;
 
 export interface NativeConstants {
   SOCK_STREAM: number; SOCK_SEQPACKET: number; SOCK_DGRAM: number; AF_UNIX: number; AF_INET: number; AF_INET6: number;
@@ -27,6 +35,9 @@ export interface NativeConstants {
   /** the largest legal frame: OPEN_TAGGED's 22 header bytes + a 65535-byte name (MAX_FRAME) */
   FRAME_MAX: number;
   MAX_FDS_PER_MSG: number;
+  /** native/fileops.c */
+  AT_REMOVEDIR: number; RENAME_NOREPLACE: number; RENAME_EXCHANGE: number; UTIME_NOW: number; UTIME_OMIT: number;
+  AT_SYMLINK_NOFOLLOW: number; R_OK: number; W_OK: number; X_OK: number; F_OK: number;
 }
 
 /** What a poller does when its socket is readable. */
@@ -74,6 +85,8 @@ export interface NativePoller {
 
 interface NativeBinding {
   constants: NativeConstants;
+  /** the one builder of Node-style errors, for set-up calls that throw (called with errno > 0) */
+  setErrorFactory(factory: (errno: number, syscall: string) => Error): void;
   socket(type: number): number;
   socketpair(type: number, nonblocking: boolean): [number, number];
   /** identity: device, inode and ctime of the socket file, to recognise it at unlink time */
@@ -133,7 +146,6 @@ interface NativeBinding {
   close(fd: number): number;
   // ---- native/fileops.c: the *at calls the broker performs for a program; each 0 (or fd) or -errno.
   // Names are single components in a directory fd found safely (src/resolver/operations.ts).
-  fileConstants: FileConstants;
   /** mkdirat, then the mode set exactly (the broker's process umask does not decide it) */
   mkdirat(dirfd: number, name: string | Buffer, mode: number): number;
   /** flags: 0 or AT_REMOVEDIR */
@@ -159,21 +171,16 @@ interface NativeBinding {
   OpenPool: new (maxThreads: number, maxQueued: number, callback: PoolCallback) => NativeOpenPool;
 }
 
-export interface FileConstants {
-  AT_REMOVEDIR: number; RENAME_NOREPLACE: number; RENAME_EXCHANGE: number; UTIME_NOW: number; UTIME_OMIT: number;
-  AT_SYMLINK_NOFOLLOW: number; R_OK: number; W_OK: number; X_OK: number; F_OK: number;
-}
-
 // The addon refuses to load in a worker thread (the receive arena below is one per process, and a
-// worker that installed its own would take it from the broker's pollers): see init() in binding.c.
+// worker that installed its own would take it from the broker's pollers): see init() in module.c.
 
 const require = createRequire(import.meta.url);
 const binding = require('../build/Release/openhook.node') as NativeBinding;
+binding.setErrorFactory((errno, syscall) => systemError(errno, syscall));
 // N-API hands the exports and the constants over as dictionary-mode objects (properties added one
 // at a time), and every load from such an object in optimised code goes through V8's generic
 // LoadIC: about 14 ns against 2 here, and the request path makes dozens. Plain copies are fast-mode.
 export const C: NativeConstants = { ...binding.constants };
-export const FC: FileConstants = { ...binding.fileConstants };
 export const native: NativeBinding = Object.fromEntries(Object.getOwnPropertyNames(binding).map((k) => [k, k === 'constants' ? C : binding[k as keyof NativeBinding]])) as unknown as NativeBinding;
 
 /**
@@ -181,7 +188,7 @@ export const native: NativeBinding = Object.fromEntries(Object.getOwnPropertyNam
  * [offset, length, msgFlags, nfds, fd...]. A batch is valid only inside the poller callback that
  * reported it; copy what must outlive it.
  */
-// 64 slots of 65,600 bytes, one per message of a batch (see drain_seqpacket in binding.c): 4 MB of
+// 64 slots of 65,600 bytes, one per message of a batch (see drain_seqpacket in native/poller.c): 4 MB of
 // address space, of which only the pages that messages are written to are ever touched.
 export const recvArena = Buffer.allocUnsafeSlow(64 * 65_600);
 export const recvMeta = new Int32Array(16 * 1024);
@@ -213,23 +220,8 @@ export function check(result: number, syscall: string, path?: string): number {
   return result;
 }
 
-const descriptions: Record<string, string> = {
-  EPERM: 'operation not permitted', ENOENT: 'no such file or directory', EIO: 'i/o error',
-  EBADF: 'bad file descriptor', EAGAIN: 'resource temporarily unavailable', ENOMEM: 'not enough memory',
-  EACCES: 'permission denied', EEXIST: 'file already exists', EXDEV: 'cross-device link not permitted',
-  ENOTDIR: 'not a directory', EISDIR: 'illegal operation on a directory', EINVAL: 'invalid argument',
-  ENFILE: 'file table overflow', EMFILE: 'too many open files', ENOSPC: 'no space left on device',
-  EROFS: 'read-only file system', EPIPE: 'broken pipe', ENAMETOOLONG: 'name too long',
-  ELOOP: 'too many symbolic links encountered', EPROTO: 'protocol error', ENXIO: 'no such device or address',
-  ECONNREFUSED: 'connection refused', ECONNRESET: 'connection reset by peer', ETIMEDOUT: 'operation timed out',
-  ENOTSOCK: 'socket operation on non-socket', EOPNOTSUPP: 'operation not supported on socket',
-  ENOSYS: 'function not implemented', ETXTBSY: 'text file is busy', EFBIG: 'file too large',
-  ENODEV: 'no such device', EBUSY: 'resource busy or locked', ECANCELED: 'operation canceled',
-  ENOTCONN: 'socket is not connected', EMSGSIZE: 'message too long',
-};
-
 /** A lower-case description, as Node's own errors word them. */
 export function describeErrno(errno: number): string {
-  const code = errnoName(errno);
-  return descriptions[code] ?? code.toLowerCase();
+  systemErrors ??= getSystemErrorMap();
+  return systemErrors.get(-Math.abs(errno))?.[1] ?? errnoName(errno).toLowerCase();
 }

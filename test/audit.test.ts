@@ -10,6 +10,7 @@ import { after, describe, it } from 'node:test';
 import { jsonLine } from '../src/broker/audit-log.js';
 import { C } from '../src/native.js';
 import { probe, rfcOpenFrame, rfcReplyHex, startServe, tempDir, waitForStderr } from './helpers.js';
+import { E } from '../src/errno.js';
 
 const tmp = tempDir();
 after(tmp.cleanup);
@@ -111,7 +112,7 @@ describe('audit log', () => {
       await waitForStderr(serve, /cannot write the audit log \/dev\/full: ENOSPC.*serving on, dropping records \(fail-open\)/);
       const lines = probe(socket, 'seqpacket', [rfcOpenFrame(`${T}/vm/disk.img`, C.O_RDONLY), rfcOpenFrame(`${T}/secret/key`, C.O_RDONLY)]);
       assert.match(lines[0]!, new RegExp(`^reply=${rfcReplyHex(1, 0)} fds=1`));
-      assert.equal(lines[1], `reply=${rfcReplyHex(1, -13)} fds=0`);
+      assert.equal(lines[1], `reply=${rfcReplyHex(1, -E.EACCES)} fds=0`);
     } finally {
       await serve.stop();
     }

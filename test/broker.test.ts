@@ -4,14 +4,15 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { connect } from '../src/client/client.js';
 import { C, native } from '../src/native.js';
 import { CLI, fixture, settledFdCount, probe, receiveOne, rfcOpenFrame, rfcReplyHex, sleep, startServe, tempDir, type ServeProcess } from './helpers.js';
+import { E } from '../src/errno.js';
 
-const EACCES = 13, ENOENT = 2, EEXIST = 17, EISDIR = 21, EPROTO = 71, EINVAL = 22;
+const { EACCES, ENOENT, EEXIST, EISDIR, EPROTO, EINVAL } = E;
 
 const tmp = tempDir();
 const vm = join(tmp.path, 'vm');
@@ -131,6 +132,21 @@ describe('serve: the socket file and shutdown', () => {
       client.close();
     });
   }
+
+  it('is listed under its own path in /proc/net/unix, held by the broker, so that an operator can find who serves it', async () => {
+    const path = join(tmp.path, 'named.sock');
+    const s = await startServe(path, [`--allow=${vm}/:r`]);
+    try {
+      // Num RefCount Protocol Flags Type St Inode Path: a listening socket has St 01.
+      const listed = readFileSync('/proc/net/unix', 'utf8').split('\n').map((l) => l.trim().split(/\s+/)).filter((f) => f.length >= 8 && f.slice(7).join(' ') === path);
+      assert.equal(listed.length, 1, `one socket named ${path}`);
+      assert.equal(listed[0]![5], '01', 'listening');
+      const held = readdirSync(`/proc/${s.child.pid}/fd`).map((fd) => { try { return readlinkSync(`/proc/${s.child.pid}/fd/${fd}`); } catch { return ''; } });
+      assert.ok(held.includes(`socket:[${listed[0]![6]}]`), 'the socket is the broker’s (what ss -xlp shows)');
+    } finally {
+      await s.stop();
+    }
+  });
 
   it('refuses to replace a file that is not a socket', async () => {
     const path = join(tmp.path, 'not-a-socket');

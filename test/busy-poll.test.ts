@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { C } from '../src/native.js';
 import { probe, rfcOpenFrame, rfcReplyHex, ROOT, sleep, startServe, tempDir } from './helpers.js';
+import { E } from '../src/errno.js';
 
 const tmp = tempDir();
 after(tmp.cleanup);
@@ -31,7 +32,7 @@ describe('busy polling', () => {
     try {
       const lines = probe(socket, 'seqpacket', [rfcOpenFrame(`${T}/disk.img`, C.O_RDONLY), rfcOpenFrame(`${T}/missing`, C.O_RDONLY)]);
       assert.match(lines[0]!, new RegExp(`^reply=${rfcReplyHex(1, 0)} fds=1`));
-      assert.equal(lines[1], `reply=${rfcReplyHex(1, -2)} fds=0`);
+      assert.equal(lines[1], `reply=${rfcReplyHex(1, -E.ENOENT)} fds=0`);
       await sleep(500); // the window is over
       const before = cpuMs(serve.child.pid!);
       await sleep(1000);

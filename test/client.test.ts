@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { closeSync, fstatSync, mkdirSync, openSync, readSync, statSync, writeFileSync } from 'node:fs';
+import { getEventListeners } from 'node:events';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Broker } from '../src/broker/broker.js';
@@ -15,6 +16,7 @@ import { Policy } from '../src/policy/policy.js';
 import { parseAllowFlag } from '../src/policy/rule.js';
 import { encodeReply } from '../src/protocol/frames.js';
 import { fdCount, ROOT, tempDir } from './helpers.js';
+import { E } from '../src/errno.js';
 
 const tmp = tempDir();
 const dir = join(tmp.path, 'data');
@@ -68,7 +70,7 @@ describe('client library against a broker', () => {
       await using client = await connect(options);
       await assert.rejects(client.open('/etc/passwd'), (err: NodeJS.ErrnoException) => {
         assert.equal(err.code, 'EACCES');
-        assert.equal(err.errno, -13);
+        assert.equal(err.errno, -E.EACCES);
         assert.equal(err.syscall, 'open');
         assert.equal(err.path, '/etc/passwd');
         return true;
@@ -76,6 +78,21 @@ describe('client library against a broker', () => {
       await assert.rejects(client.open(join(dir, 'nope')), { code: 'ENOENT' });
     });
   }
+
+  it('leaves no abort listener behind on a shared signal: connect, then 10,000 opens', async () => {
+    const ac = new AbortController();
+    await using client = await connect({ path: seq, signal: ac.signal });
+    assert.equal(getEventListeners(ac.signal, 'abort').length, 0, 'connect left its listener');
+    for (let round = 0; round < 10; round++) {
+      const opens = Array.from({ length: 1000 }, (_, i) => client.open(join(dir, `f${i % 50}`), 'r', 0, { signal: ac.signal, timeout: 60_000 }));
+      const fds = await Promise.all(opens);
+      for (const fd of fds) closeSync(fd);
+    }
+    assert.equal(getEventListeners(ac.signal, 'abort').length, 0, 'answered requests left their abort listeners');
+    ac.abort();
+    const fd = await client.open(join(dir, 'f1'));
+    closeSync(fd);
+  });
 
   it('creates files with fs-style flag strings and a mode', async () => {
     await using client = await connect(seq);
@@ -141,9 +158,11 @@ describe('client library with requests held in flight', () => {
     const late = openSync('/dev/null', 'r');
     native.send(far, reply, 0, 12, late);
     closeSync(late);
-    await new Promise((r) => setTimeout(r, 50));
-    assert.equal(fdCount(process.pid), before, 'the fd of the abandoned request was closed');
+    // Wait for the late reply to be taken (a fixed pause is too short on a loaded machine, and the
+    // fd count below would then pass with the reply still in the socket).
+    for (let i = 0; i < 500 && client.pending > 0; i++) await new Promise((r) => setTimeout(r, 10));
     assert.equal(client.pending, 0);
+    assert.equal(fdCount(process.pid), before, 'the fd of the abandoned request was closed');
     client.close();
     native.close(far);
     await assert.rejects(client.open('/y'), ClientClosedError);
@@ -154,6 +173,32 @@ describe('client library with requests held in flight', () => {
     await assert.rejects(client.open('/x', 'r', 0, { signal: AbortSignal.abort() }), AbortError);
     client.close();
     native.close(far);
+  });
+
+  it('rejects an aborted connect with openhook\'s AbortError (ABORT_ERR), not the DOM\'s', async () => {
+    const reason = new Error('changed my mind');
+    await assert.rejects(connect({ path: join(tmp.path, 'nobody.sock'), signal: AbortSignal.abort(reason) }), (err: Error) => {
+      assert.ok(err instanceof AbortError, `not openhook's AbortError: ${err}`);
+      assert.equal((err as AbortError).code, 'ABORT_ERR');
+      assert.equal(err.cause, reason);
+      return true;
+    });
+  });
+
+  it('gives up connecting when the signal fires while the HELLO goes unanswered', async () => {
+    // A listener nobody accepts on: connect(2) succeeds into the backlog, and no HELLO reply comes.
+    const own = tempDir();
+    const path = join(own.path, 'silent.sock');
+    const silent = native.listenUnix(path, C.SOCK_SEQPACKET, 0o600, 4);
+    try {
+      const ac = new AbortController();
+      const connecting = connect({ path, signal: ac.signal });
+      setTimeout(() => ac.abort(), 50);
+      await assert.rejects(connecting, (err: Error) => err instanceof AbortError && (err as AbortError).code === 'ABORT_ERR');
+    } finally {
+      native.close(silent.fd);
+      own.cleanup();
+    }
   });
 
   it('times out', async () => {

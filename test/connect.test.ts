@@ -19,6 +19,7 @@ import { Command, Feature } from '../src/protocol/constants.js';
 import { decodeReply, encodeConnect, encodeHello, encodeOpen } from '../src/protocol/frames.js';
 import { fdCount, fixture, sleep, startServe, tempDir } from './helpers.js';
 import { BASE_ENV, runChild } from './interposer-harness.js';
+import { E } from '../src/errno.js';
 
 const tmp = tempDir('openhook-connect-');
 after(tmp.cleanup);
@@ -87,7 +88,7 @@ describe('CONNECT (broker side)', () => {
     const second = await exchange(fresh, encodeConnect());
     assert.equal(second.result, 0);
     const denied = await exchange(second.fds[0]!, encodeOpen('/etc/shadow', C.O_RDONLY, 0));
-    assert.equal(denied.result, -13);
+    assert.equal(denied.result, -E.EACCES);
     assert.equal(records.at(-1)!.peer.session, 'vm1');
     for (const fd of [client, fresh, second.fds[0]!]) native.close(fd);
     broker.close();
@@ -96,7 +97,7 @@ describe('CONNECT (broker side)', () => {
   it('refuses unknown flags with -EINVAL', async () => {
     const { broker, client } = setup();
     const r = await exchange(client, encodeConnect(1));
-    assert.deepEqual([r.command, r.result, r.fds.length], [Command.CONNECT, -22, 0]);
+    assert.deepEqual([r.command, r.result, r.fds.length], [Command.CONNECT, -E.EINVAL, 0]);
     native.close(client);
     broker.close();
   });
@@ -129,7 +130,7 @@ describe('CONNECT (broker side)', () => {
     for (let i = 0; i < 200 && broker.connectionCount > 0; i++) await sleep(5);
     assert.equal(broker.connectionCount, 0);
     const late = native.send(b.fds[0]!, encodeOpen(file, C.O_RDONLY, 0), 0, 18 + Buffer.byteLength(file), -1);
-    assert.equal(late, -32, 'EPIPE: nobody serves a derived connection once its root is gone');
+    assert.equal(late, -E.EPIPE, ' nobody serves a derived connection once its root is gone');
     native.close(a.fds[0]!);
     native.close(b.fds[0]!);
     broker.close();

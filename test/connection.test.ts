@@ -6,14 +6,18 @@
  * The broker runs in this process, with short deadlines; the clients are raw sockets.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { Broker } from '../src/broker/broker.js';
 import { C, native } from '../src/native.js';
+import { Policy } from '../src/policy/policy.js';
+import { parseAllowFlag } from '../src/policy/rule.js';
 import { fdCount, sleep, tempDir } from './helpers.js';
 import { closeAll, inodeOf, inProcessBroker, openFrame, RawClient, taggedFrame, type InProcessBroker } from './raw.js';
+import { E } from '../src/errno.js';
 
-const EPROTO = 71, ENOENT = 2, EPIPE = 32, ECONNRESET = 104, EAGAIN = 11;
+const { EPROTO, ENOENT, EPIPE, ECONNRESET, EAGAIN } = E;
 
 const tmp = tempDir('openhook-conn-');
 const file = join(tmp.path, 'data', 'file');
@@ -317,7 +321,7 @@ describe('connection: CONNECT and the caps', () => {
       assert.equal(first.result, 0, 'a second connection for this uid is within the cap');
       assert.equal(first.fds.length, 1);
       const second = (await c.request(connect))!;
-      assert.equal(second.result, -24, 'a third is not: EMFILE');
+      assert.equal(second.result, -E.EMFILE, 'a third is not: EMFILE');
       assert.deepEqual(second.fds, []);
       const d = new RawClient(first.fds[0]!, 'seqpacket');
       const r = (await d.request(openFrame(file)))!;
@@ -332,5 +336,22 @@ describe('connection: CONNECT and the caps', () => {
       c.close();
       b.close();
     }
+  });
+});
+
+describe('broker: close', () => {
+  it('closes every listener and connection even when closing one listener fails, then reports the failure', async () => {
+    const broker = new Broker({ policy: new Policy([parseAllowFlag(`${tmp.path}/:r`)]), log: () => {} });
+    const second = join(tmp.path, 'close-b.sock');
+    const failing = broker.listen(join(tmp.path, 'close-a.sock'));
+    broker.listen(second);
+    const c = RawClient.connect(second);
+    for (let i = 0; i < 100 && broker.connectionCount === 0; i++) await sleep(10);
+    assert.equal(broker.connectionCount, 1);
+    native.close(failing.fd); // behind the listener's back: its close() now fails with EBADF
+    assert.throws(() => broker.close(), /EBADF/);
+    assert.equal(existsSync(second), false, 'the other listener was closed, and its socket file removed');
+    assert.equal(broker.connectionCount, 0, 'every connection was closed');
+    c.close();
   });
 });

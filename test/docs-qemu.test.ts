@@ -17,7 +17,7 @@ const missing = help.status !== 0 || !help.stdout.includes('--preload') ? 'openh
 function shellBlock(doc: string, heading: string): string {
   const at = doc.indexOf(`\n## ${heading}\n`);
   assert.ok(at >= 0, `no section '${heading}' in docs/qemu.md`);
-  const block = /```sh\n([\s\S]*?)```/.exec(doc.slice(at));
+  const block = /```sh[^\n]*\n([\s\S]*?)```/.exec(doc.slice(at));
   assert.ok(block, `no shell block in '${heading}'`);
   return block[1]!;
 }

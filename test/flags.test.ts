@@ -9,8 +9,9 @@ import { after, before, describe, it } from 'node:test';
 import { C } from '../src/native.js';
 import { fdCount, tempDir } from './helpers.js';
 import { closeAll, fdFlags, inodeOf, inProcessBroker, openFrame, RawClient, type InProcessBroker } from './raw.js';
+import { E } from '../src/errno.js';
 
-const EACCES = 13, EINVAL = 22;
+const { EACCES, EINVAL } = E;
 
 const tmp = tempDir('openhook-flags-');
 const ro = join(tmp.path, 'ro');

@@ -3,15 +3,56 @@
  * demand, and fd counting through /proc. Nothing here mocks a socket or a syscall.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, closeSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { C, native, PollMode, recvArena, recvMeta } from '../src/native.js';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const CLI = join(ROOT, 'dist', 'cli', 'main.js');
+
+let forOthersDir: string | null = null;
+
+/**
+ * A directory every uid may enter, for what a test runs as another user: the checkout itself may sit
+ * under a directory that others cannot enter (a clone in a 0700 temporary directory). Removed at exit.
+ */
+function othersDir(): string {
+  if (forOthersDir) return forOthersDir;
+  const dir = mkdtempSync(join(tmpdir(), 'openhook-for-others-'));
+  chmodSync(dir, 0o755);
+  process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+  return (forOthersDir = dir);
+}
+
+/** A copy of the program at PATH (a fixture binary) that another uid may run. */
+export function forOthers(path: string): string {
+  const bin = join(othersDir(), 'bin');
+  mkdirSync(bin, { recursive: true, mode: 0o755 });
+  const copy = join(bin, basename(path));
+  copyFileSync(path, copy);
+  chmodSync(copy, 0o755);
+  return copy;
+}
+
+/**
+ * The CLI as another uid may run it: a copy of the built package (package.json, dist, the native
+ * build and the runtime dependencies, which have none of their own) made once per test process.
+ */
+export function cliForOthers(): string {
+  const root = join(othersDir(), 'openhook');
+  if (!existsSync(root)) {
+    const copy = (rel: string): void => cpSync(join(ROOT, rel), join(root, rel), { recursive: true });
+    copy('package.json');
+    copy('dist');
+    for (const f of readdirSync(join(ROOT, 'build', 'Release'))) if (f !== 'obj.target') copy(join('build', 'Release', f));
+    const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { dependencies?: Record<string, string> };
+    for (const dep of Object.keys(pkg.dependencies ?? {})) copy(join('node_modules', dep));
+  }
+  return join(root, 'dist', 'cli', 'main.js');
+}
 
 /** A fresh directory, removed by the returned cleanup. */
 export function tempDir(prefix = 'openhook-test-'): { path: string; cleanup: () => void } {
@@ -140,7 +181,11 @@ export function receiveOne(fd: number, timeoutMs = 5000): Promise<{ bytes: strin
     const timer = setTimeout(() => (poller.close(), reject(new Error('no message'))), timeoutMs);
     const poller = new native.Poller(fd, PollMode.Receive, 1, (_events, count, status) => {
       if (count === 0) {
-        if (status !== 0) (clearTimeout(timer), poller.close(), reject(new Error(`socket status ${status}`)));
+        if (status !== 0) {
+          clearTimeout(timer);
+          poller.close();
+          reject(new Error(`socket status ${status}`));
+        }
         return;
       }
       const nfds = recvMeta[3]!;

@@ -12,6 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import { PRELOAD_LIBRARY } from '../src/launch/preload.js';
 import { CLI, fixture, tempDir } from './helpers.js';
 import { BASE_ENV, runChild, Session, type RunResult } from './interposer-harness.js';
+import { E } from '../src/errno.js';
 
 const tmp = tempDir('openhook-interposer-');
 after(tmp.cleanup);
@@ -86,7 +87,7 @@ describe('interposer: real programs', () => {
     assert.equal(r.code, 1);
     assert.match(r.stderr, /Permission denied/);
     assert.equal(r.stdout, '');
-    assert.ok(session.records.some((x) => x.path === join(secret, 'key') && x.errno === 13));
+    assert.ok(session.records.some((x) => x.path === join(secret, 'key') && x.errno === E.EACCES));
   });
 
   it('cp copies to a new file', async () => {

@@ -54,6 +54,12 @@ describe('learned policy: minimal form', () => {
     assert.deepEqual(show(minimalRules(new Map([['/x/new', C]]), fakeTree({}))), [`/x/new:${W | C}`]);
   });
 
+  it("a collapsed tree grants what its own directory was asked for: tar opens many/ itself ('d')", () => {
+    const list = fakeTree({ '/w': ['many/', 'other'], '/w/many': ['a', 'b'] });
+    const used = new Map([['/w/many', R], ['/w/many/a', R], ['/w/many/b', R], ['/w/out.tar', W | C]]);
+    assert.deepEqual(show(minimalRules(used, list, (p) => p === '/w/many')), [`/w/many/:${R | D}`, `/w/out.tar:${W | C}`]);
+  });
+
   it("adds 'd' where a path that was read is a directory", () => {
     const list = fakeTree({ '/d': ['sub/', 'other'] });
     const rules = minimalRules(new Map([['/d/sub', R], ['/d/other-file', W]]), list, (p) => p === '/d/sub');

@@ -10,8 +10,9 @@ import { after, describe, it } from 'node:test';
 import { C, native } from '../src/native.js';
 import { CLI, fdCount, fixture, sleep, tempDir } from './helpers.js';
 import { closeAll, cpuSeconds, inodeOf, openFrame, RawClient, startServeUnder } from './raw.js';
+import { E } from '../src/errno.js';
 
-const EMFILE = 24, ENFILE = 23, EAGAIN = 11;
+const { EMFILE, ENFILE, EAGAIN } = E;
 
 const tmp = tempDir('openhook-limits-');
 chmodSync(tmp.path, 0o755); // a client of another uid must reach the socket
@@ -62,7 +63,10 @@ describe('limits: running out of fds', () => {
         const c = new RawClient(native.dup(fd), 'seqpacket');
         c.send(openFrame(file));
         const r = await c.next(3000);
-        if (r) (served++, closeAll(r.fds));
+        if (r) {
+          served++;
+          closeAll(r.fds);
+        }
         else closed++;
         c.close();
       }
@@ -194,6 +198,7 @@ describe('limits: caps and fairness', () => {
       const socket = join(tmp.path, `hangup-${kind}.sock`);
       const serve = await startServeUnder([], socket, [`--allow=${data}/:r`, ...(kind === 'stream' ? ['--stream'] : [])]);
       const pid = serve.child.pid!;
+      let stopped: unknown;
       try {
         const warm = RawClient.connect(socket, kind);
         const w = (await warm.request(openFrame(file)))!;
@@ -216,8 +221,9 @@ describe('limits: caps and fairness', () => {
         closeAll(r.fds);
         c.close();
       } finally {
-        assert.equal(await serve.stop(), 0);
+        stopped = await serve.stop();
       }
+      assert.equal(stopped, 0, 'the broker stopped cleanly');
     });
   }
 });

@@ -1,12 +1,14 @@
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { lstatSync, readFileSync, statSync, symlinkSync, writeFileSync, openSync, closeSync, existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { C, native, PollMode, recvArena, recvMeta, check } from '../src/native.js';
+import { C, native, PollMode, recvArena, recvMeta, check, systemError } from '../src/native.js';
+import { E } from '../src/errno.js';
 import { MAX_FRAME } from '../src/protocol/constants.js';
 import { encodeTaggedOpen } from '../src/protocol/frames.js';
 import { fdCount, ROOT, sleep, tempDir } from './helpers.js';
+import { systemdStyleSocket } from './service-helpers.js';
 
 const tmp = tempDir();
 after(tmp.cleanup);
@@ -112,7 +114,7 @@ describe('native: fd passing', () => {
     assert.ok(groups === null || Array.isArray(groups));
     const pidfd = native.peerPidfd(a);
     if (pidfd >= 0) native.close(pidfd);
-    else assert.equal(pidfd, -92, 'only ENOPROTOOPT is expected');
+    else assert.equal(pidfd, -E.ENOPROTOOPT, 'only ENOPROTOOPT is expected');
     native.close(a);
     native.close(b);
   });
@@ -168,11 +170,75 @@ describe('native: listening sockets', () => {
     native.close(live.fd);
   });
 
+  it('binds at the path itself, so that the kernel records the real name (ss -xlp, /proc/net/unix)', () => {
+    const path = join(tmp.path, 'named.sock');
+    for (const given of [path, relative(process.cwd(), path)]) {
+      const l = native.listenUnix(Buffer.from(given), C.SOCK_SEQPACKET, 0o600, 8);
+      assert.equal(native.socketInfo(l.fd).path, path, `bound as ${given}`);
+      assert.ok(unixSocketNames().includes(path), '/proc/net/unix lists the path');
+      assert.equal(native.unlinkSocket(Buffer.from(path), l.identity), true);
+      native.close(l.fd);
+    }
+  });
+
+  it('never takes a socket that is bound and not yet listening: a broker starting at this moment', async () => {
+    for (const kind of ['seqpacket', 'stream'] as const) {
+      const path = join(tmp.path, `starting-${kind}.sock`);
+      const held = await systemdStyleSocket(path, kind, 'bound');
+      const ino = lstatSync(path).ino;
+      for (const type of [C.SOCK_SEQPACKET, C.SOCK_STREAM]) {
+        assert.throws(() => native.listenUnix(Buffer.from(path), type, 0o600, 8), { code: 'EADDRINUSE' });
+      }
+      assert.equal(lstatSync(path).ino, ino, 'the starting socket keeps its file');
+      native.close(held); // now nothing holds it: a stale socket, which may be replaced
+      const l = native.listenUnix(Buffer.from(path), C.SOCK_SEQPACKET, 0o600, 8);
+      assert.equal(native.unlinkSocket(Buffer.from(path), l.identity), true);
+      native.close(l.fd);
+    }
+  });
+
+  it('lets exactly one of several brokers starting at once replace a stale socket', async () => {
+    const path = join(tmp.path, 'race.sock');
+    // Each child waits for the same instant, then listens; the winner holds its socket until killed.
+    const script = `
+      const { native, C } = await import(process.env.NATIVE);
+      while (Date.now() < Number(process.env.AT));
+      try {
+        native.listenUnix(Buffer.from(process.env.SOCK), C.SOCK_SEQPACKET, 0o600, 8);
+        process.stdout.write('listening');
+        setInterval(() => {}, 1000);
+      } catch (e) { process.stdout.write(e.code); }`;
+    for (let round = 0; round < 3; round++) {
+      const stale = native.listenUnix(Buffer.from(path), C.SOCK_SEQPACKET, 0o600, 8);
+      native.close(stale.fd);
+      const env = { ...process.env, NATIVE: join(ROOT, 'dist', 'native.js'), SOCK: path, AT: String(Date.now() + 700) };
+      const children = Array.from({ length: 6 }, () => spawn(process.execPath, ['--input-type=module', '-e', script], { env, stdio: ['ignore', 'pipe', 'inherit'] }));
+      try {
+        const said = await Promise.all(children.map((child) => new Promise<string>((resolve) => {
+          let out = '';
+          child.stdout!.on('data', (d: Buffer) => {
+            out += d.toString();
+            if (out === 'listening') resolve(out);
+          });
+          child.on('exit', () => resolve(out));
+        })));
+        assert.deepEqual(said.filter((s) => s !== 'listening'), Array(5).fill('EADDRINUSE'), `round ${round}: ${said.join(' ')}`);
+        const winner = children[said.indexOf('listening')]!;
+        const c = native.connectUnix(Buffer.from(path), C.SOCK_SEQPACKET);
+        assert.equal(native.peerCred(c).pid, winner.pid, 'the socket at the path is the winner’s');
+        native.close(c);
+      } finally {
+        for (const child of children) child.kill('SIGKILL');
+        await Promise.all(children.map((child) => child.exitCode !== null || child.signalCode !== null ? null : new Promise((r) => child.on('exit', r))));
+      }
+    }
+  });
+
   it('accepts and connects over SOCK_SEQPACKET and SOCK_STREAM', () => {
     for (const type of [C.SOCK_SEQPACKET, C.SOCK_STREAM]) {
       const path = join(tmp.path, `ac${type}.sock`);
       const l = native.listenUnix(Buffer.from(path), type, 0o600, 8);
-      assert.equal(native.accept(l.fd), -11, 'EAGAIN when nothing is pending');
+      assert.equal(native.accept(l.fd), -E.EAGAIN, 'EAGAIN when nothing is pending');
       const c = native.connectUnix(Buffer.from(path), type);
       const s = check(native.accept(l.fd), 'accept');
       assert.equal(native.socketType(s), type);
@@ -187,19 +253,35 @@ describe('native: errors and files', () => {
   it('throws Node-style errors from set-up calls', () => {
     assert.throws(() => native.connectUnix(Buffer.from(join(tmp.path, 'nope.sock')), C.SOCK_SEQPACKET), (err: NodeJS.ErrnoException) => {
       assert.equal(err.code, 'ENOENT');
-      assert.equal(err.errno, -2);
+      assert.equal(err.errno, -E.ENOENT);
       assert.equal(err.syscall, 'connect');
       assert.match(err.message, /^ENOENT: /);
       return true;
     });
   });
 
+  it('builds every errno error in one place, systemError(), whichever side throws it', () => {
+    // The addon reports errno and syscall only; its errors are the ones check() builds for a -errno.
+    const fromC = (() => { try { native.connectUnix(Buffer.from(join(tmp.path, 'nope.sock')), C.SOCK_SEQPACKET); } catch (e) { return e as Error; } })()!;
+    const fromTs = systemError(-E.ENOENT, 'connect');
+    assert.equal(fromC.message, fromTs.message);
+    assert.equal(fromC.message, 'ENOENT: no such file or directory, connect', 'libuv\'s wording, as Node\'s own errors');
+    assert.equal(Object.getPrototypeOf(fromC), Object.getPrototypeOf(fromTs));
+    assert.deepEqual({ ...fromC }, { ...fromTs });
+    // The listener's refusals keep the reason in the syscall, and use names the C side never had a table for.
+    writeFileSync(join(tmp.path, 'plain'), '');
+    assert.throws(() => native.listenUnix(Buffer.from(join(tmp.path, 'plain')), C.SOCK_SEQPACKET, 0o600, 8), {
+      code: 'EEXIST', errno: -E.EEXIST, message: 'EEXIST: file already exists, bind (path exists and is not a socket)',
+    });
+    assert.equal(systemError(-E.EHOSTUNREACH, 'x').code, 'EHOSTUNREACH');
+  });
+
   it('returns -errno from request-path calls, and openat2 stays beneath its root', () => {
     const root = native.open(tmp.path, C.O_PATH | C.O_DIRECTORY, 0);
     assert.ok(root >= 0);
     assert.equal(native.openat2(root, '../../etc/passwd', C.O_RDONLY, 0, C.RESOLVE_BENEATH), -18, 'EXDEV');
-    assert.equal(native.openat2(root, 'missing', C.O_RDONLY, 0, C.RESOLVE_BENEATH), -2);
-    assert.equal(native.openat2(root, 'a\u0100', C.O_RDONLY, 0, 0), -22, 'a char above 0xff is not a byte');
+    assert.equal(native.openat2(root, 'missing', C.O_RDONLY, 0, C.RESOLVE_BENEATH), -E.ENOENT);
+    assert.equal(native.openat2(root, 'a\u0100', C.O_RDONLY, 0, 0), -E.EINVAL, 'a char above 0xff is not a byte');
     native.close(root);
   });
 
@@ -249,3 +331,8 @@ describe('native: errors and files', () => {
     assert.equal(out.trim(), 'store:ctx\nmicrotask ran');
   });
 });
+
+/** The names of the UNIX sockets in this network namespace, as /proc/net/unix (and ss -x) show them. */
+function unixSocketNames(): string[] {
+  return readFileSync('/proc/net/unix', 'utf8').split('\n').slice(1).map((line) => line.trim().split(/\s+/)).filter((f) => f.length >= 8).map((f) => f.slice(7).join(' '));
+}

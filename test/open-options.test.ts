@@ -10,8 +10,9 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { C } from '../src/native.js';
 import { probe, rfcOpenFrame, rfcReplyHex, startServe, tempDir, type ServeProcess } from './helpers.js';
+import { E } from '../src/errno.js';
 
-const EACCES = 13, ELOOP = 40, EXDEV = 18;
+const { EACCES, ELOOP, EXDEV } = E;
 const tmp = tempDir();
 after(tmp.cleanup);
 const T = tmp.path;
@@ -105,8 +106,8 @@ describe('directories (the d letter)', () => {
       ]);
       assert.match(lines[0]!, new RegExp(`^reply=${rfcReplyHex(1, 0)} fds=1 .* mode=40`));
       assert.match(lines[1]!, new RegExp(`^reply=${rfcReplyHex(1, 0)} fds=1 .* mode=40`));
-      assert.equal(lines[2], `reply=${rfcReplyHex(1, -13)} fds=0`, 'rd grants no write');
-      assert.equal(lines[3], `reply=${rfcReplyHex(1, -13)} fds=0`, 'no d, no directory');
+      assert.equal(lines[2], `reply=${rfcReplyHex(1, -EACCES)} fds=0`, 'rd grants no write');
+      assert.equal(lines[3], `reply=${rfcReplyHex(1, -EACCES)} fds=0`, 'no d, no directory');
     } finally {
       await serve.stop();
     }

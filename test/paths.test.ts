@@ -8,8 +8,9 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { tempDir } from './helpers.js';
 import { closeAll, inodeOf, inProcessBroker, openFrame, RawClient, type InProcessBroker } from './raw.js';
+import { E } from '../src/errno.js';
 
-const EACCES = 13, EINVAL = 22, ENOENT = 2, ENAMETOOLONG = 36, EPROTO = 71;
+const { EACCES, EINVAL, ENOENT, ENAMETOOLONG, EPROTO } = E;
 
 const tmp = tempDir('openhook-paths-');
 const vm = join(tmp.path, 'vm');

@@ -69,7 +69,6 @@ describe('run: a private temporary directory per session', () => {
           const peer = { pid: 1, uid: 1, gid: 1, groups: [], session };
           const inside = policy.decide(peer, fromText(`${dir}/a/b`), Access.MKDIR | Access.REMOVE | Access.EXECUTE);
           assert.ok(inside.allowed, `${session}: ${inside.reason}`);
-          policy.release(inside);
           const beside = policy.decide(peer, fromText(`${parent}/beside`), Access.READ);
           assert.ok(!beside.allowed);
         }

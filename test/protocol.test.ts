@@ -7,6 +7,7 @@ import {
 } from '../src/protocol/frames.js';
 import { FrameAssembler } from '../src/protocol/stream.js';
 import { rfcOpenFrame, rfcReplyHex } from './helpers.js';
+import { E } from '../src/errno.js';
 
 describe('RFC frames, byte for byte', () => {
   it('encodes QEMU_OPEN as u32 size | u32 command | u32 flags | u32 mode | u16 len | name', () => {
@@ -18,8 +19,8 @@ describe('RFC frames, byte for byte', () => {
 
   it('encodes the reply as u32 size=12 | u32 command | s32 result', () => {
     const buf = Buffer.alloc(12);
-    encodeReply(buf, 0, Command.QEMU_OPEN, -13);
-    assert.equal(buf.toString('hex'), rfcReplyHex(1, -13));
+    encodeReply(buf, 0, Command.QEMU_OPEN, -E.EACCES);
+    assert.equal(buf.toString('hex'), rfcReplyHex(1, -E.EACCES));
     assert.equal(buf.toString('hex'), '0c00000001000000f3ffffff');
   });
 
@@ -74,7 +75,7 @@ describe('RFC frames, byte for byte', () => {
     assert.equal(req.flags, 0x42);
 
     const buf = Buffer.alloc(32);
-    assert.deepEqual(decodeReply(buf, 0, encodeTaggedReply(buf, 0, 7, -2)), { command: Command.OPEN_TAGGED, result: -2, id: 7, version: 0, features: 0 });
+    assert.deepEqual(decodeReply(buf, 0, encodeTaggedReply(buf, 0, 7, -E.ENOENT)), { command: Command.OPEN_TAGGED, result: -E.ENOENT, id: 7, version: 0, features: 0 });
     assert.deepEqual(decodeReply(buf, 0, encodeHelloReply(buf, 0, 1)), { command: Command.HELLO, result: 0, id: 0, version: 1, features: 1 });
     assert.equal(decodeReply(buf, 0, 11), null);
   });

@@ -45,6 +45,7 @@ describe('fd-set mode, real QEMU', () => {
     const policy = loadPolicyFile(policyFile);
     ctx.after(() => policy.close());
     const q = await spawnQemu(MACHINE);
+    let exit: unknown;
     try {
       const images = new FdSetImages(q.qmp, new PolicyOpener(policy, { audit: { record: (r) => void audit.push(r) } }));
       const node = await images.addImage(base, { nodeName: 'base' });
@@ -69,9 +70,10 @@ describe('fd-set mode, real QEMU', () => {
       assert.deepEqual(audit.map((r) => [display(r.path), r.errno]), [[base, 0], [base, 0], [overlay, 0], [overlay, 0]]);
       assert.equal(audit[2]!.flags & 0o300, 0o300, 'the overlay is created with O_CREAT|O_EXCL');
     } finally {
-      assert.deepEqual(await q.quit(), { code: 0, signal: null });
+      exit = await q.quit();
       policy.close();
     }
+    assert.deepEqual(exit, { code: 0, signal: null }, 'QEMU quit cleanly');
     try {
       const info = imageInfo(overlay);
       assert.equal(info.format, 'qcow2');
@@ -94,6 +96,7 @@ describe('fd-set mode, real QEMU', () => {
     const policy = new Policy([parseAllowFlag(`${t.vm}/:rwc`)]);
     ctx.after(() => policy.close());
     const q = await spawnQemu(MACHINE);
+    let exit: unknown;
     try {
       const images = new FdSetImages(q.qmp, new PolicyOpener(policy));
       await images.addImage(base, { nodeName: 'base' });
@@ -112,9 +115,10 @@ describe('fd-set mode, real QEMU', () => {
       assert.equal(block.find((b) => b.qdev.includes('disk0'))?.inserted['node-name'], 'base');
       await q.qmp.execute('human-monitor-command', { 'command-line': guestWrite('disk0', 0x44, 8192) });
     } finally {
-      assert.deepEqual(await q.quit(), { code: 0, signal: null });
+      exit = await q.quit();
       policy.close();
     }
+    assert.deepEqual(exit, { code: 0, signal: null }, 'QEMU quit cleanly');
     try {
       assert.equal(imageInfo(top)['backing-filename'], base, 'the rewritten header names the real base path');
       assert.ok(holds(base, 0x22, 0), 'mid was committed');
@@ -136,6 +140,7 @@ describe('fd-set mode, real QEMU', () => {
     const policy = new Policy([parseAllowFlag(`${t.vm}/:rwc`)]);
     ctx.after(() => policy.close());
     const q = await spawnQemu(MACHINE);
+    let exit: unknown;
     try {
       const images = new FdSetImages(q.qmp, new PolicyOpener(policy));
       const node = await images.addImage(base, { nodeName: 'base', fileOptions: { locking: 'off' } });
@@ -147,9 +152,10 @@ describe('fd-set mode, real QEMU', () => {
       await q.qmp.execute('blockdev-reopen', { options: [file(false)] });
       await images.commit('overlay', 'base');
     } finally {
-      assert.deepEqual(await q.quit(), { code: 0, signal: null });
+      exit = await q.quit();
       policy.close();
     }
+    assert.deepEqual(exit, { code: 0, signal: null }, 'QEMU quit cleanly');
     try {
       assert.ok(holds(base, 0x22, 0), 'committed into the base');
     } finally {
@@ -168,6 +174,7 @@ describe('fd-set mode, real QEMU', () => {
     const policy = new Policy([parseAllowFlag(`${t.vm}/:rwc`), parseAllowFlag(`${t.outside}/:r`)]);
     ctx.after(() => policy.close());
     const q = await spawnQemu(MACHINE);
+    let exit: unknown;
     try {
       const images = new FdSetImages(q.qmp, new PolicyOpener(policy, { audit: { record: (r) => void audit.push(r) } }));
       const before = await q.qmp.execute<FdSetInfo[]>('query-fdsets');
@@ -186,10 +193,11 @@ describe('fd-set mode, real QEMU', () => {
       const ro = await images.addImage(secret, { nodeName: 'secret', access: 'r' });
       assert.deepEqual(ro.fdset.fds.map((f) => fdAccessMode(q.child.pid!, f.fd)), [0]);
     } finally {
-      assert.deepEqual(await q.quit(), { code: 0, signal: null });
+      exit = await q.quit();
       policy.close();
       t.cleanup();
     }
+    assert.deepEqual(exit, { code: 0, signal: null }, 'QEMU quit cleanly');
   });
 
   it('opens through a broker over its socket (openhook serve) with the same outcome', async (ctx) => {
@@ -203,6 +211,7 @@ describe('fd-set mode, real QEMU', () => {
     const hook = await connect(serve.socket);
     ctx.after(() => hook.close());
     const q = await spawnQemu(MACHINE);
+    let exit: unknown;
     try {
       const images = new FdSetImages(q.qmp, new BrokerOpener(hook));
       await images.addImage(data, { nodeName: 'data', format: 'raw' });
@@ -210,10 +219,11 @@ describe('fd-set mode, real QEMU', () => {
       await q.qmp.execute('human-monitor-command', { 'command-line': guestWrite('disk1', 0x66) });
       await assert.rejects(images.addImage(secret, { nodeName: 'secret', format: 'raw' }), { code: 'EACCES' });
     } finally {
-      assert.deepEqual(await q.quit(), { code: 0, signal: null });
+      exit = await q.quit();
       hook.close();
       await serve.stop();
     }
+    assert.deepEqual(exit, { code: 0, signal: null }, 'QEMU quit cleanly');
     try {
       assert.ok(holds(data, 0x66, 0, 4096, 'raw'));
       assert.ok(holds(secret, 0x55, 0, 4096, 'raw'));

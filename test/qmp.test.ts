@@ -128,25 +128,29 @@ describe('QMP client, real QEMU on a socket path', () => {
 describe('QMP wirings for QEMU started by us', () => {
   it('stdin: QEMU inherits the other end of a socketpair as its stdin', async () => {
     const q = await spawnQemu(MACHINE);
+    let exit: unknown;
     try {
       assert.equal(((await q.qmp.execute('query-status')) as { status: string }).status, 'prelaunch');
     } finally {
-      assert.deepEqual(await q.quit(), { code: 0, signal: null });
+      exit = await q.quit();
     }
+    assert.deepEqual(exit, { code: 0, signal: null }, 'QEMU quit cleanly');
   });
 
   it('listen: QEMU connects to us, and the socket file is gone once it has', async () => {
     const dir = tempDir('openhook-qmp-');
     const path = join(dir.path, 'qmp.sock');
     let q: QemuProcess | null = null;
+    let exit: unknown;
     try {
       q = await spawnQemu(MACHINE, { qmp: { listen: path } });
       assert.equal(existsSync(path), false);
       assert.equal(((await q.qmp.execute('query-status')) as { status: string }).status, 'prelaunch');
     } finally {
-      if (q) assert.deepEqual(await q.quit(), { code: 0, signal: null });
+      if (q) exit = await q.quit();
       dir.cleanup();
     }
+    assert.deepEqual(exit, { code: 0, signal: null }, 'QEMU quit cleanly');
   });
 
   it('reports QEMU dying before QMP is ready, with its message', async () => {

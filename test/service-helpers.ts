@@ -24,11 +24,12 @@ function track(child: ChildProcess): void {
 
 /**
  * A listening socket at path, made as systemd makes one for a .socket unit (bound in place, so
- * getsockname names path), held by this process as systemd holds it. Returns the fd.
+ * getsockname names path), held by this process as systemd holds it. Returns the fd. With state
+ * 'bound', it is bound and not listening, as a broker's is for an instant while it starts.
  */
-export async function systemdStyleSocket(path: string, kind: 'seqpacket' | 'stream'): Promise<number> {
+export async function systemdStyleSocket(path: string, kind: 'seqpacket' | 'stream', state: 'listening' | 'bound' = 'listening'): Promise<number> {
   const [mine, theirs] = native.socketpair(C.SOCK_SEQPACKET, false);
-  const r = spawnSync(fixture('listen-socket'), [path, kind], { stdio: ['ignore', 'inherit', 'inherit', theirs] });
+  const r = spawnSync(fixture('listen-socket'), [path, kind, ...(state === 'bound' ? ['bound'] : [])], { stdio: ['ignore', 'inherit', 'inherit', theirs] });
   native.close(theirs);
   if (r.status !== 0) throw new Error(`listen-socket exited ${r.status}`);
   const { fds } = await receiveOne(mine);

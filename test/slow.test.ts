@@ -9,12 +9,13 @@ import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, constants as fsc, readSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Resolver } from '../src/broker/resolver.js';
+import { Resolver } from '../src/resolver/resolver.js';
 import { C, native } from '../src/native.js';
 import { fdCount, fixture, settledFdCount, sleep, tempDir } from './helpers.js';
 import { closeAll, inodeOf, inProcessBroker, openFrame, RawClient, taggedFrame, type InProcessBroker } from './raw.js';
+import { E } from '../src/errno.js';
 
-const ECANCELED = 125;
+const { ECANCELED } = E;
 const tmp = tempDir('openhook-slow-');
 const local = join(tmp.path, 'local');
 const fuse = join(tmp.path, 'fuse');
@@ -226,12 +227,12 @@ describe('slow opens: FIFOs where a rule allows them', () => {
   it('a cancelled open never reaches the client, and the error is ECANCELED internally only', async () => {
     const r = new Resolver();
     const root = native.open(fifos, C.O_PATH | C.O_DIRECTORY, 0);
-    const { OpenCancel } = await import('../src/broker/resolver.js');
+    const { codeOf, OpenCancel } = await import('../src/resolver/resolver.js');
     const cancel = new OpenCancel();
     const pending = r.openSlow(root, 'pipe', C.O_RDONLY, 0, { followSymlinks: false, directories: false, fifos: true, hardlinks: 'read-only' }, cancel);
     await sleep(100);
     cancel.cancel();
-    assert.equal(await pending, -ECANCELED);
+    assert.equal(codeOf(await pending), -ECANCELED);
     native.close(root);
     r.close();
   });

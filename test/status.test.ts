@@ -17,12 +17,13 @@ import { C, native } from '../src/native.js';
 import { Policy } from '../src/policy/policy.js';
 import { parseAllowFlag } from '../src/policy/rule.js';
 import { encodeConnect, encodeStatusRequest } from '../src/protocol/frames.js';
-import { CLI, fixture, probe, receiveOne, rfcOpenFrame, rfcReplyHex, tempDir } from './helpers.js';
+import { CLI, cliForOthers, fixture, forOthers, probe, receiveOne, rfcOpenFrame, rfcReplyHex, tempDir } from './helpers.js';
 import { killLeftovers, startDaemon, type Daemon } from './service-helpers.js';
+import { E } from '../src/errno.js';
 
 const run = promisify(execFile);
 const NOBODY = 65534;
-const EACCES = 13, EINVAL = 22;
+const { EACCES, EINVAL } = E;
 
 const tmp = tempDir();
 // Others must reach the sockets in here (access control is the broker's job in these tests), but
@@ -38,7 +39,8 @@ after(() => {
 
 /** `openhook status ARGS`, as root or as another uid: exit code, stdout, stderr. */
 function status(args: string[], uid?: number): { code: number | null; out: string; err: string } {
-  const r = spawnSync(process.execPath, [CLI, 'status', ...args], { encoding: 'utf8', ...(uid !== undefined ? { uid, gid: uid } : {}) });
+  const cli = uid === undefined ? CLI : cliForOthers();
+  const r = spawnSync(process.execPath, [cli, 'status', ...args], { encoding: 'utf8', ...(uid !== undefined ? { uid, gid: uid } : {}) });
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
@@ -118,7 +120,7 @@ describe('openhook status', () => {
 
     const asNobody = spawnSync(process.execPath, ['-e', `
       const { execFileSync } = require('node:child_process');
-      process.stdout.write(execFileSync(${JSON.stringify(fixture('rfc-probe'))}, [${JSON.stringify(sock)}, 'seqpacket', ${JSON.stringify(encodeStatusRequest().toString('hex'))}]));
+      process.stdout.write(execFileSync(${JSON.stringify(forOthers(fixture('rfc-probe')))}, [${JSON.stringify(sock)}, 'seqpacket', ${JSON.stringify(encodeStatusRequest().toString('hex'))}]));
     `], { encoding: 'utf8', uid: NOBODY, gid: NOBODY });
     assert.equal(asNobody.stdout.trim(), `reply=${rfcReplyHex(0x103, -EACCES)} fds=0`, asNobody.stderr);
 

@@ -208,7 +208,6 @@ function pathFields(path: string, key = 'path'): string {
   // The common case: printable ASCII with nothing to escape.
   // eslint-disable-next-line no-control-regex
   if (!/[\x00-\x1f"\\\x80-\xff]/.test(path)) return `"${key}":"${path}"`;
-  // eslint-disable-next-line no-control-regex
   if (!/[\x80-\xff]/.test(path)) return `"${key}":${JSON.stringify(path)}`;
   const bytes = Buffer.from(path, 'latin1');
   if (isUtf8(bytes)) return `"${key}":${JSON.stringify(bytes.toString('utf8'))}`;

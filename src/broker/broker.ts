@@ -16,11 +16,13 @@ import { display } from '../bytestring.js';
 import { C, native, type NativePoller, PollMode, check } from '../native.js';
 import type { Peer, Policy } from '../policy/policy.js';
 import type { AuditSink } from './audit.js';
-import { Connection, DEFAULT_CONNECTION_LIMITS, type ConnectionFamily, type ConnectionHost, type ConnectionLimits, type SocketKind } from './connection.js';
+import { BATCH, Connection, DEFAULT_CONNECTION_LIMITS, type ConnectionFamily, type ConnectionHost, type ConnectionLimits, type SocketKind } from './connection.js';
 import { Metrics, snapshot, type BrokerState, type StatusReport } from './metrics.js';
 import { encodeStatusReply } from '../protocol/frames.js';
-import { missingSupport, Resolver } from './resolver.js';
+import { missingSupport, Resolver } from '../resolver/resolver.js';
+import { ReplyBatch } from './reply-batch.js';
 import type { ServiceContext } from './service.js';
+import { E } from '../errno.js';
 
 export interface BrokerLimits extends ConnectionLimits {
   /** connections served at once; beyond, new ones are closed at accept (default 4096) */
@@ -64,7 +66,7 @@ export class UnsupportedSystemError extends Error {
   readonly code = 'ERR_OPENHOOK_UNSUPPORTED';
 }
 
-const EACCES = 13, EAGAIN = 11, EMFILE = 24, EPIPE = 32, ENFILE = 23, ENOBUFS = 105, ENOMEM = 12;
+const { EACCES, EAGAIN, EMFILE, EPIPE, ENFILE, ENOBUFS, ENOMEM } = E;
 /** Connections accepted per wake-up, so that a connection storm cannot monopolise the loop. */
 const ACCEPT_BATCH = 64;
 /** How long accepting pauses when the process is out of fds and no reserve fd is left. */
@@ -74,6 +76,8 @@ const WARN_INTERVAL_MS = 5_000;
 
 export class Broker implements ConnectionHost {
   readonly limits: Readonly<BrokerLimits>;
+  /** the replies of the connection whose wake-up is being served (see reply-batch.ts) */
+  readonly replies = new ReplyBatch(BATCH);
   #ctx: ServiceContext;
   #listeners = new Set<Listener>();
   #connections = new Set<Connection>();
@@ -125,6 +129,8 @@ export class Broker implements ConnectionHost {
     this.#ctx = { ...this.#ctx, policy };
     if (old !== policy) {
       old.close();
+      // Roots are reopened as the new policy uses them; opens in flight keep theirs (roots.ts).
+      this.#ctx.resolver.roots.retireAll();
       this.#generation++;
       this.#loadedAt = Date.now();
     }
@@ -303,19 +309,29 @@ export class Broker implements ConnectionHost {
     this.#log(message + more);
   }
 
-  /** Stops listening (removing the socket files), closes every connection, the policy, and the thread pool. */
+  /**
+   * Stops listening (removing the socket files), closes every connection, the policy, and the thread
+   * pool. Everything is closed even if closing one thing fails; then the first failure is thrown.
+   */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    for (const l of this.#listeners) l.close();
-    this.#listeners.clear();
-    for (const c of [...this.#connections]) c.close();
+    const failures: unknown[] = [];
+    this.#closeListeners(failures);
+    for (const c of [...this.#connections]) attempt(() => c.close(), failures);
     if (this.#sweep) clearInterval(this.#sweep);
     this.#sweep = null;
-    this.#ctx.policy.close();
-    this.#ctx.resolver.close();
+    attempt(() => this.#ctx.policy.close(), failures);
+    attempt(() => this.#ctx.resolver.close(), failures);
     if (this.#reserve >= 0) native.close(this.#reserve);
     this.#reserve = -1;
+    if (failures.length > 0) throw failures[0];
+  }
+
+  /** Closes every listener, collecting failures rather than stopping at the first. */
+  #closeListeners(failures: unknown[]): void {
+    for (const l of this.#listeners) attempt(() => l.close(), failures);
+    this.#listeners.clear();
   }
 
   // ---- As a service ------------------------------------------------------------------------------
@@ -432,8 +448,9 @@ export class Broker implements ConnectionHost {
   async stop(deadlineMs: number): Promise<number> {
     if (this.#closed) return 0;
     this.#state = 'stopping';
-    for (const l of this.#listeners) l.close();
-    this.#listeners.clear();
+    const failures: unknown[] = [];
+    this.#closeListeners(failures);
+    for (const err of failures) this.warn(`closing a listener: ${err instanceof Error ? err.message : String(err)}`, 'listener-close');
     if (this.#connections.size > 0) {
       const idle = new Promise<void>((resolve) => (this.#onIdle = resolve));
       for (const c of [...this.#connections]) c.drain();
@@ -512,6 +529,14 @@ export class Listener {
     this.#poller.close();
     if (!this.inherited) native.unlinkSocket(Buffer.from(this.path), this.#identity);
     check(native.close(this.fd), 'close');
+  }
+}
+
+function attempt(fn: () => void, failures: unknown[]): void {
+  try {
+    fn();
+  } catch (err) {
+    failures.push(err);
   }
 }
 

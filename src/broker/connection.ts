@@ -20,15 +20,18 @@ import { C, native, PollMode, recvArena, recvMeta, type NativePoller } from '../
 import type { Peer } from '../policy/policy.js';
 import { Command } from '../protocol/constants.js';
 import { hostEndian } from '../protocol/endian.js';
-import { DecodeError, decodeRequest, encodeHelloReply, encodeReply, encodeTaggedReply, newRequest } from '../protocol/frames.js';
+import { DecodeError, decodeRequest, encodeHelloReply, encodeReply, encodeTaggedReply, newRequest, type Request } from '../protocol/frames.js';
 import { FrameAssembler } from '../protocol/stream.js';
-import { OpenCancel } from './resolver.js';
-import { FEATURES, serveOpen, type ServiceContext } from './service.js';
+import { REPLY_SLOT, type ReplyBatch } from './reply-batch.js';
+import { fromBytes } from '../bytestring.js';
+import { OpenCancel } from '../resolver/resolver.js';
+import { FEATURES, serveOpen, type OpenRequest, type ServiceContext } from './service.js';
+import { E } from '../errno.js';
 import { fileOperationFrom, serveFileOperation } from './operations.js';
 
-const EPROTO = 71, EAGAIN = 11, EINVAL = 22;
+const { EPROTO, EAGAIN, EINVAL } = E;
 /** Messages drained per wake-up: enough to amortise the call into JS, few enough to be fair. */
-const BATCH = 64;
+export const BATCH = 64;
 /** Bytes drained per wake-up on SOCK_STREAM, where one read can hold many frames. */
 const STREAM_BUDGET = 16 * 1024;
 
@@ -71,6 +74,8 @@ export interface ConnectionHost {
   /** a frame was answered -EPROTO (counted for STATUS) */
   protocolError(): void;
   readonly limits: Readonly<ConnectionLimits>;
+  /** where the replies of one wake-up of a SOCK_SEQPACKET connection gather (reply-batch.ts) */
+  readonly replies: ReplyBatch;
   /** asks the host to call expire() once now >= conn.deadline() */
   watch(conn: Connection): void;
   /** called once, when the connection has closed */
@@ -79,12 +84,23 @@ export interface ConnectionHost {
   fault(conn: Connection, err: unknown): void;
 }
 
-const READY = 0, WAITING = 1, DEFERRED = 2, DONE = 3;
+/** What one place in the reply order holds. */
+const EntryState = {
+  /** a reply (bytes, and an fd or -1) to send */
+  READY: 0,
+  /** an RFC open under way on the thread pool: everything behind it waits */
+  WAITING: 1,
+  /** a request read but not yet served (its frame in bytes): served when its turn comes */
+  DEFERRED: 2,
+  /** nothing to send (a tagged open that went to the pool answers out of order) */
+  DONE: 3,
+} as const;
+type EntryState = (typeof EntryState)[keyof typeof EntryState];
+const { READY, WAITING, DEFERRED, DONE } = EntryState;
 
 /** One place in the reply order. */
 interface Entry {
-  /** READY: bytes (+fd) to send; WAITING: a slow open under way; DEFERRED: a request not yet served; DONE: nothing */
-  state: number;
+  state: EntryState;
   /** READY: the reply; DEFERRED: the request frame */
   bytes: Buffer;
   /** READY: the fd to send with the first byte, or -1 */
@@ -95,28 +111,16 @@ interface Entry {
 
 /** Scratch space shared by all connections: requests are served one at a time on the event loop. */
 const request = newRequest();
+const openRequest: OpenRequest = { command: 0, path: '', flags: 0, mode: 0 };
 const replyBuf = Buffer.alloc(32);
 const EMPTY = Buffer.alloc(0);
 
-/**
- * The replies of one wake-up of one SOCK_SEQPACKET connection, sent together when its frames have
- * been served: one sendmmsg, and the fds closed in C (native.sendReplies), instead of a send and a
- * close per request. Shared by all connections, since a wake-up is served and flushed before the
- * next begins. Slots of REPLY_SLOT bytes; [offset, length, fd] per reply in batchMeta.
- */
-const REPLY_BATCH = BATCH;
-const REPLY_SLOT = 32;
 /**
  * Send-buffer memory one reply (with its fd) may take: 768 bytes on Linux 6.18 x86-64 (the skb's
  * truesize), with room to spare. A UNIX SOCK_SEQPACKET socket refuses a send (EAGAIN) only when
  * its send buffer is full, so replies that fit in it all go out.
  */
 const REPLY_COST = 2048;
-const batchArena = Buffer.alloc(REPLY_BATCH * REPLY_SLOT);
-const batchMeta = new Int32Array(REPLY_BATCH * 3);
-native.setReplyArena(batchArena, batchMeta);
-let batchOwner: Connection | null = null;
-let batched = 0;
 
 export class Connection {
   readonly fd: number;
@@ -199,15 +203,16 @@ export class Connection {
       // Batch the replies only if they surely fit in the socket (one reply may always be tried):
       // a reply that cannot be sent keeps its fd, and a client that never reads must not make the
       // broker hold more than one.
-      if (count > 0 && !this.#assembler && (count === 1 || this.#sendRoom() >= count * REPLY_COST)) batchOwner = this;
+      const batch = this.#host.replies;
+      if (count > 0 && !this.#assembler && (count === 1 || this.#sendRoom() >= count * REPLY_COST)) batch.owner = this;
       for (let i = 0, m = 0; i < count && !this.#closed && !this.#ending; i++) {
         const offset = recvMeta[m]!, length = recvMeta[m + 1]!, flags = recvMeta[m + 2]!;
         m += 4; // no fds: the kernel dropped them (MSG_CTRUNC)
         this.#receive(offset, length, flags);
       }
-      if (batchOwner === this) {
+      if (batch.owner === this) {
         this.#flushBatch();
-        batchOwner = null;
+        batch.owner = null;
       }
       if (this.#closed) return;
       if (status === C.STATUS_EOF) {
@@ -283,7 +288,7 @@ export class Connection {
     }
     switch (request.command) {
       case Command.QEMU_OPEN: {
-        const out = serveOpen(this.#host.context(), this.peer, request, this.#cancel);
+        const out = serveOpen(this.#host.context(), this.peer, openRequestOf(request), this.#cancel);
         if (typeof out !== 'number') {
           this.#waitFor(out, slot);
           return;
@@ -293,7 +298,7 @@ export class Connection {
       }
       case Command.OPEN_TAGGED: {
         const id = request.id;
-        const out = serveOpen(this.#host.context(), this.peer, request, this.#cancel);
+        const out = serveOpen(this.#host.context(), this.peer, openRequestOf(request), this.#cancel);
         if (typeof out !== 'number') {
           if (slot) slot.state = DONE;
           this.#slowTagged++;
@@ -335,47 +340,48 @@ export class Connection {
   #inOrder(length: number, fd: number, slot: Entry | null, buf: Buffer = replyBuf): void {
     if (this.#closed) {
       if (fd >= 0) native.close(fd);
-      return;
-    }
-    if (slot) {
+    } else if (slot) {
       slot.state = READY;
       slot.bytes = Buffer.from(buf.subarray(0, length));
       slot.fd = fd;
-      return;
+    } else if (this.#queue.length > 0) {
+      this.#push(READY, Buffer.from(buf.subarray(0, length)), fd);
+    } else if (this.#host.replies.owner === this && length <= REPLY_SLOT) {
+      this.#batchReply(length, fd, buf);
+    } else {
+      this.#sendReply(length, fd, buf);
     }
-    if (this.#queue.length === 0 && batchOwner === this && length <= REPLY_SLOT) {
-      // Within a wake-up: the reply joins the batch, sent when the wake-up's frames are served.
-      if (batched === REPLY_BATCH) this.#flushBatch();
+  }
+
+  /** Within a wake-up: the reply joins the batch, sent when the wake-up's frames are served. */
+  #batchReply(length: number, fd: number, buf: Buffer): void {
+    const batch = this.#host.replies;
+    if (batch.full) {
+      this.#flushBatch();
       if (this.#closed || this.#queue.length > 0) {
         this.#inOrder(length, fd, null, buf); // the socket filled up or failed: queue it, or drop it
         return;
       }
-      const at = batched * REPLY_SLOT;
-      for (let i = 0; i < length; i++) batchArena[at + i] = buf[i]!; // a dozen bytes: cheaper than Buffer#copy
-      batchMeta[batched * 3] = at;
-      batchMeta[batched * 3 + 1] = length;
-      batchMeta[batched * 3 + 2] = fd;
-      batched++;
-      return;
     }
-    if (this.#queue.length === 0) {
-      const n = native.send(this.fd, buf, 0, length, fd);
-      if (n === length) {
-        if (fd >= 0) native.close(fd);
-        return;
-      }
-      if (n >= 0 || n === -EAGAIN) {
-        // A stream took part of it (the fd went with the first byte), or the socket is full.
-        if (n > 0 && fd >= 0) native.close(fd);
-        this.#push(READY, Buffer.from(buf.subarray(n > 0 ? n : 0, length)), n > 0 ? -1 : fd);
-        this.#blocked();
-        return;
-      }
+    batch.add(buf, length, fd);
+  }
+
+  /** Nothing waits before it: straight to the socket, or queued with what the socket did not take. */
+  #sendReply(length: number, fd: number, buf: Buffer): void {
+    const n = native.send(this.fd, buf, 0, length, fd);
+    if (n === length) {
       if (fd >= 0) native.close(fd);
-      this.close(); // EPIPE, ECONNRESET: the client is gone
       return;
     }
-    this.#push(READY, Buffer.from(buf.subarray(0, length)), fd);
+    if (n >= 0 || n === -EAGAIN) {
+      // A stream took part of it (the fd went with the first byte), or the socket is full.
+      if (n > 0 && fd >= 0) native.close(fd);
+      this.#push(READY, Buffer.from(buf.subarray(n > 0 ? n : 0, length)), n > 0 ? -1 : fd);
+      this.#blocked();
+      return;
+    }
+    if (fd >= 0) native.close(fd);
+    this.close(); // EPIPE, ECONNRESET: the client is gone
   }
 
   /** Bytes the socket's send buffer can still take: SO_SNDBUF less what the client has not read. */
@@ -390,21 +396,20 @@ export class Connection {
    * the queue, in order, ahead of anything queued behind them in this wake-up.
    */
   #flushBatch(): void {
-    const n = batched;
-    batched = 0;
+    const batch = this.#host.replies;
+    const n = batch.count;
     if (n === 0) return;
-    const sent = native.sendReplies(this.fd, n);
-    if (sent === n) return;
+    const sent = batch.send(this.fd);
+    if (sent === n) {
+      batch.count = 0;
+      return;
+    }
     if (sent < 0 && sent !== -EAGAIN) {
-      for (let i = 0; i < n; i++) if (batchMeta[i * 3 + 2]! >= 0) native.close(batchMeta[i * 3 + 2]!);
+      batch.discard();
       this.close(); // EPIPE, ECONNRESET: the client is gone
       return;
     }
-    const rest: Entry[] = [];
-    for (let i = sent < 0 ? 0 : sent; i < n; i++) {
-      const at = batchMeta[i * 3]!;
-      rest.push({ state: READY, bytes: Buffer.from(batchArena.subarray(at, at + batchMeta[i * 3 + 1]!)), fd: batchMeta[i * 3 + 2]!, slow: false });
-    }
+    const rest: Entry[] = batch.unsent(sent < 0 ? 0 : sent).map(([bytes, fd]) => ({ state: READY, bytes, fd, slow: false }));
     this.#queue.unshift(...rest);
     this.#blocked();
     if (this.#queue.length > this.#limits.queue) this.close();
@@ -441,7 +446,7 @@ export class Connection {
     this.#guard(() => this.#pump());
   }
 
-  #push(state: number, bytes: Buffer, fd: number, slow = false): Entry {
+  #push(state: EntryState, bytes: Buffer, fd: number, slow = false): Entry {
     const entry: Entry = { state, bytes, fd, slow };
     this.#queue.push(entry);
     if (this.#queue.length > this.#limits.queue) this.close();
@@ -561,10 +566,10 @@ export class Connection {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    if (batchOwner === this) {
-      for (let i = 0; i < batched; i++) if (batchMeta[i * 3 + 2]! >= 0) native.close(batchMeta[i * 3 + 2]!);
-      batched = 0;
-      batchOwner = null;
+    const batch = this.#host.replies;
+    if (batch.owner === this) {
+      batch.discard();
+      batch.owner = null;
     }
     this.#cancel.cancel();
     this.#poller.close();
@@ -573,4 +578,13 @@ export class Connection {
     native.close(this.fd);
     this.#host.released(this);
   }
+}
+
+/** The open a decoded frame asks for (in the shared scratch request: serveOpen copies what outlives it). */
+function openRequestOf(frame: Request): OpenRequest {
+  openRequest.command = frame.command;
+  openRequest.path = fromBytes(frame.buf, frame.nameOffset, frame.nameOffset + frame.nameLength);
+  openRequest.flags = frame.flags;
+  openRequest.mode = frame.mode;
+  return openRequest;
 }

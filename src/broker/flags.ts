@@ -4,6 +4,7 @@
  */
 import { C } from '../native.js';
 import { Access } from '../policy/access.js';
+import { E } from '../errno.js';
 
 /** Every flag a client may send. Anything else (O_PATH, O_TMPFILE, FASYNC, unknown bits) is refused. */
 const ALLOWED =
@@ -12,11 +13,11 @@ const ALLOWED =
 
 /** The errno for a flag word no rule can allow, or 0. */
 export function flagsError(flags: number): number {
-  if ((flags & C.O_ACCMODE) === C.O_ACCMODE) return 22; // EINVAL: access mode 3
-  if ((flags & C.O_TMPFILE) === C.O_TMPFILE) return 22; // O_TMPFILE (which contains O_DIRECTORY)
-  if (flags & C.O_PATH) return 22;
-  if ((flags & ~ALLOWED) >>> 0 !== 0) return 22;
-  if (flags & C.O_CREAT && flags & C.O_DIRECTORY) return 22; // open(2) refuses this pair too
+  if ((flags & C.O_ACCMODE) === C.O_ACCMODE) return E.EINVAL; // access mode 3
+  if ((flags & C.O_TMPFILE) === C.O_TMPFILE) return E.EINVAL; // O_TMPFILE (which contains O_DIRECTORY)
+  if (flags & C.O_PATH) return E.EINVAL;
+  if ((flags & ~ALLOWED) >>> 0 !== 0) return E.EINVAL;
+  if (flags & C.O_CREAT && flags & C.O_DIRECTORY) return E.EINVAL; // open(2) refuses this pair too
   return 0;
 }
 

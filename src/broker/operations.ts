@@ -3,7 +3,8 @@
  * utimes, truncate, access, mkfifo, O_TMPFILE), shaped like serveOpen:
  *
  *   validate flags -> normalise the path(s) -> policy.decide at each end -> perform beneath the
- *     root(s) (src/resolver/operations.ts) -> account (metrics, audit)
+ *     root(s) the decisions name (the resolver's operations, src/resolver/operations.ts, which pin
+ *     the roots) -> account (metrics, audit)
  *
  * Both ways in call it: the wire protocol's file-operation commands (connection.ts) and the syscall
  * hook, which builds the same FileOperation from the trapped syscall's arguments. Rights per
@@ -47,38 +48,29 @@
  * | open, openat, openat2 with O_TMPFILE      | TMPFILE path (the directory), flags = access mode (+O_EXCL, O_CLOEXEC) |
  *
  * Each operation is synchronous, on the event loop. (On a network filesystem these syscalls may wait
- * as an open may; running them on the resolver's pool is a follow-up.)
+ * as an open may; running them on the resolver's pool is a follow-up: see src/resolver/operations.ts.)
  */
 import { fromBytes, type ByteString } from '../bytestring.js';
 import { E } from '../errno.js';
-import { C, FC } from '../native.js';
+import { C } from '../native.js';
 import { Access } from '../policy/access.js';
 import { normalise } from '../policy/path.js';
 import type { Decision, Peer } from '../policy/policy.js';
 import { Command, COMMAND_NAMES } from '../protocol/constants.js';
 import type { Request } from '../protocol/frames.js';
-import { Operations, type Beneath } from '../resolver/operations.js';
+import type { Operations, Place } from '../resolver/operations.js';
 import type { ServiceContext } from './service.js';
-import type { Resolver } from './resolver.js';
 
-/** One file operation, as the wire or the hook states it. Unused numbers are 0. */
-export interface FileOperation {
-  /** Command.MKDIR ... Command.TMPFILE */
-  command: number;
+/**
+ * One file operation, as the wire or the hook states it: the frame's numbers (command MKDIR ...
+ * TMPFILE; CHOWN's uid and gid, u32, 0xffffffff or -1 keeping an id; UTIMES' a b c d, atime sec and
+ * nsec then mtime's; TRUNCATE's length in a; unused ones 0) and its names as byte strings.
+ */
+export interface FileOperation extends Pick<Request, 'command' | 'flags' | 'mode' | 'uid' | 'gid' | 'a' | 'b' | 'c' | 'd'> {
   /** the path (SYMLINK: the target, stored as given) */
   path: ByteString;
   /** RENAME, LINK: the destination; SYMLINK: the new name; '' for the others */
   path2: ByteString;
-  flags: number;
-  mode: number;
-  /** CHOWN: u32, 0xffffffff (or -1) keeps the id */
-  uid: number;
-  gid: number;
-  /** UTIMES: atime sec, atime nsec, mtime sec, mtime nsec; TRUNCATE: a = length */
-  a: number;
-  b: number;
-  c: number;
-  d: number;
 }
 
 /** The FileOperation a decoded file-operation frame carries (names copied out of the buffer). */
@@ -89,15 +81,6 @@ export function fileOperationFrom(req: Request): FileOperation {
     path2: req.name2Length ? fromBytes(req.buf, req.name2Offset, req.name2Offset + req.name2Length) : '',
     flags: req.flags, mode: req.mode, uid: req.uid, gid: req.gid, a: req.a, b: req.b, c: req.c, d: req.d,
   };
-}
-
-const operationsOf = new WeakMap<Resolver, Operations>();
-
-/** The Operations that perform beneath roots for this resolver (one per resolver: they share its umask and hardlink default). */
-export function operationsFor(resolver: Resolver): Operations {
-  let ops = operationsOf.get(resolver);
-  if (!ops) operationsOf.set(resolver, (ops = new Operations(resolver, resolver.eagainRetries)));
-  return ops;
 }
 
 /** What one request got to, for the accounting at the end. */
@@ -116,14 +99,8 @@ interface Outcome {
  */
 export function serveFileOperation(ctx: ServiceContext, peer: Peer, op: FileOperation): number {
   const started = performance.now();
-  const held: Decision[] = [];
   const out: Outcome = { errno: 0, reason: '', access: 0, access2: 0, decision: null };
-  let result = 0;
-  try {
-    result = perform(ctx, peer, op, out, held);
-  } finally {
-    for (const d of held) ctx.policy.release(d);
-  }
+  const result = perform(ctx, peer, op, out);
   if (result < 0 && out.errno === 0) out.errno = -result;
   const allowed = out.decision?.allowed ?? false;
   const name = COMMAND_NAMES[op.command] ?? String(op.command);
@@ -144,15 +121,10 @@ export function serveFileOperation(ctx: ServiceContext, peer: Peer, op: FileOper
  */
 export function serveLinkUnnamed(ctx: ServiceContext, peer: Peer, fd: number, path: ByteString): number {
   const started = performance.now();
-  const held: Decision[] = [];
   const out: Outcome = { errno: 0, reason: '', access: 0, access2: 0, decision: null };
-  let result = 0;
-  try {
-    const to = decideAt(ctx, peer, path, Access.CREATE, out, held, true);
-    result = typeof to === 'number' ? to : done(operationsFor(ctx.resolver), operationsFor(ctx.resolver).linkUnnamed(fd, to), out);
-  } finally {
-    for (const d of held) ctx.policy.release(d);
-  }
+  const ops = ctx.resolver.operations;
+  const to = decideAt(ctx, peer, path, Access.CREATE, out, true);
+  const result = typeof to === 'number' ? to : done(ops, ops.linkUnnamed(fd, to), out);
   const allowed = out.decision?.allowed ?? false;
   ctx.metrics.recordOperation('link', allowed, allowed && result < 0 ? -result : 0);
   ctx.audit?.record({
@@ -162,10 +134,10 @@ export function serveLinkUnnamed(ctx: ServiceContext, peer: Peer, fd: number, pa
   return result;
 }
 
-const NOFOLLOW_ONLY = FC.AT_SYMLINK_NOFOLLOW;
+const NOFOLLOW_ONLY = C.AT_SYMLINK_NOFOLLOW;
 const AT_EACCESS = 0x200;
 
-function perform(ctx: ServiceContext, peer: Peer, op: FileOperation, out: Outcome, held: Decision[]): number {
+function perform(ctx: ServiceContext, peer: Peer, op: FileOperation, out: Outcome): number {
   const bad = flagsError(op);
   if (bad) {
     out.reason = 'flags refused';
@@ -175,33 +147,33 @@ function perform(ctx: ServiceContext, peer: Peer, op: FileOperation, out: Outcom
     out.reason = 'the audit log cannot be written (fail-closed)';
     return -E.EIO;
   }
-  const ops = operationsFor(ctx.resolver);
+  const ops = ctx.resolver.operations;
   const noFollow = (op.flags & NOFOLLOW_ONLY) !== 0;
   switch (op.command) {
     case Command.MKDIR:
-      return single(ctx, peer, op.path, Access.MKDIR, out, held, (at) => ops.mkdir(at, op.mode), ops);
+      return single(ctx, peer, op.path, Access.MKDIR, out, (at) => ops.mkdir(at, op.mode), ops);
     case Command.UNLINK:
-      return single(ctx, peer, op.path, Access.REMOVE, out, held, (at) => ops.unlink(at, false), ops);
+      return single(ctx, peer, op.path, Access.REMOVE, out, (at) => ops.unlink(at, false), ops);
     case Command.RMDIR:
-      return single(ctx, peer, op.path, Access.REMOVE, out, held, (at) => ops.unlink(at, true), ops);
+      return single(ctx, peer, op.path, Access.REMOVE, out, (at) => ops.unlink(at, true), ops);
     case Command.SYMLINK:
-      return single(ctx, peer, op.path2, Access.SYMLINK, out, held, (at) => ops.symlink(op.path, at), ops, true);
+      return single(ctx, peer, op.path2, Access.SYMLINK, out, (at) => ops.symlink(op.path, at), ops, true);
     case Command.CHMOD:
-      return single(ctx, peer, op.path, Access.ATTRIBUTES, out, held, (at) => ops.chmod(at, op.mode, noFollow), ops);
+      return single(ctx, peer, op.path, Access.ATTRIBUTES, out, (at) => ops.chmod(at, op.mode, noFollow), ops);
     case Command.CHOWN:
-      return single(ctx, peer, op.path, Access.ATTRIBUTES, out, held, (at) => ops.chown(at, op.uid | 0, op.gid | 0, noFollow), ops);
+      return single(ctx, peer, op.path, Access.ATTRIBUTES, out, (at) => ops.chown(at, op.uid | 0, op.gid | 0, noFollow), ops);
     case Command.UTIMES: {
       // touch(1) on a file one may write sets both times to now: unconfined, write permission is enough.
-      const touch = op.b === FC.UTIME_NOW && op.d === FC.UTIME_NOW;
+      const touch = op.b === C.UTIME_NOW && op.d === C.UTIME_NOW;
       const need = touch && !allows(ctx, peer, op.path, Access.ATTRIBUTES) ? Access.WRITE : Access.ATTRIBUTES;
-      return single(ctx, peer, op.path, need, out, held, (at) => ops.utimes(at, op.a, op.b, op.c, op.d, noFollow), ops);
+      return single(ctx, peer, op.path, need, out, (at) => ops.utimes(at, op.a, op.b, op.c, op.d, noFollow), ops);
     }
     case Command.TRUNCATE:
-      return single(ctx, peer, op.path, Access.WRITE, out, held, (at) => ops.truncate(at, op.a), ops);
+      return single(ctx, peer, op.path, Access.WRITE, out, (at) => ops.truncate(at, op.a), ops);
     case Command.TMPFILE:
-      return single(ctx, peer, op.path, Access.CREATE, out, held, (at) => ops.tmpfile(at, op.flags, op.mode), ops);
+      return single(ctx, peer, op.path, Access.CREATE, out, (at) => ops.tmpfile(at, op.flags, op.mode), ops);
     case Command.MKFIFO:
-      return single(ctx, peer, op.path, Access.CREATE, out, held, (at) => {
+      return single(ctx, peer, op.path, Access.CREATE, out, (at) => {
         if (!at.options.fifos) {
           out.reason = 'FIFOs are not allowed by this rule';
           return -E.EACCES;
@@ -209,11 +181,11 @@ function perform(ctx: ServiceContext, peer: Peer, op: FileOperation, out: Outcom
         return ops.mkfifo(at, op.mode);
       }, ops);
     case Command.LINK:
-      return link(ctx, peer, op, out, held, ops);
+      return link(ctx, peer, op, out, ops);
     case Command.RENAME:
-      return rename(ctx, peer, op, out, held, ops);
+      return rename(ctx, peer, op, out, ops);
     case Command.ACCESS:
-      return access(ctx, peer, op, out, held, ops);
+      return access(ctx, peer, op, out, ops);
     default:
       out.reason = 'unknown file operation';
       return -E.EINVAL;
@@ -225,7 +197,7 @@ function flagsError(op: FileOperation): number {
   const f = op.flags >>> 0;
   switch (op.command) {
     case Command.RENAME: {
-      const known = FC.RENAME_NOREPLACE | FC.RENAME_EXCHANGE;
+      const known = C.RENAME_NOREPLACE | C.RENAME_EXCHANGE;
       if (f & ~known || f === known) return E.EINVAL;
       return 0;
     }
@@ -247,8 +219,8 @@ function flagsError(op: FileOperation): number {
   }
 }
 
-/** Normalises and decides one end; the allowed decision is held until the operation is done. */
-function decideAt(ctx: ServiceContext, peer: Peer, raw: ByteString, access: number, out: Outcome, held: Decision[], second = false): Beneath | number {
+/** Normalises and decides one end: where it lies (its root by path; the resolver pins it while it performs), or -errno. */
+function decideAt(ctx: ServiceContext, peer: Peer, raw: ByteString, access: number, out: Outcome, second = false): Place | number {
   if (second) out.access2 |= access;
   else out.access |= access;
   const norm = normalise(raw);
@@ -260,21 +232,17 @@ function decideAt(ctx: ServiceContext, peer: Peer, raw: ByteString, access: numb
   out.decision = d;
   out.reason = d.reason;
   if (!d.allowed) return -d.errno;
-  held.push(d);
-  return { rootFd: d.rootFd, rest: d.rest, options: d.open };
+  return { root: d.root, rest: d.rest, options: d.open };
 }
 
-/** Whether the policy would allow access at raw (nothing is held). */
+/** Whether the policy would allow access at raw. */
 function allows(ctx: ServiceContext, peer: Peer, raw: ByteString, access: number): boolean {
   const norm = normalise(raw);
-  if (!norm.ok) return false;
-  const d = ctx.policy.decide(peer, norm.path, access);
-  ctx.policy.release(d);
-  return d.allowed;
+  return norm.ok && ctx.policy.decide(peer, norm.path, access).allowed;
 }
 
-function single(ctx: ServiceContext, peer: Peer, raw: ByteString, access: number, out: Outcome, held: Decision[], step: (at: Beneath) => number, ops: Operations, second = false): number {
-  const at = decideAt(ctx, peer, raw, access, out, held, second);
+function single(ctx: ServiceContext, peer: Peer, raw: ByteString, access: number, out: Outcome, step: (at: Place) => number, ops: Operations, second = false): number {
+  const at = decideAt(ctx, peer, raw, access, out, second);
   if (typeof at === 'number') return at;
   return done(ops, step(at), out);
 }
@@ -290,37 +258,37 @@ function arriving(type: number): number {
   return type === C.S_IFDIR ? Access.MKDIR : Access.CREATE;
 }
 
-function link(ctx: ServiceContext, peer: Peer, op: FileOperation, out: Outcome, held: Decision[], ops: Operations): number {
+function link(ctx: ServiceContext, peer: Peer, op: FileOperation, out: Outcome, ops: Operations): number {
   // The source needs read: a hard link to a file outside every rule is refused here, by the policy.
-  const from = decideAt(ctx, peer, op.path, Access.READ, out, held);
+  const from = decideAt(ctx, peer, op.path, Access.READ, out);
   if (typeof from === 'number') return from;
-  const to = decideAt(ctx, peer, op.path2, Access.CREATE, out, held, true);
+  const to = decideAt(ctx, peer, op.path2, Access.CREATE, out, true);
   if (typeof to === 'number') return to;
   return done(ops, ops.link(from, to), out);
 }
 
-function rename(ctx: ServiceContext, peer: Peer, op: FileOperation, out: Outcome, held: Decision[], ops: Operations): number {
-  const exchange = (op.flags & FC.RENAME_EXCHANGE) !== 0;
-  const from = decideAt(ctx, peer, op.path, Access.REMOVE, out, held);
+function rename(ctx: ServiceContext, peer: Peer, op: FileOperation, out: Outcome, ops: Operations): number {
+  const exchange = (op.flags & C.RENAME_EXCHANGE) !== 0;
+  const from = decideAt(ctx, peer, op.path, Access.REMOVE, out);
   if (typeof from === 'number') return from;
   const moving = ops.typeOf(from);
   if (moving < 0) return done(ops, moving, out);
-  const to = decideAt(ctx, peer, op.path2, (exchange ? Access.REMOVE : 0) | arriving(moving), out, held, true);
+  const to = decideAt(ctx, peer, op.path2, (exchange ? Access.REMOVE : 0) | arriving(moving), out, true);
   if (typeof to === 'number') return to;
   let flags = op.flags;
   if (exchange) {
     // What comes back to the source must be allowed to arrive there too.
     const back = ops.typeOf(to);
     if (back < 0) return done(ops, back, out);
-    const again = decideAt(ctx, peer, op.path, Access.REMOVE | arriving(back), out, held);
+    const again = decideAt(ctx, peer, op.path, Access.REMOVE | arriving(back), out);
     if (typeof again === 'number') return again;
   } else if (ops.typeOf(to) > 0) {
     // Replacing what is at the destination removes it: that needs u there too.
-    const replace = decideAt(ctx, peer, op.path2, Access.REMOVE | arriving(moving), out, held, true);
+    const replace = decideAt(ctx, peer, op.path2, Access.REMOVE | arriving(moving), out, true);
     if (typeof replace === 'number') return replace;
   } else if (!allows(ctx, peer, op.path2, Access.REMOVE)) {
     // Nothing there now; if something appears before the rename, without u the kernel must not replace it.
-    flags |= FC.RENAME_NOREPLACE;
+    flags |= C.RENAME_NOREPLACE;
   }
   return done(ops, ops.rename(from, to, flags), out);
 }
@@ -329,17 +297,17 @@ function rename(ctx: ServiceContext, peer: Peer, op: FileOperation, out: Outcome
  * access(2), answered by the policy so that `test -w` tells the truth: the path must exist beneath
  * an allow rule (F_OK), and the rule must grant what each bit asks.
  */
-function access(ctx: ServiceContext, peer: Peer, op: FileOperation, out: Outcome, held: Decision[], ops: Operations): number {
-  const at = decideAt(ctx, peer, op.path, 0, out, held);
+function access(ctx: ServiceContext, peer: Peer, op: FileOperation, out: Outcome, ops: Operations): number {
+  const at = decideAt(ctx, peer, op.path, 0, out);
   if (typeof at === 'number') return at;
   const type = ops.typeAt(at);
   if (type < 0) return done(ops, type, out);
   const dir = type === C.S_IFDIR;
   let need = 0;
-  if (op.mode & FC.R_OK) need |= Access.READ;
-  if (op.mode & FC.W_OK) need |= dir ? Access.CREATE : Access.WRITE;
-  if (op.mode & FC.X_OK) need |= dir ? Access.READ : Access.EXECUTE;
+  if (op.mode & C.R_OK) need |= Access.READ;
+  if (op.mode & C.W_OK) need |= dir ? Access.CREATE : Access.WRITE;
+  if (op.mode & C.X_OK) need |= dir ? Access.READ : Access.EXECUTE;
   if (need === 0) return 0;
-  const again = decideAt(ctx, peer, op.path, need, out, held);
+  const again = decideAt(ctx, peer, op.path, need, out);
   return typeof again === 'number' ? again : 0;
 }

@@ -35,7 +35,7 @@ export function checkCommand(): Command {
     .argument('<ACCESS>', `what the request needs: letters of rwcdmusax or all (d: the path is a directory), or an operation: ${Object.keys(OPERATION_ACCESS).join(', ')}`)
     .option('--uid <UID>', 'the client’s uid (default: yours)', parseId)
     .option('--gid <GID>', 'the client’s primary gid (default: yours)', parseId)
-    .option('--groups <GID,...>', 'the client’s supplementary groups (default: yours, or none with --uid)', parseIds)
+    .option('--groups <GID,...>', 'the client’s supplementary groups (default: yours, or none with --uid or --gid)', parseIds)
     .option('--session <NAME>', 'the client’s session name (clients the launcher started)');
   addPolicyOptions(cmd);
   // Usage errors exit 2, as a bad policy does: 1 means "denied" and nothing else.
@@ -66,13 +66,14 @@ async function explain(pathText: string, accessText: string, opts: CheckOptions,
   }
   let policy: Policy;
   try {
-    policy = await policyFromOptions(opts);
+    policy = await policyFromOptions(opts, (m) => process.stderr.write(`openhook check: warning: ${m}\n`));
   } catch (err) {
     if (!(err instanceof PolicyError)) throw err;
     process.stderr.write(`openhook check: ${err.message}\n`);
     return 2;
   }
-  const own = opts.uid === undefined;
+  // Another uid or gid is another client: your own supplementary groups are not theirs.
+  const own = opts.uid === undefined && opts.gid === undefined;
   const peer: Peer = {
     pid: process.pid,
     uid: opts.uid ?? process.getuid!(),
@@ -97,13 +98,18 @@ async function explain(pathText: string, accessText: string, opts: CheckOptions,
       errno = errnoValue('EACCES')!;
       why = `${d.rule!.origin} does not allow directories (access letter d)`;
     }
+    if (allowed && d.directoryOnly && !(want & Access.DIRECTORY)) {
+      // What the resolver answers when the name a glob tree covers as its root is not a directory.
+      allowed = false;
+      errno = policy.denyErrno;
+      why = `${d.rule!.origin} covers ${display(norm.path)} only as a directory (a tree's root); check it with 'd' if it is one`;
+    }
     out(`${allowed ? 'allow' : `deny (${errnoName(errno)})`} ${display(norm.path)} ${formatAccess(want)}`);
     out(`  why: ${why}`);
     out(`  needs: ${explainAccess(want)}`);
     if (d.rule) out(`  rule: ${d.rule.origin}: ${describeRule(d.rule)}`);
     out(`  client: ${who} -> ${section === null ? 'refused (matches no section; unmatched = "refuse")' : section === policy.defaultSection ? 'default section' : `section ${section.name}`}`);
     if (allowed) out(`  opens: ${d.rest} beneath ${display(rootPathOf(norm.path, d.rest))}${d.open.followSymlinks ? ', following symlinks beneath it' : ''}`);
-    policy.release(d);
     return allowed ? 0 : 1;
   } finally {
     policy.close();

@@ -15,6 +15,7 @@ const commands: Record<string, () => Promise<Command>> = {
   run: async () => (await import('./run.js')).runCommand(),
   status: async () => (await import('./status.js')).statusCommand(),
   demo: async () => (await import('./demo.js')).demoCommand(),
+  'preload-path': async () => (await import('./preload-path.js')).preloadPathCommand(),
 };
 
 const program = new Command('openhook')

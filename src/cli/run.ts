@@ -26,7 +26,7 @@ import { makePrivateTmp, privateTmpEnv, privateTmpRule, removePrivateTmp, withRu
 import { PolicyError } from '../policy/rule.js';
 import { addAuditOptions, auditFromOptions, type AuditFlags } from './audit-options.js';
 import { addPolicyOptions, policyFromOptions, type PolicyFlags } from './policy-options.js';
-import { collect } from './util.js';
+import { collect, shellQuote } from './util.js';
 
 export interface RunOptions extends PolicyFlags, AuditFlags {
   ro: string[];
@@ -96,7 +96,7 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
       policy = allowEverythingPolicy();
     } else {
       // No rules at all is a valid policy: the program gets nothing through its hook.
-      policy = opts.allow.length > 0 || opts.deny.length > 0 || opts.policy !== undefined ? await policyFromOptions(opts) : new Policy([]);
+      policy = opts.allow.length > 0 || opts.deny.length > 0 || opts.policy !== undefined ? await policyFromOptions(opts, (m) => say(`WARNING: ${m}`)) : new Policy([]);
     }
   } catch (err) {
     if (err instanceof PolicyError) {
@@ -194,11 +194,22 @@ async function runWith(command: string, args: string[], opts: RunOptions, policy
     say(failure);
     return result.status;
   }
+  if (result.status !== 0 && broker.metrics.requests === 0) say(unbrokeredFailure(command, result.status, opts.preload === true));
   if (recorder && opts.learn !== undefined) {
-    const written = await writeLearned(opts.learn, recorder, command, args, result.status);
+    const written = await writeLearned(opts.learn, recorder, [...learnedOptions(opts), '--', command, ...args], result.status);
     if (written !== 0) return written;
   }
   return result.status;
+}
+
+/**
+ * CMD failed and never asked the broker for anything: whatever it could not open, the kernel refused
+ * (Landlock) without the broker hearing of it, so --log and --audit are silent. Say so, and what helps.
+ */
+function unbrokeredFailure(command: string, status: number, preload: boolean): string {
+  const why = `${command} exited with status ${status} and asked the broker for nothing: if it failed to open a file, the kernel refused it (Landlock), not the policy`;
+  if (!preload) return `${why}. A program that does not use OPENHOOK_FD opens files itself: try --preload to route its opens to the broker`;
+  return `${why}. Its opens went to the real call (OPENHOOK_TRACE=1 shows where each went); --ro PATH lets it read PATH itself`;
 }
 
 function announce(report: LaunchReport, opts: RunOptions): void {
@@ -208,13 +219,30 @@ function announce(report: LaunchReport, opts: RunOptions): void {
   if (!report.seccomp.enforced && report.seccomp.unavailable) say(`WARNING: running without the seccomp filter (${report.seccomp.unavailable})`);
 }
 
-async function writeLearned(file: string, recorder: LearnRecorder, command: string, args: string[], status: number): Promise<number> {
+/**
+ * The options of a learn run that shape what the program could do, as arguments: the policy file's
+ * header repeats them, since the learned rules hold only under the same options (--preload above all).
+ */
+function learnedOptions(opts: RunOptions): string[] {
+  return [
+    ...(opts.preload ? ['--preload'] : []),
+    ...opts.ro.flatMap((path) => ['--ro', path]),
+    ...(opts.fd !== 3 ? ['--fd', String(opts.fd)] : []),
+    ...(opts.session !== undefined ? ['--session', opts.session] : []),
+    ...(opts.allowUnixSockets ? ['--allow-unix-sockets'] : []),
+    ...(opts.allowUnconfined ? ['--allow-unconfined'] : []),
+  ];
+}
+
+/** argv: the learn run's options, '--', and the command with its arguments. */
+async function writeLearned(file: string, recorder: LearnRecorder, argv: string[], status: number): Promise<number> {
   const { formatPolicy, minimalRules } = await import('../launch/learned-policy.js');
   const rules = minimalRules(recorder.used);
+  const words = argv.map(shellQuote).join(' ');
   const header = [
-    `openhook policy learned by: openhook run --learn ${file} -- ${[command, ...args].join(' ')}`,
+    `openhook policy learned by: openhook run --learn ${shellQuote(file)} ${words}`,
     `${new Date().toISOString()}: the program exited with status ${status}; ${recorder.requests} requests on ${recorder.used.size} paths`,
-    'Review it, then enforce it: openhook run --policy FILE -- CMD',
+    `Review it, then enforce it: openhook run --policy ${shellQuote(file)} ${words}`,
   ];
   const tmp = `${file}.tmp-${process.pid}`;
   try {

@@ -85,7 +85,7 @@ async function serve(opts: ServeOptions): Promise<void> {
 
   let policy: Policy;
   try {
-    policy = await policyFromOptions(opts);
+    policy = await policyFromOptions(opts, log.warn);
   } catch (err) {
     if (err instanceof PolicyError) fail(2, err.message);
     throw err;

@@ -28,3 +28,8 @@ export function parsePositiveMs(text: string): number {
 
 /** For repeatable options: each use adds its value. */
 export const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+/** A word as sh reads it back unchanged: bare when that is safe, else in single quotes. */
+export function shellQuote(word: string): string {
+  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
+}

@@ -14,14 +14,16 @@
  * requests.
  */
 import { EventEmitter } from 'node:events';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { E } from '../errno.js';
 import { C, native, systemError } from '../native.js';
 import { Command, COMMAND_NAMES, Feature, FILE_OP_COMMANDS, Size } from '../protocol/constants.js';
 import { encodeFileOp, encodeHello, encodeOpen, encodeStatusRequest, encodeTaggedOpen, type FileOpArgs, type Reply } from '../protocol/frames.js';
 import type { StatusReport } from '../broker/metrics.js';
-import { AbortError, ClientClosedError, ConnectionLostError, ProtocolError, TimeoutError } from './errors.js';
+import { connectPath } from './channel.js';
+import { ClientClosedError, ConnectionLostError, ProtocolError, TimeoutError } from './errors.js';
 import { toFlags, type OpenFlags } from './flags.js';
 import { Link, type LinkKind } from './link.js';
+import { Wait } from './pending.js';
 
 export interface ConnectOptions {
   /** the broker's socket path */
@@ -34,7 +36,7 @@ export interface ConnectOptions {
   protocol?: 'auto' | 'rfc';
   /** default per-request timeout in ms; 0 or absent means none */
   timeout?: number;
-  /** gives up connecting when it fires */
+  /** gives up connecting when it fires, also while the HELLO exchange waits (rejects with AbortError) */
   signal?: AbortSignal;
   /**
    * Connections by path: connect again when the broker goes away (default: on). An fd cannot be
@@ -73,19 +75,15 @@ interface Pending {
   path: string;
   /** tagged id on the current link, 0 otherwise */
   id: number;
-  resolve: (value: Outcome) => void;
-  reject: (err: Error) => void;
-  timer: NodeJS.Timeout | null;
-  signal: AbortSignal | null;
-  onAbort: (() => void) | null;
-  /** gave up (timeout, abort): its reply is still awaited, and its fd closed on arrival */
-  abandoned: boolean;
+  /**
+   * Settled early when it gives up (timeout, abort): a sent request's reply is then still awaited,
+   * and its fd closed on arrival.
+   */
+  wait: Wait<Outcome>;
   /** already sent again once after a lost connection */
   retried: boolean;
 }
 
-const EAGAIN = 11;
-const CONNECT_RETRY_MS = 5;
 const HELLO_TIMEOUT_MS = 5000;
 const RECONNECT_DEFAULTS: Required<ReconnectOptions> = { initialDelay: 10, maxDelay: 1000, timeout: 10_000 };
 
@@ -95,7 +93,7 @@ export async function connect(target?: string | number | ConnectOptions): Promis
   let fd: number;
   let owned = true;
   if (options.path !== undefined) {
-    fd = await connectPath(options.path, options.stream ? C.SOCK_STREAM : C.SOCK_SEQPACKET, options.signal);
+    fd = await connectPath(options.path, { type: options.stream ? C.SOCK_STREAM : C.SOCK_SEQPACKET, signal: options.signal });
   } else {
     fd = options.fd ?? fdFromEnvironment();
     owned = options.fd !== undefined;
@@ -111,7 +109,7 @@ export async function connect(target?: string | number | ConnectOptions): Promis
     path: options.path ?? null,
     reconnect,
   });
-  await client.attach(fd, owned);
+  await client.attach(fd, owned, options.signal);
   return client;
 }
 
@@ -121,19 +119,6 @@ function fdFromEnvironment(): number {
   const fd = Number(text);
   if (!/^\d+$/.test(text) || !Number.isSafeInteger(fd)) throw new TypeError(`OPENHOOK_FD is not an fd number: '${text}'`);
   return fd;
-}
-
-async function connectPath(path: string, type: number, signal?: AbortSignal): Promise<number> {
-  for (;;) {
-    signal?.throwIfAborted();
-    try {
-      return native.connectUnix(Buffer.from(path), type);
-    } catch (err) {
-      // A full backlog: the broker is busy, not gone. Retry without blocking the event loop.
-      if ((err as { errno?: number }).errno !== -EAGAIN) throw Object.assign(err as Error, { path });
-      await sleep(CONNECT_RETRY_MS);
-    }
-  }
 }
 
 /** File operations that do the same whether they are done once or twice. */
@@ -210,9 +195,9 @@ export class OpenHookClient extends EventEmitter {
   }
 
   /** @internal the first link, made by connect(); failures close the fd and throw. */
-  async attach(fd: number, ownsFd: boolean): Promise<void> {
+  async attach(fd: number, ownsFd: boolean, signal?: AbortSignal): Promise<void> {
     try {
-      this.#link = await this.#establish(fd, ownsFd);
+      this.#link = await this.#establish(fd, ownsFd, signal);
     } catch (err) {
       this.#closed = true;
       throw err;
@@ -233,7 +218,7 @@ export class OpenHookClient extends EventEmitter {
     } catch (err) {
       return Promise.reject(err);
     }
-    if (name.length > Size.NAME_MAX_WIRE) return Promise.reject(systemError(36, 'open', shown)); // ENAMETOOLONG
+    if (name.length > Size.NAME_MAX_WIRE) return Promise.reject(systemError(E.ENAMETOOLONG, 'open', shown));
     return this.#request(Command.QEMU_OPEN, name, wire, mode, shown, options) as Promise<number>;
   }
 
@@ -283,19 +268,19 @@ export class OpenHookClient extends EventEmitter {
 
   /** chmod(path, mode): needs a; set-id bits are never set. noFollow: lchmod. */
   chmod(path: PathLike, mode: number, options: RequestOptions & { noFollow?: boolean } = {}): Promise<void> {
-    return this.#fileOp(Command.CHMOD, path, null, { mode, flags: options.noFollow ? AT_SYMLINK_NOFOLLOW : 0 }, options) as Promise<void>;
+    return this.#fileOp(Command.CHMOD, path, null, { mode, flags: options.noFollow ? C.AT_SYMLINK_NOFOLLOW : 0 }, options) as Promise<void>;
   }
 
   /** chown(path, uid, gid): succeeds only when nothing would change (-1 keeps an id); needs a. */
   chown(path: PathLike, uid: number, gid: number, options: RequestOptions & { noFollow?: boolean } = {}): Promise<void> {
-    return this.#fileOp(Command.CHOWN, path, null, { uid: uid >>> 0, gid: gid >>> 0, flags: options.noFollow ? AT_SYMLINK_NOFOLLOW : 0 }, options) as Promise<void>;
+    return this.#fileOp(Command.CHOWN, path, null, { uid: uid >>> 0, gid: gid >>> 0, flags: options.noFollow ? C.AT_SYMLINK_NOFOLLOW : 0 }, options) as Promise<void>;
   }
 
   /** utimes(path, atime, mtime): needs a ('now' for both: a or w, as touch). */
   utimes(path: PathLike, atime: TimeLike, mtime: TimeLike, options: RequestOptions & { noFollow?: boolean } = {}): Promise<void> {
     const [a, b] = timespec(atime);
     const [c, d] = timespec(mtime);
-    return this.#fileOp(Command.UTIMES, path, null, { a, b, c, d, flags: options.noFollow ? AT_SYMLINK_NOFOLLOW : 0 }, options) as Promise<void>;
+    return this.#fileOp(Command.UTIMES, path, null, { a, b, c, d, flags: options.noFollow ? C.AT_SYMLINK_NOFOLLOW : 0 }, options) as Promise<void>;
   }
 
   /** truncate(path, length): needs w. */
@@ -321,6 +306,7 @@ export class OpenHookClient extends EventEmitter {
     return this.#fileOp(Command.TMPFILE, dir, null, { mode, flags: flags === 'w' ? C.O_WRONLY : C.O_RDWR }, options) as Promise<number>;
   }
 
+  /** A file operation: one frame, answered in order like STATUS, through the same request path as open. */
   #fileOp(command: number, one: PathLike, two: PathLike | null, args: FileOpArgs, options: RequestOptions): Promise<Outcome | void> {
     if (this.#closed) return Promise.reject(new ClientClosedError('the connection is closed'));
     const shown = typeof one === 'string' ? one : one.toString();
@@ -328,7 +314,7 @@ export class OpenHookClient extends EventEmitter {
     try {
       frame = encodeFileOp(command, one, two, args);
     } catch {
-      return Promise.reject(systemError(36, COMMAND_NAMES[command] ?? 'file operation', shown)); // ENAMETOOLONG
+      return Promise.reject(systemError(E.ENAMETOOLONG, COMMAND_NAMES[command] ?? 'file operation', shown));
     }
     return this.#request(command, Buffer.alloc(0), 0, 0, shown, options, frame);
   }
@@ -345,18 +331,18 @@ export class OpenHookClient extends EventEmitter {
   // ---- requests ----------------------------------------------------------------------------------
 
   #request(command: Pending['command'], name: Buffer, flags: number, mode: number, shown: string, options: RequestOptions, frame: Buffer | null = null): Promise<Outcome> {
-    const signal = options.signal ?? null;
-    if (signal?.aborted) return Promise.reject(new AbortError(undefined, { cause: signal.reason }));
-    return new Promise<Outcome>((resolve, reject) => {
-      const req: Pending = { command, frame, name, flags, mode, path: shown, id: 0, resolve, reject, timer: null, signal, onAbort: null, abandoned: false, retried: false };
-      const timeout = options.timeout ?? this.#settings.timeout;
-      if (timeout > 0) req.timer = setTimeout(() => this.#abandon(req, new TimeoutError(`no reply for '${shown}' within ${timeout} ms`)), timeout);
-      if (signal) {
-        req.onAbort = () => this.#abandon(req, new AbortError(undefined, { cause: signal.reason }));
-        signal.addEventListener('abort', req.onAbort, { once: true });
-      }
-      this.#dispatch(req);
-    });
+    const timeout = options.timeout ?? this.#settings.timeout;
+    const signal = options.signal;
+    // Most requests have neither timeout nor signal: they get a plain wait, without the closures.
+    const wait = timeout > 0 || signal ? new Wait<Outcome>({
+      timeout,
+      signal,
+      timeoutError: () => new TimeoutError(`no reply for '${shown}' within ${timeout} ms`),
+      onGiveUp: () => this.#forget(req),
+    }) : new Wait<Outcome>();
+    const req: Pending = { command, frame, name, flags, mode, path: shown, id: 0, retried: false, wait };
+    if (!wait.settled) this.#dispatch(req);
+    return wait.promise;
   }
 
   /** Sends a request on the current link, or keeps it for the next one. */
@@ -407,41 +393,28 @@ export class OpenHookClient extends EventEmitter {
       return;
     }
     this.#updateRef();
-    if (req.abandoned) {
+    if (req.wait.settled) {
       if (fd >= 0) native.close(fd);
       return;
     }
-    this.#settle(req);
-    if (reply.result !== 0) req.reject(systemError(reply.result, req.command === Command.QEMU_OPEN ? 'open' : COMMAND_NAMES[req.command] ?? 'request', req.path));
+    if (reply.result !== 0) req.wait.reject(systemError(reply.result, req.command === Command.QEMU_OPEN ? 'open' : COMMAND_NAMES[req.command] ?? 'request', req.path));
     else if (req.command === Command.STATUS) this.#resolveStatus(req, reply);
-    else if (req.frame && req.command !== Command.TMPFILE) req.resolve(undefined as unknown as number);
-    else req.resolve(fd);
+    else if (req.frame && req.command !== Command.TMPFILE) req.wait.resolve(undefined as unknown as number);
+    else req.wait.resolve(fd);
   }
 
   #resolveStatus(req: Pending, reply: Reply): void {
     try {
-      req.resolve(JSON.parse(reply.payload!.toString('utf8')) as StatusReport);
+      req.wait.resolve(JSON.parse(reply.payload!.toString('utf8')) as StatusReport);
     } catch {
-      req.reject(new ProtocolError('the STATUS reply is not a JSON document'));
+      req.wait.reject(new ProtocolError('the STATUS reply is not a JSON document'));
     }
   }
 
-  #abandon(req: Pending, err: Error): void {
-    if (req.abandoned) return;
-    req.abandoned = true;
-    this.#settle(req);
-    req.reject(err);
-    // Not yet sent: forget it now. Sent: its reply is still awaited, and its fd closed on arrival.
+  /** A request given up: not yet sent, it is forgotten now; sent, its reply is still awaited. */
+  #forget(req: Pending): void {
     const i = this.#waiting.indexOf(req);
     if (i >= 0) this.#waiting.splice(i, 1);
-  }
-
-  /** Clears a request's timer and abort listener. */
-  #settle(req: Pending): void {
-    if (req.timer) clearTimeout(req.timer);
-    if (req.signal && req.onAbort) req.signal.removeEventListener('abort', req.onAbort);
-    req.timer = null;
-    req.onAbort = null;
   }
 
   #updateRef(): void {
@@ -451,7 +424,7 @@ export class OpenHookClient extends EventEmitter {
   // ---- links: connecting, losing, reconnecting ---------------------------------------------------
 
   /** Makes a link on a connected fd, and negotiates tagged opens on it unless told not to. */
-  async #establish(fd: number, ownsFd: boolean): Promise<Link> {
+  async #establish(fd: number, ownsFd: boolean, signal?: AbortSignal): Promise<Link> {
     let hello: ((reply: Reply, fd: number) => void) | null = null;
     let helloLost: ((err: Error) => void) | null = null;
     const link: Link = new Link(fd, this.#settings.kind, ownsFd, {
@@ -462,28 +435,26 @@ export class OpenHookClient extends EventEmitter {
       this.#tagged = false;
       return link;
     }
+    const answer = new Wait<Reply>({
+      timeout: HELLO_TIMEOUT_MS, signal, timeoutError: () => new TimeoutError(`no HELLO reply within ${HELLO_TIMEOUT_MS} ms`),
+    });
+    hello = (r, got) => {
+      if (got >= 0) native.close(got);
+      // A broker that predates HELLO answers it as an unknown command: -EPROTO.
+      if (r.command === Command.HELLO || r.result < 0) answer.resolve(r);
+      else answer.reject(new ProtocolError(`unexpected reply to HELLO (command ${r.command})`));
+    };
+    helloLost = this.#cancel = (err) => answer.reject(err);
     try {
-      const reply = await new Promise<Reply>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new TimeoutError(`no HELLO reply within ${HELLO_TIMEOUT_MS} ms`)), HELLO_TIMEOUT_MS);
-        const done = (): void => {
-          clearTimeout(timer);
-          hello = helloLost = this.#cancel = null;
-        };
-        hello = (r, got) => {
-          done();
-          if (got >= 0) native.close(got);
-          // A broker that predates HELLO answers it as an unknown command: -EPROTO.
-          if (r.command === Command.HELLO || r.result < 0) resolve(r);
-          else reject(new ProtocolError(`unexpected reply to HELLO (command ${r.command})`));
-        };
-        helloLost = this.#cancel = (err) => (done(), reject(err));
-        link.ref(true);
-        link.send(encodeHello(Feature.TAGGED_OPEN));
-      });
+      link.ref(true);
+      link.send(encodeHello(Feature.TAGGED_OPEN));
+      const reply = await answer.promise;
+      hello = helloLost = this.#cancel = null;
       link.ref(false);
       this.#tagged = reply.command === Command.HELLO && reply.result === 0 && (reply.features & Feature.TAGGED_OPEN) !== 0;
       return link;
     } catch (err) {
+      hello = helloLost = this.#cancel = null;
       link.close();
       throw err;
     }
@@ -508,13 +479,12 @@ export class OpenHookClient extends EventEmitter {
     this.#fileOps.length = 0;
     const again: Pending[] = [];
     for (const req of unanswered) {
-      if (req.abandoned) continue;
+      if (req.wait.settled) continue;
       if (isIdempotent(req) && !req.retried) {
         req.retried = true;
         again.push(req);
       } else {
-        this.#settle(req);
-        req.reject(new ConnectionLostError(req.retried
+        req.wait.reject(new ConnectionLostError(req.retried
           ? `the broker went away twice before answering '${req.path}'`
           : `the broker went away before answering '${req.path}'; ${req.frame ? `a ${COMMAND_NAMES[req.command]}` : 'an open with O_CREAT|O_EXCL'} may or may not have been done, so it is not sent again`));
       }
@@ -547,7 +517,11 @@ export class OpenHookClient extends EventEmitter {
     let lastError: Error | null = null;
     while (!this.#closed && this.#waiting.length > 0) {
       try {
-        const fd = native.connectUnix(Buffer.from(path), this.kind === 'stream' ? C.SOCK_STREAM : C.SOCK_SEQPACKET);
+        const fd = await connectPath(path, { type: this.kind === 'stream' ? C.SOCK_STREAM : C.SOCK_SEQPACKET });
+        if (this.#closed) {
+          native.close(fd);
+          return;
+        }
         const link = await this.#establish(fd, true);
         if (this.#closed) {
           link.close();
@@ -567,8 +541,7 @@ export class OpenHookClient extends EventEmitter {
         const waiting = this.#waiting;
         this.#waiting = [];
         for (const req of waiting) {
-          this.#settle(req);
-          req.reject(new ConnectionLostError(`no broker at ${path} for ${opts.timeout} ms (${lastError?.message ?? 'no answer'})`, { cause: lastError }));
+          req.wait.reject(new ConnectionLostError(`no broker at ${path} for ${opts.timeout} ms (${lastError?.message ?? 'no answer'})`, { cause: lastError }));
         }
         return;
       }
@@ -601,23 +574,15 @@ export class OpenHookClient extends EventEmitter {
     this.#statusQueue.length = 0;
     this.#fileOps.length = 0;
     this.#waiting = [];
-    for (const req of waiting) {
-      if (req.abandoned) continue;
-      this.#settle(req);
-      req.reject(err);
-    }
+    for (const req of waiting) req.wait.reject(err);
     this.emit('close', err instanceof ClientClosedError ? undefined : err);
   }
 }
 
-const AT_SYMLINK_NOFOLLOW = 0x100;
-const UTIME_NOW = (1 << 30) - 1;
-const UTIME_OMIT = (1 << 30) - 2;
-
 /** [seconds, nanoseconds] of a TimeLike, as utimensat(2) takes them. */
 function timespec(t: TimeLike): [number, number] {
-  if (t === 'now') return [0, UTIME_NOW];
-  if (t === 'omit') return [0, UTIME_OMIT];
+  if (t === 'now') return [0, C.UTIME_NOW];
+  if (t === 'omit') return [0, C.UTIME_OMIT];
   const ms = t instanceof Date ? t.getTime() : t * 1000;
   const sec = Math.floor(ms / 1000);
   return [sec, Math.round((ms - sec * 1000) * 1e6)];

@@ -18,6 +18,7 @@ import { fileURLToPath } from 'node:url';
 import type { Broker } from '../broker/broker.js';
 import { C, native } from '../native.js';
 import { confinementFor } from './confinement.js';
+import { describeExecDenied } from './exec-failure.js';
 import { emptyReport, parseReportLine, type LaunchReport } from './report.js';
 
 /** The launch helper, built by node-gyp next to the addon (src/launch and dist/launch alike). */
@@ -187,10 +188,7 @@ export function describeFailure(result: LaunchResult, command: string): string |
   }
   if (report.execError) {
     if (report.execError === 'ENOENT') return `${command}: command not found`;
-    if (report.execError === 'EACCES') {
-      return `${command}: permission denied: inside the confinement a program can run only from /usr, /bin, ... ` +
-        `or a directory given with --ro`;
-    }
+    if (report.execError === 'EACCES') return describeExecDenied(command);
     return `${command}: cannot execute: ${report.execError}`;
   }
   if (!result.started && report.exec === null) return `the launch helper exited with status ${result.status} before starting ${command}`;

@@ -99,13 +99,16 @@ export function minimalRules(used: ReadonlyMap<ByteString, number>, list: ListDi
     if (access & Access.READ && isDir(path)) rule.access |= Access.DIRECTORY;
     rules.set(key, rule);
   }
-  const out = [...rules.values()];
+  // A path that is itself a collapsed tree's directory is covered by the tree, which must then grant
+  // what that path needed too: `tar cf out.tar many` opens many/ itself (r on a directory: 'd').
+  const trees = new Map([...rules.values()].filter((r) => r.tree).map((r) => [r.path, r]));
+  for (const rule of rules.values()) {
+    const tree = rule.tree ? undefined : trees.get(rule.path);
+    if (tree) tree.access |= rule.access;
+  }
+  const out = [...rules.values()].filter((r) => r.tree || !trees.has(r.path));
   for (const rule of out) if (rule.access & Access.CREATE) rule.access |= Access.WRITE;
-  // A path that is itself a collapsed tree's directory is covered by the tree.
-  const trees = new Set(out.filter((r) => r.tree).map((r) => r.path));
-  return out
-    .filter((r) => r.tree || !trees.has(r.path))
-    .sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  return out.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
 }
 
 /** A rule's path as the policy format writes an exact name: '*' and '\\' escaped. */
@@ -130,6 +133,7 @@ export function tomlString(path: ByteString): string | null {
 
 /** Control characters escaped, so that a name can never end a comment line and start a rule. */
 function oneLine(text: string): string {
+  // eslint-disable-next-line no-control-regex -- finding control characters is the point: they get escaped
   return text.replace(/[\x00-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
 }
 

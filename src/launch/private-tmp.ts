@@ -15,7 +15,7 @@ import { mkdtempSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { E } from '../errno.js';
-import { C, FC, native } from '../native.js';
+import { C, native } from '../native.js';
 import { ALL_ACCESS } from '../policy/access.js';
 import { Policy } from '../policy/policy.js';
 import type { Rule } from '../policy/rule.js';
@@ -76,7 +76,7 @@ export function removePrivateTmp(dir: string): boolean {
       } finally {
         native.close(top);
       }
-      const gone = native.unlinkat(parent, name, FC.AT_REMOVEDIR);
+      const gone = native.unlinkat(parent, name, C.AT_REMOVEDIR);
       if (gone === 0 || gone === -E.ENOENT) return true;
     }
     return false;
@@ -105,6 +105,6 @@ function emptyDirectory(dirFd: number, depth = 0): void {
     } finally {
       native.close(sub);
     }
-    native.unlinkat(dirFd, name, FC.AT_REMOVEDIR);
+    native.unlinkat(dirFd, name, C.AT_REMOVEDIR);
   }
 }

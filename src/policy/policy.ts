@@ -1,7 +1,7 @@
 /**
  * A compiled policy: rules in, decisions out. A decision names the rule that made it; an allow names
- * the root directory fd beneath which the resolver must open, the rest of the path below it, and the
- * rule's open options.
+ * the root directory beneath which the resolver must open (its path: the policy opens nothing), the
+ * rest of the path below it, and the rule's open options.
  *
  * Which rule wins: see trie.ts (the most specific, deny before allow at equal specificity). A path
  * that no rule covers is denied with the policy's denial errno (EACCES by default).
@@ -11,15 +11,17 @@
  * credentials applies. A client that matches none gets the default section (the top-level rules),
  * or, if the policy says `unmatched = "refuse"`, its connection is refused (see admits()).
  */
-import { readlinkSync } from 'node:fs';
-import type { OpenOptions } from '../broker/resolver.js';
+import { constants as fsConstants } from 'node:fs';
 import type { ByteString } from '../bytestring.js';
-import { display } from '../bytestring.js';
-import { errnoName } from '../errno.js';
+import { E } from '../errno.js';
 import { Access, formatAccess } from './access.js';
+import type { OpenOptions } from './open-options.js';
 import type { Rule } from './rule.js';
-import { DEFAULT_ROOT_LIMIT, RootTable, type Root, type RootHandle } from './roots.js';
+import type { Root } from './roots.js';
+import { directoriesOnly, treeRootRefusal } from './tree-root.js';
 import { Trie, type Entry } from './trie.js';
+
+const { S_IFDIR } = fsConstants;
 
 export interface Peer {
   pid: number;
@@ -37,16 +39,16 @@ export interface Decision {
   errno: number;
   /** the rule that decided, or null for the default deny */
   rule: Rule | null;
-  /** O_PATH fd of the directory the open must stay beneath (allow only) */
-  rootFd: number;
-  /** the path below rootFd, relative, never empty ("." for the root itself) */
+  /** the directory the open must stay beneath, absolute (allow only; '' for a denial) */
+  root: ByteString;
+  /** the path below root, relative, never empty ("." for the root itself) */
   rest: ByteString;
   /** why, in words, for `check` and the audit log */
   reason: string;
   /** how the resolver must open: the rule's options (allow only) */
   open: OpenOptions;
-  /** the pinned root (allow only): hand the decision back with policy.release() after the open */
-  handle: RootHandle | null;
+  /** allow only: decided by a glob tree on its own root, so good for a directory only (tree-root.ts) */
+  directoryOnly?: boolean;
 }
 
 /** Which clients a section applies to: every criterion given must match; a list matches any member. */
@@ -73,8 +75,6 @@ export interface PolicyOptions {
   unmatched?: 'default' | 'refuse';
   /** where the policy came from, for messages: a file name, or "command line" */
   source?: string;
-  /** at most this many root directory fds open at once (see roots.ts) */
-  rootLimit?: number;
   /** tries already built from these rules and sections (compileTriesSliced); built here if absent */
   tries?: CompiledTries;
 }
@@ -187,15 +187,12 @@ export class Policy {
   readonly source: string;
   /** the rules of the default section */
   readonly defaultSection: Section;
-  #roots: RootTable;
-  #closed = false;
 
   constructor(rules: readonly Rule[], options: PolicyOptions = {}) {
     this.rules = rules;
-    this.denyErrno = options.denyErrno ?? 13;
+    this.denyErrno = options.denyErrno ?? E.EACCES;
     this.unmatched = options.unmatched ?? 'default';
     this.source = options.source ?? 'command line';
-    this.#roots = new RootTable(options.rootLimit ?? DEFAULT_ROOT_LIMIT);
     const tries = options.tries ?? compileTries(rules, options.sections ?? []);
     this.defaultSection = new Section({ name: 'default', origin: 'default section', rules }, tries.default, true);
     this.sections = (options.sections ?? []).map((s, i) => new Section(s, tries.sections[i]!));
@@ -217,10 +214,7 @@ export class Policy {
     return this.sectionFor(peer) !== null;
   }
 
-  /**
-   * Decides on a normalised absolute path (see path.ts) and the access the request needs. An allow
-   * pins its root directory: give the decision back with release() once the open is done.
-   */
+  /** Decides on a normalised absolute path (see path.ts) and the access the request needs. */
   decide(peer: Peer, path: ByteString, access: number): Decision {
     const section = this.sectionFor(peer);
     if (section === null) return deny(null, this.denyErrno, 'this client matches no section of the policy, and unmatched clients are refused');
@@ -231,38 +225,25 @@ export class Policy {
     if ((rule.access & access) !== access) {
       return deny(rule, this.denyErrno, `${rule.origin} grants '${formatAccess(rule.access)}', the request needs '${formatAccess(access)}'`);
     }
-    const root = c.root!;
-    const h = this.#roots.acquire(root);
-    if (typeof h === 'number') {
-      return deny(rule, -h, `allowed by ${rule.origin}, but its root ${display(root.path)} cannot be opened (${errnoName(h)})`);
-    }
+    const directoryOnly = rule.glob && section.trie.matchedTreeRoot;
+    const refusal = directoryOnly ? treeRootRefusal(rule, path, access) : null;
+    if (refusal !== null) return deny(rule, this.denyErrno, refusal);
     const rest = path.length === c.rootLength || path === '/' ? '.' : path.slice(c.rootLength + 1);
-    const open = rule.followSymlinks ? { ...c.open, verify: (fd: number) => this.#verify(section, access, c, h, fd) } : c.open;
-    return { allowed: true, errno: 0, rule, rootFd: h.fd, rest, reason: c.reason, open, handle: h };
-  }
-
-  /** Unpins the root of a decision (any policy's: it may have been replaced since). */
-  release(decision: Decision): void {
-    const h = decision.handle;
-    if (h !== null) {
-      decision.handle = null;
-      this.#roots.release(h);
-    }
+    const open = rule.followSymlinks
+      ? { ...c.open, verify: (real: ByteString, rootReal: ByteString, type: number) => this.#verify(section, access, c, real, rootReal, type) }
+      : c.open;
+    if (directoryOnly) return { allowed: true, errno: 0, rule, root: c.root!.path, rest, reason: c.reason, open: directoriesOnly(open, this.denyErrno), directoryOnly };
+    return { allowed: true, errno: 0, rule, root: c.root!.path, rest, reason: c.reason, open };
   }
 
   /**
    * For rules that follow symlinks: the deny carve-outs must hold on the real path too. Called by
-   * the resolver with the O_PATH fd it resolved, before anything is opened for I/O: maps the fd's
-   * real path back beneath the rule's root and decides again. Returns 0 or the errno to refuse with.
+   * the resolver with the real path of what it resolved (and of the root), before anything is opened
+   * for I/O: maps the real path back beneath the rule's root and decides again. Returns 0 or the
+   * errno to refuse with.
    */
-  #verify(section: Section, access: number, rule: CompiledRule, h: RootHandle, fd: number): number {
-    let real: string, rootReal: string;
-    try {
-      real = readlinkSync(`/proc/self/fd/${fd}`, 'latin1');
-      rootReal = h.real ??= readlinkSync(`/proc/self/fd/${h.fd}`, 'latin1');
-    } catch {
-      return this.denyErrno;
-    }
+  #verify(section: Section, access: number, rule: CompiledRule, real: ByteString, rootReal: ByteString, type: number): number {
+    if (real === '' || rootReal === '') return this.denyErrno;
     let lexical: string;
     const root = rule.root!.path;
     if (real === rootReal) lexical = root;
@@ -271,20 +252,12 @@ export class Policy {
     else return this.denyErrno; // outside the root: the kernel should have refused already
     const again = section.trie.match(lexical)?.rule ?? null;
     if (again === null || again.effect === 'deny') return again?.denyErrno || this.denyErrno;
+    if (again.glob && section.trie.matchedTreeRoot && type !== S_IFDIR) return this.denyErrno;
     return (again.access & access) === access ? 0 : this.denyErrno;
   }
 
-  /** Retires the root directory fds; they close once no open uses them. Decide no more after this. */
-  close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    this.#roots.close();
-  }
-
-  /** How many root directory fds are open now (for tests and status). */
-  get openRoots(): number {
-    return this.#roots.openCount;
-  }
+  /** Nothing to release: a policy holds no fds (the resolver keeps the roots open). */
+  close(): void {}
 }
 
 function joinPath(dir: ByteString, rel: ByteString): ByteString {
@@ -292,5 +265,5 @@ function joinPath(dir: ByteString, rel: ByteString): ByteString {
 }
 
 function deny(rule: Rule | null, errno: number, reason: string): Decision {
-  return { allowed: false, errno, rule, rootFd: -1, rest: '', reason, open: NO_OPTIONS, handle: null };
+  return { allowed: false, errno, rule, root: '', rest: '', reason, open: NO_OPTIONS };
 }

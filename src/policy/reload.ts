@@ -15,7 +15,7 @@ import { basename, dirname, resolve } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { compilePolicySliced } from './file.js';
 import { readPolicyFile, type PolicySpec } from './spec.js';
-import type { Policy, PolicyOptions } from './policy.js';
+import type { Policy } from './policy.js';
 import { PolicyError, type Rule } from './rule.js';
 
 export interface ReloaderOptions {
@@ -31,7 +31,6 @@ export interface ReloaderOptions {
   finished?: (error: Error | null, why: string) => void;
   /** quiet period before a change is reloaded, ms (default 100) */
   debounceMs?: number;
-  compile?: Pick<PolicyOptions, 'rootLimit'>;
   /** read and check the file on a helper thread, so that a large policy never stalls the broker (default true) */
   thread?: boolean;
 }
@@ -75,7 +74,7 @@ export class PolicyReloader {
       if (!reply.ok) throw reply.policyError ? new PolicyError(reply.message) : new Error(reply.message);
       // Compiling opens nothing (roots are opened at first use); it runs on the event loop in slices,
       // while the old policy goes on serving.
-      const policy = await compilePolicySliced(reply.spec, this.#opts.compile);
+      const policy = await compilePolicySliced(reply.spec);
       this.#opts.apply(policy);
       this.loaded++;
       this.#opts.log(`policy reloaded (${why}) from ${this.#opts.file}: ${policy.ruleCount} rules in ${Math.round(performance.now() - started)} ms`);

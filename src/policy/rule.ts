@@ -2,7 +2,7 @@
  * A rule: allow or deny, on an exact file, a directory tree (`PATH/`), or a glob pattern (`*` within
  * one component, `**` across components). Allow rules carry access letters and options.
  */
-import type { HardlinkRule } from '../broker/resolver.js';
+import type { HardlinkRule } from './open-options.js';
 import { display, fromText, type ByteString } from '../bytestring.js';
 import { errnoName, errnoValue } from '../errno.js';
 import { formatAccess, parseAccess } from './access.js';
@@ -101,7 +101,10 @@ function splitStars(part: string): string[] {
   for (let i = 0; i < part.length; i++) {
     const ch = part[i]!;
     if (ch === '\\' && (part[i + 1] === '*' || part[i + 1] === '\\')) cur += part[++i];
-    else if (ch === '*') (pieces.push(cur), (cur = ''));
+    else if (ch === '*') {
+      pieces.push(cur);
+      cur = '';
+    }
     else cur += ch;
   }
   pieces.push(cur);

@@ -281,7 +281,10 @@ function firstBadUtf8(bytes: Buffer): { line: number; column: number } {
     const b = bytes[i]!;
     const n = b < 0x80 ? 1 : b >= 0xc2 && b < 0xe0 ? 2 : b >= 0xe0 && b < 0xf0 ? 3 : b >= 0xf0 && b < 0xf5 ? 4 : 0;
     if (n === 0 || i + n > bytes.length || !isUtf8(bytes.subarray(i, i + n))) return { line, column: i - lineStart + 1 };
-    if (b === 0x0a) (line++, (lineStart = i + 1));
+    if (b === 0x0a) {
+      line++;
+      lineStart = i + 1;
+    }
     i += n;
   }
   return { line, column: 1 };

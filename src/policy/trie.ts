@@ -88,10 +88,20 @@ export class Trie<E extends Entry> {
   #best: E | null = null;
   #bestEnd = 0;
   #bestSeq = 0;
+  #bestAtRoot = false;
   #gen = 0;
 
   get size(): number {
     return this.#count;
+  }
+
+  /**
+   * Whether the last match() was decided by a tree rule on the tree's own directory (the path names
+   * it, nothing beneath). For a glob tree such as `/srv/*\/`, that name is a directory only if the
+   * file really is one: the policy must check that, since the lexical match cannot.
+   */
+  get matchedTreeRoot(): boolean {
+    return this.#bestAtRoot;
   }
 
   /**
@@ -157,9 +167,13 @@ export class Trie<E extends Entry> {
 
   #place(node: Node<E>, rule: Rule, seq: number, entry: E): E {
     if (rule.tree) {
-      if (better(entry, seq, node.tree, node.treeSeq)) (node.tree = entry), (node.treeSeq = seq);
+      if (better(entry, seq, node.tree, node.treeSeq)) {
+        node.tree = entry;
+        node.treeSeq = seq;
+      }
     } else if (better(entry, seq, node.exact, node.exactSeq)) {
-      (node.exact = entry), (node.exactSeq = seq);
+      node.exact = entry;
+      node.exactSeq = seq;
     }
     return entry;
   }
@@ -180,6 +194,7 @@ export class Trie<E extends Entry> {
     this.#best = null;
     this.#bestEnd = 0;
     this.#bestSeq = 0;
+    this.#bestAtRoot = false;
     this.#search(this.#root, 0, 1);
     const found = this.#best;
     this.#best = null;
@@ -198,7 +213,7 @@ export class Trie<E extends Entry> {
       const gen = this.#gen;
       if (node.exact) this.#consider(node.exact, node.exactSeq, END_EXACT, cmp);
       if (this.#gen !== gen) cmp = 0;
-      if (node.tree) this.#consider(node.tree, node.treeSeq, END_TREE, cmp);
+      if (node.tree) this.#consider(node.tree, node.treeSeq, END_TREE, cmp, true);
       if (this.#gen !== gen) cmp = 0;
       if (node.wide) this.#search(node.wide, i, cmp); // '**' matching no component
       return;
@@ -209,14 +224,20 @@ export class Trie<E extends Entry> {
       const next = node.lit.get(c);
       if (next) {
         this.#step(next, i, LIT, cmp);
-        if (this.#gen !== gen) (cmp = 0), (gen = this.#gen);
+        if (this.#gen !== gen) {
+          cmp = 0;
+          gen = this.#gen;
+        }
       }
     }
     if (node.globs) {
       for (const e of node.globs) {
         if (e.glob.kind === '*' || matchPart(e.glob.pieces, c)) {
           this.#step(e.node, i, e.rank, cmp);
-          if (this.#gen !== gen) (cmp = 0), (gen = this.#gen);
+          if (this.#gen !== gen) {
+            cmp = 0;
+            gen = this.#gen;
+          }
         }
       }
     }
@@ -232,7 +253,11 @@ export class Trie<E extends Entry> {
         }
         if (node.wide) {
           this.#search(node.wide, j, c2);
-          if (this.#gen !== gen) (cmp = 0), (c2 = 0), (gen = this.#gen);
+          if (this.#gen !== gen) {
+            cmp = 0;
+            c2 = 0;
+            gen = this.#gen;
+          }
         }
         cur[j] = WIDE;
         if (c2 === 0) c2 = WIDE > best[j]! ? 1 : WIDE < best[j]! ? -1 : 0;
@@ -247,7 +272,7 @@ export class Trie<E extends Entry> {
     this.#search(next, i + 1, cmp);
   }
 
-  #consider(rule: E, seq: number, end: number, cmp: number): void {
+  #consider(rule: E, seq: number, end: number, cmp: number, atRoot = false): void {
     if (cmp < 0) return;
     if (cmp === 0 && this.#best !== null) {
       if (end < this.#bestEnd) return;
@@ -256,6 +281,7 @@ export class Trie<E extends Entry> {
     this.#best = rule;
     this.#bestEnd = end;
     this.#bestSeq = seq;
+    this.#bestAtRoot = atRoot;
     for (let i = 0, n = this.#n; i < n; i++) best[i] = cur[i]!; // a few components: no subarray to allocate
     this.#gen++;
   }

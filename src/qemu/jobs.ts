@@ -3,6 +3,7 @@
  * events, complete it when it becomes ready if asked, and report how it ended. QEMU keeps a job's
  * error only until the job is dismissed, so it is read with query-jobs before dismissing.
  */
+import { Wait } from '../client/pending.js';
 import { QmpJobError, QmpTimeoutError } from './errors.js';
 import type { QmpClient, QmpEvent } from './qmp.js';
 
@@ -40,17 +41,15 @@ export async function runJob(qmp: QmpClient, command: string, args: Record<strin
     qmp.whenClosed.then(() => reject(new QmpJobError(id, 'the QMP connection closed before the job ended')));
   });
   concluded.catch(() => {}); // observed below; never an unhandled rejection if the command fails first
-  let timer: NodeJS.Timeout | null = null;
   try {
     await qmp.execute(command, args, { signal: options.signal, timeout: options.timeout });
-    const limits: Promise<void>[] = [concluded];
-    if (options.timeout && options.timeout > 0) {
-      limits.push(new Promise((_, reject) => (timer = setTimeout(() => reject(new QmpTimeoutError(`job ${id} did not end within ${options.timeout} ms`)), options.timeout))));
-    }
-    await Promise.race(limits);
+    const ended = new Wait<void>({
+      timeout: options.timeout, timeoutError: () => new QmpTimeoutError(`job ${id} did not end within ${options.timeout} ms`),
+    });
+    concluded.then(() => ended.resolve(), (err: Error) => ended.reject(err));
+    await ended.promise;
   } finally {
     qmp.off('event', onEvent);
-    if (timer) clearTimeout(timer);
   }
   const jobs = await qmp.execute<JobInfo[]>('query-jobs');
   const job = jobs.find((j) => j.id === id);

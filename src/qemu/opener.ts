@@ -7,14 +7,13 @@
 import type { AuditSink } from '../broker/audit.js';
 import type { Broker } from '../broker/broker.js';
 import { Metrics } from '../broker/metrics.js';
-import { Resolver } from '../broker/resolver.js';
 import { serveOpen, type ServiceContext } from '../broker/service.js';
-import { fromText, toBytes } from '../bytestring.js';
+import { fromText } from '../bytestring.js';
 import type { OpenHookClient } from '../client/client.js';
 import { systemError } from '../native.js';
 import { Policy, type Peer } from '../policy/policy.js';
 import { Command } from '../protocol/constants.js';
-import { newRequest } from '../protocol/frames.js';
+import { Resolver } from '../resolver/resolver.js';
 
 export interface ImageOpener {
   /**
@@ -36,6 +35,8 @@ export interface PolicyOpenerOptions {
 export class PolicyOpener implements ImageOpener {
   #source: Policy | Broker;
   #resolver: Resolver;
+  /** the resolver was made here (not given), so close() closes it */
+  #ownResolver: boolean;
   #audit: AuditSink | null;
   /** counters of opens made here without a broker (a broker's own are in its context) */
   #metrics = new Metrics();
@@ -43,6 +44,7 @@ export class PolicyOpener implements ImageOpener {
 
   constructor(source: Policy | Broker, options: PolicyOpenerOptions = {}) {
     this.#source = source;
+    this.#ownResolver = options.resolver === undefined;
     this.#resolver = options.resolver ?? new Resolver();
     this.#audit = options.audit ?? null;
     this.#peer = {
@@ -52,18 +54,19 @@ export class PolicyOpener implements ImageOpener {
   }
 
   async open(path: string, flags: number, mode = 0o600): Promise<number> {
-    const name = toBytes(fromText(path));
-    const req = newRequest();
-    req.command = Command.QEMU_OPEN;
-    req.flags = flags >>> 0;
-    req.mode = mode;
-    req.buf = name;
-    req.nameOffset = 0;
-    req.nameLength = name.length;
+    const req = { command: Command.QEMU_OPEN, path: fromText(path), flags: flags >>> 0, mode };
     // An open that may block (network or FUSE filesystem, FIFO) runs on the resolver's thread pool.
     const fd = await serveOpen(this.#context(), this.#peer, req, null);
     if (fd < 0) throw systemError(fd, 'open', path);
     return fd;
+  }
+
+  /**
+   * Closes what this opener made: its resolver's thread pool and the root directory fds it keeps
+   * open (the policy opens none). A resolver given in the options stays open.
+   */
+  close(): void {
+    if (this.#ownResolver) this.#resolver.close();
   }
 
   #context(): ServiceContext {

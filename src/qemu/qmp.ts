@@ -19,8 +19,10 @@
  */
 import { EventEmitter } from 'node:events';
 import { StringDecoder } from 'node:string_decoder';
-import { AbortError } from '../client/errors.js';
-import { C, native, PollMode, recvArena, recvMeta, systemError, type NativePoller } from '../native.js';
+import { Channel, connectPath } from '../client/channel.js';
+import { Wait } from '../client/pending.js';
+import { E } from '../errno.js';
+import { C, native, PollMode, recvArena, systemError, type NativePoller } from '../native.js';
 import { QmpClosedError, QmpError, QmpProtocolError, QmpTimeoutError } from './errors.js';
 
 export interface QmpGreeting {
@@ -67,13 +69,8 @@ export interface QmpConnectOptions {
 interface Pending {
   id: string;
   command: string;
-  resolve: (value: unknown) => void;
-  reject: (err: Error) => void;
-  timer: NodeJS.Timeout | null;
-  signal: AbortSignal | null;
-  onAbort: (() => void) | null;
-  /** gave up (timeout, abort): the reply is still awaited and then dropped */
-  abandoned: boolean;
+  /** settled early when it gives up (timeout, abort): the reply is still awaited and then dropped */
+  wait: Wait<unknown>;
   /** carried fds: the next command with fds waits for this reply */
   withFds: boolean;
 }
@@ -81,23 +78,11 @@ interface Pending {
 interface Waiter {
   name: string;
   filter: ((e: QmpEvent) => boolean) | null;
-  resolve: (e: QmpEvent) => void;
-  reject: (err: Error) => void;
-  timer: NodeJS.Timeout | null;
-  signal: AbortSignal | null;
-  onAbort: (() => void) | null;
+  wait: Wait<QmpEvent>;
 }
 
-interface Outgoing {
-  buf: Buffer;
-  /** sent with the first byte of buf; null once sent or when there are none */
-  fds: readonly number[] | null;
-}
-
-const EAGAIN = 11, ECONNRESET = 104;
 /** A line longer than this is not QMP; refuse it rather than buffer without bound. */
 const MAX_LINE = 64 * 1024 * 1024;
-const CONNECT_RETRY_MS = 10;
 
 /** Connects to QEMU's QMP socket (retrying until it appears), reads the greeting, and leaves capabilities negotiation mode. */
 export async function connectQmp(target: string | number | QmpConnectOptions): Promise<QmpClient> {
@@ -106,32 +91,23 @@ export async function connectQmp(target: string | number | QmpConnectOptions): P
   const deadline = Date.now() + timeout;
   let fd: number;
   if (options.fd !== undefined) fd = options.fd;
-  else if (options.path !== undefined) fd = await connectPath(options.path, deadline, options.signal);
+  else if (options.path !== undefined) {
+    // QEMU creates its socket while it starts: not there yet, or not listening yet.
+    fd = await connectPath(options.path, {
+      type: C.SOCK_STREAM, signal: options.signal, retry: ['ENOENT', 'ECONNREFUSED'], retryMs: 10, deadline,
+      timeoutError: (code) => new QmpTimeoutError(`QMP socket ${options.path} did not accept a connection in time (${code})`),
+    });
+  }
   else throw new TypeError('connectQmp: give a socket path or a connected fd');
   return QmpClient.start(fd, options.commandTimeout ?? 0, Math.max(1, deadline - Date.now()), options.signal);
-}
-
-async function connectPath(path: string, deadline: number, signal?: AbortSignal): Promise<number> {
-  for (;;) {
-    if (signal?.aborted) throw new AbortError(undefined, { cause: signal.reason });
-    try {
-      return native.connectUnix(Buffer.from(path), C.SOCK_STREAM);
-    } catch (err) {
-      // QEMU creates its socket while it starts: not there yet, or not listening yet.
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code !== 'ENOENT' && code !== 'ECONNREFUSED' && code !== 'EAGAIN') throw Object.assign(err as Error, { path });
-      if (Date.now() >= deadline) throw new QmpTimeoutError(`QMP socket ${path} did not accept a connection in time (${code})`);
-      await new Promise((r) => setTimeout(r, CONNECT_RETRY_MS));
-    }
-  }
 }
 
 export class QmpClient extends EventEmitter {
   readonly fd: number;
   #greeting: QmpGreeting | null = null;
-  #onGreeting: ((g: QmpGreeting) => void) | null = null;
+  #greetingWait: Wait<QmpGreeting> | null = null;
   #timeout: number;
-  #poller: NativePoller;
+  #channel: Channel;
   #decoder = new StringDecoder('utf8');
   #partial = '';
   #nextId = 1;
@@ -140,7 +116,6 @@ export class QmpClient extends EventEmitter {
   /** commands with fds that wait for the one in flight to be answered */
   #fdQueue: Array<() => void> = [];
   #fdInFlight = false;
-  #outbox: Outgoing[] = [];
   #closed = false;
   #closeError: Error | null = null;
   #whenClosed: Promise<void>;
@@ -163,9 +138,15 @@ export class QmpClient extends EventEmitter {
     this.fd = fd;
     this.#timeout = timeout;
     this.#whenClosed = new Promise((resolve) => (this.#markClosed = resolve));
-    // QEMU sends no fds on QMP: any that arrive are dropped by the kernel, never installed here.
-    this.#poller = new native.Poller(fd, PollMode.ReceiveDiscardFds, 16, (events, count, status) => this.#onPoll(events, count, status));
-    this.#poller.start(C.UV_READABLE);
+    this.#channel = new Channel(fd, {
+      ownsFd: true,
+      // QEMU sends no fds on QMP: any that arrive are dropped by the kernel, never installed here.
+      fds: 'discard',
+      batch: 16,
+      record: (offset, length) => this.#onText(this.#decoder.write(recvArena.subarray(offset, offset + length))),
+      ended: (err) => this.#shutdown(err),
+      peerClosed: (cause) => new QmpClosedError('QEMU closed the QMP connection', { cause }),
+    });
   }
 
   /** QEMU's greeting: its version, and the capabilities it offered. */
@@ -189,37 +170,33 @@ export class QmpClient extends EventEmitter {
    */
   execute<T = unknown>(command: string, args?: Record<string, unknown>, options: ExecuteOptions = {}): Promise<T> {
     if (this.#closed) return Promise.reject(this.#closeError ?? new QmpClosedError('the QMP connection is closed'));
-    const signal = options.signal ?? null;
-    if (signal?.aborted) return Promise.reject(new AbortError(undefined, { cause: signal.reason }));
     const fds = options.fds && options.fds.length > 0 ? options.fds : null;
-    return new Promise<T>((resolve, reject) => {
-      const req: Pending = {
-        id: `openhook-${this.#nextId++}`, command, resolve: resolve as (v: unknown) => void, reject,
-        timer: null, signal, onAbort: null, abandoned: false, withFds: fds !== null,
-      };
-      const timeout = options.timeout ?? this.#timeout;
-      if (timeout > 0) req.timer = setTimeout(() => this.#abandon(req, new QmpTimeoutError(`${command}: no reply within ${timeout} ms`)), timeout);
-      if (signal) {
-        req.onAbort = () => this.#abandon(req, new AbortError(undefined, { cause: signal.reason }));
-        signal.addEventListener('abort', req.onAbort, { once: true });
-      }
-      const message = Buffer.from(JSON.stringify(args === undefined ? { execute: command, id: req.id } : { execute: command, arguments: args, id: req.id }) + '\n');
-      const send = (): void => {
-        if (this.#closed) return; // #shutdown has rejected it
-        if (req.abandoned) {
-          // Given up before it was sent: never send it, and let the next command with fds go.
-          this.#pending.delete(req.id);
-          if (req.withFds) this.#nextFdCommand();
-          return;
-        }
-        if (req.withFds) this.#fdInFlight = true;
-        this.#write({ buf: message, fds });
-      };
-      this.#pending.set(req.id, req);
-      this.#updateRef();
-      if (fds && (this.#fdInFlight || this.#fdQueue.length > 0)) this.#fdQueue.push(send);
-      else send();
+    const timeout = options.timeout ?? this.#timeout;
+    const wait = new Wait<unknown>({
+      timeout,
+      signal: options.signal,
+      timeoutError: () => new QmpTimeoutError(`${command}: no reply within ${timeout} ms`),
+      onGiveUp: () => this.#updateRef(),
     });
+    if (wait.settled) return wait.promise as Promise<T>;
+    const req: Pending = { id: `openhook-${this.#nextId++}`, command, wait, withFds: fds !== null };
+    const message = Buffer.from(JSON.stringify(args === undefined ? { execute: command, id: req.id } : { execute: command, arguments: args, id: req.id }) + '\n');
+    const send = (): void => {
+      if (this.#closed) return; // #shutdown has rejected it
+      if (req.wait.settled) {
+        // Given up before it was sent: never send it, and let the next command with fds go.
+        this.#pending.delete(req.id);
+        if (req.withFds) this.#nextFdCommand();
+        return;
+      }
+      if (req.withFds) this.#fdInFlight = true;
+      this.#channel.send(message, fds);
+    };
+    this.#pending.set(req.id, req);
+    this.#updateRef();
+    if (fds && (this.#fdInFlight || this.#fdQueue.length > 0)) this.#fdQueue.push(send);
+    else send();
+    return wait.promise as Promise<T>;
   }
 
   /**
@@ -228,28 +205,26 @@ export class QmpClient extends EventEmitter {
    */
   waitEvent(name: string, options: WaitEventOptions = {}): Promise<QmpEvent> {
     if (this.#closed) return Promise.reject(this.#closeError ?? new QmpClosedError('the QMP connection is closed'));
-    const signal = options.signal ?? null;
-    if (signal?.aborted) return Promise.reject(new AbortError(undefined, { cause: signal.reason }));
-    return new Promise<QmpEvent>((resolve, reject) => {
-      const w: Waiter = { name, filter: options.filter ?? null, resolve, reject, timer: null, signal, onAbort: null };
-      const done = (): void => {
-        if (w.timer) clearTimeout(w.timer);
-        if (w.signal && w.onAbort) w.signal.removeEventListener('abort', w.onAbort);
-        this.#waiters.delete(w);
-        this.#updateRef();
-      };
-      w.resolve = (e) => (done(), resolve(e));
-      w.reject = (err) => (done(), reject(err));
-      if (options.timeout && options.timeout > 0) {
-        w.timer = setTimeout(() => w.reject(new QmpTimeoutError(`no ${name} event within ${options.timeout} ms`)), options.timeout);
-      }
-      if (signal) {
-        w.onAbort = () => w.reject(new AbortError(undefined, { cause: signal.reason }));
-        signal.addEventListener('abort', w.onAbort, { once: true });
-      }
+    const w: Waiter = {
+      name,
+      filter: options.filter ?? null,
+      wait: new Wait<QmpEvent>({
+        timeout: options.timeout,
+        signal: options.signal,
+        timeoutError: () => new QmpTimeoutError(`no ${name} event within ${options.timeout} ms`),
+        onGiveUp: () => this.#dropWaiter(w),
+      }),
+    };
+    if (!w.wait.settled) {
       this.#waiters.add(w);
       this.#updateRef();
-    });
+    }
+    return w.wait.promise;
+  }
+
+  #dropWaiter(w: Waiter): void {
+    this.#waiters.delete(w);
+    this.#updateRef();
   }
 
   /** Closes the connection. Pending commands and event waits reject with QmpClosedError. */
@@ -261,41 +236,17 @@ export class QmpClient extends EventEmitter {
     this.close();
   }
 
-  #handshake(timeoutMs: number, signal?: AbortSignal): Promise<void> {
-    const greeted = new Promise<QmpGreeting>((resolve, reject) => {
-      // However it ends, nothing of the wait stays behind (a long-lived signal would keep the listener).
-      const end = (): void => {
-        clearTimeout(timer);
-        signal?.removeEventListener('abort', onAbort);
-        this.off('close', onClose);
-      };
-      const timer = setTimeout(() => (end(), reject(new QmpTimeoutError(`no QMP greeting within ${timeoutMs} ms`))), timeoutMs);
-      const onAbort = (): void => (end(), reject(new AbortError(undefined, { cause: signal?.reason })));
-      const onClose = (): void => (end(), reject(this.#closeError ?? new QmpClosedError('QEMU closed the connection before its greeting')));
-      this.#onGreeting = (g) => (end(), resolve(g));
-      signal?.addEventListener('abort', onAbort, { once: true });
-      this.once('close', onClose);
-      this.#poller.ref(true);
+  async #handshake(timeoutMs: number, signal?: AbortSignal): Promise<void> {
+    this.#greetingWait = new Wait<QmpGreeting>({
+      timeout: timeoutMs, signal, timeoutError: () => new QmpTimeoutError(`no QMP greeting within ${timeoutMs} ms`),
     });
-    return greeted.then(async () => {
-      this.#onGreeting = null;
-      await this.execute('qmp_capabilities', undefined, { timeout: timeoutMs, signal });
-    });
-  }
-
-  #abandon(req: Pending, err: Error): void {
-    if (req.abandoned) return;
-    req.abandoned = true;
-    this.#settle(req);
-    req.reject(err);
     this.#updateRef();
-  }
-
-  #settle(req: Pending): void {
-    if (req.timer) clearTimeout(req.timer);
-    if (req.signal && req.onAbort) req.signal.removeEventListener('abort', req.onAbort);
-    req.timer = null;
-    req.onAbort = null;
+    try {
+      await this.#greetingWait.promise;
+    } finally {
+      this.#greetingWait = null;
+    }
+    await this.execute('qmp_capabilities', undefined, { timeout: timeoutMs, signal });
   }
 
   #nextFdCommand(): void {
@@ -306,61 +257,13 @@ export class QmpClient extends EventEmitter {
 
   #updateRef(): void {
     if (this.#closed) return;
-    let busy = this.#waiters.size > 0 || this.#onGreeting !== null || this.#greeting === null;
-    if (!busy) for (const p of this.#pending.values()) if (!p.abandoned) busy = true;
-    this.#poller.ref(busy);
-  }
-
-  #write(out: Outgoing): void {
-    if (this.#outbox.length > 0) {
-      this.#outbox.push(out);
-      return;
-    }
-    if (!this.#sendSome(out)) {
-      this.#outbox.push(out);
-      this.#poller.start(C.UV_READABLE | C.UV_WRITABLE);
-    }
-  }
-
-  /** Sends what the socket takes; true when all of out is gone. */
-  #sendSome(out: Outgoing): boolean {
-    const n = out.fds ? native.sendFds(this.fd, out.buf, out.fds as number[]) : native.send(this.fd, out.buf, 0, out.buf.length, -1);
-    if (n === -EAGAIN) return false;
-    if (n < 0) {
-      this.#shutdown(systemError(n, 'sendmsg'));
-      return true;
-    }
-    out.fds = null; // the fds went with the first byte
-    if (n === out.buf.length) return true;
-    out.buf = out.buf.subarray(n);
-    return false;
-  }
-
-  #flush(): void {
-    while (this.#outbox.length > 0 && !this.#closed) {
-      if (!this.#sendSome(this.#outbox[0]!)) return;
-      this.#outbox.shift();
-    }
-    if (!this.#closed) this.#poller.start(C.UV_READABLE);
-  }
-
-  #onPoll(events: number, count: number, status: number): void {
-    if (this.#closed) return;
-    if (events & C.UV_WRITABLE) this.#flush();
-    let text = '';
-    for (let i = 0, m = 0; i < count; i++) {
-      const offset = recvMeta[m]!, length = recvMeta[m + 1]!;
-      m += 4; // no fds follow a record: they are discarded
-      text += this.#decoder.write(recvArena.subarray(offset, offset + length));
-    }
-    if (text) this.#onText(text);
-    if (status !== 0 && !this.#closed) {
-      const gone = status === C.STATUS_EOF || status === -ECONNRESET;
-      this.#shutdown(gone ? new QmpClosedError('QEMU closed the QMP connection') : systemError(status, 'recvmsg'));
-    }
+    let busy = this.#waiters.size > 0 || this.#greeting === null;
+    if (!busy) for (const p of this.#pending.values()) if (!p.wait.settled) busy = true;
+    this.#channel.ref(busy);
   }
 
   #onText(text: string): void {
+    if (!text) return;
     let data = this.#partial + text;
     let nl: number;
     while (!this.#closed && (nl = data.indexOf('\n')) >= 0) {
@@ -388,14 +291,17 @@ export class QmpClient extends EventEmitter {
       if (this.#greeting) return; // one greeting per connection; a second one is noise
       const g = msg.QMP as QmpGreeting;
       this.#greeting = { version: g.version, capabilities: Array.isArray(g.capabilities) ? g.capabilities : [] };
-      this.#onGreeting?.(this.#greeting);
+      this.#greetingWait?.resolve(this.#greeting);
       return;
     }
     if (typeof msg.event === 'string') {
       const event = msg as unknown as QmpEvent;
       event.data ??= {};
       for (const w of [...this.#waiters]) {
-        if (w.name === event.event && (!w.filter || w.filter(event))) w.resolve(event);
+        if (w.name === event.event && (!w.filter || w.filter(event))) {
+          this.#dropWaiter(w);
+          w.wait.resolve(event);
+        }
       }
       this.emit('event', event);
       return;
@@ -415,14 +321,11 @@ export class QmpClient extends EventEmitter {
     if (!req) return;
     this.#pending.delete(req.id);
     if (req.withFds) this.#nextFdCommand();
-    if (!req.abandoned) {
-      this.#settle(req);
-      if ('error' in msg) {
-        const e = (msg.error ?? {}) as { class?: string; desc?: string };
-        req.reject(new QmpError(req.command, String(e.class ?? 'GenericError'), String(e.desc ?? 'unknown error')));
-      } else {
-        req.resolve(msg.return);
-      }
+    if ('error' in msg) {
+      const e = (msg.error ?? {}) as { class?: string; desc?: string };
+      req.wait.reject(new QmpError(req.command, String(e.class ?? 'GenericError'), String(e.desc ?? 'unknown error')));
+    } else {
+      req.wait.resolve(msg.return);
     }
     this.#updateRef();
   }
@@ -431,17 +334,13 @@ export class QmpClient extends EventEmitter {
     if (this.#closed) return;
     this.#closed = true;
     this.#closeError = err;
-    this.#poller.close();
-    native.close(this.fd);
-    for (const req of this.#pending.values()) {
-      if (req.abandoned) continue;
-      this.#settle(req);
-      req.reject(err);
-    }
+    this.#channel.close();
+    for (const req of this.#pending.values()) req.wait.reject(err);
     this.#pending.clear();
     this.#fdQueue = [];
-    for (const w of [...this.#waiters]) w.reject(err);
-    this.#outbox = [];
+    for (const w of this.#waiters) w.wait.reject(err);
+    this.#waiters.clear();
+    this.#greetingWait?.reject(err);
     this.emit('close', err);
     this.#markClosed();
   }
@@ -472,28 +371,26 @@ export class QmpListener {
     if (this.#closed) throw new QmpClosedError('the QMP listener is closed');
     const timeout = options.timeout ?? 10_000;
     const deadline = Date.now() + timeout;
-    const fd = await new Promise<number>((resolve, reject) => {
-      const onAbort = (): void => finish(new AbortError(undefined, { cause: options.signal?.reason }));
-      const timer = setTimeout(() => finish(new QmpTimeoutError(`QEMU did not connect to ${this.path} within ${timeout} ms`)), timeout);
-      const finish = (result: number | Error): void => {
-        this.#cancel = null;
-        clearTimeout(timer);
-        options.signal?.removeEventListener('abort', onAbort);
-        this.#poller?.close();
-        this.#poller = null;
-        if (typeof result === 'number') resolve(result);
-        else reject(result);
-      };
-      if (options.signal?.aborted) return onAbort();
-      options.signal?.addEventListener('abort', onAbort, { once: true });
-      this.#cancel = () => finish(new QmpClosedError('the QMP listener was closed'));
+    const accepted = new Wait<number>({
+      timeout, signal: options.signal, timeoutError: () => new QmpTimeoutError(`QEMU did not connect to ${this.path} within ${timeout} ms`),
+    });
+    if (!accepted.settled) {
+      this.#cancel = () => accepted.reject(new QmpClosedError('the QMP listener was closed'));
       this.#poller = new native.Poller(this.#fd, PollMode.Notify, 0, () => {
         const got = native.accept(this.#fd);
-        if (got >= 0) finish(got);
-        else if (got !== -EAGAIN) finish(systemError(got, 'accept', this.path));
+        if (got >= 0) accepted.resolve(got);
+        else if (got !== -E.EAGAIN) accepted.reject(systemError(got, 'accept', this.path));
       });
       this.#poller.start(C.UV_READABLE);
-    });
+    }
+    let fd: number;
+    try {
+      fd = await accepted.promise;
+    } finally {
+      this.#cancel = null;
+      this.#poller?.close();
+      this.#poller = null;
+    }
     this.close();
     return QmpClient.start(fd, options.commandTimeout ?? 0, Math.max(1, deadline - Date.now()), options.signal);
   }

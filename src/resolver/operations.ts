@@ -14,20 +14,33 @@
  * - An operation on an inode (chmod, chown, utimes, link's source) finds it with openat2 and O_PATH
  *   beneath the root, looks at what it found, and acts on that fd: what is changed is exactly what
  *   was checked.
- * - openat2 answers EAGAIN when a rename or mount raced the lookup; both finders retry a bounded
- *   number of times, then EAGAIN goes to the client (see withParent and findInode).
+ * - openat2 answers EAGAIN when a rename or mount raced the lookup; both finders retry within the
+ *   open machine's bound and count in the resolver's stats (machine.ts, retryEagain), then EAGAIN
+ *   goes to the client. The resolve flags and the verify hook's call are the machine's too.
+ * - A place names its root by path, as a policy decision does. Each operation pins the root's fd
+ *   in the resolver's root table for as long as it runs (both roots, for a rename or link between
+ *   two rules), as Resolver.openPlace does for an open: neither the table's bound nor a reload
+ *   closes a root under an operation in flight.
+ * - truncate is an open for writing (the open machine, on the event loop) and an ftruncate.
+ *
+ * Every operation runs on the event loop, synchronously. On a network or FUSE filesystem these
+ * syscalls may wait as an open may; running them on the resolver's pool (as openSlow does for opens)
+ * is a follow-up.
  *
  * Results are 0 (or an fd) or -errno; nothing here throws on the request path. `refusal` says why
  * the last refusal that was not the kernel's happened, for the audit log.
  */
-import type { ByteString } from '../bytestring.js';
-import { E } from '../errno.js';
-import { C, FC, native } from '../native.js';
-import { EAGAIN_RETRIES, type OpenOptions, type Resolver } from '../broker/resolver.js';
+import { display, type ByteString } from '../bytestring.js';
+import { E, errnoName } from '../errno.js';
+import { C, native } from '../native.js';
+import type { OpenOptions } from '../policy/open-options.js';
+import { resolveFlags, retryEagain, verify } from './machine.js';
+import type { Resolver } from './resolver.js';
 
-/** Where one end of an operation lies: beneath rootFd, at rest ('.' is the root itself). */
-export interface Beneath {
-  rootFd: number;
+/** Where one end of an operation lies: beneath the root directory at `root`, at rest ('.' is the root itself). */
+export interface Place {
+  /** absolute, as a policy decision names it */
+  root: ByteString;
   rest: ByteString;
   options: OpenOptions;
 }
@@ -45,14 +58,24 @@ const stat = new Float64Array(8);
 const typeOut = new Float64Array(2);
 
 export class Operations {
-  readonly eagainRetries: number;
-  /** EAGAIN answers from openat2, each retried up to the bound */
-  eagain = 0;
-  /** Why the last refusal that was not the kernel's happened: a constant string, for the audit log. */
+  /** Why the last refusal that was not the kernel's happened, for the audit log. */
   refusal = '';
 
-  constructor(readonly resolver: Resolver, eagainRetries = EAGAIN_RETRIES) {
-    this.eagainRetries = eagainRetries;
+  constructor(readonly resolver: Resolver) {}
+
+  /**
+   * Pins the root of `at` for the duration of step(rootFd): an fd from the resolver's root table,
+   * released after. A root that cannot be opened refuses with the open's errno.
+   */
+  #pinned(at: Place, step: (rootFd: number) => number): number {
+    const roots = this.resolver.roots;
+    const h = roots.acquire(at.root);
+    if (typeof h === 'number') return this.#refuse(`its root ${display(at.root)} cannot be opened (${errnoName(h)})`, -h);
+    try {
+      return step(h.fd);
+    } finally {
+      roots.release(h);
+    }
   }
 
   // ---- The two finders: every operation starts with one (or two) of them. -----------------------
@@ -62,50 +85,53 @@ export class Operations {
    * component; closes the directory after. The rule's root itself has no parent beneath the root, so
    * it cannot be made, removed or renamed through its rule (EBUSY, as for a mount point).
    */
-  withParent(at: Beneath, step: (dirFd: number, name: ByteString) => number): number {
-    const dir = this.#openParent(at);
-    if (dir < 0) return dir;
-    try {
-      return step(dir, lastName(at.rest));
-    } finally {
-      native.close(dir);
-    }
-  }
-
-  /** The parent directory's O_PATH fd (the caller closes it), or -errno. */
-  #openParent(at: Beneath): number {
+  withParent(at: Place, step: (dirFd: number, name: ByteString) => number): number {
     if (at.rest === '.') return this.#refuse('the rule\'s root itself', E.EBUSY);
     const slash = at.rest.lastIndexOf('/');
-    const dirPath = slash < 0 ? '.' : at.rest.slice(0, slash);
-    const dir = this.#retrying(() => native.openat2(at.rootFd, dirPath, C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0, resolveFlags(at.options)));
-    if (dir < 0 || !at.options.verify) return dir;
-    // Symlinks followed: the deny carve-outs must hold on the directory's real path too.
-    const refused = at.options.verify(dir);
-    if (refused) {
-      native.close(dir);
-      return this.#refuse('the real directory is not allowed', refused);
-    }
-    return dir;
+    return this.#inDirectory(at, slash < 0 ? '.' : at.rest.slice(0, slash), (dir) => step(dir, lastName(at.rest)));
+  }
+
+  /**
+   * Finds the directory at `path` beneath the root of `at` (O_PATH) and calls step(dirFd); closes it
+   * after. Where symlinks are followed, the deny carve-outs must hold on its real path too.
+   */
+  #inDirectory(at: Place, path: ByteString, step: (dirFd: number) => number): number {
+    return this.#pinned(at, (rootFd) => {
+      const dir = this.#retrying(() => native.openat2(rootFd, path, C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0, resolveFlags(at.options)));
+      if (dir < 0) return dir;
+      try {
+        const refused = at.options.verify ? verify(dir, rootFd, C.S_IFDIR, at.options.verify) : 0;
+        if (refused) return this.#refuse('the real directory is not allowed', refused);
+        return step(dir);
+      } finally {
+        native.close(dir);
+      }
+    });
   }
 
   /**
    * Finds the inode at `at` with O_PATH beneath its root: the final symlink followed where the rule
    * follows symlinks and noFollow is false, else the symlink itself. The caller closes found.fd.
    */
-  findInode(at: Beneath, noFollow: boolean): Found | number {
+  findInode(at: Place, noFollow: boolean): Found | number {
+    let found: Found | null = null;
     const flags = C.O_PATH | C.O_CLOEXEC | (noFollow ? C.O_NOFOLLOW : 0);
-    const fd = this.#retrying(() => native.lookup(at.rootFd, at.rest, flags, resolveFlags(at.options), stat));
-    if (fd < 0) return fd;
-    const refused = at.options.verify ? at.options.verify(fd) : 0;
-    if (refused) {
-      native.close(fd);
-      return this.#refuse('the real path is not allowed', refused);
-    }
-    return { fd, mode: stat[0]!, nlink: stat[1]!, uid: stat[2]!, gid: stat[3]! };
+    const result = this.#pinned(at, (rootFd) => {
+      const fd = this.#retrying(() => native.lookup(rootFd, at.rest, flags, resolveFlags(at.options), stat));
+      if (fd < 0) return fd;
+      const refused = at.options.verify ? verify(fd, rootFd, stat[0]! & C.S_IFMT, at.options.verify) : 0;
+      if (refused) {
+        native.close(fd);
+        return this.#refuse('the real path is not allowed', refused);
+      }
+      found = { fd, mode: stat[0]!, nlink: stat[1]!, uid: stat[2]!, gid: stat[3]! };
+      return 0;
+    });
+    return (found as Found | null) ?? result;
   }
 
   /** What a name is (S_IFMT bits, never 0), without following it; or -errno (-ENOENT: nothing there). */
-  typeOf(at: Beneath): number {
+  typeOf(at: Place): number {
     return this.withParent(at, (dir, name) => {
       const r = native.fstatatNoFollow(dir, name, typeOut);
       return r < 0 ? r : typeOut[0]! & C.S_IFMT;
@@ -115,32 +141,32 @@ export class Operations {
   // ---- Operations on a name ---------------------------------------------------------------------
 
   /** mkdir: the mode's permission bits, less the resolver's umask (no set-id or sticky bits). */
-  mkdir(at: Beneath, mode: number): number {
+  mkdir(at: Place, mode: number): number {
     this.refusal = '';
     return this.withParent(at, (dir, name) => native.mkdirat(dir, name, this.resolver.createMode(mode)));
   }
 
   /** unlink (directory false) or rmdir (directory true). */
-  unlink(at: Beneath, directory: boolean): number {
+  unlink(at: Place, directory: boolean): number {
     this.refusal = '';
-    return this.withParent(at, (dir, name) => native.unlinkat(dir, name, directory ? FC.AT_REMOVEDIR : 0));
+    return this.withParent(at, (dir, name) => native.unlinkat(dir, name, directory ? C.AT_REMOVEDIR : 0));
   }
 
   /** renameat2 between two parents, each found beneath its own root (two rules: two roots). */
-  rename(from: Beneath, to: Beneath, flags: number): number {
+  rename(from: Place, to: Place, flags: number): number {
     this.refusal = '';
     return this.withParent(from, (fromDir, fromName) => this.withParent(to, (toDir, toName) => native.renameat2(fromDir, fromName, toDir, toName, flags)));
   }
 
   /** symlink: the target is stored as given; following it later is checked as every resolution is. */
-  symlink(target: ByteString, at: Beneath): number {
+  symlink(target: ByteString, at: Place): number {
     this.refusal = '';
     if (target.length === 0) return -E.ENOENT; // as symlink(2)
     return this.withParent(at, (dir, name) => native.symlinkat(target, dir, name));
   }
 
   /** mkfifo: a FIFO (never a device), with the mode's permission bits less the umask. */
-  mkfifo(at: Beneath, mode: number): number {
+  mkfifo(at: Place, mode: number): number {
     this.refusal = '';
     return this.withParent(at, (dir, name) => native.mkfifoat(dir, name, this.resolver.createMode(mode)));
   }
@@ -151,7 +177,7 @@ export class Operations {
    * (EPERM); a source whose rule refuses hard-linked files is refused (EACCES): the link would make
    * it one.
    */
-  link(from: Beneath, to: Beneath): number {
+  link(from: Place, to: Place): number {
     this.refusal = '';
     const found = this.findInode(from, true);
     if (typeof found === 'number') return found;
@@ -171,7 +197,7 @@ export class Operations {
    * pidfd_getfd. Only a file with no name may be linked this way: a file with a name could be one
    * from outside every rule, which this would pull into the tree (link it by path instead).
    */
-  linkUnnamed(fd: number, to: Beneath): number {
+  linkUnnamed(fd: number, to: Place): number {
     this.refusal = '';
     if (native.fstat(fd, stat) < 0) return -E.EBADF;
     if ((stat[0]! & C.S_IFMT) !== C.S_IFREG || stat[1] !== 0) return this.#refuse('only an unnamed file (O_TMPFILE) may be linked by fd', E.EACCES);
@@ -184,7 +210,7 @@ export class Operations {
    * chmod: never set-id bits. Directories keep the sticky bit (it only restricts who may remove
    * names in them); files lose it. A symlink: EOPNOTSUPP, as lchmod.
    */
-  chmod(at: Beneath, mode: number, noFollow: boolean): number {
+  chmod(at: Place, mode: number, noFollow: boolean): number {
     this.refusal = '';
     return this.#onInode(at, noFollow, (f) => native.chmodFd(f.fd, safeMode(f.mode, mode)));
   }
@@ -193,7 +219,7 @@ export class Operations {
    * chown never changes ownership: to the owner and group the file already has (-1: unchanged), it
    * succeeds, as unconfined (cp -a and tar x do this); to anything else, EPERM.
    */
-  chown(at: Beneath, uid: number, gid: number, noFollow: boolean): number {
+  chown(at: Place, uid: number, gid: number, noFollow: boolean): number {
     this.refusal = '';
     return this.#onInode(at, noFollow, (f) => {
       const sameUid = uid === -1 || uid === 0xffffffff || uid === f.uid;
@@ -203,19 +229,19 @@ export class Operations {
   }
 
   /** utimensat on the inode found; nsec may be UTIME_NOW or UTIME_OMIT. */
-  utimes(at: Beneath, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number, noFollow: boolean): number {
+  utimes(at: Place, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number, noFollow: boolean): number {
     this.refusal = '';
     return this.#onInode(at, noFollow, (f) => native.utimensFd(f.fd, atimeSec, atimeNsec, mtimeSec, mtimeNsec));
   }
 
   /** Whether the name exists beneath the root: 0, or the lookup's -errno. Permission is the policy's answer. */
-  exists(at: Beneath): number {
+  exists(at: Place): number {
     this.refusal = '';
     return this.#onInode(at, false, () => 0);
   }
 
   /** The S_IFMT type of what the path names (symlinks followed as the rule allows), or -errno. */
-  typeAt(at: Beneath): number {
+  typeAt(at: Place): number {
     return this.#onInode(at, false, (f) => f.mode & C.S_IFMT);
   }
 
@@ -224,44 +250,37 @@ export class Operations {
    * refuses for every open: directories, FIFOs, devices, hard-linked files by the rule's setting),
    * then ftruncate.
    */
-  truncate(at: Beneath, length: number): number {
+  truncate(at: Place, length: number): number {
     this.refusal = '';
     if (length < 0 || !Number.isSafeInteger(length)) return -E.EINVAL;
-    const fd = this.resolver.open(at.rootFd, at.rest, C.O_WRONLY | C.O_NONBLOCK, 0, at.options);
-    if (fd < 0) {
-      this.refusal = this.resolver.refusal;
-      return fd;
-    }
-    try {
-      return native.ftruncate(fd, length);
-    } finally {
-      native.close(fd);
-    }
+    return this.#pinned(at, (rootFd) => {
+      const fd = this.resolver.open(rootFd, at.rest, C.O_WRONLY | C.O_NONBLOCK, 0, at.options);
+      if (typeof fd !== 'number') return this.#refuse(fd.reason, fd.errno);
+      try {
+        return native.ftruncate(fd, length);
+      } finally {
+        native.close(fd);
+      }
+    });
   }
 
   /**
    * An unnamed file (O_TMPFILE) in the directory at `at`: the fd, or -errno. accessMode is O_WRONLY
    * or O_RDWR; O_EXCL makes it unlinkable for good. Its mode is set exactly, as a create's.
    */
-  tmpfile(at: Beneath, flags: number, mode: number): number {
+  tmpfile(at: Place, flags: number, mode: number): number {
     this.refusal = '';
-    const dir = this.#retrying(() => native.openat2(at.rootFd, at.rest, C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0, resolveFlags(at.options)));
-    if (dir < 0) return dir;
-    try {
-      const refused = at.options.verify ? at.options.verify(dir) : 0;
-      if (refused) return this.#refuse('the real directory is not allowed', refused);
-      const made = mode & 0o777 & ~this.resolver.umask;
+    return this.#inDirectory(at, at.rest, (dir) => {
+      const made = this.resolver.createMode(mode);
       const fd = native.openat2(dir, '.', C.O_TMPFILE | (flags & (C.O_ACCMODE | C.O_EXCL)) | C.O_CLOEXEC, made, 0);
       if (fd >= 0) native.chmodFd(fd, made);
       return fd;
-    } finally {
-      native.close(dir);
-    }
+    });
   }
 
   // ---- Shared steps -----------------------------------------------------------------------------
 
-  #onInode(at: Beneath, noFollow: boolean, step: (f: Found) => number): number {
+  #onInode(at: Place, noFollow: boolean, step: (f: Found) => number): number {
     const found = this.findInode(at, noFollow);
     if (typeof found === 'number') return found;
     try {
@@ -271,13 +290,11 @@ export class Operations {
     }
   }
 
-  /** openat2, retried on EAGAIN (a rename or mount raced the lookup) a bounded number of times. */
+  /** openat2, retried on EAGAIN (a rename or mount raced the lookup) within the machine's bound. */
   #retrying(lookup: () => number): number {
-    for (let again = 0; ; again++) {
+    for (let attempt = 1; ; attempt++) {
       const fd = lookup();
-      if (fd !== -E.EAGAIN) return fd;
-      this.eagain++;
-      if (again >= this.eagainRetries) return fd;
+      if (fd !== -E.EAGAIN || !retryEagain(this.resolver, attempt)) return fd;
     }
   }
 
@@ -297,6 +314,3 @@ function lastName(rest: ByteString): ByteString {
   return slash < 0 ? rest : rest.slice(slash + 1);
 }
 
-function resolveFlags(options: OpenOptions): number {
-  return C.RESOLVE_BENEATH | C.RESOLVE_NO_MAGICLINKS | C.RESOLVE_NO_XDEV | (options.followSymlinks ? 0 : C.RESOLVE_NO_SYMLINKS);
-}
