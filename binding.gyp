@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "openhook",
-      "sources": ["native/binding.c"],
+      "sources": ["native/binding.c", "native/notify.c"],
       "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
     },
     {

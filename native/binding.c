@@ -1732,6 +1732,7 @@ static napi_value init(napi_env env, napi_value exports) {
   set_int(env, c, "FRAME_MAX", FRAME_MAX);
   set_int(env, c, "MAX_FDS_PER_MSG", MAX_FDS_PER_MSG);
   napi_set_named_property(env, exports, "constants", c);
+  { void register_notify(napi_env, napi_value); register_notify(env, exports); } /* native/notify.c */
   return exports;
 }
 
