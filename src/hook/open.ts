@@ -182,15 +182,19 @@ export function openRequest(path: ByteString, flags: number, mode: number): Requ
  * uses that matter are trapped again (openat relative to it is resolved from its real path and
  * decided; reopening it through /proc/self/fd is a magic-link walk, refused) or checked by Landlock
  * (execveat). The kernel runs it (CONTINUE) where the grants cover the path or the policy would let
- * the program read it; elsewhere it is refused with the policy's errno, so that a path the policy
+ * the program read or list it; elsewhere it is refused with the policy's errno, so that a path the policy
  * refuses looks refused to every kind of open.
  */
 function pathOnly(host: HookHost, ctx: ServiceContext, path: ByteString): number {
   if (host.continuation.beneath(path) && host.continuation.usable(ctx.policy)) return CONTINUE;
   const norm = normalise(path.length > 1 && path.endsWith('/') ? path.slice(0, -1) : path);
   if (!norm.ok) return -E.EACCES;
-  const decision = ctx.policy.decide(host.peer, norm.path, Access.READ);
+  let decision = ctx.policy.decide(host.peer, norm.path, Access.READ);
   ctx.policy.release(decision);
+  if (!decision.allowed && decision.rule?.effect === 'allow') {
+    decision = ctx.policy.decide(host.peer, norm.path, Access.DIRECTORY); // a directory it may only list
+    ctx.policy.release(decision);
+  }
   return decision.allowed ? CONTINUE : -decision.errno;
 }
 
