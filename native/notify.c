@@ -27,6 +27,15 @@
 #define SECCOMP_ADDFD_FLAG_SEND (1UL << 1)
 #endif
 
+/* Linux 6.6: the target and the broker hand the CPU to each other at once (a synchronous
+ * ping-pong), instead of a wake-up through the scheduler on each side. Headers may be older. */
+#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
+#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
+#endif
+#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
+#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (1UL << 0)
+#endif
+
 /* Words of the array notifyRecv fills: id (2), pid, flags, nr, arch, instruction pointer (2), six
  * arguments (2 each, low word first). */
 #define NOTIF_WORDS 20
@@ -114,6 +123,15 @@ static napi_value js_receive_listener(napi_env env, napi_callback_info info) {
     return int_value(env, -EPROTO);
   }
   return int_value(env, fd);
+}
+
+/* notifySyncWakeUp(listener): asks for synchronous wake-ups (Linux 6.6); 0, or -errno (EINVAL on
+ * older kernels, where the hook works the same, only slower). */
+static napi_value js_notify_sync_wake_up(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  int r = ioctl(i32(env, argv[0]), SECCOMP_IOCTL_NOTIF_SET_FLAGS, (uint64_t)SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP);
+  return int_value(env, r < 0 ? -errno : 0);
 }
 
 /* notifyRecv(listener, out: Uint32Array(20)): 0 and one notification in out; -EAGAIN if none is
@@ -274,6 +292,7 @@ void register_notify(napi_env env, napi_value exports) {
 #define FN(name, fn) {name, NULL, fn, NULL, NULL, NULL, napi_default, NULL}
     FN("receiveListener", js_receive_listener),
     FN("notifyRecv", js_notify_recv),
+    FN("notifySyncWakeUp", js_notify_sync_wake_up),
     FN("notifyRespond", js_notify_respond),
     FN("notifyAddFd", js_notify_addfd),
     FN("notifyIdValid", js_notify_id_valid),

@@ -7,6 +7,8 @@ import { native } from '../native.js';
 export interface NotifyBinding {
   /** the listener fd the launch helper sent over socket, -EAGAIN before it arrives, -EPIPE if it never will */
   receiveListener(socket: number): number;
+  /** synchronous wake-ups between target and broker (Linux 6.6); 0 or -errno (older kernels: -EINVAL) */
+  notifySyncWakeUp(listener: number): number;
   /** 0 with one notification in out (NOTIFICATION_WORDS words), -EAGAIN, -EPIPE (no target left), -ENOENT */
   notifyRecv(listener: number, out: Uint32Array): number;
   /** answers with val, or with errno (positive) when errno is not 0; or lets the kernel run the call */

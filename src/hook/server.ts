@@ -61,6 +61,7 @@ export class HookServer implements HookHost {
     this.#log = options.log ?? ((m) => process.stderr.write(`openhook: ${m}\n`));
     this.#table = syscallTable();
     this.#call = { n: this.#n, host: this, cloexec: false, slow: false };
+    notify.notifySyncWakeUp(this.listener); // an optimisation only: older kernels answer EINVAL
     this.#poller = new native.Poller(this.listener, PollMode.Notify, 1, (events, _count, status) => this.#wake(events, status));
     this.#poller.start(C.UV_READABLE | C.UV_DISCONNECT);
   }
