@@ -177,6 +177,14 @@ describe('syscall hook: programs as they are', () => {
     assert.throws(() => readFileSync(join(elsewhere, 'new')));
   });
 
+  it('with a rule inside the system grants, nothing is continued: the rule holds, and the broker opens the other system files itself', () => {
+    const denied = run(['cat', '/etc/hostname'], ['--deny', '/etc/hostname']);
+    assert.equal(denied.status, 1);
+    assert.match(denied.stderr, /Permission denied/);
+    // ls still loads its libraries (through /lib, a symlink on merged-/usr systems), writes to /dev/null
+    same(['sh', '-c', `ls -la ${tree} && head -1 /etc/passwd && echo x > /dev/null && echo done`], ['--deny', '/etc/hostname']);
+  });
+
   it('a symlink planted in the tree does not lead out of it', () => {
     symlinkSync(join(elsewhere, 'secret'), join(tree, 'link'));
     const r = run(['cat', 'link']);

@@ -66,17 +66,21 @@ export class Continuation {
 
   /** Whether the kernel may run this open itself. path: absolute, collapsed. */
   allows(policy: Policy, path: ByteString, flags: number): boolean {
+    return this.grantsAllow(path, flags) && this.usable(policy);
+  }
+
+  /** Whether path is one of the granted single files (a device). */
+  grantedFile(path: ByteString): boolean {
+    return this.#files.has(path);
+  }
+
+  /** Whether the grants let the program do this open itself (whoever then performs it). */
+  grantsAllow(path: ByteString, flags: number): boolean {
     const mode = flags & C.O_ACCMODE;
     const file = this.#files.get(path);
-    if (file !== undefined) {
-      if (flags & C.O_CREAT) return false;
-      if (mode !== C.O_RDONLY && !file.write) return false;
-      if (flags & C.O_TRUNC && !file.truncate) return false;
-      return this.usable(policy);
-    }
-    if (mode !== C.O_RDONLY || flags & (C.O_CREAT | C.O_TRUNC)) return false;
-    if (!this.beneath(path)) return false;
-    return this.usable(policy);
+    // O_CREAT of a granted device that exists opens it (shells write '> /dev/null' so); O_EXCL fails.
+    if (file !== undefined) return !(flags & C.O_EXCL && flags & C.O_CREAT) && (mode === C.O_RDONLY || file.write) && (!(flags & C.O_TRUNC) || file.truncate);
+    return mode === C.O_RDONLY && !(flags & (C.O_CREAT | C.O_TRUNC)) && this.beneath(path);
   }
 
   /** Whether a path lies beneath (or is) a granted tree. */

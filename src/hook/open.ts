@@ -23,6 +23,7 @@ import type { Continuation } from './continuation.js';
 import { notify } from './native.js';
 import type { Notification } from './notification.js';
 import { cgroupOf, openBeneath, openFact, ownCgroupFile, processOf, procPath, readOnlyFlags, type ProcPath } from './procfs.js';
+import { noRule, openSystemFile } from './system-files.js';
 import { AT_FDCWD, locate } from './thread-paths.js';
 
 /** Answers a handler gives besides an fd (>= 0) or -errno. */
@@ -140,7 +141,12 @@ export function openFamily(call: HookCall, which: 'open' | 'creat' | 'openat' | 
   const host = call.host;
   const ctx = host.context();
   if (flags & C.O_PATH) return pathOnly(host, ctx, path);
-  if (host.continuation.allows(ctx.policy, path, flags)) return CONTINUE;
+  const grants = host.continuation;
+  if (grants.grantsAllow(path, flags)) {
+    if (grants.usable(ctx.policy)) return CONTINUE;
+    // A rule lies inside the grants: the policy decides what it covers, the broker opens the rest.
+    if (noRule(ctx, host.peer, path)) return openSystemFile(ctx, host.peer, grants, path, flags);
+  }
   return serveOpen(ctx, host.peer, openRequest(path, flags, mode), null);
 }
 
@@ -186,7 +192,8 @@ export function openRequest(path: ByteString, flags: number, mode: number): Requ
  * refuses looks refused to every kind of open.
  */
 function pathOnly(host: HookHost, ctx: ServiceContext, path: ByteString): number {
-  if (host.continuation.beneath(path) && host.continuation.usable(ctx.policy)) return CONTINUE;
+  const grants = host.continuation;
+  if (grants.beneath(path) && (grants.usable(ctx.policy) || noRule(ctx, host.peer, path))) return CONTINUE;
   const norm = normalise(path.length > 1 && path.endsWith('/') ? path.slice(0, -1) : path);
   if (!norm.ok) return -E.EACCES;
   let decision = ctx.policy.decide(host.peer, norm.path, Access.READ);
