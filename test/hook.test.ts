@@ -143,6 +143,8 @@ describe('syscall hook: programs as they are', () => {
     assert.match(r.stdout, /^child=ok$/m);
     assert.match(r.stdout, /^alpha$/m);
     assert.match(r.stdout, /^exec=0$/m);
+    // posix_spawn (vfork underneath) from python
+    same(['/usr/bin/python3', '-c', "import subprocess; subprocess.run(['cat', 'a.txt'], check=True)"]);
   });
 
   it('a SIGALRM handler with SA_RESTART firing during opens: no EINTR, no failure, no restart loop', () => {
@@ -166,6 +168,19 @@ describe('syscall hook: programs as they are', () => {
     const r = run([PROBE, 'fifo', join(tree, 'fifo')]);
     assert.equal(r.status, 0, r.stderr);
     assert.deepEqual(fields(r.stdout), { fifo: 'EACCES', fifo_nonblock: 'EACCES' });
+  });
+
+  it('a device node inside an allowed tree is refused without being opened', { skip: process.getuid?.() !== 0 && 'mknod needs root' }, () => {
+    execFileSync('mknod', [join(tree, 'null-device'), 'c', '1', '3']);
+    const r = run([PROBE, 'raw', join(tree, 'null-device')]);
+    assert.equal(fields(r.stdout).open, 'EACCES');
+    rmSync(join(tree, 'null-device'));
+  });
+
+  it('a full fd table makes the install fail with EMFILE, never a CONTINUE (which Landlock would refuse with EACCES)', () => {
+    const r = run([PROBE, 'emfile', join(tree, 'a.txt')]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(fields(r.stdout), { opened: '4', error: 'EMFILE' }); // 0-3 taken: stdio and the hook
   });
 
   it('default deny: paths no rule allows are refused, creation included', () => {
