@@ -13,9 +13,14 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/seccomp.h>
+#include <signal.h>
 #include <node_api.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdbool.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <uv.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -134,6 +139,17 @@ static napi_value js_notify_sync_wake_up(napi_env env, napi_callback_info info) 
   return int_value(env, r < 0 ? -errno : 0);
 }
 
+static void fill_words(uint32_t *out, const struct seccomp_notif *n) {
+  out[0] = (uint32_t)n->id, out[1] = (uint32_t)(n->id >> 32);
+  out[2] = n->pid, out[3] = n->flags;
+  out[4] = (uint32_t)n->data.nr, out[5] = n->data.arch;
+  out[6] = (uint32_t)n->data.instruction_pointer, out[7] = (uint32_t)(n->data.instruction_pointer >> 32);
+  for (int i = 0; i < 6; i++) {
+    out[8 + 2 * i] = (uint32_t)n->data.args[i];
+    out[9 + 2 * i] = (uint32_t)(n->data.args[i] >> 32);
+  }
+}
+
 /* notifyRecv(listener, out: Uint32Array(20)): 0 and one notification in out; -EAGAIN if none is
  * pending; -EPIPE when no target is left (POLLHUP); -ENOENT if the pending one vanished (its target
  * died between the poll and the receive). RECV blocks when nothing is pending (and, on some kernels,
@@ -157,14 +173,7 @@ static napi_value js_notify_recv(napi_env env, napi_callback_info info) {
   struct seccomp_notif n;
   memset(&n, 0, sizeof n); /* the kernel refuses a struct that is not zeroed (EINVAL) */
   if (ioctl(fd, SECCOMP_IOCTL_NOTIF_RECV, &n) < 0) return int_value(env, -errno);
-  out[0] = (uint32_t)n.id, out[1] = (uint32_t)(n.id >> 32);
-  out[2] = n.pid, out[3] = n.flags;
-  out[4] = (uint32_t)n.data.nr, out[5] = n.data.arch;
-  out[6] = (uint32_t)n.data.instruction_pointer, out[7] = (uint32_t)(n.data.instruction_pointer >> 32);
-  for (int i = 0; i < 6; i++) {
-    out[8 + 2 * i] = (uint32_t)n.data.args[i];
-    out[9 + 2 * i] = (uint32_t)(n.data.args[i] >> 32);
-  }
+  fill_words(out, &n);
   return int_value(env, 0);
 }
 
@@ -286,6 +295,198 @@ static napi_value js_read_memory(napi_env env, napi_callback_info info) {
   return int_value(env, got == len ? got : -EFAULT);
 }
 
+
+/* ---- the receiver: a thread that takes notifications the moment they arrive ---------------------
+ * Until the broker has received a notification, a signal interrupts the program's call (the kernel
+ * then restarts it, or returns EINTR to a handler without SA_RESTART); once received, with
+ * WAIT_KILLABLE_RECV, only a fatal signal does. The event loop may be busy for a while (other
+ * clients, a GC pause): so a thread receives each notification at once, into a queue, and wakes the
+ * loop (uv_async), which answers them in order. The thread only receives: it never decides. */
+#define RING 256
+typedef struct {
+  int listener, stopfd;
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t room;
+  struct seccomp_notif ring[RING];
+  unsigned head, count; /* guarded by mu */
+  bool hup, stopping, thread_started;
+  uv_async_t async;
+  napi_env env;
+  napi_ref callback;
+  napi_async_context actx;
+  napi_value resource;
+} receiver_t;
+
+#define MAX_RECEIVERS 64
+static receiver_t *receivers[MAX_RECEIVERS];
+
+static void *receive_loop(void *arg) {
+  receiver_t *r = arg;
+  struct pollfd p[2] = {{.fd = r->listener, .events = POLLIN}, {.fd = r->stopfd, .events = POLLIN}};
+  for (;;) {
+    pthread_mutex_lock(&r->mu);
+    while (r->count == RING && !r->stopping) pthread_cond_wait(&r->room, &r->mu);
+    bool stop = r->stopping;
+    pthread_mutex_unlock(&r->mu);
+    if (stop) break;
+    int n = poll(p, 2, -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (p[1].revents) break;
+    if (!(p[0].revents & POLLIN)) {
+      if (p[0].revents & (POLLHUP | POLLERR | POLLNVAL)) {
+        pthread_mutex_lock(&r->mu);
+        r->hup = true;
+        pthread_mutex_unlock(&r->mu);
+        uv_async_send(&r->async);
+        break;
+      }
+      continue;
+    }
+    struct seccomp_notif n1;
+    memset(&n1, 0, sizeof n1);
+    if (ioctl(r->listener, SECCOMP_IOCTL_NOTIF_RECV, &n1) < 0) continue; /* ENOENT: its target died */
+    pthread_mutex_lock(&r->mu);
+    r->ring[(r->head + r->count) % RING] = n1;
+    r->count++;
+    pthread_mutex_unlock(&r->mu);
+    uv_async_send(&r->async);
+  }
+  return NULL;
+}
+
+static void receiver_wake(uv_async_t *h) {
+  receiver_t *r = h->data;
+  napi_env env = r->env;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  napi_value cb, recv, result;
+  napi_get_reference_value(env, r->callback, &cb);
+  napi_get_global(env, &recv); /* make_callback needs an object as its receiver */
+  if (cb && napi_make_callback(env, r->actx, recv, cb, 0, NULL, &result) == napi_pending_exception) {
+    napi_value exc;
+    napi_get_and_clear_last_exception(env, &exc);
+    napi_fatal_exception(env, exc);
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static void receiver_closed(uv_handle_t *h) {
+  receiver_t *r = h->data;
+  pthread_mutex_destroy(&r->mu);
+  pthread_cond_destroy(&r->room);
+  free(r);
+}
+
+/* receiverStart(listener, callback): a receiving thread for listener; callback() is called on the
+ * loop when notifications (or the hang-up) are queued. Returns a receiver id, or -errno. */
+static napi_value js_receiver_start(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  int slot = -1;
+  for (int i = 0; i < MAX_RECEIVERS; i++)
+    if (!receivers[i]) {
+      slot = i;
+      break;
+    }
+  if (slot < 0) return int_value(env, -EMFILE);
+  receiver_t *r = calloc(1, sizeof *r);
+  if (!r) return int_value(env, -ENOMEM);
+  r->listener = i32(env, argv[0]);
+  r->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (r->stopfd < 0) {
+    int e = errno;
+    free(r);
+    return int_value(env, -e);
+  }
+  pthread_mutex_init(&r->mu, NULL);
+  pthread_cond_init(&r->room, NULL);
+  r->env = env;
+  uv_loop_t *loop;
+  napi_get_uv_event_loop(env, &loop);
+  uv_async_init(loop, &r->async, receiver_wake);
+  r->async.data = r;
+  napi_create_reference(env, argv[1], 1, &r->callback);
+  napi_value name;
+  napi_create_string_utf8(env, "openhook:notify", NAPI_AUTO_LENGTH, &name);
+  napi_async_init(env, NULL, name, &r->actx);
+  /* The thread needs no signals: the loop's own handlers stay on the main thread. */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int e = pthread_create(&r->thread, NULL, receive_loop, r);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (e) {
+    close(r->stopfd);
+    napi_delete_reference(env, r->callback);
+    napi_async_destroy(env, r->actx);
+    uv_close((uv_handle_t *)&r->async, receiver_closed);
+    return int_value(env, -e);
+  }
+  r->thread_started = true;
+  receivers[slot] = r;
+  return int_value(env, slot);
+}
+
+static receiver_t *receiver_of(napi_env env, napi_value v) {
+  int32_t id = i32(env, v);
+  return id >= 0 && id < MAX_RECEIVERS ? receivers[id] : NULL;
+}
+
+/* receiverTake(id, out): the oldest queued notification into out (as notifyRecv), 0; -EAGAIN when
+ * none is queued; -EPIPE when none is queued and no program is left. */
+static napi_value js_receiver_take(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  receiver_t *r = receiver_of(env, argv[0]);
+  size_t len = 0;
+  uint32_t *out = typed_bytes(env, argv[1], &len);
+  if (!r || !out || len < NOTIF_WORDS * 4) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG", "a live receiver and a Uint32Array of 20 words");
+    return NULL;
+  }
+  struct seccomp_notif n;
+  pthread_mutex_lock(&r->mu);
+  if (r->count == 0) {
+    bool hup = r->hup;
+    pthread_mutex_unlock(&r->mu);
+    return int_value(env, hup ? -EPIPE : -EAGAIN);
+  }
+  n = r->ring[r->head];
+  r->head = (r->head + 1) % RING;
+  if (r->count-- == RING) pthread_cond_signal(&r->room);
+  pthread_mutex_unlock(&r->mu);
+  fill_words(out, &n);
+  return int_value(env, 0);
+}
+
+/* receiverStop(id): stops and joins the thread (queued notifications are dropped: the caller closes
+ * the listener next, and their targets get ENOSYS). */
+static napi_value js_receiver_stop(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  int32_t id = i32(env, argv[0]);
+  receiver_t *r = receiver_of(env, argv[0]);
+  if (!r) return NULL;
+  receivers[id] = NULL;
+  pthread_mutex_lock(&r->mu);
+  r->stopping = true;
+  pthread_cond_signal(&r->room);
+  pthread_mutex_unlock(&r->mu);
+  uint64_t one = 1;
+  if (write(r->stopfd, &one, sizeof one) < 0) { /* the eventfd cannot be full: one write */
+  }
+  if (r->thread_started) pthread_join(r->thread, NULL);
+  close(r->stopfd);
+  napi_delete_reference(env, r->callback);
+  napi_async_destroy(env, r->actx);
+  uv_close((uv_handle_t *)&r->async, receiver_closed);
+  return NULL;
+}
+
 /* Called once from the addon's init(). */
 void register_notify(napi_env env, napi_value exports) {
   napi_property_descriptor fns[] = {
@@ -298,6 +499,9 @@ void register_notify(napi_env env, napi_value exports) {
     FN("notifyIdValid", js_notify_id_valid),
     FN("readString", js_read_string),
     FN("readMemory", js_read_memory),
+    FN("receiverStart", js_receiver_start),
+    FN("receiverTake", js_receiver_take),
+    FN("receiverStop", js_receiver_stop),
 #undef FN
   };
   napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns);

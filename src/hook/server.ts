@@ -3,10 +3,13 @@
  * of its syscall (syscalls.ts), and the answer given to the kernel: an fd installed in the program
  * (ADDFD with SEND: the syscall returns it), an errno, or CONTINUE.
  *
- * The listener is watched by the native poller: readable once per pending notification, and hung
- * up when the last program that shares the filter has exited. A wake-up answers a bounded batch, so
- * that a busy program cannot starve the broker's sockets; the poll is level-triggered, so the rest
- * come at the next turn of the loop.
+ * A native thread receives each notification the moment it arrives (native/notify.c, "the
+ * receiver"): from then on the program's call can be interrupted by fatal signals only, however busy
+ * the event loop is. The loop answers them in order; the thread reports the hang-up when the last
+ * program that shares the filter has exited. A wake-up answers a bounded batch, so that a busy
+ * program cannot starve the broker's sockets; the rest come at the next turn of the loop. Where the
+ * thread cannot be started, the native poller watches the listener instead (the same, except for
+ * signals that land while the loop is busy).
  */
 import { E, errnoName } from '../errno.js';
 import { C, native, PollMode, type NativePoller } from '../native.js';
@@ -41,7 +44,9 @@ export class HookServer implements HookHost {
   readonly continuation: Continuation;
   readonly stats: HookStats = { notifications: 0, installed: 0, continued: 0, refused: 0, gone: 0, installFailed: 0, proc: 0 };
   readonly #broker: Broker;
-  readonly #poller: NativePoller;
+  readonly #poller: NativePoller | null = null;
+  readonly #receiver: number;
+  #again: NodeJS.Immediate | null = null;
   readonly #table: Map<number, SyscallEntry>;
   readonly #n = new Notification();
   readonly #call: HookCall;
@@ -62,8 +67,11 @@ export class HookServer implements HookHost {
     this.#table = syscallTable();
     this.#call = { n: this.#n, host: this, cloexec: false, slow: false };
     notify.notifySyncWakeUp(this.listener); // an optimisation only: older kernels answer EINVAL
-    this.#poller = new native.Poller(this.listener, PollMode.Notify, 1, (events, _count, status) => this.#wake(events, status));
-    this.#poller.start(C.UV_READABLE | C.UV_DISCONNECT);
+    this.#receiver = notify.receiverStart(this.listener, () => this.#wake(0, 0));
+    if (this.#receiver < 0) {
+      this.#poller = new native.Poller(this.listener, PollMode.Notify, 1, (events, _count, status) => this.#wake(events, status));
+      this.#poller.start(C.UV_READABLE | C.UV_DISCONNECT);
+    }
   }
 
   context(): ServiceContext {
@@ -75,9 +83,11 @@ export class HookServer implements HookHost {
   }
 
   #wake(events: number, status: number): void {
+    this.#again = null;
     if (this.#closed) return;
+    const threaded = this.#receiver >= 0;
     for (let i = 0; i < BATCH; i++) {
-      const r = notify.notifyRecv(this.listener, this.#n.words);
+      const r = threaded ? notify.receiverTake(this.#receiver, this.#n.words) : notify.notifyRecv(this.listener, this.#n.words);
       if (r === -E.EAGAIN) break;
       if (r === -E.ENOENT || r === -E.EINTR) continue; // its target died before we took it
       if (r < 0) {
@@ -88,6 +98,8 @@ export class HookServer implements HookHost {
       }
       this.stats.notifications++;
       this.#serve();
+      // A full batch: the receiver will not wake us for what it already queued, so come back.
+      if (threaded && i === BATCH - 1 && !this.#closed) this.#again = setImmediate(() => this.#wake(0, 0));
     }
     // An error stops libuv's watcher; a hang-up with nothing pending means no program is left.
     if (status < 0 || (events & C.UV_DISCONNECT) !== 0) this.#hangUp();
@@ -171,14 +183,16 @@ export class HookServer implements HookHost {
   #hangUp(): void {
     this.#hungUp = true;
     if (this.#pending === 0) this.close();
-    else this.#poller.start(0);
+    else this.#poller?.start(0);
   }
 
   /** Stops serving and closes the listener: programs still trapped get ENOSYS from the kernel. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#poller.close();
+    if (this.#again) clearImmediate(this.#again);
+    if (this.#receiver >= 0) notify.receiverStop(this.#receiver);
+    this.#poller?.close();
     native.close(this.listener);
     this.#onClose?.();
   }
