@@ -315,7 +315,6 @@ typedef struct {
   napi_env env;
   napi_ref callback;
   napi_async_context actx;
-  napi_value resource;
 } receiver_t;
 
 #define MAX_RECEIVERS 64

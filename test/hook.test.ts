@@ -15,6 +15,9 @@ import { parseAllowFlag } from '../src/policy/rule.js';
 import { Policy } from '../src/policy/policy.js';
 import type { HookServer } from '../src/hook/server.js';
 import { collapse } from '../src/hook/thread-paths.js';
+import { Continuation } from '../src/hook/continuation.js';
+import { parseDenyFlag } from '../src/policy/rule.js';
+import { C } from '../src/native.js';
 import { procPath } from '../src/hook/procfs.js';
 import { CLI, fixture, tempDir } from './helpers.js';
 
@@ -330,5 +333,34 @@ describe('syscall hook: paths for a thread', () => {
     assert.equal(collapse('/', '/etc//passwd', null), '/etc/passwd');
     assert.equal(collapse('/a/b', '../x', 'beneath'), null);
     assert.equal(collapse('/a/b', '/../x', 'in-root'), '/a/b/x');
+  });
+});
+
+describe('syscall hook: what the kernel may run itself', () => {
+  const grants = new Continuation([{ access: 'rx', path: '/usr' }, { access: 'rx', path: '/etc' }, { access: 'rwt', path: '/dev/null' }]);
+
+  it('continues reads beneath the grants and the granted devices as granted, nothing else', () => {
+    const policy = new Policy([parseAllowFlag('/home/u/:rwc')]);
+    assert.equal(grants.allows(policy, '/usr/lib/libc.so.6', C.O_RDONLY | C.O_CLOEXEC), true);
+    assert.equal(grants.allows(policy, '/usr', C.O_RDONLY | C.O_DIRECTORY), true);
+    assert.equal(grants.allows(policy, '/usr/lib/x', C.O_WRONLY), false);
+    assert.equal(grants.allows(policy, '/usr/lib/x', C.O_RDONLY | C.O_CREAT), false);
+    assert.equal(grants.allows(policy, '/usrx/lib', C.O_RDONLY), false);
+    assert.equal(grants.allows(policy, '/home/u/a', C.O_RDONLY), false);
+    assert.equal(grants.allows(policy, '/dev/null', C.O_WRONLY | C.O_CREAT | C.O_TRUNC), true);
+    assert.equal(grants.allows(policy, '/dev/null', C.O_WRONLY | C.O_CREAT | C.O_EXCL), false);
+    policy.close();
+  });
+
+  it('continues nothing once a rule lies inside or over any grant', () => {
+    for (const rule of [parseDenyFlag('/etc/shadow'), parseAllowFlag('/usr/share/foo:r'), parseAllowFlag('/:r'), parseAllowFlag('/dev/:rw')]) {
+      const policy = new Policy([parseAllowFlag('/home/u/:rwc'), rule]);
+      assert.equal(grants.usable(policy), false, rule.origin);
+      assert.equal(grants.allows(policy, '/usr/lib/libc.so.6', C.O_RDONLY), false, rule.origin);
+      policy.close();
+    }
+    const beside = new Policy([parseAllowFlag('/usrlocal/:r'), parseAllowFlag('/home/:r')]);
+    assert.equal(grants.usable(beside), true);
+    beside.close();
   });
 });
