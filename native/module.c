@@ -7,7 +7,8 @@
  *
  * The addon is made of parts, one concern each: napi.c (helpers shared by all, napi.h), sockets.c,
  * replies.c (the reply batch), poller.c (the poller, the receive arena, busy polling), files.c
- * (file operations) and pool.c (slow opens on threads). Each part has one register function that
+ * (file operations), pool.c (slow opens on threads) and notify.c (seccomp user notification, for
+ * the syscall hook). Each part has one register function that
  * defines its functions, classes and constants on the exports; init() below calls them in order.
  *
  * To add a part, say native/notify.c:
@@ -34,6 +35,7 @@ static napi_status (*const parts[])(napi_env, napi_value) = {
   poller_register,
   files_register,
   pool_register,
+  notify_register,
 };
 
 static napi_value init(napi_env env, napi_value exports) {

@@ -57,7 +57,7 @@ export function runCommand(): Command {
     .option('--report', 'print the confinement that was enforced (Landlock, seccomp) before the program starts')
     .option('--log', 'print every broker decision to stderr, briefly (--audit for the full audit log)')
     .option('--allow-unconfined', 'run even if Landlock or seccomp is unavailable (not recommended)')
-    .option('--preload', "route an unmodified program's own opens to the broker with the interposer (LD_PRELOAD; docs/interposer.md)")
+    .option('--preload', "instead of the syscall hook: route a dynamically linked program's opens to the broker with the interposer (LD_PRELOAD; docs/interposer.md)")
     .option('--allow-unix-sockets', 'let the program create UNIX sockets; it can then connect to any socket path it can name')
     .passThroughOptions()
     .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : EXIT_REFUSED));
@@ -137,6 +137,8 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
       env,
       allowUnconfined: opts.allowUnconfined,
       allowUnixSockets: opts.allowUnixSockets,
+      // The syscall hook is the default way in; --preload is the fallback, instead of it.
+      ...(opts.preload ? {} : { syscallHook: { continueAlways: recorder !== null } }),
       // Wait for the report before CMD starts whenever something must be said first.
       waitForReport: opts.report === true || opts.allowUnconfined === true,
       onReport: (report) => announce(report, opts),
