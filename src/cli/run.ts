@@ -169,13 +169,18 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
 }
 
 /**
- * CMD failed and never asked the broker for anything: whatever it could not open, the kernel refused
- * (Landlock) without the broker hearing of it, so --log and --audit are silent. Say so, and what helps.
+ * CMD failed and never asked the broker for anything: whatever it could not do, the kernel refused
+ * (Landlock or the seccomp filter) without the broker hearing of it, so --log and --audit are silent.
+ * Say so, and what helps.
  */
 function unbrokeredFailure(command: string, status: number, preload: boolean): string {
-  const why = `${command} exited with status ${status} and asked the broker for nothing: if it failed to open a file, the kernel refused it (Landlock), not the policy`;
-  if (!preload) return `${why}. A program that does not use OPENHOOK_FD opens files itself: try --preload to route its opens to the broker`;
-  return `${why}. Its opens went to the real call (OPENHOOK_TRACE=1 shows where each went); --ro PATH lets it read PATH itself`;
+  const why = `${command} exited with status ${status} and asked the broker for nothing`;
+  if (!preload) {
+    return `${why}: if a call failed, the kernel refused it (Landlock or the seccomp filter), not the policy. ` +
+      `The syscall hook brokers only the calls --report lists as trapped; --ro PATH lets the program read PATH itself`;
+  }
+  return `${why}: if it failed to open a file, the kernel refused it (Landlock), not the policy. ` +
+    `Its opens went to the real call (OPENHOOK_TRACE=1 shows where each went); --ro PATH lets it read PATH itself`;
 }
 
 function announce(report: LaunchReport, opts: RunOptions): void {
