@@ -2,7 +2,7 @@
  *
  *   openhook-launch [--hook-from FD] [--hook-fd N] [--report-fd FD] [--wait] [--parent PID]
  *                   [--path ACCESS PATH]... [--allow-unconfined] [--allow-unix-sockets]
- *                   -- CMD ARGS...
+ *                   [--notify-to FD] -- CMD ARGS...
  *
  * Node spawns this helper with the hook socket and a report socket; the helper then, in order:
  *   1. moves the hook socket to fd N (exported by the caller as OPENHOOK_FD=N);
@@ -16,7 +16,10 @@
  *      signals (ABI 6);
  *   6. drops every capability (a root program would otherwise keep CAP_SYS_MODULE and friends);
  *   7. installs a seccomp filter for what Landlock cannot see (see build_filter());
- *   8. execs CMD.
+ *   8. with --notify-to FD, installs a second filter that turns the open family into seccomp user
+ *      notifications (the syscall hook: see apply_notify()), sends its listener fd to the broker
+ *      over FD, and closes both: the program never holds its own listener;
+ *   9. execs CMD.
  *
  * Landlock and seccomp confine only the calling thread and its future children, which is why this
  * cannot happen inside Node. The helper holds no policy: which paths get which access is decided by
@@ -171,6 +174,7 @@ struct options {
   long parent;
   int allow_unconfined;
   int allow_unix_sockets;
+  int notify_to;
   struct path_grant *paths;
   int npaths;
   char **argv;
@@ -187,13 +191,14 @@ static int parse_count(const char *s) {
 static void usage(const char *why) {
   fprintf(stderr, "openhook-launch: %s\n"
                   "usage: openhook-launch [--hook-from FD] [--hook-fd N] [--report-fd FD] [--wait] [--parent PID]\n"
-                  "       [--path ACCESS PATH]... [--allow-unconfined] [--allow-unix-sockets] -- CMD ARGS...\n",
+                  "       [--path ACCESS PATH]... [--allow-unconfined] [--allow-unix-sockets] [--notify-to FD]\n"
+                  "       -- CMD ARGS...\n",
           why);
   _exit(EXIT_REFUSED);
 }
 
 static void parse_options(int argc, char **argv, struct options *o) {
-  *o = (struct options){.hook_from = -1, .hook_fd = 3, .report_from = -1};
+  *o = (struct options){.hook_from = -1, .hook_fd = 3, .report_from = -1, .notify_to = -1};
   o->paths = calloc((size_t)argc, sizeof *o->paths);
   if (!o->paths) usage("out of memory");
   int i = 1;
@@ -209,6 +214,7 @@ static void parse_options(int argc, char **argv, struct options *o) {
     else if (i + 1 < argc && !strcmp(a, "--hook-from")) o->hook_from = parse_count(argv[++i]);
     else if (i + 1 < argc && !strcmp(a, "--hook-fd")) o->hook_fd = parse_count(argv[++i]);
     else if (i + 1 < argc && !strcmp(a, "--report-fd")) o->report_from = parse_count(argv[++i]);
+    else if (i + 1 < argc && !strcmp(a, "--notify-to")) o->notify_to = parse_count(argv[++i]);
     else if (i + 1 < argc && !strcmp(a, "--parent")) {
       o->parent = parse_count(argv[++i]);
       if (o->parent <= 0) usage("--parent must be a process id");
@@ -222,6 +228,7 @@ static void parse_options(int argc, char **argv, struct options *o) {
   if (o->hook_fd < 3) usage("--hook-fd must be 3 or more");
   if (o->hook_from == -1 || o->hook_from < 3) usage("--hook-from must name an inherited fd above stdio");
   if (o->report_from != -1 && o->report_from < 3) usage("--report-fd must be above stdio");
+  if (o->notify_to != -1 && o->notify_to < 3) usage("--notify-to must be above stdio");
   o->argv = argv + i;
 }
 
@@ -237,13 +244,16 @@ static void close_from_to(unsigned lo, unsigned hi) {
   for (unsigned fd = lo; fd <= hi && fd < (unsigned)max; fd++) close((int)fd);
 }
 
-/* Puts the hook at o->hook_fd, keeps the report fd (close-on-exec, above every other), and closes
- * every other fd above stdio. Returns the report fd, or -1. */
+/* Puts the hook at o->hook_fd, keeps the report fd and the notify socket (both close-on-exec, above
+ * every other), and closes every other fd above stdio. Returns the report fd, or -1. */
+static int notify_fd = -1;
+
 static int arrange_fds(const struct options *o) {
   int rep = -1;
+  int above = (o->hook_fd > o->hook_from ? o->hook_fd : o->hook_from) + 1;
+  if (above <= o->report_from) above = o->report_from + 1;
+  if (above <= o->notify_to) above = o->notify_to + 1;
   if (o->report_from >= 0) {
-    int above = (o->hook_fd > o->hook_from ? o->hook_fd : o->hook_from) + 1;
-    if (above <= o->report_from) above = o->report_from + 1;
     rep = fcntl(o->report_from, F_DUPFD_CLOEXEC, above);
     if (rep < 0) {
       perror("openhook-launch: report fd");
@@ -251,6 +261,12 @@ static int arrange_fds(const struct options *o) {
     }
     if (o->report_from != o->hook_from) close(o->report_from);
     report_fd = rep;
+    above = rep + 1;
+  }
+  if (o->notify_to >= 0) {
+    notify_fd = fcntl(o->notify_to, F_DUPFD_CLOEXEC, above);
+    if (notify_fd < 0) fatal("fds", errno, "the notify socket");
+    if (o->notify_to != o->hook_from && o->notify_to != o->report_from) close(o->notify_to);
   }
   int type;
   socklen_t len = sizeof type;
@@ -261,10 +277,17 @@ static int arrange_fds(const struct options *o) {
   } else if (fcntl(o->hook_fd, F_SETFD, 0) < 0) {
     fatal("fds", errno, "clearing close-on-exec on the hook fd");
   }
-  unsigned keep[2] = {(unsigned)o->hook_fd, rep >= 0 ? (unsigned)rep : ~0U};
-  close_from_to(3, keep[0] - 1);
-  close_from_to(keep[0] + 1, keep[1] == ~0U ? ~0U : keep[1] - 1);
-  if (keep[1] != ~0U) close_from_to(keep[1] + 1, ~0U);
+  /* Kept, in increasing order (rep and notify_fd were put above the hook): close the gaps. */
+  unsigned keep[3] = {(unsigned)o->hook_fd, ~0U, ~0U};
+  int nkeep = 1;
+  if (rep >= 0) keep[nkeep++] = (unsigned)rep;
+  if (notify_fd >= 0) keep[nkeep++] = (unsigned)notify_fd;
+  unsigned lo = 3;
+  for (int i = 0; i < nkeep; i++) {
+    if (keep[i] > lo) close_from_to(lo, keep[i] - 1);
+    lo = keep[i] + 1;
+  }
+  close_from_to(lo, ~0U);
   emit("fds", "hook", num((unsigned)o->hook_fd), NULL);
   emit("fds", "closed", "all but stdio and the hook", NULL);
   return rep;
@@ -570,6 +593,96 @@ static void apply_seccomp(const struct options *o, int landlock_abi) {
 #endif
 }
 
+/* ---- the syscall hook ----------------------------------------------------------------------- */
+
+#ifndef __NR_openat2
+#define __NR_openat2 437
+#endif
+#ifndef SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+#define SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (1UL << 5)
+#endif
+
+/* The syscalls the broker answers (src/hook/syscalls.ts has the handler of each). Adding one is a
+ * line here and an entry there. */
+static const struct {
+  const char *name;
+  int nr;
+} trapped[] = {
+#ifdef __NR_open
+  {"open", __NR_open},
+#endif
+  {"openat", __NR_openat},
+  {"openat2", __NR_openat2},
+#ifdef __NR_creat
+  {"creat", __NR_creat},
+#endif
+};
+
+/* The second filter: the open family becomes a notification on a listener fd, which goes to the
+ * broker over notify_fd. The deny filter above still runs too: the kernel takes the strictest
+ * answer of all filters (kill, then errno, then user-notif, then allow).
+ *
+ * WAIT_KILLABLE_RECV: once the broker has received a notification, the program waits for the
+ * answer without being interrupted by signals other than fatal ones. Without it, a signal handler
+ * would abandon the call the broker is performing, and the kernel would restart it: the broker
+ * would do the work twice (a create twice: EEXIST), and a program with a fast timer could loop. */
+static void apply_notify(void) {
+#ifndef OH_AUDIT_ARCH
+  fatal("notify", ENOSYS, "no seccomp filter for this architecture");
+#else
+  static struct sock_filter f[64];
+  int n = 0;
+  f[n++] = (struct sock_filter)LD(offsetof(struct seccomp_data, arch));
+  f[n++] = (struct sock_filter)JEQ(OH_AUDIT_ARCH, 1, 0);
+  f[n++] = (struct sock_filter)RET(SECCOMP_RET_KILL_PROCESS);
+  f[n++] = (struct sock_filter)LD(offsetof(struct seccomp_data, nr));
+#ifdef OH_X32_SYSCALL_BIT
+  f[n++] = (struct sock_filter)JGE(OH_X32_SYSCALL_BIT, 0, 1);
+  f[n++] = (struct sock_filter)RET(SECCOMP_RET_KILL_PROCESS);
+#endif
+  for (size_t i = 0; i < sizeof trapped / sizeof *trapped; i++) {
+    f[n++] = (struct sock_filter)JEQ((uint32_t)trapped[i].nr, 0, 1);
+    f[n++] = (struct sock_filter)RET(SECCOMP_RET_USER_NOTIF);
+  }
+  f[n++] = (struct sock_filter)RET(SECCOMP_RET_ALLOW);
+  struct sock_fprog prog = {.len = (unsigned short)n, .filter = f};
+  int listener = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
+                              SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV, &prog);
+  if (listener < 0) {
+    int err = errno;
+    fatal("notify", err, err == EINVAL || err == ENOSYS
+                             ? "the kernel has no seccomp user notification with WAIT_KILLABLE_RECV (Linux 5.19 or later)"
+                             : "the kernel refused the seccomp user-notification filter");
+  }
+  /* From here on, an open by this process would wait for a broker that has no listener yet: hand it
+   * over before anything else, and keep no copy. */
+  char byte = 'L';
+  struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int))];
+  } ctl;
+  memset(&ctl, 0, sizeof ctl);
+  struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
+  struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &listener, sizeof(int));
+  ssize_t sent;
+  do sent = sendmsg(notify_fd, &m, MSG_NOSIGNAL);
+  while (sent < 0 && errno == EINTR);
+  int err = errno;
+  close(listener);
+  close(notify_fd);
+  notify_fd = -1;
+  if (sent != 1) fatal("notify", err, "cannot send the listener fd to the broker");
+  emit("notify", "arch", OH_ARCH_NAME, NULL);
+  for (size_t i = 0; i < sizeof trapped / sizeof *trapped; i++) emit("notify", "trap", trapped[i].name, NULL);
+  emit("notify", "enforced", "user-notif", "wait-killable-recv", num((unsigned)n), NULL);
+#endif
+}
+
 /* ---- main ------------------------------------------------------------------------------------ */
 
 int main(int argc, char **argv) {
@@ -591,6 +704,7 @@ int main(int argc, char **argv) {
   int abi = apply_landlock(&o);
   drop_capabilities();
   apply_seccomp(&o, abi);
+  if (notify_fd >= 0) apply_notify();
 
   if (o.wait && rep >= 0) {
     emit("ready", NULL);

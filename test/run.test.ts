@@ -212,7 +212,8 @@ describe('run: files through the hook', () => {
   it('a C program gets a denied file through the hook with an RFC frame on fd 3', () => {
     const { status, out, stdout } = probe(['opens', secret, 'hook', secret], ['--allow', `${outside}/:r`]);
     assert.equal(status, 0);
-    assert.match(out.open ?? '', /^(EACCES|EPERM)$/);
+    // Its own open(2) is trapped and answered by the same broker (the syscall hook): allowed too.
+    assert.equal(out.open, 'ok');
     assert.match(stdout, /hook=ok content=the secret/);
   });
 
@@ -235,7 +236,7 @@ describe('run: files through the hook', () => {
     const r = run(['--allow', `${outside}/:r`, '--ro', ROOT, '--', process.execPath, join(ROOT, 'test', 'fixtures', 'hook-client.mjs'), lib, secret]);
     assert.equal(r.status, 0, r.stderr);
     const got = JSON.parse(r.stdout) as { direct: string; hook: string; content: string; tagged: boolean };
-    assert.match(got.direct, /^(EACCES|EPERM)$/);
+    assert.equal(got.direct, 'ok'); // the syscall hook answers its own open under the same policy
     assert.equal(got.hook, 'ok');
     assert.equal(got.content, 'the secret');
   });

@@ -91,9 +91,47 @@ async function runDemo(keep: boolean): Promise<number> {
     ok = false;
     say('7. The snapshot file was not created: something is wrong.');
   }
+  ok = (await unmodifiedProgram(say, vm, secret)) && ok;
   say();
   say(ok ? 'Demo finished: every open went through the broker, and the policy decided each one.' : `Demo failed (client exit status ${code}).`);
   if (!keep) rmSync(root, { recursive: true, force: true });
   else say(`Files kept in ${root}`);
   return ok ? 0 : 1;
+}
+
+/**
+ * The syscall hook: /bin/cat, which knows nothing of openhook, opens the image and the key with its
+ * own open(2) calls. Each is trapped, decided by the same policy, and answered by the broker.
+ */
+async function unmodifiedProgram(say: (line?: string) => void, vm: string, secret: string): Promise<boolean> {
+  say();
+  say('8. Now a program that knows nothing of openhook: cat, under the syscall hook (the default of `openhook run`).');
+  say('   Its own open calls are trapped by seccomp, decided by the same policy, and answered by the broker:');
+  const broker = new Broker({
+    policy: new Policy([parseAllowFlag(`${vm}/:r`)]),
+    audit: { record: (e) => say(`   broker: ${verdict(e).padEnd(12)} ${display(e.path)} ${describeFlags(e.flags)}  (${e.reason})`) },
+    log: (m) => say(`   broker: ${m}`),
+  });
+  let hooked = false;
+  try {
+    const result = await launch({
+      command: 'cat',
+      args: [join(vm, 'base.img'), join(secret, 'host-key')],
+      broker,
+      session: 'cat',
+      syscallHook: {},
+      waitForReport: true,
+      stdio: ['ignore', 'inherit', 'inherit'],
+      onReport: (report) => (hooked = report.notify.enforced),
+    });
+    if (!hooked) {
+      say('   This kernel has no seccomp user notification (Linux 5.19 or later): `openhook run --preload` is the fallback.');
+      return true;
+    }
+    // cat prints the image, fails on the key (status 1): both decisions were the broker's.
+    say(`   cat exited with status ${result.status}: it read the image, and the key was refused.`);
+    return result.status === 1;
+  } finally {
+    broker.close();
+  }
 }

@@ -62,7 +62,7 @@ export function runCommand(): Command {
     .option('--report', 'print the confinement that was enforced (Landlock, seccomp) before the program starts')
     .option('--log', 'print every broker decision to stderr, briefly (--audit for the full audit log)')
     .option('--allow-unconfined', 'run even if Landlock or seccomp is unavailable (not recommended)')
-    .option('--preload', "route an unmodified program's own opens to the broker with the interposer (LD_PRELOAD; docs/interposer.md)")
+    .option('--preload', "instead of the syscall hook: route a dynamically linked program's opens to the broker with the interposer (LD_PRELOAD; docs/interposer.md)")
     .option('--allow-unix-sockets', 'let the program create UNIX sockets; it can then connect to any socket path it can name')
     .option('--no-private-tmp', 'give the program no private temporary directory (default: one per session, granted all, TMPDIR set, removed at the end)')
     .passThroughOptions()
@@ -173,6 +173,8 @@ async function runWith(command: string, args: string[], opts: RunOptions, policy
       env,
       allowUnconfined: opts.allowUnconfined,
       allowUnixSockets: opts.allowUnixSockets,
+      // The syscall hook is the default way in; --preload is the fallback, instead of it.
+      ...(opts.preload ? {} : { syscallHook: { continueAlways: recorder !== null } }),
       // Wait for the report before CMD starts whenever something must be said first.
       waitForReport: opts.report === true || opts.allowUnconfined === true,
       onReport: (report) => announce(report, opts),
@@ -203,13 +205,18 @@ async function runWith(command: string, args: string[], opts: RunOptions, policy
 }
 
 /**
- * CMD failed and never asked the broker for anything: whatever it could not open, the kernel refused
- * (Landlock) without the broker hearing of it, so --log and --audit are silent. Say so, and what helps.
+ * CMD failed and never asked the broker for anything: whatever it could not do, the kernel refused
+ * (Landlock or the seccomp filter) without the broker hearing of it, so --log and --audit are silent.
+ * Say so, and what helps.
  */
 function unbrokeredFailure(command: string, status: number, preload: boolean): string {
-  const why = `${command} exited with status ${status} and asked the broker for nothing: if it failed to open a file, the kernel refused it (Landlock), not the policy`;
-  if (!preload) return `${why}. A program that does not use OPENHOOK_FD opens files itself: try --preload to route its opens to the broker`;
-  return `${why}. Its opens went to the real call (OPENHOOK_TRACE=1 shows where each went); --ro PATH lets it read PATH itself`;
+  const why = `${command} exited with status ${status} and asked the broker for nothing`;
+  if (!preload) {
+    return `${why}: if a call failed, the kernel refused it (Landlock or the seccomp filter), not the policy. ` +
+      `The syscall hook brokers only the calls --report lists as trapped; --ro PATH lets the program read PATH itself`;
+  }
+  return `${why}: if it failed to open a file, the kernel refused it (Landlock), not the policy. ` +
+    `Its opens went to the real call (OPENHOOK_TRACE=1 shows where each went); --ro PATH lets it read PATH itself`;
 }
 
 function announce(report: LaunchReport, opts: RunOptions): void {

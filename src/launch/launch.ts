@@ -16,7 +16,13 @@ import { constants as osConstants } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Broker } from '../broker/broker.js';
+import type { Peer } from '../policy/policy.js';
 import { C, native } from '../native.js';
+import { Continuation } from '../hook/continuation.js';
+import { HookServer } from '../hook/server.js';
+import { notify } from '../hook/native.js';
+import { E } from '../errno.js';
+import { PollMode } from '../native.js';
 import { confinementFor } from './confinement.js';
 import { describeExecDenied } from './exec-failure.js';
 import { emptyReport, parseReportLine, type LaunchReport } from './report.js';
@@ -54,6 +60,12 @@ export interface LaunchOptions {
    */
   onReport?: (report: LaunchReport) => void;
   waitForReport?: boolean;
+  /**
+   * Trap the program's open family with seccomp user notification and answer it here (the syscall
+   * hook, src/hook/): the default of `openhook run`. continueAlways: let the kernel run opens
+   * beneath the launch's grants whatever the policy says (learn mode, whose policy decides nothing).
+   */
+  syscallHook?: { continueAlways?: boolean; receiveThread?: boolean; onServer?: (server: HookServer) => void };
   /** signals of this process to pass on to the program while it runs; default none */
   forwardSignals?: readonly NodeJS.Signals[];
   /** the program's stdin, stdout and stderr; default: inherited */
@@ -100,6 +112,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
   if (options.waitForReport) args.push('--wait');
   if (options.allowUnconfined) args.push('--allow-unconfined');
   if (options.allowUnixSockets) args.push('--allow-unix-sockets');
+  if (options.syscallHook) args.push('--notify-to', '5');
   for (const grant of confinement.grants) args.push('--path', grant.access, grant.path);
   args.push('--', options.command, ...(options.args ?? []));
 
@@ -118,20 +131,31 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
   };
 
   const [brokerEnd, clientEnd] = native.socketpair(C.SOCK_SEQPACKET, false);
+  // The syscall hook: the helper sends its seccomp listener over this pair (SCM_RIGHTS).
+  const [listenerEnd, helperEnd] = options.syscallHook ? native.socketpair(C.SOCK_SEQPACKET, false) : [-1, -1];
   const [stdin, stdout, stderr] = options.stdio ?? ['inherit', 'inherit', 'inherit'];
   try {
-    child = spawn(HELPER_PATH, args, { stdio: [stdin, stdout, stderr, clientEnd, 'pipe'], env });
+    const extra = options.syscallHook ? [helperEnd] : [];
+    child = spawn(HELPER_PATH, args, { stdio: [stdin, stdout, stderr, clientEnd, 'pipe', ...extra], env });
   } catch (err) {
     unforward();
     native.close(brokerEnd);
     native.close(clientEnd);
+    if (listenerEnd >= 0) {
+      native.close(listenerEnd);
+      native.close(helperEnd);
+    }
     throw err;
   }
+  if (helperEnd >= 0) native.close(helperEnd);
   const spawned: ChildProcess = child;
   for (const s of early.splice(0)) forward(s);
   native.close(clientEnd); // the program's end lives only in the program now
   const pid = spawned.pid ?? -1;
   const connection = options.broker.adopt(brokerEnd, 'seqpacket', { session: options.session ?? basename(options.command), ...(pid > 0 ? { pid } : {}) });
+  const hook = options.syscallHook && listenerEnd >= 0
+    ? serveSyscallHook(listenerEnd, options.broker, { ...connection.peer }, new Continuation(confinement.grants, options.syscallHook.continueAlways), options.syscallHook)
+    : null;
 
   const report = emptyReport();
   let reported = false;
@@ -171,7 +195,42 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
   } finally {
     unforward();
     connection.close();
+    hook?.close();
   }
+}
+
+/**
+ * Waits for the helper to send its seccomp listener over socket, then serves it. The program's
+ * first trapped open waits in the kernel until then.
+ */
+function serveSyscallHook(socket: number, broker: Broker, peer: Peer, continuation: Continuation, hook: { receiveThread?: boolean; onServer?: (server: HookServer) => void }): { close(): void } {
+  let server: HookServer | null = null;
+  let closed = false;
+  const watcher = new native.Poller(socket, PollMode.Notify, 1, () => {
+    const fd = notify.receiveListener(socket);
+    if (fd === -E.EAGAIN) return;
+    watcher.close();
+    native.close(socket);
+    if (fd < 0) return; // the helper refused or failed before sending: its report says why
+    if (closed) {
+      native.close(fd);
+      return;
+    }
+    server = new HookServer({ listener: fd, broker, peer, continuation, receiveThread: hook.receiveThread === true });
+    hook.onServer?.(server);
+  });
+  watcher.start(C.UV_READABLE | C.UV_DISCONNECT);
+  return {
+    close(): void {
+      if (closed) return;
+      closed = true;
+      if (server) server.close();
+      else {
+        watcher.close();
+        native.close(socket);
+      }
+    },
+  };
 }
 
 /** Why CMD did not start, in words for people, or null if it started. */
@@ -183,6 +242,10 @@ export function describeFailure(result: LaunchResult, command: string): string |
       const what = stage === 'landlock' ? 'Landlock' : 'seccomp';
       return `${what} is not available (${code}: ${message}); refusing to run ${command} unconfined. ` +
         `Use --allow-unconfined to run it without this protection.`;
+    }
+    if (stage === 'notify') {
+      return `the syscall hook is not available (${code}: ${message}); ${command} cannot get its files this way. ` +
+        `Use --preload to route a dynamically linked program's opens through the interposer instead.`;
     }
     return `cannot confine ${command}: ${stage}: ${code}: ${message}`;
   }

@@ -43,6 +43,8 @@ export interface LaunchReport {
   };
   capabilities: { dropped: boolean; boundingDropped: number | null } | null;
   seccomp: { enforced: boolean; arch: string; rules: SeccompRule[]; instructions: number; unavailable: string | null };
+  /** the syscall hook: the calls trapped into seccomp user notifications, answered by the broker */
+  notify: { enforced: boolean; trapped: string[] };
   /** the helper refused to start CMD: which stage, the errno name, and what */
   fatal: { stage: string; code: string; message: string } | null;
   /** the command it was about to exec */
@@ -62,6 +64,7 @@ export function emptyReport(): LaunchReport {
     landlock: { enforced: false, abi: 0, usedAbi: 0, errata: null, handled: [], scoped: [], rules: [], skipped: [], unavailable: null },
     capabilities: null,
     seccomp: { enforced: false, arch: '', rules: [], instructions: 0, unavailable: null },
+    notify: { enforced: false, trapped: [] },
     fatal: null,
     exec: null,
     execError: null,
@@ -102,6 +105,9 @@ export function parseReportLine(report: LaunchReport, line: string): void {
     case 'seccomp rule': report.seccomp.rules.push({ syscall: f[2] ?? '', condition: f[3] ?? '-', action: f[4] ?? '' }); return;
     case 'seccomp enforced': report.seccomp.enforced = true; report.seccomp.instructions = Number(f[2]); return;
     case 'seccomp unavailable': report.seccomp.unavailable = f[2] ?? 'unknown'; return;
+    case 'notify arch': return;
+    case 'notify trap': report.notify.trapped.push(f[2] ?? ''); return;
+    case 'notify enforced': report.notify.enforced = true; return;
   }
   switch (f[0]) {
     case 'fatal': report.fatal = { stage: f[1] ?? '', code: f[2] ?? '', message: f[3] ?? '' }; return;
@@ -142,6 +148,11 @@ export function formatReport(r: LaunchReport): string[] {
     out.push('  everything else: allowed');
   } else {
     out.push(`seccomp: NOT enforced (${sc.unavailable ?? 'unknown'})`);
+  }
+  if (r.notify.enforced) {
+    out.push(`mode: syscall hook (seccomp user notification): ${r.notify.trapped.join(', ')} answered by the broker, whatever libc the program uses`);
+  } else {
+    out.push('mode: hook socket only (no syscall hook): the program opens files through OPENHOOK_FD, or the interposer with --preload');
   }
   for (const line of r.unknown) out.push(`(unrecognised: ${line})`);
   return out;
