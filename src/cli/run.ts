@@ -58,7 +58,7 @@ function parsePassFd(text: string, previous: number[]): number[] {
  * the kind of file can: nobody passes an epoll on purpose, and a pipe whose both ends are open in
  * `run` is a self-pipe of its own.
  */
-function passFdProblem(fd: number): string | null {
+export function passFdProblem(fd: number): string | null {
   let target: string;
   try {
     target = readlinkSync(`/proc/self/fd/${fd}`);
