@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess, type StdioNull, type StdioPipe } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { passFdProblem } from '../src/cli/run.js';
@@ -65,6 +65,15 @@ function probeLines(stdout: string): Array<Record<string, string>> {
 }
 
 describe('run --device', () => {
+  it('/dev/net/tun opens and takes ioctls with --device (the driver answers), not without', { skip: !existsSync('/dev/net/tun') && 'no /dev/net/tun here' }, async () => {
+    const without = await run(['--ro', DEVICE_PROBE, '--', DEVICE_PROBE, '/dev/net/tun']);
+    assert.equal(probeLines(without.stdout)[0]!.open, 'EACCES');
+    const granted = await run(['--device', '/dev/net/tun', '--ro', DEVICE_PROBE, '--', DEVICE_PROBE, '/dev/net/tun']);
+    const [tun] = probeLines(granted.stdout);
+    assert.equal(tun!.open, 'ok', granted.stderr);
+    assert.notEqual(tun!.ioctl, 'EACCES', 'Landlock let the ioctl through to the tun driver');
+  });
+
   it('grants a character device read-write with its ioctls; devices not granted are refused', async () => {
     const without = await run(['--ro', DEVICE_PROBE, '--', DEVICE_PROBE, '/dev/full', '/dev/zero']);
     assert.equal(without.status, 0, without.stderr);
@@ -237,6 +246,19 @@ describe('run --pass-fd', () => {
     assert.ok(own.length > 0, 'this Node process has an epoll fd');
     assert.match(passFdProblem(own[0]!) ?? '', /is one of openhook run's own \(anon_inode:\[eventpoll\]\)/);
     assert.equal(passFdProblem(0), null, 'an ordinary inherited fd may be passed');
+  });
+
+  it('a passed device fd was opened outside the sandbox: CMD may use it, ioctls included, without --device', async () => {
+    const full = openSync('/dev/full', 'r+');
+    try {
+      const r = await run(['--pass-fd', '5', '--ro', DEVICE_PROBE, '--', DEVICE_PROBE, 'fd:5', '/dev/full'], { 5: full });
+      assert.equal(r.status, 0, r.stderr);
+      const [passed, opened] = probeLines(r.stdout);
+      assert.deepEqual(passed, { open: 'ok', ioctl: 'ENOTTY', read: 'ok' });
+      assert.equal(opened!.open, 'EACCES', 'opening the same device inside is still refused');
+    } finally {
+      closeSync(full);
+    }
   });
 
   it('QEMU serves QMP on a listening socket passed with --pass-fd (-chardev socket,fd=N,server=on)', { timeout: 60_000 }, async () => {
