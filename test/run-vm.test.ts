@@ -204,6 +204,9 @@ describe('run --pass-fd', () => {
       const fds = await run(['--pass-fd', '3', '--pass-fd', '5', '--ro', CONFINED_PROBE, '--', CONFINED_PROBE, 'fds'], { 3: fdOne, 5: fdTwo, 6: fdOne });
       assert.equal(fds.stdout.trim(), 'fds=0,1,2,3,4,5', 'fd 6 of run was not passed: CMD does not see it');
 
+      const report = await run(['--report', '--pass-fd', '3', '--pass-fd', '5', '--', 'true'], { 3: fdOne, 5: fdTwo });
+      assert.match(report.stderr, /hook: fd 4 \(OPENHOOK_FD\); passed fds: 3, 5; every other fd above stdio closed/);
+
       const again = openSync(one, 'r'); // a fresh offset: the runs above read fdOne to its end
       const explicit = await run(['--pass-fd', '3', '--fd', '9', '--', 'sh', '-c', 'echo hook=$OPENHOOK_FD; cat <&3'], { 3: again });
       closeSync(again);
