@@ -1,12 +1,13 @@
 /* openhook-launch: confines a program between fork and exec, for `openhook run`.
  *
  *   openhook-launch [--hook-from FD] [--hook-fd N] [--report-fd FD] [--wait] [--parent PID]
- *                   [--path ACCESS PATH]... [--allow-unconfined] [--allow-unix-sockets]
- *                   [--notify-to FD] -- CMD ARGS...
+ *                   [--path ACCESS PATH]... [--device ACCESS PATH]... [--pass-fd N]...
+ *                   [--allow-unconfined] [--allow-unix-sockets] [--notify-to FD] -- CMD ARGS...
  *
  * Node spawns this helper with the hook socket and a report socket; the helper then, in order:
  *   1. moves the hook socket to fd N (exported by the caller as OPENHOOK_FD=N);
- *   2. closes every other fd except stdio (and its report fd, which is close-on-exec);
+ *   2. closes every other fd except stdio, the --pass-fd fds (kept at their numbers) and its report
+ *      fd (which is close-on-exec);
  *   3. with --parent PID, asks for SIGKILL when its parent dies, and refuses to go on if the parent
  *      is no longer PID: the broker lives in the parent, so a program that outlives it can never be
  *      served again, and nothing else would ever stop it (QEMU with -S waits for ever);
@@ -28,6 +29,12 @@
  *
  * --path ACCESS PATH: ACCESS is letters: r read (files and directory listings), x execute, w write,
  * t truncate, i ioctl on devices. A missing path is skipped and reported.
+ *
+ * --device ACCESS PATH: the same grant, on a character device only: a missing node, or anything
+ * else (a regular file, a directory, a block device), is fatal. The check is made on the inode that
+ * the rule is added for, so nothing can be swapped in between.
+ *
+ * --pass-fd N: fd N, inherited, reaches CMD at N. It must be open, and must not be the hook's N.
  *
  * The report: one line per fact, tab-separated fields, bytes below 0x20, 0x7f and '\' escaped as
  * \xNN. The caller parses it (src/launch/report.ts). It ends with "exec" before execvp; a failure
@@ -166,6 +173,7 @@ static _Noreturn void fatal(const char *stage, int err, const char *what) {
 struct path_grant {
   const char *access;
   const char *path;
+  int device; /* --device: a character device, or fatal */
 };
 
 struct options {
@@ -177,6 +185,8 @@ struct options {
   int notify_to;
   struct path_grant *paths;
   int npaths;
+  int *pass_fds;
+  int npass;
   char **argv;
 };
 
@@ -191,8 +201,8 @@ static int parse_count(const char *s) {
 static void usage(const char *why) {
   fprintf(stderr, "openhook-launch: %s\n"
                   "usage: openhook-launch [--hook-from FD] [--hook-fd N] [--report-fd FD] [--wait] [--parent PID]\n"
-                  "       [--path ACCESS PATH]... [--allow-unconfined] [--allow-unix-sockets] [--notify-to FD]\n"
-                  "       -- CMD ARGS...\n",
+                  "       [--path ACCESS PATH]... [--device ACCESS PATH]... [--pass-fd N]...\n"
+                  "       [--allow-unconfined] [--allow-unix-sockets] [--notify-to FD] -- CMD ARGS...\n",
           why);
   _exit(EXIT_REFUSED);
 }
@@ -200,7 +210,8 @@ static void usage(const char *why) {
 static void parse_options(int argc, char **argv, struct options *o) {
   *o = (struct options){.hook_from = -1, .hook_fd = 3, .report_from = -1, .notify_to = -1};
   o->paths = calloc((size_t)argc, sizeof *o->paths);
-  if (!o->paths) usage("out of memory");
+  o->pass_fds = calloc((size_t)argc, sizeof *o->pass_fds);
+  if (!o->paths || !o->pass_fds) usage("out of memory");
   int i = 1;
   for (; i < argc; i++) {
     const char *a = argv[i];
@@ -222,6 +233,14 @@ static void parse_options(int argc, char **argv, struct options *o) {
     else if (i + 2 < argc && !strcmp(a, "--path")) {
       o->paths[o->npaths].access = argv[++i];
       o->paths[o->npaths++].path = argv[++i];
+    } else if (i + 2 < argc && !strcmp(a, "--device")) {
+      o->paths[o->npaths].access = argv[++i];
+      o->paths[o->npaths].device = 1;
+      o->paths[o->npaths++].path = argv[++i];
+    } else if (i + 1 < argc && !strcmp(a, "--pass-fd")) {
+      int fd = parse_count(argv[++i]);
+      if (fd < 3) usage("--pass-fd must name an fd above stdio");
+      o->pass_fds[o->npass++] = fd;
     } else usage("unknown or incomplete option");
   }
   if (i >= argc) usage("no command given");
@@ -229,6 +248,11 @@ static void parse_options(int argc, char **argv, struct options *o) {
   if (o->hook_from == -1 || o->hook_from < 3) usage("--hook-from must name an inherited fd above stdio");
   if (o->report_from != -1 && o->report_from < 3) usage("--report-fd must be above stdio");
   if (o->notify_to != -1 && o->notify_to < 3) usage("--notify-to must be above stdio");
+  for (int k = 0; k < o->npass; k++) {
+    if (o->pass_fds[k] == o->hook_fd) usage("--pass-fd names the hook's --hook-fd");
+    if (o->pass_fds[k] == o->hook_from || o->pass_fds[k] == o->report_from || o->pass_fds[k] == o->notify_to)
+      usage("--pass-fd names the hook's, the report's or the notify socket's inherited fd");
+  }
   o->argv = argv + i;
 }
 
@@ -244,16 +268,25 @@ static void close_from_to(unsigned lo, unsigned hi) {
   for (unsigned fd = lo; fd <= hi && fd < (unsigned)max; fd++) close((int)fd);
 }
 
-/* Puts the hook at o->hook_fd, keeps the report fd and the notify socket (both close-on-exec, above
- * every other), and closes every other fd above stdio. Returns the report fd, or -1. */
+static int compare_fds(const void *a, const void *b) {
+  int x = *(const int *)a, y = *(const int *)b;
+  return (x > y) - (x < y);
+}
+
+/* The seccomp listener goes to the broker over this socket (syscall hook); -1 without --notify-to. */
 static int notify_fd = -1;
 
+/* Puts the hook at o->hook_fd, keeps the passed fds at their numbers (no longer close-on-exec), the
+ * report fd and the notify socket (both close-on-exec, above every other), and closes every other
+ * fd above stdio. Returns the report fd, or -1. */
 static int arrange_fds(const struct options *o) {
   int rep = -1;
   int above = (o->hook_fd > o->hook_from ? o->hook_fd : o->hook_from) + 1;
-  if (above <= o->report_from) above = o->report_from + 1;
+  for (int k = 0; k < o->npass; k++)
+    if (o->pass_fds[k] >= above) above = o->pass_fds[k] + 1;
   if (above <= o->notify_to) above = o->notify_to + 1;
   if (o->report_from >= 0) {
+    if (above <= o->report_from) above = o->report_from + 1;
     rep = fcntl(o->report_from, F_DUPFD_CLOEXEC, above);
     if (rep < 0) {
       perror("openhook-launch: report fd");
@@ -268,6 +301,13 @@ static int arrange_fds(const struct options *o) {
     if (notify_fd < 0) fatal("fds", errno, "the notify socket");
     if (o->notify_to != o->hook_from && o->notify_to != o->report_from) close(o->notify_to);
   }
+  for (int k = 0; k < o->npass; k++) {
+    if (fcntl(o->pass_fds[k], F_SETFD, 0) < 0) {
+      static char what[64];
+      snprintf(what, sizeof what, "fd %d to pass (--pass-fd) is not open", o->pass_fds[k]);
+      fatal("fds", errno, what);
+    }
+  }
   int type;
   socklen_t len = sizeof type;
   if (getsockopt(o->hook_from, SOL_SOCKET, SO_TYPE, &type, &len) < 0) fatal("fds", errno, "the hook fd is not a socket");
@@ -277,19 +317,24 @@ static int arrange_fds(const struct options *o) {
   } else if (fcntl(o->hook_fd, F_SETFD, 0) < 0) {
     fatal("fds", errno, "clearing close-on-exec on the hook fd");
   }
-  /* Kept, in increasing order (rep and notify_fd were put above the hook): close the gaps. */
-  unsigned keep[3] = {(unsigned)o->hook_fd, ~0U, ~0U};
-  int nkeep = 1;
-  if (rep >= 0) keep[nkeep++] = (unsigned)rep;
-  if (notify_fd >= 0) keep[nkeep++] = (unsigned)notify_fd;
+  int *keep = malloc(((size_t)o->npass + 3) * sizeof *keep);
+  if (!keep) fatal("fds", ENOMEM, "malloc");
+  int nkeep = 0;
+  keep[nkeep++] = o->hook_fd;
+  for (int k = 0; k < o->npass; k++) keep[nkeep++] = o->pass_fds[k];
+  if (rep >= 0) keep[nkeep++] = rep;
+  if (notify_fd >= 0) keep[nkeep++] = notify_fd;
+  qsort(keep, (size_t)nkeep, sizeof *keep, compare_fds);
   unsigned lo = 3;
-  for (int i = 0; i < nkeep; i++) {
-    if (keep[i] > lo) close_from_to(lo, keep[i] - 1);
-    lo = keep[i] + 1;
+  for (int k = 0; k < nkeep; k++) {
+    if ((unsigned)keep[k] > lo) close_from_to(lo, (unsigned)keep[k] - 1);
+    if ((unsigned)keep[k] + 1 > lo) lo = (unsigned)keep[k] + 1;
   }
   close_from_to(lo, ~0U);
+  free(keep);
   emit("fds", "hook", num((unsigned)o->hook_fd), NULL);
-  emit("fds", "closed", "all but stdio and the hook", NULL);
+  for (int k = 0; k < o->npass; k++) emit("fds", "pass", num((unsigned)o->pass_fds[k]), NULL);
+  emit("fds", "closed", o->npass ? "all but stdio, the hook and the passed fds" : "all but stdio and the hook", NULL);
   return rep;
 }
 
@@ -361,6 +406,7 @@ static int apply_landlock(const struct options *o) {
     int fd = open(g->path, O_PATH | O_CLOEXEC);
     if (fd < 0) {
       int err = errno;
+      if (g->device) fatal("device", err, g->path);
       if (err == ENOENT || err == ENOTDIR || err == EACCES || err == ELOOP) {
         emit("landlock", "skip", errname(err), g->path, NULL);
         continue;
@@ -369,6 +415,8 @@ static int apply_landlock(const struct options *o) {
     }
     struct stat st;
     if (fstat(fd, &st) < 0) fatal("landlock", errno, g->path);
+    /* O_PATH never opened the device itself; its driver sees only the program's own open. */
+    if (g->device && !S_ISCHR(st.st_mode)) fatal("device", ENODEV, g->path);
     uint64_t want = rights_of(g->access) & attr.handled_access_fs;
     if (!S_ISDIR(st.st_mode)) want &= OH_LL_FS_FILE_RIGHTS;
     if (want == 0) {
@@ -381,6 +429,9 @@ static int apply_landlock(const struct options *o) {
       fatal("landlock", errno, g->path);
     close(fd);
     emit("landlock", "rule", rights_text(want, text, sizeof text), S_ISDIR(st.st_mode) ? "beneath" : "file", g->path, NULL);
+    if (g->device)
+      emit("device", "grant", rights_text(want, text, sizeof text),
+           attr.handled_access_fs & OH_LL_FS_IOCTL_DEV ? "ioctl-enforced" : "ioctl-unrestricted", g->path, NULL);
   }
   if (syscall(__NR_landlock_restrict_self, ruleset, 0) < 0) fatal("landlock", errno, "landlock_restrict_self");
   close(ruleset);

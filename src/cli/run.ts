@@ -6,7 +6,7 @@
  * options, a bad policy, confinement unavailable), 126 when CMD cannot be executed, 127 when it is
  * not found.
  */
-import { renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { basename, resolve } from 'node:path';
 import { Command, InvalidArgumentError } from './commander.js';
 import { teeAudit, verdict, type AuditSink } from '../broker/audit.js';
@@ -14,6 +14,7 @@ import type { AuditLog } from '../broker/audit-log.js';
 import { Broker } from '../broker/broker.js';
 import { describeFlags } from '../broker/flags.js';
 import { display } from '../bytestring.js';
+import { C } from '../native.js';
 import { ConfinementError } from '../launch/confinement.js';
 import { describeFailure, EXIT_REFUSED, FORWARDED_SIGNALS, launch, LaunchError, type LaunchResult } from '../launch/launch.js';
 import type { LearnRecorder } from '../launch/learn.js';
@@ -30,7 +31,9 @@ import { collect, shellQuote } from './util.js';
 
 export interface RunOptions extends PolicyFlags, AuditFlags {
   ro: string[];
-  fd: number;
+  device: string[];
+  passFd: number[];
+  fd?: number;
   session?: string;
   learn?: string;
   report?: boolean;
@@ -48,6 +51,43 @@ function parseFd(text: string): number {
   return Number(text);
 }
 
+function parsePassFd(text: string, previous: number[]): number[] {
+  if (!/^\d+$/.test(text) || Number(text) < 3 || Number(text) > 1_048_575) throw new InvalidArgumentError(`a passed fd must be a number from 3 up (0-2 are stdio), not '${text}'`);
+  return [...previous, Number(text)];
+}
+
+/**
+ * Why `run` cannot pass on its fd N, or null if it can: N must be open, and must not be one of Node's
+ * own fds (its event loop's epoll, eventfds, self-pipes), which a mistyped number would otherwise
+ * hand to CMD. Node marks inherited low fds close-on-exec too, so that flag cannot tell them apart;
+ * the kind of file can: nobody passes an epoll on purpose, and a pipe whose both ends are open in
+ * `run` is a self-pipe of its own.
+ */
+export function passFdProblem(fd: number): string | null {
+  let target: string;
+  try {
+    target = readlinkSync(`/proc/self/fd/${fd}`);
+  } catch {
+    return `--pass-fd ${fd}: fd ${fd} is not open in openhook run (open it in the shell, e.g. ${fd}<FILE)`;
+  }
+  const own = `--pass-fd ${fd}: fd ${fd} is one of openhook run's own (${target}), not one it inherited`;
+  if (/^anon_inode:\[(eventpoll|eventfd|signalfd|timerfd|io_uring)\]$/.test(target)) return own;
+  if (target.startsWith('pipe:')) {
+    const modes = new Set<number>();
+    for (const other of readdirSync('/proc/self/fd')) {
+      try {
+        if (readlinkSync(`/proc/self/fd/${other}`) !== target) continue;
+        const flags = /^flags:\s*([0-7]+)/m.exec(readFileSync(`/proc/self/fdinfo/${other}`, 'latin1'));
+        if (flags) modes.add(parseInt(flags[1]!, 8) & C.O_ACCMODE);
+      } catch {
+        // closed meanwhile (readdirSync's own fd)
+      }
+    }
+    if (modes.has(C.O_RDONLY) && modes.has(C.O_WRONLY)) return own;
+  }
+  return null;
+}
+
 export function runCommand(): Command {
   const cmd = new Command('run')
     .description('run a program confined: it cannot open files itself and asks the broker for them through its hook fd')
@@ -56,7 +96,9 @@ export function runCommand(): Command {
     .argument('[args...]', 'its arguments');
   addAuditOptions(addPolicyOptions(cmd))
     .option('--ro <PATH>', 'let the program read and execute PATH itself, besides /usr /lib /lib64 /bin /sbin /etc (repeatable)', collect, [])
-    .option('--fd <N>', 'fd number of the hook socket in the program, exported as OPENHOOK_FD', parseFd, 3)
+    .option('--device <PATH>', 'let the program open the character device PATH itself, read-write with its ioctls, e.g. /dev/kvm (repeatable)', collect, [])
+    .option('--pass-fd <N>', "keep run's fd N open at N in the program, e.g. a listening socket for -chardev socket,fd=N (repeatable)", parsePassFd, [])
+    .option('--fd <N>', 'fd number of the hook socket in the program, exported as OPENHOOK_FD (default: 3, or the lowest not passed)', parseFd)
     .option('--session <NAME>', "session name that policy sections match (default: the command's base name)")
     .option('--learn <FILE>', 'allow every request, then write a minimal policy for what the program asked to FILE')
     .option('--report', 'print the confinement that was enforced (Landlock, seccomp) before the program starts')
@@ -121,6 +163,18 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
       return EXIT_REFUSED;
     }
   }
+  const devices = opts.device.map((path) => resolve(path));
+  for (const fd of opts.passFd) {
+    const problem = passFdProblem(fd);
+    if (problem) {
+      say(problem);
+      return EXIT_REFUSED;
+    }
+  }
+  if (opts.fd !== undefined && opts.passFd.includes(opts.fd)) {
+    say(`--fd ${opts.fd} is also a --pass-fd: the hook needs a number of its own (leave out --fd to have one chosen)`);
+    return EXIT_REFUSED;
+  }
   // x (execute) is fixed at launch: Landlock lets the program read and run files beneath those rules itself.
   const readOnly = [...opts.ro.map((path) => resolve(path)), ...(opts.preload ? [PRELOAD_LIBRARY] : []), ...(recorder ? [] : executableRoots(policy))];
 
@@ -138,7 +192,7 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
     env = { ...env, ...privateTmpEnv(privateTmp) };
   }
   try {
-    return await runWith(command, args, opts, policy, recorder, log, session, env, readOnly);
+    return await runWith(command, args, opts, policy, recorder, log, session, env, readOnly, devices);
   } finally {
     if (privateTmp !== null && !removePrivateTmp(privateTmp)) say(`could not remove the private temporary directory ${privateTmp} entirely`);
   }
@@ -150,7 +204,7 @@ function executableRoots(policy: Policy): string[] {
   return [...new Set(rules.filter((r) => r.effect === 'allow' && r.access & Access.EXECUTE).map((r) => (r.glob ? rootOf(r) : r.path)))].map((p) => Buffer.from(p, 'latin1').toString('utf8'));
 }
 
-async function runWith(command: string, args: string[], opts: RunOptions, policy: Policy, recorder: LearnRecorder | null, log: AuditSink | null, session: string, env: Record<string, string> | undefined, readOnly: string[]): Promise<number> {
+async function runWith(command: string, args: string[], opts: RunOptions, policy: Policy, recorder: LearnRecorder | null, log: AuditSink | null, session: string, env: Record<string, string> | undefined, readOnly: string[], devices: string[]): Promise<number> {
 
   let auditLog: AuditLog | null;
   try {
@@ -169,6 +223,8 @@ async function runWith(command: string, args: string[], opts: RunOptions, policy
       broker,
       session,
       hookFd: opts.fd,
+      passFds: opts.passFd,
+      devices,
       readOnly,
       env,
       allowUnconfined: opts.allowUnconfined,
@@ -234,7 +290,9 @@ function learnedOptions(opts: RunOptions): string[] {
   return [
     ...(opts.preload ? ['--preload'] : []),
     ...opts.ro.flatMap((path) => ['--ro', path]),
-    ...(opts.fd !== 3 ? ['--fd', String(opts.fd)] : []),
+    ...opts.device.flatMap((path) => ['--device', path]),
+    ...opts.passFd.flatMap((fd) => ['--pass-fd', String(fd)]),
+    ...(opts.fd !== undefined ? ['--fd', String(opts.fd)] : []),
     ...(opts.session !== undefined ? ['--session', opts.session] : []),
     ...(opts.allowUnixSockets ? ['--allow-unix-sockets'] : []),
     ...(opts.allowUnconfined ? ['--allow-unconfined'] : []),

@@ -17,7 +17,7 @@
  */
 import type { ByteString } from '../bytestring.js';
 import { C } from '../native.js';
-import type { Grant } from '../launch/confinement.js';
+import { DEVICES, type Grant } from '../launch/confinement.js';
 import type { Policy } from '../policy/policy.js';
 import type { Rule } from '../policy/rule.js';
 import { rootOf } from '../policy/rule.js';
@@ -40,7 +40,8 @@ export class Continuation {
     const trees: ByteString[] = [];
     for (const g of grants) {
       if (!g.access.includes('r') && !g.access.includes('w')) continue;
-      if (g.path.startsWith('/dev/')) this.#files.set(g.path, { write: g.access.includes('w'), truncate: g.access.includes('t') });
+      // Devices are single files: the built-in ones and --device grants (which may live anywhere).
+      if (g.device === true || DEVICES.some((d) => d.path === g.path)) this.#files.set(g.path, { write: g.access.includes('w'), truncate: g.access.includes('t') });
       else trees.push(g.path === '/' ? '/' : `${g.path}/`);
     }
     this.#trees = trees;

@@ -10,7 +10,7 @@
  * holds the fd.
  */
 import { spawn, type ChildProcess, type StdioNull, type StdioPipe } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, fstatSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { basename, dirname, join } from 'node:path';
@@ -44,8 +44,15 @@ export interface LaunchOptions {
   broker: Broker;
   /** the session name policy sections match on; default: the command's base name */
   session?: string;
-  /** the fd number of the hook socket in the program (OPENHOOK_FD); default 3 */
+  /** the fd number of the hook socket in the program (OPENHOOK_FD); default: the lowest from 3 up that is not passed */
   hookFd?: number;
+  /**
+   * fds of this process that the program gets at the same numbers (libvirt-style `fd=N` arguments:
+   * a QMP listener, a tap device). Each must be open; none may be the hook's number.
+   */
+  passFds?: readonly number[];
+  /** character devices the program may open itself, read-write with their ioctls (/dev/kvm) */
+  devices?: readonly string[];
   /** more paths the program may read (and execute) itself, besides the system directories */
   readOnly?: readonly string[];
   /** environment changes for the program: a value sets, undefined removes (e.g. LD_PRELOAD) */
@@ -94,10 +101,12 @@ export class LaunchError extends Error {
 
 /** Starts the program confined, serves its hook, and resolves when it has exited. */
 export async function launch(options: LaunchOptions): Promise<LaunchResult> {
-  const hookFd = options.hookFd ?? 3;
+  const passFds = checkPassFds(options.passFds ?? []);
+  const hookFd = options.hookFd ?? lowestFree(passFds);
   if (!Number.isInteger(hookFd) || hookFd < 3) throw new LaunchError(`the hook fd must be an integer of 3 or more, not ${hookFd}`, 'ERR_INVALID_ARG_VALUE');
+  if (passFds.has(hookFd)) throw new LaunchError(`the hook fd ${hookFd} is also a passed fd: give the hook another number, or leave it to be chosen`, 'ERR_INVALID_ARG_VALUE');
   if (!existsSync(HELPER_PATH)) throw new LaunchError(`the launch helper is missing (${HELPER_PATH}); run npm install to build it`, 'ERR_HELPER_MISSING');
-  const confinement = confinementFor(options.readOnly);
+  const confinement = confinementFor(options.readOnly, options.devices);
 
   const env: NodeJS.ProcessEnv = { ...process.env };
   delete env.OPENHOOK_SOCKET; // the program's hook is its fd, never a broker it might find by path
@@ -108,12 +117,18 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
   env.OPENHOOK_FD = String(hookFd);
   env.OPENHOOK_PASSTHROUGH = confinement.passthrough.join(':');
 
-  const args = ['--hook-from', '3', '--hook-fd', String(hookFd), '--report-fd', '4', '--parent', String(process.pid)];
+  // The helper gets each passed fd at its own number, and the hook and its report at free numbers
+  // beside them; it moves the hook to hookFd.
+  const hookFrom = lowestFree(passFds);
+  const reportFrom = lowestFree(new Set([...passFds, hookFrom]));
+  const notifyFrom = options.syscallHook ? lowestFree(new Set([...passFds, hookFrom, reportFrom])) : -1;
+  const args = ['--hook-from', String(hookFrom), '--hook-fd', String(hookFd), '--report-fd', String(reportFrom), '--parent', String(process.pid)];
   if (options.waitForReport) args.push('--wait');
   if (options.allowUnconfined) args.push('--allow-unconfined');
   if (options.allowUnixSockets) args.push('--allow-unix-sockets');
-  if (options.syscallHook) args.push('--notify-to', '5');
-  for (const grant of confinement.grants) args.push('--path', grant.access, grant.path);
+  if (notifyFrom >= 0) args.push('--notify-to', String(notifyFrom));
+  for (const grant of confinement.grants) args.push(grant.device ? '--device' : '--path', grant.access, grant.path);
+  for (const fd of passFds) args.push('--pass-fd', String(fd));
   args.push('--', options.command, ...(options.args ?? []));
 
   // Forward signals from before the spawn: a signal that arrived between the spawn and the handlers
@@ -134,9 +149,13 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
   // The syscall hook: the helper sends its seccomp listener over this pair (SCM_RIGHTS).
   const [listenerEnd, helperEnd] = options.syscallHook ? native.socketpair(C.SOCK_SEQPACKET, false) : [-1, -1];
   const [stdin, stdout, stderr] = options.stdio ?? ['inherit', 'inherit', 'inherit'];
+  const stdio: Array<StdioNull | StdioPipe | number> = [stdin, stdout, stderr];
+  for (let fd = 3; fd <= Math.max(hookFrom, reportFrom, notifyFrom, ...passFds); fd++) stdio.push(passFds.has(fd) ? fd : 'ignore');
+  stdio[hookFrom] = clientEnd;
+  stdio[reportFrom] = 'pipe';
+  if (notifyFrom >= 0) stdio[notifyFrom] = helperEnd;
   try {
-    const extra = options.syscallHook ? [helperEnd] : [];
-    child = spawn(HELPER_PATH, args, { stdio: [stdin, stdout, stderr, clientEnd, 'pipe', ...extra], env });
+    child = spawn(HELPER_PATH, args, { stdio, env });
   } catch (err) {
     unforward();
     native.close(brokerEnd);
@@ -164,7 +183,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
     reported = true;
     options.onReport?.(report);
   };
-  const channel = spawned.stdio[4] as Socket;
+  const channel = spawned.stdio[reportFrom] as Socket;
   channel.setEncoding('latin1');
   let pending = '';
   channel.on('data', (chunk: string) => {
@@ -233,6 +252,26 @@ function serveSyscallHook(socket: number, broker: Broker, peer: Peer, continuati
   };
 }
 
+/** The lowest fd number from 3 up that is not in taken. */
+function lowestFree(taken: ReadonlySet<number>): number {
+  let fd = 3;
+  while (taken.has(fd)) fd++;
+  return fd;
+}
+
+/** The passed fds as a set, each an fd of this process that is open now. */
+function checkPassFds(fds: readonly number[]): Set<number> {
+  for (const fd of fds) {
+    if (!Number.isInteger(fd) || fd < 3) throw new LaunchError(`a passed fd must be an integer of 3 or more (0-2 are stdio), not ${fd}`, 'ERR_INVALID_ARG_VALUE');
+    try {
+      fstatSync(fd);
+    } catch (err) {
+      throw new LaunchError(`fd ${fd} cannot be passed: it is not open (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, 'EBADF');
+    }
+  }
+  return new Set(fds);
+}
+
 /** Why CMD did not start, in words for people, or null if it started. */
 export function describeFailure(result: LaunchResult, command: string): string | null {
   const { report } = result;
@@ -247,6 +286,7 @@ export function describeFailure(result: LaunchResult, command: string): string |
       return `the syscall hook is not available (${code}: ${message}); ${command} cannot get its files this way. ` +
         `Use --preload to route a dynamically linked program's opens through the interposer instead.`;
     }
+    if (stage === 'device') return `--device ${message}: ${code === 'ENODEV' ? 'not a character device' : code === 'ENOENT' ? 'no such device node' : code}; refusing to start ${command}`;
     return `cannot confine ${command}: ${stage}: ${code}: ${message}`;
   }
   if (report.execError) {

@@ -21,9 +21,21 @@ export interface SeccompRule {
   action: string;
 }
 
+export interface DeviceGrant {
+  path: ByteString;
+  /** Landlock's names for the rights granted on the node */
+  rights: string[];
+  /** Landlock handles IOCTL_DEV (ABI 5+): ioctls are allowed on granted devices only */
+  ioctlEnforced: boolean;
+}
+
 export interface LaunchReport {
   /** the fd the hook socket was given (OPENHOOK_FD) */
   hookFd: number | null;
+  /** fds kept open at their numbers (--pass-fd) */
+  passedFds: number[];
+  /** character devices granted (--device) */
+  devices: DeviceGrant[];
   fdsClosed: boolean;
   noNewPrivs: boolean;
   /** the signal CMD gets if the process that launched it (and holds its broker) dies */
@@ -58,6 +70,8 @@ export interface LaunchReport {
 export function emptyReport(): LaunchReport {
   return {
     hookFd: null,
+    passedFds: [],
+    devices: [],
     fdsClosed: false,
     noNewPrivs: false,
     parentDeathSignal: null,
@@ -86,7 +100,9 @@ export function parseReportLine(report: LaunchReport, line: string): void {
   const ll = report.landlock;
   switch (`${f[0]} ${f[1] ?? ''}`) {
     case 'fds hook': report.hookFd = Number(f[2]); return;
+    case 'fds pass': report.passedFds.push(Number(f[2])); return;
     case 'fds closed': report.fdsClosed = true; return;
+    case 'device grant': report.devices.push({ rights: list(f[2]), ioctlEnforced: f[3] === 'ioctl-enforced', path: f[4] ?? '' }); return;
     case 'no_new_privs set': report.noNewPrivs = true; return;
     case 'parent watched': report.parentDeathSignal = f[3] ?? ''; return;
     case 'landlock abi': ll.abi = Number(f[2]); ll.usedAbi = Number(f[3]); return;
@@ -122,7 +138,8 @@ export function parseReportLine(report: LaunchReport, line: string): void {
 export function formatReport(r: LaunchReport): string[] {
   const out: string[] = [];
   const ll = r.landlock;
-  out.push(`hook: fd ${r.hookFd ?? '?'} (OPENHOOK_FD); ${r.fdsClosed ? 'every other fd above stdio closed' : 'other fds NOT closed'}`);
+  const passed = r.passedFds.length ? `; passed fds: ${r.passedFds.join(', ')}` : '';
+  out.push(`hook: fd ${r.hookFd ?? '?'} (OPENHOOK_FD)${passed}; ${r.fdsClosed ? 'every other fd above stdio closed' : 'other fds NOT closed'}`);
   out.push(`no_new_privs: ${r.noNewPrivs ? 'set' : 'NOT set'}`);
   out.push(`if the broker's process dies: ${r.parentDeathSignal ? `the program gets ${r.parentDeathSignal}` : 'the program is NOT stopped'}`);
   if (ll.enforced) {
@@ -131,6 +148,10 @@ export function formatReport(r: LaunchReport): string[] {
     out.push(`  scoped: ${ll.scoped.length ? ll.scoped.join(' ') : 'nothing (needs ABI 6)'}`);
     for (const rule of ll.rules) out.push(`  allow ${rule.rights.join(',')} ${rule.kind === 'beneath' ? 'beneath' : 'on file'} ${display(rule.path)}`);
     for (const s of ll.skipped) out.push(`  skipped ${display(s.path)} (${s.reason})`);
+    for (const d of r.devices) {
+      const ioctls = d.ioctlEnforced ? 'ioctls allowed on this node (Landlock IOCTL_DEV), refused on devices not granted' : `ioctls are not restricted by Landlock (ABI ${ll.usedAbi} < 5, no IOCTL_DEV)`;
+      out.push(`  device ${display(d.path)}: ${d.rights.join(',')}; ${ioctls}`);
+    }
     out.push('  everything else: denied');
   } else {
     out.push(`landlock: NOT enforced (${ll.unavailable ?? 'unknown'})`);
