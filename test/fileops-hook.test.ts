@@ -106,6 +106,23 @@ print(os.stat('t').st_mtime)
     assert.equal(statSync(join(dir, 't')).mode & 0o777, 0o600);
   });
 
+  it('unlink("name/") removes nothing: EISDIR for a directory, ENOTDIR for a file, as unconfined', () => {
+    const code = `import os
+os.makedirs('slash-dir', exist_ok=True)
+open('slash-file', 'w').close()
+for p in ('slash-dir/', 'slash-file/', 'slash-none/'):
+    try:
+        os.unlink(p); print('removed')
+    except OSError as e: print(e.strerror)
+`;
+    const r = python('all', code);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, 'Is a directory\nNot a directory\nNo such file or directory\n');
+    assert.ok(existsSync(join(dir, 'slash-file')) && existsSync(join(dir, 'slash-dir')));
+    const free = spawnSync('/usr/bin/python3', ['-c', code], { cwd: dir, encoding: 'utf8' });
+    assert.equal(free.stdout, r.stdout, 'as unconfined');
+  });
+
   it("the program's umask decides the mode of what it makes", () => {
     const r = python('all', `import os
 os.umask(0o077)

@@ -137,9 +137,20 @@ export function unlink(call: HookCall, which: 'unlink' | 'rmdir' | 'unlinkat'): 
   const command = flags & AT_REMOVEDIR ? Command.RMDIR : Command.UNLINK;
   return onePath(call, dirfd, arg, (path) => {
     // unlink("name/") names a directory: the kernel says EISDIR or ENOTDIR, never removes a file.
-    if (command === Command.UNLINK && path.length > 1 && path.endsWith('/')) return exists(path.slice(0, -1)) ? -E.EISDIR : -E.ENOENT;
+    if (command === Command.UNLINK && path.length > 1 && path.endsWith('/')) return trailingSlash(path.slice(0, -1));
     return serve(call, operation(command, path));
   });
+}
+
+/** unlink("name/"): EISDIR for a directory, ENOTDIR for anything else, ENOENT for nothing. */
+function trailingSlash(path: ByteString): number {
+  let st;
+  try {
+    st = lstatSync(Buffer.from(path, 'latin1'), { throwIfNoEntry: false });
+  } catch {
+    return -E.ENOENT;
+  }
+  return st === undefined ? -E.ENOENT : st.isDirectory() ? -E.EISDIR : -E.ENOTDIR;
 }
 
 // ---- rename, link, symlink -----------------------------------------------------------------------
