@@ -36,6 +36,7 @@ static napi_status (*const parts[])(napi_env, napi_value) = {
   files_register,
   pool_register,
   notify_register,
+  hook_sockets_register,
 };
 
 static napi_value init(napi_env env, napi_value exports) {

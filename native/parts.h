@@ -14,5 +14,6 @@ napi_status poller_register(napi_env env, napi_value exports);  /* poller.c: pol
 napi_status files_register(napi_env env, napi_value exports);   /* files.c */
 napi_status pool_register(napi_env env, napi_value exports);    /* pool.c: slow opens */
 napi_status notify_register(napi_env env, napi_value exports);  /* notify.c: seccomp user notification */
+napi_status hook_sockets_register(napi_env env, napi_value exports); /* hooksockets.c: the hook's connect and bind */
 
 #endif
