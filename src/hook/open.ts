@@ -28,6 +28,8 @@ import { AT_FDCWD, locate } from './thread-paths.js';
 export const CONTINUE = -0x10_0000;
 /** The call is gone (the target died, or a signal abandoned the call): nothing to answer. */
 export const GONE = -0x10_0001;
+/** The broker performed the call itself (connect, bind): it returns 0, and nothing is installed. */
+export const SUCCESS = -0x10_0002;
 
 export interface HookStats {
   notifications: number;
@@ -43,6 +45,8 @@ export interface HookStats {
   installFailed: number;
   /** own /proc entries and machine facts answered */
   proc: number;
+  /** performed by the broker and answered 0 (connect, bind) */
+  performed: number;
 }
 
 /** What a handler may use: the broker's request path, and the launch's facts. */

@@ -6,6 +6,7 @@
 import { arch } from 'node:os';
 import type { HookCall, Handler } from './open.js';
 import { openFamily } from './open.js';
+import { socketCall } from './sockets.js';
 
 export interface SyscallEntry {
   name: string;
@@ -20,10 +21,15 @@ const NUMBERS: Record<string, Record<string, number>> = {
   x64: { open: 2, creat: 85, openat: 257, openat2: 437 },
   arm64: { openat: 56, openat2: 437 },
 };
+/** connect and bind (trapped unless --allow-unix-sockets: launch.c, trapped_sockets[]). */
+const SOCKET_NUMBERS: Record<string, Record<string, number>> = {
+  x64: { connect: 42, bind: 49 },
+  arm64: { connect: 203, bind: 200 },
+};
 
 export function syscallTable(): Map<number, SyscallEntry> {
   const table = new Map<number, SyscallEntry>();
-  const numbers = NUMBERS[arch()] ?? {};
+  const numbers = { ...NUMBERS[arch()], ...SOCKET_NUMBERS[arch()] };
   const add = (name: string, handler: Handler): void => {
     const nr = numbers[name];
     if (nr !== undefined) table.set(nr, { name, handler });
@@ -34,5 +40,8 @@ export function syscallTable(): Map<number, SyscallEntry> {
   add('creat', (call: HookCall) => openFamily(call, 'creat'));
   add('openat', (call: HookCall) => openFamily(call, 'openat'));
   add('openat2', (call: HookCall) => openFamily(call, 'openat2'));
+  // connect(fd, addr, addrlen); bind(fd, addr, addrlen)
+  add('connect', (call: HookCall) => socketCall(call, 'connect'));
+  add('bind', (call: HookCall) => socketCall(call, 'bind'));
   return table;
 }
