@@ -130,6 +130,40 @@ describe('run: UNIX sockets by path through the syscall hook', () => {
     }
   });
 
+  it('a listener whose backlog is full: a blocking connect waits until it accepts, a non-blocking one gets EAGAIN', { timeout: 60_000 }, async () => {
+    const { inside } = dirs('backlog');
+    const path = join(inside, 'busy.sock');
+    const { fd } = native.listenUnix(path, C.SOCK_STREAM, 0o666, 0);
+    const queued: number[] = [];
+    try {
+      // Fill the backlog from here (non-blocking connects) until the kernel says EAGAIN.
+      for (;;) {
+        try {
+          queued.push(native.connectUnix(path, C.SOCK_STREAM));
+        } catch (err) {
+          assert.equal((err as NodeJS.ErrnoException).code, 'EAGAIN');
+          break;
+        }
+      }
+      const nb = await probe(['--allow', `${inside}/:n`], ['connect-nb', path]);
+      assert.equal(nb.stdout, 'EAGAIN\n', nb.stderr);
+      let done = false;
+      const blocking = probe(['--allow', `${inside}/:n`], ['connect', path]).finally(() => (done = true));
+      await new Promise((ok) => setTimeout(ok, 500));
+      assert.equal(done, false, 'the blocking connect waits while the backlog is full');
+      const timer = setInterval(() => {
+        for (let c = native.accept(fd); c >= 0; c = native.accept(fd)) queued.push(c);
+      }, 5);
+      const r = await blocking;
+      clearInterval(timer);
+      assert.equal(r.stdout, 'ok\nnonblock=0\n', r.stderr);
+      assert.equal(r.stderr.match(/socket-connect/g)?.length, 1, 'the tries while it was full are not logged, the outcome once');
+    } finally {
+      for (const q of queued) native.close(q);
+      native.close(fd);
+    }
+  });
+
   it('refuses (EACCES, audited) connect and bind outside the policy, and each without its letter', async () => {
     const { inside, outside } = dirs('refused');
     const out = listener(join(outside, 'out.sock'));
