@@ -472,7 +472,7 @@ static void drop_capabilities(void) {
 
 /* ---- seccomp --------------------------------------------------------------------------------- */
 
-enum cond { ALWAYS, ARG_LOW_EQ, ARG_NONZERO };
+enum cond { ALWAYS, ARG_LOW_EQ, ARG_NONZERO, UNIX_NOT_STREAM };
 
 struct sc_rule {
   const char *name;
@@ -499,6 +499,10 @@ struct sc_rule {
  * - socket(AF_UNIX): Landlock (up to ABI 7) does not check connect() to a pathname UNIX socket, so a
  *   confined program could ask any unconfined service for fds (another broker with a wider
  *   policy, a container daemon). socketpair() stays allowed; --allow-unix-sockets lifts this.
+ *   Under the syscall hook (--notify-to), which traps connect() and bind() and has the broker
+ *   decide and perform them by path, only SOCK_DGRAM (and any other type) stays refused: a
+ *   datagram names its destination in each sendto()/sendmsg(), which no filter can see, while a
+ *   stream or seqpacket socket reaches a path only through connect() (docs/security.md).
  * - path-based metadata changes (chmod, chown, xattrs, times, file_setattr): Landlock does not
  *   check them, and "no write anywhere" includes a file's mode and owner. fd-based forms (fchmod,
  *   fchown, fsetxattr, futimens) stay allowed: they act on files the program already holds.
@@ -563,7 +567,9 @@ static int collect_rules(struct sc_rule *out, int landlock_abi, int allow_unix_s
   for (size_t i = 0; i < sizeof always / sizeof *always; i++) out[n++] = always[i];
   if (!hooked)
     for (size_t i = 0; i < sizeof metadata / sizeof *metadata; i++) out[n++] = metadata[i];
-  if (!allow_unix_sockets) out[n++] = (struct sc_rule)RULE_ARG(socket, 0, AF_UNIX, "domain==AF_UNIX", ERRNO(EACCES));
+  if (!allow_unix_sockets && !hooked) out[n++] = (struct sc_rule)RULE_ARG(socket, 0, AF_UNIX, "domain==AF_UNIX", ERRNO(EACCES));
+  if (!allow_unix_sockets && hooked)
+    out[n++] = (struct sc_rule){"socket", __NR_socket, UNIX_NOT_STREAM, 0, AF_UNIX, "domain==AF_UNIX,type!=STREAM,SEQPACKET", ERRNO(EACCES)};
   if (landlock_abi < 3 && !hooked) out[n++] = (struct sc_rule)RULE(truncate, ERRNO(EPERM));
   return n;
 }
@@ -611,6 +617,17 @@ static int build_filter(struct sock_filter *f, const struct sc_rule *rules, int 
       f[n++] = (struct sock_filter)JEQ(0, 0, 2); /* low word not 0: refuse */
       f[n++] = (struct sock_filter)LD(ARG_HIGH(r->arg));
       f[n++] = (struct sock_filter)JEQ(0, 1, 0); /* both words 0: next rule */
+      break;
+    case UNIX_NOT_STREAM:
+      /* domain (arg 0) == value and the type (arg 1, less SOCK_NONBLOCK and SOCK_CLOEXEC, which
+       * live above SOCK_TYPE_MASK) is neither SOCK_STREAM nor SOCK_SEQPACKET: refuse. */
+      f[n++] = (struct sock_filter)JEQ((uint32_t)r->nr, 0, 7);
+      f[n++] = (struct sock_filter)LD(ARG_LOW(r->arg));
+      f[n++] = (struct sock_filter)JEQ(r->value, 0, 5);
+      f[n++] = (struct sock_filter)LD(ARG_LOW(1));
+      f[n++] = (struct sock_filter)BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xf); /* SOCK_TYPE_MASK */
+      f[n++] = (struct sock_filter)JEQ(SOCK_STREAM, 2, 0); /* allowed: next rule */
+      f[n++] = (struct sock_filter)JEQ(SOCK_SEQPACKET, 1, 0);
       break;
     }
     f[n++] = (struct sock_filter)RET(r->action);
@@ -738,6 +755,18 @@ static const struct {
   {"mknodat", __NR_mknodat},
 };
 
+/* connect() and bind(), trapped for every family (the address is in the program's memory, where
+ * no filter can look): the broker performs them for AF_UNIX path sockets, by the policy
+ * (src/hook/sockets.ts). Not trapped with --allow-unix-sockets, which leaves UNIX sockets to the
+ * program (and Landlock) as before. */
+static const struct {
+  const char *name;
+  int nr;
+} trapped_sockets[] = {
+  {"connect", __NR_connect},
+  {"bind", __NR_bind},
+};
+
 /* The second filter: the open family becomes a notification on a listener fd, which goes to the
  * broker over notify_fd. The deny filter above still runs too: the kernel takes the strictest
  * answer of all filters (kill, then errno, then user-notif, then allow).
@@ -746,7 +775,7 @@ static const struct {
  * answer without being interrupted by signals other than fatal ones. Without it, a signal handler
  * would abandon the call the broker is performing, and the kernel would restart it: the broker
  * would do the work twice (a create twice: EEXIST), and a program with a fast timer could loop. */
-static void apply_notify(void) {
+static void apply_notify(int allow_unix_sockets) {
 #ifndef OH_AUDIT_ARCH
   fatal("notify", ENOSYS, "no seccomp filter for this architecture");
 #else
@@ -772,6 +801,10 @@ static void apply_notify(void) {
   f[n++] = (struct sock_filter)LD(ARG_HIGH(1));
   f[n++] = (struct sock_filter)JEQ(0, 1, 0);
   f[n++] = (struct sock_filter)RET(SECCOMP_RET_USER_NOTIF);
+  for (size_t i = 0; !allow_unix_sockets && i < sizeof trapped_sockets / sizeof *trapped_sockets; i++) {
+    f[n++] = (struct sock_filter)JEQ((uint32_t)trapped_sockets[i].nr, 0, 1);
+    f[n++] = (struct sock_filter)RET(SECCOMP_RET_USER_NOTIF);
+  }
   f[n++] = (struct sock_filter)RET(SECCOMP_RET_ALLOW);
   struct sock_fprog prog = {.len = (unsigned short)n, .filter = f};
   int listener = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
@@ -808,6 +841,8 @@ static void apply_notify(void) {
   emit("notify", "arch", OH_ARCH_NAME, NULL);
   for (size_t i = 0; i < sizeof trapped / sizeof *trapped; i++) emit("notify", "trap", trapped[i].name, NULL);
   emit("notify", "trap", "utimensat", "path!=NULL", NULL);
+  for (size_t i = 0; !allow_unix_sockets && i < sizeof trapped_sockets / sizeof *trapped_sockets; i++)
+    emit("notify", "trap", trapped_sockets[i].name, NULL);
   emit("notify", "enforced", "user-notif", "wait-killable-recv", num((unsigned)n), NULL);
 #endif
 }
@@ -833,7 +868,7 @@ int main(int argc, char **argv) {
   int abi = apply_landlock(&o);
   drop_capabilities();
   apply_seccomp(&o, abi);
-  if (notify_fd >= 0) apply_notify();
+  if (notify_fd >= 0) apply_notify(o.allow_unix_sockets);
 
   if (o.wait && rep >= 0) {
     emit("ready", NULL);

@@ -38,6 +38,7 @@ static napi_status (*const parts[])(napi_env, napi_value) = {
   pool_register,
   fileops_register,
   notify_register,
+  hook_sockets_register,
 };
 
 static napi_value init(napi_env env, napi_value exports) {

@@ -15,5 +15,6 @@ napi_status files_register(napi_env env, napi_value exports);   /* files.c */
 napi_status pool_register(napi_env env, napi_value exports);    /* pool.c: slow opens */
 napi_status fileops_register(napi_env env, napi_value exports); /* fileops.c: mkdir, unlink, rename, link, ... */
 napi_status notify_register(napi_env env, napi_value exports);  /* notify.c: seccomp user notification */
+napi_status hook_sockets_register(napi_env env, napi_value exports); /* hooksockets.c: the hook's connect and bind */
 
 #endif

@@ -94,7 +94,7 @@ describe('openhook check', () => {
     writeFileSync(bad, '[[rule]]\nallow = "/a/"\naccess = "rz"\n');
     let r = check('--policy', bad, '/a/b', 'r');
     assert.equal(r.status, 2);
-    assert.equal(r.err, `openhook check: ${bad}:3:1: unknown access letter 'z' in 'rz' (use letters of rwcdmusax, or 'all')\n`);
+    assert.equal(r.err, `openhook check: ${bad}:3:1: unknown access letter 'z' in 'rz' (use letters of rwcdmusaxnb, or 'all')\n`);
     assert.equal(r.out, '');
     r = check('--policy', join(tmp.path, 'none.toml'), '/a/b', 'r');
     assert.equal(r.status, 2);

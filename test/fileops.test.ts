@@ -58,7 +58,7 @@ function snapshot(dir: string): string {
 
 describe('access letters', () => {
   it('parses every letter, all, and says what is wrong', () => {
-    assert.equal(parseAccess('rwcdmusax'), ALL_ACCESS);
+    assert.equal(parseAccess('rwcdmusaxnb'), ALL_ACCESS);
     assert.equal(parseAccess('all'), ALL_ACCESS);
     assert.equal(formatAccess(ALL_ACCESS), 'all');
     assert.equal(parseAccess('m'), Access.MKDIR);
@@ -67,7 +67,7 @@ describe('access letters', () => {
     assert.equal(parseAccess('a'), Access.ATTRIBUTES);
     assert.equal(parseAccess('x'), Access.EXECUTE);
     assert.equal(formatAccess(parseAccess('rwcmu')), 'rwcmu');
-    assert.throws(() => parseAccess('rz'), /unknown access letter 'z'.*rwcdmusax, or 'all'/);
+    assert.throws(() => parseAccess('rz'), /unknown access letter 'z'.*rwcdmusaxnb, or 'all'/);
     assert.throws(() => parseAccess('mm'), /repeated/);
     assert.throws(() => parseAccess('c'), /'c' \(create\) needs 'w'/);
     assert.throws(() => parseAccess('All'), /unknown access letter 'A'/);

@@ -107,10 +107,23 @@ describe('run: the program cannot open files itself', () => {
     assert.equal(out.open_by_handle_at, 'EPERM');
   });
 
-  it('refuses UNIX sockets (even with high bits set in the domain) but allows socketpair', () => {
+  it('refuses UNIX datagram sockets (even with high bits set), allows stream and seqpacket ones (the hook decides their connect and bind) and socketpair', () => {
     const { out } = probe(['unix']);
+    assert.equal(out.socket, 'ok');
+    assert.equal(out.socket_highbits, 'ok');
+    assert.equal(out.seqpacket, 'ok');
+    assert.equal(out.dgram, 'EACCES');
+    assert.equal(out.dgram_flags, 'EACCES');
+    assert.equal(out.dgram_highbits, 'EACCES');
+    assert.equal(out.socketpair, 'ok');
+  });
+
+  it('without the syscall hook (--preload), refuses every UNIX socket (even with high bits set in the domain) but allows socketpair', () => {
+    const { out } = probe(['unix'], ['--preload']);
     assert.equal(out.socket, 'EACCES');
     assert.equal(out.socket_highbits, 'EACCES');
+    assert.equal(out.seqpacket, 'EACCES');
+    assert.equal(out.dgram, 'EACCES');
     assert.equal(out.socketpair, 'ok');
   });
 
@@ -392,7 +405,7 @@ describe('run --report', () => {
     assert.match(text, /open_by_handle_at: errno EPERM/);
     assert.match(text, /name_to_handle_at: errno EPERM/);
     assert.match(text, /ptrace: errno EPERM/);
-    assert.match(text, /socket with domain==AF_UNIX: errno EACCES/);
+    assert.match(text, /socket with domain==AF_UNIX,type!=STREAM,SEQPACKET: errno EACCES/);
     assert.match(text, /any syscall with arch!=\w+: kill-process/);
   });
 

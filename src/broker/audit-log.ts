@@ -20,7 +20,7 @@ import { close, openSync, write } from 'node:fs';
 import { display } from '../bytestring.js';
 import { errnoName } from '../errno.js';
 import { formatAccess } from '../policy/access.js';
-import { Command, COMMAND_NAMES, FILE_OP_COMMANDS } from '../protocol/constants.js';
+import { Command, COMMAND_NAMES, FILE_OP_COMMANDS, HOOK_OPERATIONS, HookOperation } from '../protocol/constants.js';
 import type { Peer } from '../policy/policy.js';
 import type { Rule } from '../policy/rule.js';
 import { verdict, type AuditRecord, type AuditSink } from './audit.js';
@@ -46,7 +46,7 @@ const BATCH = 4096;
 /** How long a record may wait for the next write: short for people watching, long enough to batch. */
 const FLUSH_MS = 10;
 
-const commandNames = new Map<number, string>(Object.entries(Command).map(([k, v]) => [v, k]));
+const commandNames = new Map<number, string>([...Object.entries(Command), ...Object.entries(HookOperation)].map(([k, v]) => [v, k]));
 
 export class AuditLog implements AuditSink {
   readonly format: AuditFormat;
@@ -279,6 +279,6 @@ export function prettyLine(e: AuditRecord): string {
   const t = new Date(e.time);
   const time = `${String(t.getHours()).padStart(2, '0')}:${String(t.getMinutes()).padStart(2, '0')}:${String(t.getSeconds()).padStart(2, '0')}.${String(t.getMilliseconds()).padStart(3, '0')}`;
   const who = `pid ${e.peer.pid} uid ${e.peer.uid}${e.peer.session !== undefined ? ` ${e.peer.session}` : ''}`;
-  const what = FILE_OP_COMMANDS.has(e.command) ? `${COMMAND_NAMES[e.command]} ${display(e.path)}${e.path2 !== undefined ? ` -> ${display(e.path2)}` : ''}` : `${display(e.path)} ${memo(flagsText, e.flags, describeFlags)}`;
+  const what = FILE_OP_COMMANDS.has(e.command) || HOOK_OPERATIONS.has(e.command) ? `${COMMAND_NAMES[e.command]} ${display(e.path)}${e.path2 !== undefined ? ` -> ${display(e.path2)}` : ''}` : `${display(e.path)} ${memo(flagsText, e.flags, describeFlags)}`;
   return `${time} ${verdict(e).padEnd(13)} ${what} [${who}] ${e.reason} (${e.latencyUs} µs)\n`;
 }

@@ -32,7 +32,7 @@ export function checkCommand(): Command {
   const cmd = new Command('check')
     .description('explain what the policy decides for PATH and ACCESS: exit 0 allow, 1 deny, 2 bad policy')
     .argument('<PATH>', 'absolute path a client would ask for')
-    .argument('<ACCESS>', `what the request needs: letters of rwcdmusax or all (d: the path is a directory), or an operation: ${Object.keys(OPERATION_ACCESS).join(', ')}`)
+    .argument('<ACCESS>', `what the request needs: letters of rwcdmusaxnb or all (d: the path is a directory), or an operation: ${Object.keys(OPERATION_ACCESS).join(', ')}`)
     .option('--uid <UID>', 'the client’s uid (default: yours)', parseId)
     .option('--gid <GID>', 'the client’s primary gid (default: yours)', parseId)
     .option('--groups <GID,...>', 'the client’s supplementary groups (default: yours, or none with --uid or --gid)', parseIds)

@@ -47,7 +47,7 @@ export interface HookStats {
   installFailed: number;
   /** own /proc entries and machine facts answered */
   proc: number;
-  /** file operations the broker performed (answered 0) */
+  /** performed by the broker and answered 0: file operations, connect, bind */
   performed: number;
 }
 

@@ -7,6 +7,7 @@ import { arch } from 'node:os';
 import type { HookCall, Handler } from './open.js';
 import { openFamily } from './open.js';
 import * as fileops from './fileops.js';
+import { socketCall } from './sockets.js';
 
 export interface SyscallEntry {
   name: string;
@@ -31,10 +32,15 @@ const NUMBERS: Record<string, Record<string, number>> = {
     fchownat: 54, utimensat: 88, truncate: 45, faccessat: 48, faccessat2: 439, mknodat: 33,
   },
 };
+/** connect and bind (trapped unless --allow-unix-sockets: launch.c, trapped_sockets[]). */
+const SOCKET_NUMBERS: Record<string, Record<string, number>> = {
+  x64: { connect: 42, bind: 49 },
+  arm64: { connect: 203, bind: 200 },
+};
 
 export function syscallTable(): Map<number, SyscallEntry> {
   const table = new Map<number, SyscallEntry>();
-  const numbers = NUMBERS[arch()] ?? {};
+  const numbers = { ...NUMBERS[arch()], ...SOCKET_NUMBERS[arch()] };
   const add = (name: string, handler: Handler): void => {
     const nr = numbers[name];
     if (nr !== undefined) table.set(nr, { name, handler });
@@ -74,5 +80,9 @@ export function syscallTable(): Map<number, SyscallEntry> {
   add('faccessat2', (call: HookCall) => fileops.access(call, 'faccessat2'));
   add('mknod', (call: HookCall) => fileops.mknod(call, false));
   add('mknodat', (call: HookCall) => fileops.mknod(call, true));
+
+  // connect(fd, addr, addrlen); bind(fd, addr, addrlen)
+  add('connect', (call: HookCall) => socketCall(call, 'connect'));
+  add('bind', (call: HookCall) => socketCall(call, 'bind'));
   return table;
 }

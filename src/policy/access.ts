@@ -6,6 +6,7 @@
  *   m make directories    u remove (unlink files, rmdir directories)    s make symlinks
  *   a change attributes (mode and times; never set-id bits, never ownership)
  *   x execute (Landlock EXECUTE on the tree, fixed at launch by `run`)
+ *   n connect to a UNIX socket here    b bind a UNIX socket here (make its socket file)
  *   all   every letter: "everything in this tree"
  *
  * `d` is a property of what may be opened rather than of how: a request cannot say it wants a
@@ -22,6 +23,8 @@ export const Access = {
   SYMLINK: 64,
   ATTRIBUTES: 128,
   EXECUTE: 256,
+  CONNECT: 512,
+  BIND: 1024,
 } as const;
 
 const letters: ReadonlyArray<[string, number]> = [
@@ -34,6 +37,8 @@ const letters: ReadonlyArray<[string, number]> = [
   ['s', Access.SYMLINK],
   ['a', Access.ATTRIBUTES],
   ['x', Access.EXECUTE],
+  ['n', Access.CONNECT],
+  ['b', Access.BIND],
 ];
 
 /** Every letter: what `all` grants. */
@@ -53,6 +58,8 @@ export const ACCESS_MEANING: Readonly<Record<string, string>> = {
   s: 'make symlinks',
   a: 'change mode and times',
   x: 'execute',
+  n: 'connect to UNIX sockets',
+  b: 'bind UNIX sockets (make socket files)',
 };
 
 export class AccessError extends Error {
@@ -118,6 +125,8 @@ export const OPERATION_ACCESS: Readonly<Record<string, string>> = {
   mkfifo: 'c',
   tmpfile: 'c',
   exec: 'x',
+  connect: 'n',
+  bind: 'b',
 };
 
 /**

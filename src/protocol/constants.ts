@@ -69,6 +69,17 @@ export const FILE_OP_COMMANDS: ReadonlySet<number> = new Set([
   Command.CHOWN, Command.UTIMES, Command.TRUNCATE, Command.ACCESS, Command.MKFIFO, Command.TMPFILE,
 ]);
 
+/**
+ * Operations that only the syscall hook performs: connect() and bind() of a UNIX path socket. They
+ * have no wire command (a frame with one of these numbers is an unknown command: -EPROTO); the
+ * numbers name them in the audit log and in status.
+ */
+export const HookOperation = {
+  SOCKET_CONNECT: 0x1f0,
+  SOCKET_BIND: 0x1f1,
+} as const;
+export const HOOK_OPERATIONS: ReadonlySet<number> = new Set(Object.values(HookOperation));
+
 /** Each command's name, for the audit log and status. */
 export const COMMAND_NAMES: Readonly<Record<number, string>> = {
   [Command.QEMU_OPEN]: 'open', [Command.OPEN_TAGGED]: 'open', [Command.HELLO]: 'hello', [Command.CONNECT]: 'connect',
@@ -76,6 +87,7 @@ export const COMMAND_NAMES: Readonly<Record<number, string>> = {
   [Command.RENAME]: 'rename', [Command.LINK]: 'link', [Command.SYMLINK]: 'symlink', [Command.CHMOD]: 'chmod',
   [Command.CHOWN]: 'chown', [Command.UTIMES]: 'utimes', [Command.TRUNCATE]: 'truncate', [Command.ACCESS]: 'access',
   [Command.MKFIFO]: 'mkfifo', [Command.TMPFILE]: 'tmpfile',
+  [HookOperation.SOCKET_CONNECT]: 'socket-connect', [HookOperation.SOCKET_BIND]: 'socket-bind',
 };
 
 /** Byte sizes of the fixed parts of frames. */
