@@ -22,6 +22,13 @@ export const Command = {
    * the broker's own uid or root, on a connection accepted from a listening socket; others get -EACCES.
    */
   STATUS: 0x103,
+  /**
+   * A session of a daemon for a launcher (openhook-exec): the reply carries the session's hook socket
+   * and the base Landlock grants; then the launcher sends its seccomp listener on the same connection,
+   * which the daemon serves as that session. Only on a connection accepted from a listening socket,
+   * for a session a policy section names and admits the peer for (docs/protocol.md).
+   */
+  SESSION: 0x104,
 } as const;
 export type Command = (typeof Command)[keyof typeof Command];
 
@@ -31,6 +38,8 @@ export const PROTOCOL_VERSION = 1;
 export const Feature = {
   TAGGED_OPEN: 1 << 0,
   CONNECT: 1 << 1,
+  /** SESSION (0x104): offered only by a daemon that hosts sessions (`openhook serve`) */
+  SESSION: 1 << 3,
 } as const;
 
 /** Byte sizes of the fixed parts of frames. */
@@ -49,6 +58,10 @@ export const Size = {
   TAGGED_REPLY: 16,
   /** REPLY | u32 version | u32 features */
   HELLO_REPLY: 20,
+  /** u32 size | u32 command | u32 flags | u16 len, then the name and the launcher's grants */
+  SESSION_HEADER: 14,
+  /** the longest session name */
+  SESSION_NAME_MAX: 255,
   /** the longest name a u16 length can state */
   NAME_MAX_WIRE: 0xffff,
 } as const;
