@@ -17,6 +17,8 @@
  * socket, so it is granted only to the daemon's own uid and root. docs/operations.md says the same.
  */
 import { readlinkSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Broker, SessionHost } from '../broker/broker.js';
 import type { Connection, SessionAnswer } from '../broker/connection.js';
 import type { SessionReport } from '../broker/metrics.js';
@@ -29,6 +31,9 @@ import { Size } from '../protocol/constants.js';
 import { Continuation } from './continuation.js';
 import { notify } from './native.js';
 import { HookServer } from './server.js';
+
+/** The native launcher, built by node-gyp next to the addon (src/hook and dist/hook alike). */
+export const LAUNCHER_PATH = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'build', 'Release', 'openhook-exec');
 
 /** Sessions STATUS lists at most (its reply must stay within 64 KiB); `more` counts the rest. */
 export const SESSIONS_LISTED = 200;
