@@ -36,6 +36,9 @@
 #define OH_REPLY_HEADER 12
 #define OH_MAX_REPLY 65536
 #define OH_SESSION_NAME_MAX 255
+/* What the daemon's closing a connection at once means: its policy lets this uid have no session
+ * (`unmatched = "refuse"`), or it is at a connection cap. */
+#define CLOSED_UNANSWERED "the daemon closed the connection without answering: its policy grants this uid no session, or it is at its connection cap"
 /* How long the daemon may take to answer SESSION before the launcher gives up. */
 #define OH_ANSWER_TIMEOUT_S 30
 
@@ -88,6 +91,7 @@ static int ask_session(int sock, const struct exec_options *e, char *reply, size
   ssize_t w;
   do w = send(sock, frame, n, MSG_NOSIGNAL);
   while (w < 0 && errno == EINTR);
+  if (w < 0 && (errno == EPIPE || errno == ECONNRESET)) refuse("%s", CLOSED_UNANSWERED);
   if (w != (ssize_t)n) refuse("cannot ask the daemon for session %s: %s", e->session, strerror(errno));
 
   struct iovec iov = {.iov_base = reply, .iov_len = OH_MAX_REPLY};
@@ -100,8 +104,9 @@ static int ask_session(int sock, const struct exec_options *e, char *reply, size
   do r = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
   while (r < 0 && errno == EINTR);
   if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) refuse("the daemon did not answer within %d s", OH_ANSWER_TIMEOUT_S);
+  /* A connection closed unread at accept is reset: the same answer as a plain close. */
+  if (r == 0 || (r < 0 && errno == ECONNRESET)) refuse("%s", CLOSED_UNANSWERED);
   if (r < 0) refuse("no answer from the daemon: %s", strerror(errno));
-  if (r == 0) refuse("the daemon closed the connection without answering (does the policy admit this uid at all?)");
   int fd = -1;
   for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;

@@ -11,7 +11,8 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, it } from 'node:test';
 import type { StatusReport } from '../src/broker/metrics.js';
-import { LAUNCHER_PATH } from '../src/hook/sessions.js';
+import { authorise, LAUNCHER_PATH } from '../src/hook/sessions.js';
+import { compilePolicy, parsePolicyText } from '../src/policy/file.js';
 import { C, native } from '../src/native.js';
 import { Command, Feature } from '../src/protocol/constants.js';
 import { decodeReply, encodeHello, encodeSession } from '../src/protocol/frames.js';
@@ -61,6 +62,7 @@ function exec(socket: string, session: string, cmd: string[], options: { uid?: n
     let stdout = '', stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
     child.stderr.on('data', (d) => (stderr += d));
+    child.stdin.on('error', () => {}); // a refused launcher may exit before it reads
     child.stdin.end(options.input ?? '');
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
@@ -145,10 +147,11 @@ describe('daemon-backed sessions: openhook-exec under openhook serve', () => {
       const wrongUid = await exec(sock, 'r2', ['/bin/true']);
       assert.equal(wrongUid.code, 125);
       assert.match(wrongUid.stderr, /session r2 refused: section r2 is for session "r2", but not for uid 0, gid 0 \(EACCES\)/);
-      // r1 names no uid: only the daemon's own uid (root here) and root may have it, not nobody.
+      // r1 names no uid: only the daemon's own uid (root here) and root may have it, not nobody,
+      // whom no session would be granted, so that unmatched = "refuse" closes its connection at once.
       const other = await exec(sock, 'r1', ['/bin/true'], { uid: NOBODY, launcher: forOthers(LAUNCHER_PATH) });
       assert.equal(other.code, 125);
-      assert.match(other.stderr, /section r1 names no uid or gid, so only the daemon's own uid \(0\) and root may have session "r1"/);
+      assert.match(other.stderr, /the daemon closed the connection without answering/);
       const root = await exec(sock, 'r1', ['/bin/true']);
       assert.equal(root.code, 0, root.stderr);
       const noDaemon = await exec(join(tmp.path, 'none.sock'), 'r1', ['/bin/true']);
@@ -212,6 +215,7 @@ describe('daemon-backed sessions: openhook-exec under openhook serve', () => {
     let out = '', err = '';
     child.stdout.on('data', (x) => (out += x));
     child.stderr.on('data', (x) => (err += x));
+    child.stdin.on('error', () => {});
     const closed = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
     try {
       for (let i = 0; i < 1000 && !out.includes('data'); i++) await sleep(10);
@@ -231,6 +235,29 @@ describe('daemon-backed sessions: openhook-exec under openhook serve', () => {
       child.kill('SIGKILL');
       d.kill('SIGKILL');
     }
+  });
+});
+
+describe('who may have a session (authorise)', () => {
+  const policy = compilePolicy(parsePolicyText([
+    '[[client]]\nname = "by-uid"\nuid = 500\n[[client.rule]]\nallow = "/srv/a/"\naccess = "r"',
+    '[[client]]\nname = "s1"\nsession = "s1"\nuid = [500, 501]\n[[client.rule]]\nallow = "/srv/s1/"\naccess = "r"',
+    '[[client]]\nname = "open"\nsession = "open"\n[[client.rule]]\nallow = "/srv/open/"\naccess = "r"',
+  ].join('\n'), 'authorise.toml'));
+  const peer = (uid: number): { pid: number; uid: number; gid: number; groups: number[] } => ({ pid: 1, uid, gid: uid, groups: [] });
+
+  it('grants the section that names the session and decides for the peer', () => {
+    const s = authorise(policy, peer(501), 's1', 0);
+    assert.equal(typeof s === 'string' ? s : s.name, 's1');
+  });
+
+  it('refuses when a broader section comes first for that peer, when none names the session, and a uid-less section to others than root and the daemon', () => {
+    assert.match(authorise(policy, peer(500), 's1', 0) as string, /for uid 500 and session "s1", section by-uid comes first, and it does not name the session/);
+    assert.match(authorise(policy, peer(501), 'nope', 0) as string, /no section of the policy \(authorise\.toml\) is for session "nope"/);
+    assert.match(authorise(policy, peer(502), 's1', 0) as string, /section s1 is for session "s1", but not for uid 502/);
+    assert.match(authorise(policy, peer(502), 'open', 0) as string, /section open names no uid or gid, so only the daemon's own uid \(0\) and root may have session "open"/);
+    assert.equal(typeof authorise(policy, peer(502), 'open', 502), 'object');
+    assert.equal(typeof authorise(policy, peer(0), 'open', 502), 'object');
   });
 });
 

@@ -267,7 +267,11 @@ export class Broker implements ConnectionHost {
    */
   session(conn: Connection, name: Buffer, claims: Buffer): SessionAnswer {
     const refuse = (errno: number, reason: string): SessionAnswer => ({ result: -errno, reply: encodeSessionReply(-errno, reason), fd: -1 });
-    if (!this.#sessions) return { result: -E.EPROTO, reply: encodeSessionReply(-E.EPROTO, ''), fd: -1 };
+    if (!this.#sessions) {
+      // As for any command this broker does not serve.
+      this.protocolError();
+      return { result: -E.EPROTO, reply: encodeSessionReply(-E.EPROTO, ''), fd: -1 };
+    }
     if (!this.#accepted.has(conn) || conn.peer.session !== undefined || this.#state === 'stopping') {
       return refuse(EACCES, this.#state === 'stopping' ? 'the daemon is stopping' : 'SESSION is answered only on a connection to the daemon\'s socket');
     }

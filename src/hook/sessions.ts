@@ -195,8 +195,10 @@ export class DaemonSessions implements SessionHost {
     return this.#sessions.size;
   }
 
+  /** Whether some session would be granted to peer: only then does `unmatched = "refuse"` let it in to ask. */
   couldAdmit(peer: Peer): boolean {
-    return this.#broker.policy.sections.some((s) => s.sessions?.some((name) => s.matches({ ...peer, session: name })));
+    const policy = this.#broker.policy;
+    return policy.sections.some((s) => s.sessions?.some((name) => typeof authorise(policy, peer, name, this.#daemonUid) !== 'string'));
   }
 
   start(conn: Connection, nameBytes: Buffer, claimBytes: Buffer): SessionAnswer {
