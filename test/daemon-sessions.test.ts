@@ -97,9 +97,21 @@ async function ask(path: string, frame: Buffer): Promise<{ command: number; resu
   }
 }
 
-function auditLines(path: string): Array<{ client: { session?: string }; path: string; decision: string }> {
+type AuditLine = { client: { session?: string }; path: string; decision: string };
+
+function auditLines(path: string): AuditLine[] {
   if (!existsSync(path)) return [];
-  return readFileSync(path, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { client: { session?: string }; path: string; decision: string });
+  return readFileSync(path, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as AuditLine);
+}
+
+/** The audit log once it holds a line for each test (it is written in batches), or as it is after 10 s. */
+async function auditHas(path: string, tests: Array<(l: AuditLine) => boolean>): Promise<AuditLine[]> {
+  let lines = auditLines(path);
+  for (let i = 0; i < 1000 && !tests.every((t) => lines.some(t)); i++) {
+    await sleep(10);
+    lines = auditLines(path);
+  }
+  return lines;
 }
 
 describe('daemon-backed sessions: openhook-exec under openhook serve', () => {
@@ -126,9 +138,11 @@ describe('daemon-backed sessions: openhook-exec under openhook serve', () => {
       assert.equal(created.code, 0, created.stderr);
       assert.equal(readFileSync(join(tmp.path, 's2', 'new.txt'), 'utf8'), 'new\n');
       await d.waitFor(/session s2 \(pid \d+\) ended/);
-      const lines = auditLines(audit);
-      assert.ok(lines.some((l) => l.client.session === 's1' && l.path.endsWith('s1/mine.txt') && l.decision === 'allow'), JSON.stringify(lines));
-      assert.ok(lines.some((l) => l.client.session === 's1' && l.path.endsWith('s2/theirs.txt') && l.decision === 'deny'), JSON.stringify(lines));
+      const allowed = (l: AuditLine): boolean => l.client.session === 's1' && l.path.endsWith('s1/mine.txt') && l.decision === 'allow';
+      const denied = (l: AuditLine): boolean => l.client.session === 's1' && l.path.endsWith('s2/theirs.txt') && l.decision === 'deny';
+      const lines = await auditHas(audit, [allowed, denied]);
+      assert.ok(lines.some(allowed), JSON.stringify(lines));
+      assert.ok(lines.some(denied), JSON.stringify(lines));
       // Ended sessions are no longer listed.
       assert.deepEqual((await statusJson(sock)).sessions, { list: [], more: 0 });
     } finally {
@@ -218,7 +232,7 @@ describe('daemon-backed sessions: openhook-exec under openhook serve', () => {
     child.stdin.on('error', () => {});
     const closed = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
     try {
-      for (let i = 0; i < 1000 && !out.includes('data'); i++) await sleep(10);
+      for (let i = 0; i < 1000 && !out.includes('\n'); i++) await sleep(10);
       assert.equal(out, 'data\n', err);
       const listed = await statusJson(sock);
       assert.equal(listed.sessions?.list.length, 1);
@@ -293,10 +307,11 @@ describe('four confined QEMUs under one daemon', { skip: !hasQemu && 'no qemu-sy
         vms[0]!.qmp.execute('blockdev-add', { driver: 'file', 'node-name': 'theirs', filename: join(tmp.path, 'vm2', 'disk.qcow2') }),
         { name: 'QmpError', desc: /Could not open '.*vm2\/disk\.qcow2': Permission denied/ },
       );
-      await sleep(200); // the audit log is written in batches
-      const lines = auditLines(audit);
-      assert.ok(lines.some((l) => l.client.session === 'vm1' && l.path.endsWith('vm2/disk.qcow2') && l.decision === 'deny'), JSON.stringify(lines.slice(-5)));
-      for (const n of names) assert.ok(lines.some((l) => l.client.session === n && l.path.endsWith(`${n}/disk.qcow2`) && l.decision === 'allow'), n);
+      const cross = (l: AuditLine): boolean => l.client.session === 'vm1' && l.path.endsWith('vm2/disk.qcow2') && l.decision === 'deny';
+      const own = names.map((n) => (l: AuditLine): boolean => l.client.session === n && l.path.endsWith(`${n}/disk.qcow2`) && l.decision === 'allow');
+      const lines = await auditHas(audit, [cross, ...own]);
+      assert.ok(lines.some(cross), JSON.stringify(lines.slice(-5)));
+      for (const [i, n] of names.entries()) assert.ok(lines.some(own[i]!), n);
     } finally {
       await Promise.all(vms.map((q) => q.quit(5000)));
       await d.stop();
