@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "openhook",
-      "sources": ["native/module.c", "native/napi.c", "native/sockets.c", "native/replies.c", "native/poller.c", "native/files.c", "native/pool.c", "native/notify.c"],
+      "sources": ["native/module.c", "native/napi.c", "native/sockets.c", "native/replies.c", "native/poller.c", "native/files.c", "native/pool.c", "native/notify.c", "native/fileops.c"],
       "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
     },
     {

@@ -7,9 +7,10 @@
  *
  * The addon is made of parts, one concern each: napi.c (helpers shared by all, napi.h), sockets.c,
  * replies.c (the reply batch), poller.c (the poller, the receive arena, busy polling), files.c
- * (file operations), pool.c (slow opens on threads) and notify.c (seccomp user notification, for
- * the syscall hook). Each part has one register function that
- * defines its functions, classes and constants on the exports; init() below calls them in order.
+ * (opens and lookups beneath a directory fd), pool.c (slow opens on threads), notify.c (seccomp
+ * user notification, for the syscall hook) and fileops.c (the other file operations: mkdir,
+ * unlink, rename, link, symlink, chmod, ...). Each part has one register function that defines its
+ * functions, classes and constants on the exports; init() below calls them in order.
  *
  * To add a part, say native/notify.c:
  *   1. write `napi_status notify_register(napi_env env, napi_value exports)` in it, defining its
@@ -35,6 +36,7 @@ static napi_status (*const parts[])(napi_env, napi_value) = {
   poller_register,
   files_register,
   pool_register,
+  fileops_register,
   notify_register,
 };
 

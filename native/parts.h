@@ -13,6 +13,7 @@ napi_status replies_register(napi_env env, napi_value exports); /* replies.c: th
 napi_status poller_register(napi_env env, napi_value exports);  /* poller.c: poller, receive arena, busy poll */
 napi_status files_register(napi_env env, napi_value exports);   /* files.c */
 napi_status pool_register(napi_env env, napi_value exports);    /* pool.c: slow opens */
+napi_status fileops_register(napi_env env, napi_value exports); /* fileops.c: mkdir, unlink, rename, link, ... */
 napi_status notify_register(napi_env env, napi_value exports);  /* notify.c: seccomp user notification */
 
 #endif

@@ -23,6 +23,7 @@ import { parseArgs } from 'node:util';
 import { C, native, PollMode, recvArena, recvMeta, type NativePoller } from '../src/native.js';
 import { fdCount, sleep } from '../test/helpers.js';
 import { fdFlags, startServeUnder } from '../test/raw.js';
+import { encodeFileOp } from '../src/protocol/frames.js';
 import { E } from '../src/errno.js';
 
 const { values } = parseArgs({
@@ -85,7 +86,7 @@ const names: Buffer[] = [
 names.push(Buffer.concat([Buffer.from(`${rw}/`), Buffer.from([0xff, 0xfe, 0x80])]));
 const commonFlags = [C.O_RDONLY, C.O_WRONLY, C.O_RDWR, C.O_RDWR | C.O_CREAT, C.O_WRONLY | C.O_CREAT | C.O_TRUNC, C.O_RDWR | C.O_CREAT | C.O_EXCL,
   C.O_RDONLY | C.O_TRUNC, C.O_RDONLY | C.O_DIRECTORY, C.O_PATH, C.O_TMPFILE | C.O_RDWR, C.O_ACCMODE, C.O_RDONLY | C.O_NOFOLLOW, C.O_RDWR | C.O_APPEND | C.O_NONBLOCK, C.O_RDONLY | C.O_CLOEXEC];
-const commands = [1, 1, 1, 0x101, 0x101, 0x100, 0x102, 0x103, 0, 2, 0xffffffff];
+const commands = [1, 1, 1, 0x101, 0x101, 0x100, 0x102, 0x103, 0x110, 0x113, 0x119, 0, 2, 0xffffffff];
 
 function randomFlags(): number {
   if (chance(0.6)) return pick(commonFlags);
@@ -93,7 +94,16 @@ function randomFlags(): number {
   return rand();
 }
 
+/** A well-formed file operation (0x110 to 0x11b: every one but TMPFILE, whose fd the checks below do not expect) on the fuzzed names. */
+function fileOpFrame(): Buffer {
+  const command = 0x110 + below(12);
+  const two = command === 0x113 || command === 0x114 || command === 0x115;
+  const args = { flags: chance(0.7) ? 0 : randomFlags() & (chance(0.5) ? 0x3 : 0xffff), mode: chance(0.5) ? 0o755 : rand() & 0xffff, uid: chance(0.5) ? 0xffffffff : rand(), gid: chance(0.5) ? 0xffffffff : rand(), a: below(1 << 20), b: below(1e9) };
+  return encodeFileOp(command, pick(names).subarray(0, 4096), two ? pick(names).subarray(0, 4096) : null, args);
+}
+
 function validFrame(): Buffer {
+  if (chance(0.15)) return fileOpFrame();
   const command = chance(0.1) ? 0x100 : chance(0.3) ? 0x101 : 1;
   if (command === 0x100) {
     const b = Buffer.alloc(16);
@@ -253,7 +263,7 @@ class FuzzClient {
         this.#reply(recvArena, offset, length);
         if (length >= 12) {
           const command = recvArena.readUInt32LE(offset + 4), result = recvArena.readInt32LE(offset + 8);
-          const wants = result === 0 && (command === 1 || command === 0x101) ? 1 : 0;
+          const wants = result === 0 && (command === 1 || command === 0x101 || command === 0x11c) ? 1 : 0;
           if (nfds !== wants) violations.push(`${this.label}: a reply (command ${command}, result ${result}) with ${nfds} fds`);
         }
       }

@@ -35,6 +35,9 @@ export interface NativeConstants {
   /** the largest legal frame: OPEN_TAGGED's 22 header bytes + a 65535-byte name (MAX_FRAME) */
   FRAME_MAX: number;
   MAX_FDS_PER_MSG: number;
+  /** native/fileops.c */
+  AT_REMOVEDIR: number; RENAME_NOREPLACE: number; RENAME_EXCHANGE: number; UTIME_NOW: number; UTIME_OMIT: number;
+  AT_SYMLINK_NOFOLLOW: number; R_OK: number; W_OK: number; X_OK: number; F_OK: number;
 }
 
 /** What a poller does when its socket is readable. */
@@ -141,6 +144,28 @@ interface NativeBinding {
   /** F_DUPFD_CLOEXEC: a new fd for the same open file, or -errno */
   dup(fd: number): number;
   close(fd: number): number;
+  // ---- native/fileops.c: the *at calls the broker performs for a program; each 0 (or fd) or -errno.
+  // Names are single components in a directory fd found safely (src/resolver/operations.ts).
+  /** mkdirat, then the mode set exactly (the broker's process umask does not decide it) */
+  mkdirat(dirfd: number, name: string | Buffer, mode: number): number;
+  /** flags: 0 or AT_REMOVEDIR */
+  unlinkat(dirfd: number, name: string | Buffer, flags: number): number;
+  renameat2(olddirfd: number, oldname: string | Buffer, newdirfd: number, newname: string | Buffer, flags: number): number;
+  /** a new name for the inode an O_PATH or O_TMPFILE fd holds */
+  linkFd(fd: number, newdirfd: number, newname: string | Buffer): number;
+  /** the target is stored as given */
+  symlinkat(target: string | Buffer, newdirfd: number, name: string | Buffer): number;
+  /** mknodat of a FIFO (never a device), then the mode set exactly */
+  mkfifoat(dirfd: number, name: string | Buffer, mode: number): number;
+  /** chmod of the inode an O_PATH fd holds (a symlink: -EOPNOTSUPP) */
+  chmodFd(fd: number, mode: number): number;
+  /** fchownat(fd, "", uid, gid, AT_EMPTY_PATH); -1 keeps an id */
+  chownFd(fd: number, uid: number, gid: number): number;
+  /** utimensat on the inode an O_PATH fd holds; nsec may be UTIME_NOW or UTIME_OMIT */
+  utimensFd(fd: number, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): number;
+  ftruncate(fd: number, length: number): number;
+  /** lstat of a name in a directory fd: out = [mode, nlink] */
+  fstatatNoFollow(dirfd: number, name: string | Buffer, out: Float64Array): number;
   /** maxBytes > 0 caps the bytes drained per wake-up (SOCK_STREAM only; at least 4096) */
   Poller: new (fd: number, mode: PollMode, maxMessages: number, callback: PollCallback, maxBytes?: number) => NativePoller;
   OpenPool: new (maxThreads: number, maxQueued: number, callback: PoolCallback) => NativeOpenPool;

@@ -172,9 +172,9 @@ describe('serve: the socket file and shutdown', () => {
   });
 
   it('exits with status 2 and a clear message for a bad policy', () => {
-    const r = spawnSync(process.execPath, [CLI, 'serve', '--socket', join(tmp.path, 'bad.sock'), '--allow', `${vm}/:rx`], { encoding: 'utf8' });
+    const r = spawnSync(process.execPath, [CLI, 'serve', '--socket', join(tmp.path, 'bad.sock'), '--allow', `${vm}/:rq`], { encoding: 'utf8' });
     assert.equal(r.status, 2);
-    assert.match(r.stderr, /unknown access letter 'x'/);
+    assert.match(r.stderr, /unknown access letter 'q'/);
     const none = spawnSync(process.execPath, [CLI, 'serve', '--socket', join(tmp.path, 'bad.sock')], { encoding: 'utf8' });
     assert.equal(none.status, 2);
     assert.match(none.stderr, /no rules/);

@@ -45,7 +45,7 @@ describe('openhook check', () => {
     assert.equal(r.status, 0, r.err);
     assert.equal(
       r.out,
-      `allow ${vm}/disk.img rw\n  why: allowed by ${policy}:1\n  rule: ${policy}:1: allow ${vm}/ rwd\n` +
+      `allow ${vm}/disk.img rw\n  why: allowed by ${policy}:1\n  needs: r read, w write (includes truncate)\n  rule: ${policy}:1: allow ${vm}/ rwd\n` +
         `  client: uid 0, gid 0, groups ${process.getgroups!().join(',')} -> default section\n  opens: disk.img beneath ${vm}\n`,
     );
   });
@@ -53,7 +53,7 @@ describe('openhook check', () => {
   it('denies, naming the deny rule (exit 1)', () => {
     const r = check('--policy', policy, `${vm}/private/key`, 'r');
     assert.equal(r.status, 1);
-    assert.match(r.out, new RegExp(`^deny \\(EACCES\\) ${vm}/private/key r\n  why: denied by ${policy}:5\n  rule: ${policy}:5: deny ${vm}/private/\n`));
+    assert.match(r.out, new RegExp(`^deny \\(EACCES\\) ${vm}/private/key r\n  why: denied by ${policy}:5\n  needs: r read\n  rule: ${policy}:5: deny ${vm}/private/\n`));
   });
 
   it('denies what no rule covers, and what needs more than the rule grants', () => {
@@ -94,7 +94,7 @@ describe('openhook check', () => {
     writeFileSync(bad, '[[rule]]\nallow = "/a/"\naccess = "rz"\n');
     let r = check('--policy', bad, '/a/b', 'r');
     assert.equal(r.status, 2);
-    assert.equal(r.err, `openhook check: ${bad}:3:1: unknown access letter 'z' in 'rz' (use r, w, c, d)\n`);
+    assert.equal(r.err, `openhook check: ${bad}:3:1: unknown access letter 'z' in 'rz' (use letters of rwcdmusax, or 'all')\n`);
     assert.equal(r.out, '');
     r = check('--policy', join(tmp.path, 'none.toml'), '/a/b', 'r');
     assert.equal(r.status, 2);

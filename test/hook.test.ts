@@ -298,6 +298,8 @@ describe('syscall hook: attacks', () => {
       assert.ok(stats.installed >= 5000, JSON.stringify(stats));
       // 16 threads opening while the process is killed by timeout(1) mid-flight
       for (let i = 0; i < 5; i++) await once('timeout', ['-s', 'KILL', '0.05', PROBE, 'threads', join(tree, 'a.txt'), '16', '100000']);
+      // libuv closes a finished child's pipes on a later turn of the loop: a leak stays, they go.
+      for (let i = 0; i < 100 && fdCount() > before; i++) await new Promise((r) => setTimeout(r, 20));
       assert.ok(fdCount() <= before, `${fdCount()} fds after, ${before} before`);
     } finally {
       broker.close();

@@ -71,7 +71,8 @@ describe('native: fd passing', () => {
     assert.equal(got.count, 1);
     assert.equal(got.records[0]![3], 0, 'no fd was installed');
     assert.ok(got.records[0]![2]! & C.MSG_CTRUNC, 'the message says its control data was cut');
-    assert.equal(fdCount(process.pid), before, 'and none is kept');
+    // <=, not ===: an fd an earlier test left to libuv may close meanwhile; none may be added.
+    assert.ok(fdCount(process.pid) <= before, 'and none is kept');
     native.close(a);
     native.close(b);
   });

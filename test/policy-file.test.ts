@@ -152,7 +152,7 @@ describe('malformed policies name line and column', () => {
     assert.equal(error('\n[[rule]]\nallow = "a/"\naccess = "r"\n'), "3:1: path 'a/' must be absolute");
     assert.equal(error('[[rule]]\ndeny = "/a/../b/"\n'), "2:1: path '/a/../b/': '..' is not allowed in rules");
     assert.match(error('[[rule]]\nallow = "/a/**x/"\naccess = "r"\n'), /^2:1: .*'\*\*' must be a whole component/);
-    assert.equal(error('[[rule]]\nallow = "/a/"\naccess = "rx"\n'), "3:1: unknown access letter 'x' in 'rx' (use r, w, c, d)");
+    assert.equal(error('[[rule]]\nallow = "/a/"\naccess = "rq"\n'), "3:1: unknown access letter 'q' in 'rq' (use letters of rwcdmusax, or 'all')");
     assert.equal(error('[[rule]]\nallow = "/a/"\naccess = "c"\n'), "3:1: 'c' (create) needs 'w' in 'c'");
     assert.equal(error('[[rule]]\nallow = "/a/"\naccess = "d"\n'), "3:1: 'd' (directories) needs 'r' in 'd'");
     assert.match(error('[[rule]]\ndeny = "/a/"\ndeny_errno = "ENOPE"\n'), /^3:1: unknown errno "ENOPE"/);

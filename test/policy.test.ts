@@ -66,7 +66,7 @@ describe('policy from flags', () => {
   it('rejects bad flags with clear messages', () => {
     assert.throws(() => parseAllowFlag('relative/:r'), PolicyError);
     assert.throws(() => parseAllowFlag(`${vm}/`), /PATH:ACCESS/);
-    assert.throws(() => parseAllowFlag(`${vm}/:rx`), /unknown access letter 'x'/);
+    assert.throws(() => parseAllowFlag(`${vm}/:rq`), /unknown access letter 'q'/);
     assert.throws(() => parseAllowFlag(`${vm}/:c`), /'c' \(create\) needs 'w'/);
     assert.throws(() => parseAllowFlag(`${vm}/../etc/:r`), /'\.\.'/);
     // A root that does not exist is not a load error (it may be created later; the resolver

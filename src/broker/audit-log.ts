@@ -20,7 +20,7 @@ import { close, openSync, write } from 'node:fs';
 import { display } from '../bytestring.js';
 import { errnoName } from '../errno.js';
 import { formatAccess } from '../policy/access.js';
-import { Command } from '../protocol/constants.js';
+import { Command, COMMAND_NAMES, FILE_OP_COMMANDS } from '../protocol/constants.js';
 import type { Peer } from '../policy/policy.js';
 import type { Rule } from '../policy/rule.js';
 import { verdict, type AuditRecord, type AuditSink } from './audit.js';
@@ -204,14 +204,14 @@ export class AuditLog implements AuditSink {
  * Paths are exact bytes. A path that is valid UTF-8 is written as a JSON string; one that is not is
  * written for people (with \xNN escapes for the bad bytes) and, losslessly, as `path_base64`.
  */
-function pathFields(path: string): string {
+function pathFields(path: string, key = 'path'): string {
   // The common case: printable ASCII with nothing to escape.
   // eslint-disable-next-line no-control-regex
-  if (!/[\x00-\x1f"\\\x80-\xff]/.test(path)) return `"path":"${path}"`;
-  if (!/[\x80-\xff]/.test(path)) return `"path":${JSON.stringify(path)}`;
+  if (!/[\x00-\x1f"\\\x80-\xff]/.test(path)) return `"${key}":"${path}"`;
+  if (!/[\x80-\xff]/.test(path)) return `"${key}":${JSON.stringify(path)}`;
   const bytes = Buffer.from(path, 'latin1');
-  if (isUtf8(bytes)) return `"path":${JSON.stringify(bytes.toString('utf8'))}`;
-  return `"path":${JSON.stringify(display(path))},"path_base64":"${bytes.toString('base64')}"`;
+  if (isUtf8(bytes)) return `"${key}":${JSON.stringify(bytes.toString('utf8'))}`;
+  return `"${key}":${JSON.stringify(display(path))},"${key}_base64":"${bytes.toString('base64')}"`;
 }
 
 // A broker writes the same few values over and over (a client's identity, a rule, a flag word, a
@@ -268,7 +268,7 @@ const quotedErrno = (errno: number): string => `"${errnoName(errno)}"`;
 export function jsonLine(e: AuditRecord): string {
   return (
     `{"time":"${isoTime(e.time)}","client":${clientField(e.peer)},` +
-    `"command":"${commandNames.get(e.command) ?? e.command}",${pathFields(e.path)},"flags":"${memo(flagsText, e.flags, describeFlags)}",` +
+    `"command":"${commandNames.get(e.command) ?? e.command}",${pathFields(e.path)},${e.path2 !== undefined ? `${pathFields(e.path2, 'to')},"to_access":"${formatAccess(e.access2 ?? 0)}",` : ''}"flags":"${memo(flagsText, e.flags, describeFlags)}",` +
     `"mode":"${memo(modeText, e.mode, describeMode)}","access":"${memo(accessText, e.access, formatAccess)}","decision":"${e.allowed ? 'allow' : 'deny'}",` +
     `"rule":${ruleField(e.rule)},"errno":${e.errno ? memo(errnoText, e.errno, quotedErrno) : 'null'},` +
     `"reason":${memo(reasonJson, e.reason, JSON.stringify)},"latency_us":${e.latencyUs}}\n`
@@ -279,5 +279,6 @@ export function prettyLine(e: AuditRecord): string {
   const t = new Date(e.time);
   const time = `${String(t.getHours()).padStart(2, '0')}:${String(t.getMinutes()).padStart(2, '0')}:${String(t.getSeconds()).padStart(2, '0')}.${String(t.getMilliseconds()).padStart(3, '0')}`;
   const who = `pid ${e.peer.pid} uid ${e.peer.uid}${e.peer.session !== undefined ? ` ${e.peer.session}` : ''}`;
-  return `${time} ${verdict(e).padEnd(13)} ${display(e.path)} ${memo(flagsText, e.flags, describeFlags)} [${who}] ${e.reason} (${e.latencyUs} µs)\n`;
+  const what = FILE_OP_COMMANDS.has(e.command) ? `${COMMAND_NAMES[e.command]} ${display(e.path)}${e.path2 !== undefined ? ` -> ${display(e.path2)}` : ''}` : `${display(e.path)} ${memo(flagsText, e.flags, describeFlags)}`;
+  return `${time} ${verdict(e).padEnd(13)} ${what} [${who}] ${e.reason} (${e.latencyUs} µs)\n`;
 }

@@ -14,10 +14,14 @@ export interface AuditRecord {
   command: number;
   /** the path as the client sent it (exact bytes), or '' for commands without one */
   path: ByteString;
+  /** the second path of a file operation: RENAME's and LINK's destination, SYMLINK's new name */
+  path2?: ByteString | undefined;
   flags: number;
   mode: number;
-  /** access bits the request needed */
+  /** access bits the request needed (a file operation: at path) */
   access: number;
+  /** a file operation: access bits needed at path2 */
+  access2?: number | undefined;
   allowed: boolean;
   /** the rule that decided, or null */
   rule: Rule | null;

@@ -27,6 +27,7 @@ import { fromBytes } from '../bytestring.js';
 import { OpenCancel } from '../resolver/resolver.js';
 import { FEATURES, serveOpen, type OpenRequest, type ServiceContext } from './service.js';
 import { E } from '../errno.js';
+import { fileOperationFrom, serveFileOperation } from './operations.js';
 
 const { EPROTO, EAGAIN, EINVAL } = E;
 /** Messages drained per wake-up: enough to amortise the call into JS, few enough to be fair. */
@@ -357,6 +358,12 @@ export class Connection {
         const answer = request.flags !== 0 ? -EINVAL : this.#host.status(this);
         if (typeof answer === 'number') this.#inOrder(encodeReply(replyBuf, 0, Command.STATUS, answer), -1, slot);
         else this.#inOrder(answer.length, -1, slot, answer);
+        return;
+      }
+      default: {
+        // A file operation (decodeRequest knows no other commands): 0 or -errno; TMPFILE's fd.
+        const out = serveFileOperation(this.#host.context(), this.peer, fileOperationFrom(request));
+        this.#inOrder(encodeReply(replyBuf, 0, request.command, out < 0 ? out : 0), out > 0 && request.command === Command.TMPFILE ? out : -1, slot);
         return;
       }
     }

@@ -64,6 +64,15 @@ export class Metrics {
   readonly latency = new Float64Array(LATENCY_BUCKETS + 1);
   /** sum of latencies in ms, for the mean and Prometheus' _sum */
   latencySumMs = 0;
+  /** file operations (mkdir, unlink, rename, ...) by name: [allowed and done, denied, allowed but failed] */
+  readonly operations = new Map<string, [number, number, number]>();
+
+  /** Counts one file operation: allowed by the policy or not, and the errno it ended with (0: done). */
+  recordOperation(name: string, allowed: boolean, errno: number): void {
+    let counts = this.operations.get(name);
+    if (!counts) this.operations.set(name, (counts = [0, 0, 0]));
+    counts[!allowed ? 1 : errno === 0 ? 0 : 2]++;
+  }
 
   /** Counts one open request. errno: 0 for an fd sent; denial: a Denial, or -1 when allowed; ms: its latency. */
   recordOpen(denial: number, errno: number, ms: number): void {
@@ -114,6 +123,8 @@ export interface StatusReport {
   status: { answered: number; refused: number };
   /** buckets: [upper bound in seconds (null: +Inf), count in this bucket] for every non-empty bucket */
   latency: { count: number; sumSeconds: number; buckets: Array<[number | null, number]> };
+  /** file operations by name (only those seen): done, denied by the policy, allowed but failed */
+  operations: Record<string, { done: number; denied: number; failed: number }>;
   /** a daemon's hosted sessions (openhook-exec), when it hosts them; at most SESSIONS_LISTED, `more` counts the rest */
   sessions?: { list: SessionReport[]; more: number };
 }
@@ -169,6 +180,7 @@ export function snapshot(m: Metrics, s: BrokerState): StatusReport {
     errors: { open, protocol: m.protocolErrors, faults: m.faults, accept: m.acceptErrors },
     status: { answered: m.statusQueries, refused: m.statusRefused },
     latency: { count, sumSeconds: m.latencySumMs / 1000, buckets },
+    operations: Object.fromEntries([...m.operations].map(([name, [done, denied, failed]]) => [name, { done, denied, failed }])),
   };
 }
 

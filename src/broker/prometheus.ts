@@ -27,6 +27,9 @@ export function prometheusText(r: StatusReport): string {
     DENIAL_NAMES.map((reason) => [`{reason="${reason}"}`, r.denials[reason]]));
   metric('openhook_open_errors_total', 'counter', 'Allowed requests whose open failed, by errno.',
     Object.entries(r.errors.open).map(([errno, n]) => [`{errno="${errno}"}`, n]));
+  const ops = Object.entries(r.operations ?? {});
+  metric('openhook_file_operations_total', 'counter', 'File operations (mkdir, unlink, rename, ...), by operation and outcome: done, denied by the policy, or allowed but failed.',
+    ops.flatMap(([op, n]) => (['done', 'denied', 'failed'] as const).map((outcome): [string, number] => [`{operation="${op}",outcome="${outcome}"}`, n[outcome]])));
   metric('openhook_protocol_errors_total', 'counter', 'Frames answered -EPROTO.', [['', r.errors.protocol]]);
   metric('openhook_faults_total', 'counter', 'Connections dropped for an unexpected fault.', [['', r.errors.faults]]);
   metric('openhook_accept_errors_total', 'counter', 'Accept failures (EMFILE, ENFILE, ENOMEM).', [['', r.errors.accept]]);

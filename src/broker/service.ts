@@ -21,7 +21,7 @@ import { accessFor, flagsError } from './flags.js';
 import type { AuditSink } from './audit.js';
 import { Denial, type Metrics } from './metrics.js';
 
-export const FEATURES = Feature.TAGGED_OPEN | Feature.CONNECT;
+export const FEATURES = Feature.TAGGED_OPEN | Feature.CONNECT | Feature.FILE_OPS;
 
 const { O_CREAT, O_DIRECTORY } = C;
 

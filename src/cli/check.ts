@@ -6,7 +6,7 @@
 import { Command, InvalidArgumentError } from './commander.js';
 import { display, fromText } from '../bytestring.js';
 import { errnoName, errnoValue } from '../errno.js';
-import { Access, formatAccess, parseAccess } from '../policy/access.js';
+import { Access, explainAccess, formatAccess, OPERATION_ACCESS, parseRequestAccess } from '../policy/access.js';
 import { normalise } from '../policy/path.js';
 import type { Peer, Policy } from '../policy/policy.js';
 import { describeRule, PolicyError } from '../policy/rule.js';
@@ -30,9 +30,9 @@ function parseIds(text: string): number[] {
 
 export function checkCommand(): Command {
   const cmd = new Command('check')
-    .description('explain what the policy decides for PATH and ACCESS (r, w, c, d): exit 0 allow, 1 deny, 2 bad policy')
+    .description('explain what the policy decides for PATH and ACCESS: exit 0 allow, 1 deny, 2 bad policy')
     .argument('<PATH>', 'absolute path a client would ask for')
-    .argument('<ACCESS>', 'access letters the request needs: r, w, c, d (d: the path is a directory)')
+    .argument('<ACCESS>', `what the request needs: letters of rwcdmusax or all (d: the path is a directory), or an operation: ${Object.keys(OPERATION_ACCESS).join(', ')}`)
     .option('--uid <UID>', 'the client’s uid (default: yours)', parseId)
     .option('--gid <GID>', 'the client’s primary gid (default: yours)', parseId)
     .option('--groups <GID,...>', 'the client’s supplementary groups (default: yours, or none with --uid or --gid)', parseIds)
@@ -59,7 +59,7 @@ async function check(pathText: string, accessText: string, opts: CheckOptions): 
 async function explain(pathText: string, accessText: string, opts: CheckOptions, out: (line: string) => void): Promise<number> {
   let want: number;
   try {
-    want = parseAccess(accessText);
+    want = parseRequestAccess(accessText);
   } catch (err) {
     process.stderr.write(`openhook check: ${(err as Error).message}\n`);
     return 2;
@@ -106,6 +106,7 @@ async function explain(pathText: string, accessText: string, opts: CheckOptions,
     }
     out(`${allowed ? 'allow' : `deny (${errnoName(errno)})`} ${display(norm.path)} ${formatAccess(want)}`);
     out(`  why: ${why}`);
+    out(`  needs: ${explainAccess(want)}`);
     if (d.rule) out(`  rule: ${d.rule.origin}: ${describeRule(d.rule)}`);
     out(`  client: ${who} -> ${section === null ? 'refused (matches no section; unmatched = "refuse")' : section === policy.defaultSection ? 'default section' : `section ${section.name}`}`);
     if (allowed) out(`  opens: ${d.rest} beneath ${display(rootPathOf(norm.path, d.rest))}${d.open.followSymlinks ? ', following symlinks beneath it' : ''}`);

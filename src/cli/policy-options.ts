@@ -20,7 +20,7 @@ export interface PolicyFlags {
 export function addPolicyOptions(cmd: Command): Command {
   return cmd
     .option('--policy <FILE>', 'the policy file (TOML; see docs/policy.md)')
-    .option('--allow <PATH:ACCESS>', 'allow ACCESS (r, w, c, d) on PATH; a trailing / means the tree (repeatable)', collect, [])
+    .option('--allow <PATH:ACCESS>', 'allow ACCESS (letters of rwcdmusax, or all) on PATH; a trailing / means the tree (repeatable)', collect, [])
     .option('--deny <PATH>', 'deny PATH; a trailing / means the tree (repeatable)', collect, []);
 }
 

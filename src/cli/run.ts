@@ -20,7 +20,10 @@ import { describeFailure, EXIT_REFUSED, FORWARDED_SIGNALS, launch, LaunchError, 
 import type { LearnRecorder } from '../launch/learn.js';
 import { PRELOAD_LIBRARY, preloadValue } from '../launch/preload.js';
 import { formatReport, type LaunchReport } from '../launch/report.js';
+import { Access } from '../policy/access.js';
 import { Policy } from '../policy/policy.js';
+import { rootOf, type Rule } from '../policy/rule.js';
+import { makePrivateTmp, privateTmpEnv, privateTmpRule, removePrivateTmp, withRule } from '../launch/private-tmp.js';
 import { PolicyError } from '../policy/rule.js';
 import { addAuditOptions, auditFromOptions, type AuditFlags } from './audit-options.js';
 import { addPolicyOptions, policyFromOptions, type PolicyFlags } from './policy-options.js';
@@ -38,6 +41,8 @@ export interface RunOptions extends PolicyFlags, AuditFlags {
   allowUnconfined?: boolean;
   allowUnixSockets?: boolean;
   preload?: boolean;
+  /** false with --no-private-tmp */
+  privateTmp?: boolean;
 }
 
 
@@ -101,6 +106,7 @@ export function runCommand(): Command {
     .option('--allow-unconfined', 'run even if Landlock or seccomp is unavailable (not recommended)')
     .option('--preload', "instead of the syscall hook: route a dynamically linked program's opens to the broker with the interposer (LD_PRELOAD; docs/interposer.md)")
     .option('--allow-unix-sockets', 'let the program create UNIX sockets; it can then connect to any socket path it can name')
+    .option('--no-private-tmp', 'give the program no private temporary directory (default: one per session, granted all, TMPDIR set, removed at the end)')
     .passThroughOptions()
     .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : EXIT_REFUSED));
   return cmd.action(async (command: string, args: string[], opts: RunOptions) => {
@@ -153,10 +159,10 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
       env = { LD_PRELOAD: preloadValue() };
     } catch (err) {
       say((err as Error).message);
+      policy.close();
       return EXIT_REFUSED;
     }
   }
-  const readOnly = [...opts.ro.map((path) => resolve(path)), ...(opts.preload ? [PRELOAD_LIBRARY] : [])];
   const devices = opts.device.map((path) => resolve(path));
   for (const fd of opts.passFd) {
     const problem = passFdProblem(fd);
@@ -169,6 +175,36 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
     say(`--fd ${opts.fd} is also a --pass-fd: the hook needs a number of its own (leave out --fd to have one chosen)`);
     return EXIT_REFUSED;
   }
+  // x (execute) is fixed at launch: Landlock lets the program read and run files beneath those rules itself.
+  const readOnly = [...opts.ro.map((path) => resolve(path)), ...(opts.preload ? [PRELOAD_LIBRARY] : []), ...(recorder ? [] : executableRoots(policy))];
+
+  let privateTmp: string | null = null;
+  if (opts.privateTmp !== false) {
+    try {
+      privateTmp = makePrivateTmp();
+    } catch (err) {
+      say(`cannot make the private temporary directory: ${(err as Error).message}`);
+      policy.close();
+      return EXIT_REFUSED;
+    }
+    policy = withRule(policy, privateTmpRule(privateTmp));
+    recorder?.ignored.push(privateTmp); // gone after the session: nothing to learn there
+    env = { ...env, ...privateTmpEnv(privateTmp) };
+  }
+  try {
+    return await runWith(command, args, opts, policy, recorder, log, session, env, readOnly, devices);
+  } finally {
+    if (privateTmp !== null && !removePrivateTmp(privateTmp)) say(`could not remove the private temporary directory ${privateTmp} entirely`);
+  }
+}
+
+/** The roots of allow rules with x, in every section: what Landlock must let the program execute. */
+function executableRoots(policy: Policy): string[] {
+  const rules: Rule[] = [...policy.rules, ...policy.sections.flatMap((s) => s.rules)];
+  return [...new Set(rules.filter((r) => r.effect === 'allow' && r.access & Access.EXECUTE).map((r) => (r.glob ? rootOf(r) : r.path)))].map((p) => Buffer.from(p, 'latin1').toString('utf8'));
+}
+
+async function runWith(command: string, args: string[], opts: RunOptions, policy: Policy, recorder: LearnRecorder | null, log: AuditSink | null, session: string, env: Record<string, string> | undefined, readOnly: string[], devices: string[]): Promise<number> {
 
   let auditLog: AuditLog | null;
   try {

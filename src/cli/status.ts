@@ -75,6 +75,9 @@ export function formatReport(r: StatusReport, socket: string): string {
   row('denied', Object.entries(r.denials).map(([k, v]) => `${k} ${n(v)}`).join(' · '));
   const openErrors = Object.entries(r.errors.open);
   row('open errors', openErrors.length ? openErrors.map(([k, v]) => `${k} ${n(v)}`).join(' · ') : 'none');
+  // Brokers before file operations have no such field.
+  const ops = Object.entries(r.operations ?? {});
+  if (ops.length) row('operations', ops.map(([k, v]) => `${k} ${n(v.done)}${v.denied ? ` (${n(v.denied)} denied)` : ''}${v.failed ? ` (${n(v.failed)} failed)` : ''}`).join(' · '));
   row('faults', `${n(r.errors.protocol)} malformed frame(s), ${n(r.errors.faults)} dropped connection(s), ${n(r.errors.accept)} accept error(s)`);
   if (r.latency.count === 0) {
     row('latency', 'no requests yet');

@@ -16,8 +16,8 @@
 import { EventEmitter } from 'node:events';
 import { E } from '../errno.js';
 import { C, native, systemError } from '../native.js';
-import { Command, Feature, Size } from '../protocol/constants.js';
-import { encodeHello, encodeOpen, encodeStatusRequest, encodeTaggedOpen, type Reply } from '../protocol/frames.js';
+import { Command, COMMAND_NAMES, Feature, FILE_OP_COMMANDS, Size } from '../protocol/constants.js';
+import { encodeFileOp, encodeHello, encodeOpen, encodeStatusRequest, encodeTaggedOpen, type FileOpArgs, type Reply } from '../protocol/frames.js';
 import type { StatusReport } from '../broker/metrics.js';
 import { connectPath } from './channel.js';
 import { ClientClosedError, ConnectionLostError, ProtocolError, TimeoutError } from './errors.js';
@@ -63,7 +63,10 @@ export interface RequestOptions {
 type Outcome = number | StatusReport;
 
 interface Pending {
-  command: typeof Command.QEMU_OPEN | typeof Command.STATUS;
+  /** QEMU_OPEN, STATUS, or a file operation (MKDIR ... TMPFILE) */
+  command: number;
+  /** a file operation's whole frame, kept to send it again after a reconnect */
+  frame: Buffer | null;
   /** open: the name as sent, its flags and mode; kept to send it again after a reconnect */
   name: Buffer;
   flags: number;
@@ -118,11 +121,21 @@ function fdFromEnvironment(): number {
   return fd;
 }
 
+/** File operations that do the same whether they are done once or twice. */
+const IDEMPOTENT_OPS: ReadonlySet<number> = new Set([Command.CHMOD, Command.CHOWN, Command.UTIMES, Command.TRUNCATE, Command.ACCESS]);
+
 /** An open without O_CREAT|O_EXCL does the same whether it is done once or twice; STATUS too. */
 function isIdempotent(req: Pending): boolean {
   const both = C.O_CREAT | C.O_EXCL;
+  if (FILE_OP_COMMANDS.has(req.command)) return IDEMPOTENT_OPS.has(req.command);
   return req.command === Command.STATUS || (req.flags & both) !== both;
 }
+
+/** A path argument of the file-operation methods. */
+export type PathLike = string | Buffer;
+
+/** Times for utimes(): seconds since the epoch (fractions kept to the nanosecond), a Date, 'now', or 'omit' (unchanged). */
+export type TimeLike = number | Date | 'now' | 'omit';
 
 interface ClientSettings {
   kind: LinkKind;
@@ -146,6 +159,8 @@ export class OpenHookClient extends EventEmitter {
   #byId = new Map<number, Pending>();
   /** STATUS requests in send order (the broker answers them in order) */
   #statusQueue: Pending[] = [];
+  /** file operations in send order (the broker answers them in order) */
+  #fileOps: Pending[] = [];
   /** requests waiting for a link: made while disconnected, or to be sent again */
   #waiting: Pending[] = [];
   #reconnecting = false;
@@ -176,7 +191,7 @@ export class OpenHookClient extends EventEmitter {
 
   /** Requests sent (or waiting to be sent) and not yet answered. */
   get pending(): number {
-    return this.#inOrder.length + this.#byId.size + this.#statusQueue.length + this.#waiting.length;
+    return this.#inOrder.length + this.#byId.size + this.#statusQueue.length + this.#fileOps.length + this.#waiting.length;
   }
 
   /** @internal the first link, made by connect(); failures close the fd and throw. */
@@ -216,6 +231,94 @@ export class OpenHookClient extends EventEmitter {
     return this.#request(Command.STATUS, Buffer.alloc(0), 0, 0, 'status', options) as Promise<StatusReport>;
   }
 
+  // ---- file operations (Feature.FILE_OPS; docs/client.md) ---------------------------------------
+  // Each resolves when the broker has done it, or rejects with a SystemError (code 'EACCES', ...),
+  // as open does. A broker without file operations answers EPROTO.
+
+  /** mkdir(path, mode): needs m. */
+  mkdir(path: PathLike, mode = 0o777, options: RequestOptions = {}): Promise<void> {
+    return this.#fileOp(Command.MKDIR, path, null, { mode }, options) as Promise<void>;
+  }
+
+  /** unlink(path): a file, symlink, FIFO..., never a directory; needs u. */
+  unlink(path: PathLike, options: RequestOptions = {}): Promise<void> {
+    return this.#fileOp(Command.UNLINK, path, null, {}, options) as Promise<void>;
+  }
+
+  /** rmdir(path): an empty directory; needs u. */
+  rmdir(path: PathLike, options: RequestOptions = {}): Promise<void> {
+    return this.#fileOp(Command.RMDIR, path, null, {}, options) as Promise<void>;
+  }
+
+  /** rename(from, to): u at from, c (a directory: m) at to. flags: 'noreplace' or 'exchange'. */
+  rename(from: PathLike, to: PathLike, flags?: 'noreplace' | 'exchange', options: RequestOptions = {}): Promise<void> {
+    const bits = flags === 'noreplace' ? 1 : flags === 'exchange' ? 2 : 0;
+    return this.#fileOp(Command.RENAME, from, to, { flags: bits }, options) as Promise<void>;
+  }
+
+  /** link(existing, newPath): a hard link; r at existing, c at newPath. */
+  link(existing: PathLike, newPath: PathLike, options: RequestOptions = {}): Promise<void> {
+    return this.#fileOp(Command.LINK, existing, newPath, {}, options) as Promise<void>;
+  }
+
+  /** symlink(target, path): target stored as given; needs s at path. */
+  symlink(target: PathLike, path: PathLike, options: RequestOptions = {}): Promise<void> {
+    return this.#fileOp(Command.SYMLINK, target, path, {}, options) as Promise<void>;
+  }
+
+  /** chmod(path, mode): needs a; set-id bits are never set. noFollow: lchmod. */
+  chmod(path: PathLike, mode: number, options: RequestOptions & { noFollow?: boolean } = {}): Promise<void> {
+    return this.#fileOp(Command.CHMOD, path, null, { mode, flags: options.noFollow ? C.AT_SYMLINK_NOFOLLOW : 0 }, options) as Promise<void>;
+  }
+
+  /** chown(path, uid, gid): succeeds only when nothing would change (-1 keeps an id); needs a. */
+  chown(path: PathLike, uid: number, gid: number, options: RequestOptions & { noFollow?: boolean } = {}): Promise<void> {
+    return this.#fileOp(Command.CHOWN, path, null, { uid: uid >>> 0, gid: gid >>> 0, flags: options.noFollow ? C.AT_SYMLINK_NOFOLLOW : 0 }, options) as Promise<void>;
+  }
+
+  /** utimes(path, atime, mtime): needs a ('now' for both: a or w, as touch). */
+  utimes(path: PathLike, atime: TimeLike, mtime: TimeLike, options: RequestOptions & { noFollow?: boolean } = {}): Promise<void> {
+    const [a, b] = timespec(atime);
+    const [c, d] = timespec(mtime);
+    return this.#fileOp(Command.UTIMES, path, null, { a, b, c, d, flags: options.noFollow ? C.AT_SYMLINK_NOFOLLOW : 0 }, options) as Promise<void>;
+  }
+
+  /** truncate(path, length): needs w. */
+  truncate(path: PathLike, length = 0, options: RequestOptions = {}): Promise<void> {
+    return this.#fileOp(Command.TRUNCATE, path, null, { a: length }, options) as Promise<void>;
+  }
+
+  /** access(path, mode): resolves if something exists there and the policy allows mode (fs.constants F_OK, R_OK, W_OK, X_OK). */
+  access(path: PathLike, mode = 0, options: RequestOptions = {}): Promise<void> {
+    return this.#fileOp(Command.ACCESS, path, null, { mode }, options) as Promise<void>;
+  }
+
+  /** mkfifo(path, mode): needs c, and the rule's fifos = true. */
+  mkfifo(path: PathLike, mode = 0o666, options: RequestOptions = {}): Promise<void> {
+    return this.#fileOp(Command.MKFIFO, path, null, { mode }, options) as Promise<void>;
+  }
+
+  /**
+   * An unnamed file (O_TMPFILE) in the directory dir: resolves to its fd (the caller owns it). Needs c
+   * on the directory. flags: 'w+' (O_RDWR, default) or 'w' (O_WRONLY).
+   */
+  tmpfile(dir: PathLike, mode = 0o600, flags: 'w' | 'w+' = 'w+', options: RequestOptions = {}): Promise<number> {
+    return this.#fileOp(Command.TMPFILE, dir, null, { mode, flags: flags === 'w' ? C.O_WRONLY : C.O_RDWR }, options) as Promise<number>;
+  }
+
+  /** A file operation: one frame, answered in order like STATUS, through the same request path as open. */
+  #fileOp(command: number, one: PathLike, two: PathLike | null, args: FileOpArgs, options: RequestOptions): Promise<Outcome | void> {
+    if (this.#closed) return Promise.reject(new ClientClosedError('the connection is closed'));
+    const shown = typeof one === 'string' ? one : one.toString();
+    let frame: Buffer;
+    try {
+      frame = encodeFileOp(command, one, two, args);
+    } catch {
+      return Promise.reject(systemError(E.ENAMETOOLONG, COMMAND_NAMES[command] ?? 'file operation', shown));
+    }
+    return this.#request(command, Buffer.alloc(0), 0, 0, shown, options, frame);
+  }
+
   /** Closes the connection (and the fd, if this client opened it). Pending requests reject. */
   close(): void {
     this.#shutdown(new ClientClosedError('the connection was closed'));
@@ -227,7 +330,7 @@ export class OpenHookClient extends EventEmitter {
 
   // ---- requests ----------------------------------------------------------------------------------
 
-  #request(command: Pending['command'], name: Buffer, flags: number, mode: number, shown: string, options: RequestOptions): Promise<Outcome> {
+  #request(command: Pending['command'], name: Buffer, flags: number, mode: number, shown: string, options: RequestOptions, frame: Buffer | null = null): Promise<Outcome> {
     const timeout = options.timeout ?? this.#settings.timeout;
     const signal = options.signal;
     // Most requests have neither timeout nor signal: they get a plain wait, without the closures.
@@ -237,7 +340,7 @@ export class OpenHookClient extends EventEmitter {
       timeoutError: () => new TimeoutError(`no reply for '${shown}' within ${timeout} ms`),
       onGiveUp: () => this.#forget(req),
     }) : new Wait<Outcome>();
-    const req: Pending = { command, name, flags, mode, path: shown, id: 0, retried: false, wait };
+    const req: Pending = { command, frame, name, flags, mode, path: shown, id: 0, retried: false, wait };
     if (!wait.settled) this.#dispatch(req);
     return wait.promise;
   }
@@ -250,7 +353,10 @@ export class OpenHookClient extends EventEmitter {
       this.#startReconnect();
       return;
     }
-    if (req.command === Command.STATUS) {
+    if (req.frame) {
+      this.#fileOps.push(req);
+      link.send(req.frame);
+    } else if (req.command === Command.STATUS) {
       this.#statusQueue.push(req);
       link.send(encodeStatusRequest());
     } else if (this.#tagged) {
@@ -270,6 +376,8 @@ export class OpenHookClient extends EventEmitter {
     let req: Pending | undefined;
     if (reply.command === Command.STATUS) {
       req = this.#statusQueue.shift();
+    } else if (FILE_OP_COMMANDS.has(reply.command)) {
+      req = this.#fileOps.shift();
     } else if (reply.command === Command.OPEN_TAGGED) {
       req = this.#byId.get(reply.id);
       this.#byId.delete(reply.id);
@@ -289,8 +397,9 @@ export class OpenHookClient extends EventEmitter {
       if (fd >= 0) native.close(fd);
       return;
     }
-    if (reply.result !== 0) req.wait.reject(systemError(reply.result, req.command === Command.STATUS ? 'status' : 'open', req.path));
+    if (reply.result !== 0) req.wait.reject(systemError(reply.result, req.command === Command.QEMU_OPEN ? 'open' : COMMAND_NAMES[req.command] ?? 'request', req.path));
     else if (req.command === Command.STATUS) this.#resolveStatus(req, reply);
+    else if (req.frame && req.command !== Command.TMPFILE) req.wait.resolve(undefined as unknown as number);
     else req.wait.resolve(fd);
   }
 
@@ -309,7 +418,7 @@ export class OpenHookClient extends EventEmitter {
   }
 
   #updateRef(): void {
-    this.#link?.ref(this.#inOrder.length + this.#byId.size + this.#statusQueue.length > 0);
+    this.#link?.ref(this.#inOrder.length + this.#byId.size + this.#statusQueue.length + this.#fileOps.length > 0);
   }
 
   // ---- links: connecting, losing, reconnecting ---------------------------------------------------
@@ -363,10 +472,11 @@ export class OpenHookClient extends EventEmitter {
       this.#shutdown(err);
       return;
     }
-    const unanswered = [...this.#inOrder, ...this.#byId.values(), ...this.#statusQueue];
+    const unanswered = [...this.#inOrder, ...this.#byId.values(), ...this.#statusQueue, ...this.#fileOps];
     this.#inOrder.length = 0;
     this.#byId.clear();
     this.#statusQueue.length = 0;
+    this.#fileOps.length = 0;
     const again: Pending[] = [];
     for (const req of unanswered) {
       if (req.wait.settled) continue;
@@ -376,7 +486,7 @@ export class OpenHookClient extends EventEmitter {
       } else {
         req.wait.reject(new ConnectionLostError(req.retried
           ? `the broker went away twice before answering '${req.path}'`
-          : `the broker went away before answering '${req.path}'; an open with O_CREAT|O_EXCL may or may not have been done, so it is not sent again`));
+          : `the broker went away before answering '${req.path}'; ${req.frame ? `a ${COMMAND_NAMES[req.command]}` : 'an open with O_CREAT|O_EXCL'} may or may not have been done, so it is not sent again`));
       }
     }
     this.#waiting.unshift(...again);
@@ -458,12 +568,22 @@ export class OpenHookClient extends EventEmitter {
     this.#link = null;
     this.#cancel?.(err);
     this.#cancel = null;
-    const waiting = [...this.#inOrder, ...this.#byId.values(), ...this.#statusQueue, ...this.#waiting];
+    const waiting = [...this.#inOrder, ...this.#byId.values(), ...this.#statusQueue, ...this.#fileOps, ...this.#waiting];
     this.#inOrder.length = 0;
     this.#byId.clear();
     this.#statusQueue.length = 0;
+    this.#fileOps.length = 0;
     this.#waiting = [];
     for (const req of waiting) req.wait.reject(err);
     this.emit('close', err instanceof ClientClosedError ? undefined : err);
   }
+}
+
+/** [seconds, nanoseconds] of a TimeLike, as utimensat(2) takes them. */
+function timespec(t: TimeLike): [number, number] {
+  if (t === 'now') return [0, C.UTIME_NOW];
+  if (t === 'omit') return [0, C.UTIME_OMIT];
+  const ms = t instanceof Date ? t.getTime() : t * 1000;
+  const sec = Math.floor(ms / 1000);
+  return [sec, Math.round((ms - sec * 1000) * 1e6)];
 }

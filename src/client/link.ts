@@ -24,7 +24,8 @@ export interface LinkEvents {
 
 /** Whether a successful reply to this command carries an fd: opens do; HELLO and STATUS do not. */
 function carriesFd(command: number): boolean {
-  return command !== Command.HELLO && command !== Command.STATUS;
+  // Of the file operations, only TMPFILE answers with an fd.
+  return command !== Command.HELLO && command !== Command.STATUS && (command < Command.MKDIR || command === Command.TMPFILE);
 }
 
 export class Link {

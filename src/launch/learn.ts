@@ -12,7 +12,7 @@ import { readFileSync } from 'node:fs';
 import type { AuditRecord, AuditSink } from '../broker/audit.js';
 import type { ByteString } from '../bytestring.js';
 import { C, native } from '../native.js';
-import { Access } from '../policy/access.js';
+import { ALL_ACCESS } from '../policy/access.js';
 import { normalise } from '../policy/path.js';
 import { Policy } from '../policy/policy.js';
 import type { Rule } from '../policy/rule.js';
@@ -22,14 +22,23 @@ export class LearnRecorder implements AuditSink {
   /** normalised path → union of the access bits requested */
   readonly used = new Map<ByteString, number>();
   requests = 0;
+  /** trees not to learn (the session's private temporary directory) */
+  readonly ignored: ByteString[] = [];
 
   record(entry: AuditRecord): void {
     // Requests refused for their flags (O_PATH, bad modes) need no rule: no rule could allow them.
-    if (entry.access === 0) return;
-    const n = normalise(entry.path);
-    if (!n.ok) return;
+    if (entry.access === 0 && !entry.access2) return;
     this.requests++;
-    this.used.set(n.path, (this.used.get(n.path) ?? 0) | entry.access);
+    this.#use(entry.path, entry.access);
+    // A file operation's second path (a rename's or link's destination, a symlink's new name) needs its own access.
+    if (entry.path2 !== undefined) this.#use(entry.path2, entry.access2 ?? 0);
+  }
+
+  #use(path: ByteString, access: number): void {
+    if (access === 0) return;
+    const n = normalise(path);
+    if (!n.ok || this.ignored.some((dir) => n.path === dir || n.path.startsWith(`${dir}/`))) return;
+    this.used.set(n.path, (this.used.get(n.path) ?? 0) | access);
   }
 }
 
@@ -47,9 +56,9 @@ export function mountPoints(mountinfo: ByteString = readFileSync('/proc/self/mou
   return [...seen];
 }
 
-const EVERYTHING = Access.READ | Access.WRITE | Access.CREATE | Access.DIRECTORY;
+const EVERYTHING = ALL_ACCESS;
 
-/** A policy that allows r, w, c and d on every mounted tree that can be opened as a directory. */
+/** A policy that allows every access (`all`) on every mounted tree that can be opened as a directory. */
 export function allowEverythingPolicy(mounts: readonly ByteString[] = mountPoints()): Policy {
   const rules: Rule[] = [];
   for (const path of mounts) {

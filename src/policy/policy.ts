@@ -148,6 +148,8 @@ export class Section {
   readonly gids: readonly number[] | null;
   readonly sessions: readonly string[] | null;
   readonly rules: readonly Rule[];
+  /** the default section's rules apply too (include_default) */
+  readonly includeDefault: boolean;
   /** @internal */
   readonly trie: Trie<CompiledRule>;
   /** @internal the reason of a default deny in this section, made once */
@@ -160,6 +162,7 @@ export class Section {
     this.gids = spec.gids?.length ? spec.gids : null;
     this.sessions = spec.sessions?.length ? spec.sessions : null;
     this.rules = spec.rules;
+    this.includeDefault = spec.includeDefault ?? false;
     this.trie = trie;
     this.noRule = `no rule covers this path (default deny${isDefault ? '' : `, section ${this.name}`})`;
   }

@@ -247,7 +247,7 @@ function buildRules(list: Table[], base: string, originOf: (i: number) => string
       checkTable(t, RULE, '', '[[rule]]');
       const isAllow = t.allow !== undefined;
       if (isAllow === (t.deny !== undefined)) throw new Issue('', 'a rule needs exactly one of allow = "PATH" or deny = "PATH"');
-      if (isAllow && t.access === undefined) throw new Issue('', 'an allow rule needs access = "LETTERS" (r, w, c, d)');
+      if (isAllow && t.access === undefined) throw new Issue('', 'an allow rule needs access = "LETTERS" (rwcdmusax, or "all")');
       if (isAllow && t.deny_errno !== undefined) throw new Issue('deny_errno', 'deny_errno belongs on deny rules (or at the top, for every denial)');
       if (!isAllow && t.access !== undefined) throw new Issue('access', 'a deny rule takes no access letters: it denies every access');
       for (const key of ['follow_symlinks', 'fifos', 'hardlinks'] as const) {

@@ -29,6 +29,34 @@ export const Command = {
    * for a session a policy section names and admits the peer for (docs/protocol.md).
    */
   SESSION: 0x104,
+  // File operations (Feature.FILE_OPS): one frame layout for all, Size.FILE_OP_HEADER then one or two
+  // names (docs/protocol.md). The reply is the RFC's 12-byte reply: 0 or -errno (TMPFILE: an fd).
+  /** mkdir(name1, mode) */
+  MKDIR: 0x110,
+  /** unlink(name1): not a directory */
+  UNLINK: 0x111,
+  /** rmdir(name1) */
+  RMDIR: 0x112,
+  /** renameat2(name1, name2, flags: RENAME_NOREPLACE 1, RENAME_EXCHANGE 2) */
+  RENAME: 0x113,
+  /** link(name1 existing, name2 new); flags 0 */
+  LINK: 0x114,
+  /** symlink(target name1, stored as given; new name2) */
+  SYMLINK: 0x115,
+  /** chmod(name1, mode); flags: AT_SYMLINK_NOFOLLOW */
+  CHMOD: 0x116,
+  /** chown(name1, uid, gid): succeeds only if nothing changes; flags: AT_SYMLINK_NOFOLLOW */
+  CHOWN: 0x117,
+  /** utimensat(name1, [a, b], [c, d]); flags: AT_SYMLINK_NOFOLLOW */
+  UTIMES: 0x118,
+  /** truncate(name1, length a) */
+  TRUNCATE: 0x119,
+  /** access(name1, mode: F_OK 0 or R_OK 4 | W_OK 2 | X_OK 1), answered by the policy */
+  ACCESS: 0x11a,
+  /** mkfifo(name1, mode) */
+  MKFIFO: 0x11b,
+  /** open(name1 a directory, O_TMPFILE | flags, mode): an unnamed file; the reply carries its fd */
+  TMPFILE: 0x11c,
 } as const;
 export type Command = (typeof Command)[keyof typeof Command];
 
@@ -40,7 +68,24 @@ export const Feature = {
   CONNECT: 1 << 1,
   /** SESSION (0x104): offered only by a daemon that hosts sessions (`openhook serve`) */
   SESSION: 1 << 3,
+  /** the file-operation commands 0x110 to 0x11c */
+  FILE_OPS: 1 << 2,
 } as const;
+
+/** The file-operation commands, in order. */
+export const FILE_OP_COMMANDS: ReadonlySet<number> = new Set([
+  Command.MKDIR, Command.UNLINK, Command.RMDIR, Command.RENAME, Command.LINK, Command.SYMLINK, Command.CHMOD,
+  Command.CHOWN, Command.UTIMES, Command.TRUNCATE, Command.ACCESS, Command.MKFIFO, Command.TMPFILE,
+]);
+
+/** Each command's name, for the audit log and status. */
+export const COMMAND_NAMES: Readonly<Record<number, string>> = {
+  [Command.QEMU_OPEN]: 'open', [Command.OPEN_TAGGED]: 'open', [Command.HELLO]: 'hello', [Command.CONNECT]: 'connect',
+  [Command.STATUS]: 'status', [Command.SESSION]: 'session', [Command.MKDIR]: 'mkdir', [Command.UNLINK]: 'unlink', [Command.RMDIR]: 'rmdir',
+  [Command.RENAME]: 'rename', [Command.LINK]: 'link', [Command.SYMLINK]: 'symlink', [Command.CHMOD]: 'chmod',
+  [Command.CHOWN]: 'chown', [Command.UTIMES]: 'utimes', [Command.TRUNCATE]: 'truncate', [Command.ACCESS]: 'access',
+  [Command.MKFIFO]: 'mkfifo', [Command.TMPFILE]: 'tmpfile',
+};
 
 /** Byte sizes of the fixed parts of frames. */
 export const Size = {
@@ -62,6 +107,11 @@ export const Size = {
   SESSION_HEADER: 14,
   /** the longest session name */
   SESSION_NAME_MAX: 255,
+  /**
+   * File operations: u32 size | u32 command | u32 flags | u32 mode | u32 uid | u32 gid |
+   * s64 a | s64 b | s64 c | s64 d | u16 len1 | u16 len2, then name1 and name2
+   */
+  FILE_OP_HEADER: 60,
   /** the longest name a u16 length can state */
   NAME_MAX_WIRE: 0xffff,
 } as const;

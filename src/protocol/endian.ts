@@ -11,6 +11,9 @@ interface Accessors {
   writeU32(buf: Buffer, offset: number, value: number): void;
   writeS32(buf: Buffer, offset: number, value: number): void;
   writeU16(buf: Buffer, offset: number, value: number): void;
+  /** s64 as a Number: exact within ±2^53 (times and lengths) */
+  readS64(buf: Buffer, offset: number): number;
+  writeS64(buf: Buffer, offset: number, value: number): void;
 }
 
 const little: Accessors = {
@@ -20,6 +23,8 @@ const little: Accessors = {
   writeU32: (b, o, v) => void b.writeUInt32LE(v >>> 0, o),
   writeS32: (b, o, v) => void b.writeInt32LE(v | 0, o),
   writeU16: (b, o, v) => void b.writeUInt16LE(v, o),
+  readS64: (b, o) => Number(b.readBigInt64LE(o)),
+  writeS64: (b, o, v) => void b.writeBigInt64LE(BigInt(Math.trunc(v)), o),
 };
 
 const big: Accessors = {
@@ -29,6 +34,8 @@ const big: Accessors = {
   writeU32: (b, o, v) => void b.writeUInt32BE(v >>> 0, o),
   writeS32: (b, o, v) => void b.writeInt32BE(v | 0, o),
   writeU16: (b, o, v) => void b.writeUInt16BE(v, o),
+  readS64: (b, o) => Number(b.readBigInt64BE(o)),
+  writeS64: (b, o, v) => void b.writeBigInt64BE(BigInt(Math.trunc(v)), o),
 };
 
 export const hostEndian: Accessors = endianness() === 'LE' ? little : big;

@@ -4,7 +4,7 @@
  * Decoding fills a caller-owned Request and never copies the name: it records where the name lies in
  * the buffer, so that a broker can decide on the exact bytes without allocating per request.
  */
-import { Command, MAX_FRAME, MAX_STATUS_REPLY, MIN_FRAME, PROTOCOL_VERSION, Size } from './constants.js';
+import { Command, FILE_OP_COMMANDS, MAX_FRAME, MAX_STATUS_REPLY, MIN_FRAME, PROTOCOL_VERSION, Size } from './constants.js';
 import { hostEndian } from './endian.js';
 
 export interface Request {
@@ -22,10 +22,19 @@ export interface Request {
   buf: Buffer;
   nameOffset: number;
   nameLength: number;
+  /** file operations: the second name (RENAME, LINK, SYMLINK), and the numeric arguments */
+  name2Offset: number;
+  name2Length: number;
+  uid: number;
+  gid: number;
+  a: number;
+  b: number;
+  c: number;
+  d: number;
 }
 
 export function newRequest(): Request {
-  return { command: 0, id: 0, flags: 0, mode: 0, version: 0, features: 0, buf: Buffer.alloc(0), nameOffset: 0, nameLength: 0 };
+  return { command: 0, id: 0, flags: 0, mode: 0, version: 0, features: 0, buf: Buffer.alloc(0), nameOffset: 0, nameLength: 0, name2Offset: 0, name2Length: 0, uid: 0, gid: 0, a: 0, b: 0, c: 0, d: 0 };
 }
 
 /** Why a frame could not be decoded. Every one is answered with -EPROTO. */
@@ -42,7 +51,10 @@ export const DecodeError = {
 } as const;
 export type DecodeError = (typeof DecodeError)[keyof typeof DecodeError];
 
-const { readU32, readS32, readU16, writeU32, writeS32, writeU16 } = hostEndian;
+const { readU32, readS32, readU16, readS64, writeU32, writeS32, writeU16, writeS64 } = hostEndian;
+
+/** The file operations that carry two names; the others carry one (len2 must be 0). */
+const TWO_NAMES: ReadonlySet<number> = new Set([Command.RENAME, Command.LINK, Command.SYMLINK]);
 
 /**
  * Decodes the one frame in buf[offset, offset+length). `length` is the message length for
@@ -109,8 +121,67 @@ export function decodeRequest(buf: Buffer, offset: number, length: number, out: 
       return DecodeError.OK;
     }
     default:
+      if (FILE_OP_COMMANDS.has(command)) return decodeFileOp(buf, offset, size, command, out);
       return DecodeError.UNKNOWN_COMMAND;
   }
+}
+
+function decodeFileOp(buf: Buffer, offset: number, size: number, command: number, out: Request): DecodeError {
+  if (size < Size.FILE_OP_HEADER) return DecodeError.SHORT;
+  const len1 = readU16(buf, offset + 56);
+  const len2 = readU16(buf, offset + 58);
+  if (Size.FILE_OP_HEADER + len1 + len2 !== size) return DecodeError.SIZE_MISMATCH;
+  if (len1 === 0 || (TWO_NAMES.has(command) ? len2 === 0 : len2 !== 0)) return DecodeError.EMPTY_NAME;
+  out.flags = readU32(buf, offset + 8);
+  out.mode = readU32(buf, offset + 12);
+  out.uid = readU32(buf, offset + 16);
+  out.gid = readU32(buf, offset + 20);
+  out.a = readS64(buf, offset + 24);
+  out.b = readS64(buf, offset + 32);
+  out.c = readS64(buf, offset + 40);
+  out.d = readS64(buf, offset + 48);
+  out.nameOffset = offset + Size.FILE_OP_HEADER;
+  out.nameLength = len1;
+  out.name2Offset = out.nameOffset + len1;
+  out.name2Length = len2;
+  return DecodeError.OK;
+}
+
+/** The arguments of a file operation; unused ones are 0 (uid and gid: -1, "unchanged"). */
+export interface FileOpArgs {
+  flags?: number;
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  a?: number;
+  b?: number;
+  c?: number;
+  d?: number;
+}
+
+/** A whole file-operation request frame (commands 0x110 to 0x11c). Names are bytes (exact) or strings (UTF-8). */
+export function encodeFileOp(command: number, name1: Buffer | string, name2: Buffer | string | null, args: FileOpArgs = {}): Buffer {
+  const one = typeof name1 === 'string' ? Buffer.from(name1) : name1;
+  const two = name2 === null ? Buffer.alloc(0) : typeof name2 === 'string' ? Buffer.from(name2) : name2;
+  if (one.length > Size.NAME_MAX_WIRE || two.length > Size.NAME_MAX_WIRE || Size.FILE_OP_HEADER + one.length + two.length > MAX_FRAME) {
+    throw new RangeError(`names of ${one.length} and ${two.length} bytes do not fit in one frame`);
+  }
+  const buf = Buffer.allocUnsafe(Size.FILE_OP_HEADER + one.length + two.length);
+  writeU32(buf, 0, buf.length);
+  writeU32(buf, 4, command);
+  writeU32(buf, 8, args.flags ?? 0);
+  writeU32(buf, 12, args.mode ?? 0);
+  writeU32(buf, 16, args.uid ?? 0xffffffff);
+  writeU32(buf, 20, args.gid ?? 0xffffffff);
+  writeS64(buf, 24, args.a ?? 0);
+  writeS64(buf, 32, args.b ?? 0);
+  writeS64(buf, 40, args.c ?? 0);
+  writeS64(buf, 48, args.d ?? 0);
+  writeU16(buf, 56, one.length);
+  writeU16(buf, 58, two.length);
+  one.copy(buf, Size.FILE_OP_HEADER);
+  two.copy(buf, Size.FILE_OP_HEADER + one.length);
+  return buf;
 }
 
 export function isValidFrameSize(size: number): boolean {

@@ -157,13 +157,7 @@ export class OpenMachine {
 
   /** An EAGAIN from a resolving step: look up again, within the bound. */
   #again(): Step {
-    const stats = this.#settings.stats;
-    stats.eagain++;
-    if (++this.#attempts > this.#settings.eagainRetries) {
-      stats.eagainFailures++;
-      return this.#done(-E.EAGAIN);
-    }
-    return this.#lookup();
+    return retryEagain(this.#settings, ++this.#attempts) ? this.#lookup() : this.#done(-E.EAGAIN);
   }
 
   /** What the lookup found may be reopened with the request's flags, or the open ends refused. */
@@ -228,8 +222,20 @@ function check(mode: number, nlink: number, flags: number, options: OpenOptions,
   return type === C.S_IFIFO ? FIFO : type === C.S_IFSOCK ? SOCKET : DEVICE;
 }
 
+/**
+ * An EAGAIN from openat2 (a rename or mount raced the lookup), counted: whether attempt (1 for the
+ * first EAGAIN) may look up again, within the bound. The open machine and the other file operations
+ * (operations.ts) share it, so both keep one bound and one count.
+ */
+export function retryEagain(settings: MachineSettings, attempt: number): boolean {
+  settings.stats.eagain++;
+  if (attempt <= settings.eagainRetries) return true;
+  settings.stats.eagainFailures++;
+  return false;
+}
+
 /** The policy's verify hook, given the real paths of what was found and of the root. */
-function verify(found: number, rootFd: number, type: number, hook: NonNullable<OpenOptions['verify']>): number {
+export function verify(found: number, rootFd: number, type: number, hook: NonNullable<OpenOptions['verify']>): number {
   return hook(realPath(found), realPath(rootFd), type);
 }
 

@@ -23,12 +23,17 @@
  * same steps on a small thread pool: `openSlow`. Both run one state machine (machine.ts); results
  * are values (result.ts): an fd, or an errno with its reason. Nothing here throws on the request path.
  * A policy names a root by its path; `openBeneath` pins its fd from the root table (roots.ts).
+ *
+ * The other file operations (mkdir, unlink, rename, link, symlink, chmod, ..., O_TMPFILE) are
+ * `operations` (operations.ts): they pin their roots the same way, and share the machine's resolve
+ * flags, verify call and EAGAIN bound.
  */
 import { display, type ByteString } from '../bytestring.js';
 import { E, errnoName } from '../errno.js';
 import { C, native, type NativeOpenPool } from '../native.js';
 import { DEFAULT_OPEN_OPTIONS, type HardlinkRule, type OpenOptions } from '../policy/open-options.js';
 import { OpenMachine, resolveFlags, Step } from './machine.js';
+import { Operations } from './operations.js';
 import { failed, refusal, type OpenResult } from './result.js';
 import { DEFAULT_ROOT_LIMIT, RootTable, type RootHandle } from './roots.js';
 
@@ -36,6 +41,7 @@ export type { HardlinkRule, OpenOptions } from '../policy/open-options.js';
 export { DEFAULT_OPEN_OPTIONS } from '../policy/open-options.js';
 export { ioFlagsOf } from './machine.js';
 export { codeOf, type OpenResult, type Refusal } from './result.js';
+export type { Place } from './operations.js';
 
 /** Retries after an EAGAIN from openat2 before the client gets EAGAIN. */
 export const EAGAIN_RETRIES = 8;
@@ -153,6 +159,8 @@ export class Resolver {
   readonly stats: ResolverStats = { eagain: 0, eagainFailures: 0, slowOpens: 0 };
   /** the open fds of the roots that policies name */
   readonly roots: RootTable;
+  /** every file operation but open, beneath a root a decision names (operations.ts) */
+  readonly operations: Operations = new Operations(this);
   readonly #stat = new Float64Array(9);
   /** the sync driver's machine: sync opens never interleave, so one serves them all */
   readonly #machine = new OpenMachine(this);
