@@ -209,6 +209,34 @@ describe('daemon-backed sessions: openhook-exec under openhook serve', () => {
     }
   });
 
+  it('ends a session whose launcher sends an fd that is not a seccomp listener, and one whose launcher hangs up without one', async () => {
+    const policy = sessionPolicy('fake', ['f1']);
+    const sock = join(tmp.path, 'fake.sock');
+    const d = await startDaemon(['--socket', sock, '--policy', policy]);
+    try {
+      for (const send of [true, false]) {
+        const conn = native.connectUnix(Buffer.from(sock), C.SOCK_SEQPACKET);
+        const frame = encodeSession('f1');
+        assert.equal(native.send(conn, frame, 0, frame.length, -1), frame.length);
+        const { fds } = await receiveOne(conn);
+        assert.equal(fds.length, 1);
+        native.close(fds[0]!);
+        assert.equal((await statusJson(sock)).sessions?.list[0]?.state, 'starting');
+        if (send) {
+          const notAListener = native.open('/dev/null', C.O_RDONLY, 0);
+          assert.equal(native.sendFds(conn, Buffer.from('L'), [notAListener]), 1);
+          native.close(notAListener);
+          await d.waitFor(/session f1 \(pid \d+\): the launcher sent an fd that is not a seccomp listener; session ended/);
+        }
+        native.close(conn);
+        for (let i = 0; i < 500 && (await statusJson(sock)).sessions?.list.length; i++) await sleep(10);
+        assert.deepEqual((await statusJson(sock)).sessions, { list: [], more: 0 });
+      }
+    } finally {
+      await d.stop();
+    }
+  });
+
   it('a daemon that dies under a program: its next trapped open fails with ENOSYS at once, it does not hang', { skip: !existsSync(PYTHON) && 'no /usr/bin/python3' }, async () => {
     const policy = sessionPolicy('restart', ['k1']);
     const file = join(tmp.path, 'k1', 'data');
