@@ -175,6 +175,15 @@ describe('daemon-backed sessions: openhook-exec under openhook serve', () => {
     } finally {
       await d.stop();
     }
+    const streamSock = join(tmp.path, 'refuse-stream.sock');
+    const s = await startDaemon(['--socket', streamSock, '--stream', '--policy', policy]);
+    try {
+      const stream = await exec(streamSock, 'r1', ['/bin/true']);
+      assert.equal(stream.code, 125);
+      assert.match(stream.stderr, /is a SOCK_STREAM socket: sessions need the daemon's SOCK_SEQPACKET socket \(serve without --stream\)/);
+    } finally {
+      await s.stop();
+    }
   });
 
   it('SESSION is offered by HELLO, answered only on a connection to the socket: never on a session\'s own hook socket', { skip: !existsSync(PYTHON) && 'no /usr/bin/python3' }, async () => {
