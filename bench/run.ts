@@ -2,7 +2,7 @@
  * `npm run bench`: openhook against the C reference broker, in one run on one machine, as a table of
  * ratios. Options: --runs N (repetitions per case, medians reported; default 5), --count N (opens
  * per synchronous run; default 20000), --only NAME (case groups, comma-separated: open, broker, client,
- * rss, policy, interposer, hook, qemu, daemon).
+ * rss, policy, interposer, hook, fileops, qemu, daemon).
  */
 import { parseArgs } from 'node:util';
 import { benchBroker } from './broker.js';
@@ -11,6 +11,7 @@ import { benchOpenCost } from './open-cost.js';
 import { benchRss } from './rss.js';
 import { benchInterposer } from './interposer.js';
 import { benchHook } from './hook.js';
+import { benchFileops } from './fileops.js';
 import { benchPolicy } from './policy.js';
 import { benchQemu } from './qemu.js';
 import { benchDaemon } from './daemon.js';
@@ -37,6 +38,7 @@ if (wanted('rss')) rows.push(...(await benchRss()));
 if (wanted('policy')) rows.push(...(await benchPolicy({ runs, count })));
 if (wanted('interposer')) rows.push(...(await benchInterposer({ runs, count })));
 if (wanted('hook')) rows.push(...(await benchHook({ runs, count })));
+if (wanted('fileops')) rows.push(...(await benchFileops({ runs })));
 if (wanted('qemu')) rows.push(...(await benchQemu({ runs })));
 if (wanted('daemon')) rows.push(...(await benchDaemon({ runs })));
 printTable(rows);

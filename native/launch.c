@@ -515,13 +515,18 @@ struct sc_rule {
  *   check them, and "no write anywhere" includes a file's mode and owner. fd-based forms (fchmod,
  *   fchown, fsetxattr, futimens) stay allowed: they act on files the program already holds.
  * - truncate(2) by path, when Landlock is older than ABI 3 and cannot check it.
+ *   With the syscall hook, the path-based metadata changes other than xattrs and truncate are
+ *   trapped instead, and the broker answers them by the policy (see `metadata` below).
  * - ioctl TIOCSTI and TIOCLINUX: push keystrokes into the terminal, to be run by the shell after
  *   the program exits.
  * - a syscall number above the newest reviewed one: ENOSYS (see NR_REVIEWED_MAX).
  * - a foreign architecture, or x32: the numbers above mean other syscalls there; the process is
  *   killed.
  */
-static int collect_rules(struct sc_rule *out, int landlock_abi, int allow_unix_sockets) {
+static int collect_rules(struct sc_rule *out, int landlock_abi, int allow_unix_sockets, int hooked) {
+  /* With the hook, xattrs by path stay refused, as "not supported here": cp -a and tar then fall
+   * back to chmod (trapped, and decided by the policy) instead of failing to preserve an ACL. */
+  const uint32_t xattr = hooked ? ERRNO(EOPNOTSUPP) : ERRNO(EPERM);
   const struct sc_rule always[] = {
     RULE(io_uring_setup, ERRNO(ENOSYS)),
     RULE(io_uring_enter, ERRNO(ENOSYS)),
@@ -531,6 +536,18 @@ static int collect_rules(struct sc_rule *out, int landlock_abi, int allow_unix_s
     RULE(ptrace, ERRNO(EPERM)),
     RULE_ARG(ioctl, 1, TIOCSTI, "cmd==TIOCSTI", ERRNO(EPERM)),
     RULE_ARG(ioctl, 1, TIOCLINUX, "cmd==TIOCLINUX", ERRNO(EPERM)),
+    RULE(setxattr, xattr),
+    RULE(lsetxattr, xattr),
+    RULE(removexattr, xattr),
+    RULE(lremovexattr, xattr),
+    RULE(setxattrat, xattr),
+    RULE(removexattrat, xattr),
+    RULE(file_setattr, ERRNO(EPERM)),
+  };
+  /* With the syscall hook these are trapped and answered by the policy instead (src/hook/fileops.ts).
+   * They must not be refused here: the kernel takes the strictest answer of all filters, and ERRNO
+   * wins over USER_NOTIF, so a rule here would shadow the trap. */
+  const struct sc_rule metadata[] = {
 #ifdef __NR_chmod
     RULE(chmod, ERRNO(EPERM)),
 #endif
@@ -543,13 +560,6 @@ static int collect_rules(struct sc_rule *out, int landlock_abi, int allow_unix_s
     RULE(lchown, ERRNO(EPERM)),
 #endif
     RULE(fchownat, ERRNO(EPERM)),
-    RULE(setxattr, ERRNO(EPERM)),
-    RULE(lsetxattr, ERRNO(EPERM)),
-    RULE(removexattr, ERRNO(EPERM)),
-    RULE(lremovexattr, ERRNO(EPERM)),
-    RULE(setxattrat, ERRNO(EPERM)),
-    RULE(removexattrat, ERRNO(EPERM)),
-    RULE(file_setattr, ERRNO(EPERM)),
 #ifdef __NR_utime
     RULE(utime, ERRNO(EPERM)),
 #endif
@@ -563,8 +573,10 @@ static int collect_rules(struct sc_rule *out, int landlock_abi, int allow_unix_s
   };
   int n = 0;
   for (size_t i = 0; i < sizeof always / sizeof *always; i++) out[n++] = always[i];
+  if (!hooked)
+    for (size_t i = 0; i < sizeof metadata / sizeof *metadata; i++) out[n++] = metadata[i];
   if (!allow_unix_sockets) out[n++] = (struct sc_rule)RULE_ARG(socket, 0, AF_UNIX, "domain==AF_UNIX", ERRNO(EACCES));
-  if (landlock_abi < 3) out[n++] = (struct sc_rule)RULE(truncate, ERRNO(EPERM));
+  if (landlock_abi < 3 && !hooked) out[n++] = (struct sc_rule)RULE(truncate, ERRNO(EPERM));
   return n;
 }
 
@@ -635,7 +647,7 @@ static void apply_seccomp(const struct options *o, int landlock_abi) {
   emit("seccomp", "unavailable", "ENOSYS", "no seccomp filter for this architecture", NULL);
 #else
   struct sc_rule rules[64];
-  int nrules = collect_rules(rules, landlock_abi, o->allow_unix_sockets);
+  int nrules = collect_rules(rules, landlock_abi, o->allow_unix_sockets, notify_fd >= 0);
   static struct sock_filter filter[512];
   int len = build_filter(filter, rules, nrules);
   struct sock_fprog prog = {.len = (unsigned short)len, .filter = filter};
@@ -679,6 +691,63 @@ static const struct {
 #ifdef __NR_creat
   {"creat", __NR_creat},
 #endif
+#ifdef __NR_mkdir
+  {"mkdir", __NR_mkdir},
+#endif
+  {"mkdirat", __NR_mkdirat},
+#ifdef __NR_unlink
+  {"unlink", __NR_unlink},
+#endif
+  {"unlinkat", __NR_unlinkat},
+#ifdef __NR_rmdir
+  {"rmdir", __NR_rmdir},
+#endif
+#ifdef __NR_rename
+  {"rename", __NR_rename},
+#endif
+#ifdef __NR_renameat
+  {"renameat", __NR_renameat},
+#endif
+  {"renameat2", __NR_renameat2},
+#ifdef __NR_link
+  {"link", __NR_link},
+#endif
+  {"linkat", __NR_linkat},
+#ifdef __NR_symlink
+  {"symlink", __NR_symlink},
+#endif
+  {"symlinkat", __NR_symlinkat},
+#ifdef __NR_chmod
+  {"chmod", __NR_chmod},
+#endif
+  {"fchmodat", __NR_fchmodat},
+  {"fchmodat2", __NR_fchmodat2},
+#ifdef __NR_chown
+  {"chown", __NR_chown},
+#endif
+#ifdef __NR_lchown
+  {"lchown", __NR_lchown},
+#endif
+  {"fchownat", __NR_fchownat},
+#ifdef __NR_utime
+  {"utime", __NR_utime},
+#endif
+#ifdef __NR_utimes
+  {"utimes", __NR_utimes},
+#endif
+#ifdef __NR_futimesat
+  {"futimesat", __NR_futimesat},
+#endif
+  {"truncate", __NR_truncate},
+#ifdef __NR_access
+  {"access", __NR_access},
+#endif
+  {"faccessat", __NR_faccessat},
+  {"faccessat2", __NR_faccessat2},
+#ifdef __NR_mknod
+  {"mknod", __NR_mknod},
+#endif
+  {"mknodat", __NR_mknodat},
 };
 
 /* The second filter: the open family becomes a notification on a listener fd, which goes to the
@@ -693,7 +762,7 @@ static void apply_notify(void) {
 #ifndef OH_AUDIT_ARCH
   fatal("notify", ENOSYS, "no seccomp filter for this architecture");
 #else
-  static struct sock_filter f[64];
+  static struct sock_filter f[256];
   int n = 0;
   f[n++] = (struct sock_filter)LD(offsetof(struct seccomp_data, arch));
   f[n++] = (struct sock_filter)JEQ(OH_AUDIT_ARCH, 1, 0);
@@ -707,6 +776,14 @@ static void apply_notify(void) {
     f[n++] = (struct sock_filter)JEQ((uint32_t)trapped[i].nr, 0, 1);
     f[n++] = (struct sock_filter)RET(SECCOMP_RET_USER_NOTIF);
   }
+  /* utimensat with a path (utimensat(fd, NULL, ...) is futimens: it acts on a file the program
+   * holds, and the kernel runs it). Both words of the pointer are compared. */
+  f[n++] = (struct sock_filter)JEQ((uint32_t)__NR_utimensat, 0, 5);
+  f[n++] = (struct sock_filter)LD(ARG_LOW(1));
+  f[n++] = (struct sock_filter)JEQ(0, 0, 2);
+  f[n++] = (struct sock_filter)LD(ARG_HIGH(1));
+  f[n++] = (struct sock_filter)JEQ(0, 1, 0);
+  f[n++] = (struct sock_filter)RET(SECCOMP_RET_USER_NOTIF);
   f[n++] = (struct sock_filter)RET(SECCOMP_RET_ALLOW);
   struct sock_fprog prog = {.len = (unsigned short)n, .filter = f};
   int listener = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
@@ -742,6 +819,7 @@ static void apply_notify(void) {
   if (sent != 1) fatal("notify", err, "cannot send the listener fd to the broker");
   emit("notify", "arch", OH_ARCH_NAME, NULL);
   for (size_t i = 0; i < sizeof trapped / sizeof *trapped; i++) emit("notify", "trap", trapped[i].name, NULL);
+  emit("notify", "trap", "utimensat", "path!=NULL", NULL);
   emit("notify", "enforced", "user-notif", "wait-killable-recv", num((unsigned)n), NULL);
 #endif
 }

@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -489,6 +490,35 @@ static napi_value js_receiver_stop(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
+#ifndef PIDFD_THREAD
+#define PIDFD_THREAD O_EXCL
+#endif
+
+/* fetchFd(tid, tgid, fd): a copy of fd as thread tid holds it (pidfd_getfd), close-on-exec, or
+ * -errno. The thread's own pidfd first (PIDFD_THREAD, Linux 6.9: a thread may have unshared its fd
+ * table); else its process's. For linkat(fd, "", AT_EMPTY_PATH): the broker names the file the
+ * program holds. The caller checks NOTIF_ID_VALID afterwards (the tid may have been reused). */
+static napi_value js_fetch_fd(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  if (!get_args(env, info, 3, argv)) return NULL;
+  pid_t tid = i32(env, argv[0]), tgid = i32(env, argv[1]);
+  int fd = i32(env, argv[2]);
+  if (fd < 0) return int_value(env, -EBADF);
+  int pidfd = (int)syscall(SYS_pidfd_open, tid, PIDFD_THREAD);
+  if (pidfd < 0 && errno == EINVAL) pidfd = (int)syscall(SYS_pidfd_open, tgid, 0);
+  if (pidfd < 0) return int_value(env, -errno);
+  int got = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+  int err = errno;
+  close(pidfd);
+  return int_value(env, got < 0 ? -err : got);
+}
+
 /* The part's register function (see native/module.c). */
 napi_status notify_register(napi_env env, napi_value exports) {
   static const export_fn fns[] = {
@@ -503,6 +533,7 @@ napi_status notify_register(napi_env env, napi_value exports) {
     {"receiverStart", js_receiver_start},
     {"receiverTake", js_receiver_take},
     {"receiverStop", js_receiver_stop},
+    {"fetchFd", js_fetch_fd},
   };
   return export_functions(env, exports, fns, COUNT(fns));
 }

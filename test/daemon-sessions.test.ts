@@ -40,7 +40,7 @@ function sessionPolicy(name: string, sessions: string[], extra = ''): string {
   for (const s of sessions) {
     const dir = join(tmp.path, s);
     mkdirSync(dir, { recursive: true });
-    text += `[[client]]\nname = "${s}"\nsession = "${s}"\n[[client.rule]]\nallow = "${dir}/"\naccess = "rwc"\n`;
+    text += `[[client]]\nname = "${s}"\nsession = "${s}"\n[[client.rule]]\nallow = "${dir}/"\naccess = "rwcm"\n`;
   }
   writeFileSync(file, text + extra);
   return file;
@@ -133,10 +133,15 @@ describe('daemon-backed sessions: openhook-exec under openhook serve', () => {
       const other = await exec(sock, 's1', ['/bin/cat', join(tmp.path, 's2', 'theirs.txt')]);
       assert.equal(other.code, 1);
       assert.match(other.stderr, /Permission denied/);
-      // The program may create in its own directory (the broker does it: Landlock gives it no write).
-      const created = await exec(sock, 's2', ['/bin/sh', '-c', `echo new > ${join(tmp.path, 's2', 'new.txt')}`]);
+      // The program may create files and directories in its own directory (the daemon does it:
+      // Landlock gives the program no write), and nothing outside it.
+      const created = await exec(sock, 's2', ['/bin/sh', '-c', `echo new > ${join(tmp.path, 's2', 'new.txt')} && mkdir ${join(tmp.path, 's2', 'sub')}`]);
       assert.equal(created.code, 0, created.stderr);
       assert.equal(readFileSync(join(tmp.path, 's2', 'new.txt'), 'utf8'), 'new\n');
+      assert.ok(existsSync(join(tmp.path, 's2', 'sub')));
+      const outside = await exec(sock, 's2', ['/bin/mkdir', join(tmp.path, 's1', 'sub')]);
+      assert.equal(outside.code, 1);
+      assert.ok(!existsSync(join(tmp.path, 's1', 'sub')));
       await d.waitFor(/session s2 \(pid \d+\) ended/);
       const allowed = (l: AuditLine): boolean => l.client.session === 's1' && l.path.endsWith('s1/mine.txt') && l.decision === 'allow';
       const denied = (l: AuditLine): boolean => l.client.session === 's1' && l.path.endsWith('s2/theirs.txt') && l.decision === 'deny';

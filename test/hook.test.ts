@@ -165,8 +165,10 @@ describe('syscall hook: programs as they are', () => {
     assert.equal(fields(r.stdout).other, '0');
   });
 
-  it('O_TMPFILE is answered EOPNOTSUPP (glibc falls back), and a FIFO is never opened for I/O', () => {
-    assert.equal(fields(run([PROBE, 'tmpfile', tree]).stdout).tmpfile, 'EOPNOTSUPP');
+  it('O_TMPFILE makes an unnamed file where the rule has c (and nothing with r only), and a FIFO is never opened for I/O', () => {
+    assert.equal(fields(run([PROBE, 'tmpfile', tree]).stdout).tmpfile, 'ok');
+    const readOnly = spawnSync(process.execPath, [CLI, 'run', '--allow', `${tree}/:r`, '--ro', BIN, '--', PROBE, 'tmpfile', tree], { encoding: 'utf8', cwd: tree, env: cleanEnv(), timeout: 60_000 });
+    assert.equal(fields(readOnly.stdout).tmpfile, 'EACCES');
     execFileSync('mkfifo', [join(tree, 'fifo')]);
     const r = run([PROBE, 'fifo', join(tree, 'fifo')]);
     assert.equal(r.status, 0, r.stderr);

@@ -142,7 +142,7 @@ export interface SessionReport {
   startedAt: string;
   uptimeSeconds: number;
   /** the syscall hook's counts (src/hook/open.ts HookStats) */
-  hook: { notifications: number; installed: number; continued: number; refused: number; gone: number };
+  hook: { notifications: number; installed: number; continued: number; performed: number; refused: number; gone: number };
 }
 
 export { VERSION } from '../version.js';

@@ -252,7 +252,7 @@ async function runWith(command: string, args: string[], opts: RunOptions, policy
     say(failure);
     return result.status;
   }
-  if (result.status !== 0 && broker.metrics.requests === 0) say(unbrokeredFailure(command, result.status, opts.preload === true));
+  if (result.status !== 0 && broker.metrics.requests === 0 && broker.metrics.operations.size === 0) say(unbrokeredFailure(command, result.status, opts.preload === true));
   if (recorder && opts.learn !== undefined) {
     const written = await writeLearned(opts.learn, recorder, [...learnedOptions(opts), '--', command, ...args], result.status);
     if (written !== 0) return written;

@@ -27,6 +27,8 @@ export interface NotifyBinding {
   receiverTake(id: number, out: Uint32Array): number;
   /** stops and joins the receiving thread */
   receiverStop(id: number): void;
+  /** a close-on-exec copy of fd as thread tid (of process tgid) holds it (pidfd_getfd), or -errno */
+  fetchFd(tid: number, tgid: number, fd: number): number;
 }
 
 export const notify = native as unknown as NotifyBinding;

@@ -9,6 +9,7 @@
  *      audit, metrics and resolver as an open over the hook socket (serveOpen).
  * The server (server.ts) then installs the fd with ADDFD, or answers the errno.
  */
+import { serveFileOperation, type FileOperation } from '../broker/operations.js';
 import { serveOpen, type OpenRequest, type ServiceContext } from '../broker/service.js';
 import { fromBytes, type ByteString } from '../bytestring.js';
 import { E } from '../errno.js';
@@ -18,6 +19,7 @@ import { normalise } from '../policy/path.js';
 import type { Peer } from '../policy/policy.js';
 import { Command } from '../protocol/constants.js';
 import type { Continuation } from './continuation.js';
+import { umaskOf } from './fileops.js';
 import { notify } from './native.js';
 import type { Notification } from './notification.js';
 import { cgroupOf, openBeneath, openFact, ownCgroupFile, processOf, procPath, readOnlyFlags, type ProcPath } from './procfs.js';
@@ -28,6 +30,8 @@ import { AT_FDCWD, locate } from './thread-paths.js';
 export const CONTINUE = -0x10_0000;
 /** The call is gone (the target died, or a signal abandoned the call): nothing to answer. */
 export const GONE = -0x10_0001;
+/** The call succeeded with the value 0 and no fd (mkdir, rename, ...): an answer >= 0 is an fd to install. */
+export const DONE = -0x10_0002;
 
 export interface HookStats {
   notifications: number;
@@ -43,6 +47,8 @@ export interface HookStats {
   installFailed: number;
   /** own /proc entries and machine facts answered */
   proc: number;
+  /** file operations the broker performed (answered 0) */
+  performed: number;
 }
 
 /** What a handler may use: the broker's request path, and the launch's facts. */
@@ -115,7 +121,6 @@ export function openFamily(call: HookCall, which: 'open' | 'creat' | 'openat' | 
     }
   }
   flags = (flags & ~KERNEL_O_LARGEFILE) >>> 0;
-  if ((flags & C.O_TMPFILE) === C.O_TMPFILE) return -E.EOPNOTSUPP; // no vocabulary for it yet: glibc's tmpfile() falls back
   if (resolve & C.RESOLVE_CACHED) return -E.EAGAIN; // "not in the cache": callers retry without it
 
   // 2. the path, once
@@ -134,6 +139,8 @@ export function openFamily(call: HookCall, which: 'open' | 'creat' | 'openat' | 
   call.cloexec = (flags & C.O_CLOEXEC) !== 0;
 
   // 5. answer
+  // O_TMPFILE: an unnamed file in the directory path (c there); linkat(AT_EMPTY_PATH) may name it later (fileops.ts).
+  if ((flags & C.O_TMPFILE) === C.O_TMPFILE) return tmpfile(call, path, flags, mode);
   const proc = procPath(path);
   if (proc !== null) return openProc(call, proc, flags);
   const host = call.host;
@@ -146,6 +153,14 @@ export function openFamily(call: HookCall, which: 'open' | 'creat' | 'openat' | 
     if (noRule(ctx, host.peer, path)) return openSystemFile(ctx, host.peer, grants, path, flags);
   }
   return serveOpen(ctx, host.peer, openRequest(path, flags, mode), null);
+}
+
+function tmpfile(call: HookCall, path: ByteString, flags: number, mode: number): number {
+  const host = call.host;
+  const keep = (flags & (C.O_ACCMODE | C.O_EXCL | C.O_CLOEXEC)) >>> 0;
+  const umask = umaskOf(call.n.tid);
+  const op: FileOperation = { command: Command.TMPFILE, path, path2: '', flags: keep, mode: mode & ~umask, uid: 0, gid: 0, a: 0, b: 0, c: 0, d: 0 };
+  return serveFileOperation(host.context(), host.peer, op);
 }
 
 /** Reads openat2's struct open_how as the kernel checks it: size, zeroed tail, known bits. */

@@ -22,7 +22,7 @@ import type { Peer } from '../policy/policy.js';
 import type { Continuation } from './continuation.js';
 import { notify } from './native.js';
 import { Notification } from './notification.js';
-import { CONTINUE, GONE, type HookCall, type HookHost, type HookStats } from './open.js';
+import { CONTINUE, DONE, GONE, type HookCall, type HookHost, type HookStats } from './open.js';
 import { AUDIT_ARCH, syscallTable, type SyscallEntry } from './syscalls.js';
 
 /** Notifications answered per wake-up at most. */
@@ -47,7 +47,7 @@ export class HookServer implements HookHost {
   readonly listener: number;
   readonly peer: Peer;
   readonly continuation: Continuation;
-  readonly stats: HookStats = { notifications: 0, installed: 0, continued: 0, refused: 0, gone: 0, installFailed: 0, proc: 0 };
+  readonly stats: HookStats = { notifications: 0, installed: 0, continued: 0, refused: 0, gone: 0, installFailed: 0, proc: 0, performed: 0 };
   readonly #broker: Broker;
   readonly #poller: NativePoller | null = null;
   readonly #receiver: number;
@@ -154,6 +154,11 @@ export class HookServer implements HookHost {
     }
     if (this.#closed) {
       if (result >= 0) this.#release(result, slow);
+      return;
+    }
+    if (result === DONE) {
+      s.performed++;
+      if (notify.notifyRespond(this.listener, idLo, idHi, 0, 0, false) < 0) s.gone++;
       return;
     }
     if (result === CONTINUE) {

@@ -162,7 +162,7 @@ class Session {
       state: this.server ? 'running' : 'starting',
       startedAt: new Date(this.startedAt).toISOString(),
       uptimeSeconds: Math.round((now - this.startedAt) / 100) / 10,
-      hook: { notifications: s?.notifications ?? 0, installed: s?.installed ?? 0, continued: s?.continued ?? 0, refused: s?.refused ?? 0, gone: s?.gone ?? 0 },
+      hook: { notifications: s?.notifications ?? 0, installed: s?.installed ?? 0, continued: s?.continued ?? 0, performed: s?.performed ?? 0, refused: s?.refused ?? 0, gone: s?.gone ?? 0 },
     };
   }
 }

@@ -6,6 +6,7 @@
 import { arch } from 'node:os';
 import type { HookCall, Handler } from './open.js';
 import { openFamily } from './open.js';
+import * as fileops from './fileops.js';
 
 export interface SyscallEntry {
   name: string;
@@ -17,8 +18,18 @@ export const AUDIT_ARCH = arch() === 'arm64' ? 0xc00000b7 : 0xc000003e;
 
 /** Syscall numbers of the trapped calls on this architecture (x86_64, or aarch64 without the legacy calls). */
 const NUMBERS: Record<string, Record<string, number>> = {
-  x64: { open: 2, creat: 85, openat: 257, openat2: 437 },
-  arm64: { openat: 56, openat2: 437 },
+  x64: {
+    open: 2, creat: 85, openat: 257, openat2: 437,
+    mkdir: 83, mkdirat: 258, unlink: 87, unlinkat: 263, rmdir: 84, rename: 82, renameat: 264, renameat2: 316,
+    link: 86, linkat: 265, symlink: 88, symlinkat: 266, chmod: 90, fchmodat: 268, fchmodat2: 452, chown: 92,
+    lchown: 94, fchownat: 260, utime: 132, utimes: 235, futimesat: 261, utimensat: 280, truncate: 76,
+    access: 21, faccessat: 269, faccessat2: 439, mknod: 133, mknodat: 259,
+  },
+  arm64: {
+    openat: 56, openat2: 437,
+    mkdirat: 34, unlinkat: 35, renameat2: 276, linkat: 37, symlinkat: 36, fchmodat: 53, fchmodat2: 452,
+    fchownat: 54, utimensat: 88, truncate: 45, faccessat: 48, faccessat2: 439, mknodat: 33,
+  },
 };
 
 export function syscallTable(): Map<number, SyscallEntry> {
@@ -34,5 +45,34 @@ export function syscallTable(): Map<number, SyscallEntry> {
   add('creat', (call: HookCall) => openFamily(call, 'creat'));
   add('openat', (call: HookCall) => openFamily(call, 'openat'));
   add('openat2', (call: HookCall) => openFamily(call, 'openat2'));
+  // The other file operations (fileops.ts): each becomes a FileOperation the broker decides and performs.
+  add('mkdir', (call: HookCall) => fileops.mkdir(call, false));
+  add('mkdirat', (call: HookCall) => fileops.mkdir(call, true));
+  add('unlink', (call: HookCall) => fileops.unlink(call, 'unlink'));
+  add('unlinkat', (call: HookCall) => fileops.unlink(call, 'unlinkat'));
+  add('rmdir', (call: HookCall) => fileops.unlink(call, 'rmdir'));
+  add('rename', (call: HookCall) => fileops.rename(call, 'rename'));
+  add('renameat', (call: HookCall) => fileops.rename(call, 'renameat'));
+  add('renameat2', (call: HookCall) => fileops.rename(call, 'renameat2'));
+  add('link', (call: HookCall) => fileops.link(call, false));
+  add('linkat', (call: HookCall) => fileops.link(call, true));
+  add('symlink', (call: HookCall) => fileops.symlink(call, false));
+  add('symlinkat', (call: HookCall) => fileops.symlink(call, true));
+  add('chmod', (call: HookCall) => fileops.chmod(call, 'chmod'));
+  add('fchmodat', (call: HookCall) => fileops.chmod(call, 'fchmodat'));
+  add('fchmodat2', (call: HookCall) => fileops.chmod(call, 'fchmodat2'));
+  add('chown', (call: HookCall) => fileops.chown(call, 'chown'));
+  add('lchown', (call: HookCall) => fileops.chown(call, 'lchown'));
+  add('fchownat', (call: HookCall) => fileops.chown(call, 'fchownat'));
+  add('utime', (call: HookCall) => fileops.utimes(call, 'utime'));
+  add('utimes', (call: HookCall) => fileops.utimes(call, 'utimes'));
+  add('futimesat', (call: HookCall) => fileops.utimes(call, 'futimesat'));
+  add('utimensat', (call: HookCall) => fileops.utimes(call, 'utimensat'));
+  add('truncate', (call: HookCall) => fileops.truncate(call));
+  add('access', (call: HookCall) => fileops.access(call, 'access'));
+  add('faccessat', (call: HookCall) => fileops.access(call, 'faccessat'));
+  add('faccessat2', (call: HookCall) => fileops.access(call, 'faccessat2'));
+  add('mknod', (call: HookCall) => fileops.mknod(call, false));
+  add('mknodat', (call: HookCall) => fileops.mknod(call, true));
   return table;
 }
