@@ -12,6 +12,12 @@
       "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]
     },
     {
+      "target_name": "openhook-exec",
+      "type": "executable",
+      "sources": ["native/exec.c"],
+      "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]
+    },
+    {
       "target_name": "openhook-preload",
       "type": "shared_library",
       "product_prefix": "lib",

@@ -2,7 +2,7 @@
  * `npm run bench`: openhook against the C reference broker, in one run on one machine, as a table of
  * ratios. Options: --runs N (repetitions per case, medians reported; default 5), --count N (opens
  * per synchronous run; default 20000), --only NAME (case groups, comma-separated: open, broker, client,
- * rss, policy, interposer, hook, fileops, qemu).
+ * rss, policy, interposer, hook, fileops, qemu, daemon).
  */
 import { parseArgs } from 'node:util';
 import { benchBroker } from './broker.js';
@@ -14,6 +14,7 @@ import { benchHook } from './hook.js';
 import { benchFileops } from './fileops.js';
 import { benchPolicy } from './policy.js';
 import { benchQemu } from './qemu.js';
+import { benchDaemon } from './daemon.js';
 import { printTable, type Row } from './lib.js';
 import { cpus } from 'node:os';
 
@@ -39,4 +40,5 @@ if (wanted('interposer')) rows.push(...(await benchInterposer({ runs, count })))
 if (wanted('hook')) rows.push(...(await benchHook({ runs, count })));
 if (wanted('fileops')) rows.push(...(await benchFileops({ runs })));
 if (wanted('qemu')) rows.push(...(await benchQemu({ runs })));
+if (wanted('daemon')) rows.push(...(await benchDaemon({ runs })));
 printTable(rows);

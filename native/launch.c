@@ -117,6 +117,9 @@
 /* ---- the report ---------------------------------------------------------------------------- */
 
 static int report_fd = -1;
+/* openhook-exec (native/exec.c) has no caller to parse a report: without one, its stderr gets only
+ * the failures, in words (see emit()). */
+static const char *human_prefix = NULL;
 
 static void put_escaped(char *out, size_t *n, size_t cap, const char *s) {
   for (const unsigned char *p = (const unsigned char *)s; *p && *n + 4 < cap; p++) {
@@ -131,6 +134,15 @@ static void emit(const char *first, ...) {
   char line[8192];
   size_t n = 0;
   va_list ap;
+  if (report_fd < 0 && human_prefix) {
+    if (strcmp(first, "fatal") && strcmp(first, "error")) return;
+    fprintf(stderr, "%s", human_prefix);
+    va_start(ap, first);
+    for (const char *f = va_arg(ap, const char *); f; f = va_arg(ap, const char *)) fprintf(stderr, ": %s", f);
+    va_end(ap);
+    fprintf(stderr, "\n");
+    return;
+  }
   va_start(ap, first);
   for (const char *f = first; f; f = va_arg(ap, const char *)) {
     if (n > 0 && n + 1 < sizeof line) line[n++] = '\t';
@@ -849,28 +861,35 @@ static void apply_notify(int allow_unix_sockets) {
 
 /* ---- main ------------------------------------------------------------------------------------ */
 
+static _Noreturn void confine_and_exec(const struct options *o, int rep);
+
+#ifndef OH_EXEC
 int main(int argc, char **argv) {
   struct options o;
   parse_options(argc, argv, &o);
-  int rep = arrange_fds(&o);
+  confine_and_exec(&o, arrange_fds(&o));
+}
+#endif
 
-  if (o.parent) {
+/* Steps 3 to 9 of the top comment, shared with openhook-exec (native/exec.c). */
+static _Noreturn void confine_and_exec(const struct options *o, int rep) {
+  if (o->parent) {
     /* The death signal survives exec (no set-user-ID exec can happen under no_new_privs). Checking
      * the parent after the prctl closes the race with a parent that died before it. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) fatal("parent", errno, "PR_SET_PDEATHSIG");
-    if (getppid() != (pid_t)o.parent) fatal("parent", ESRCH, "the launching process is gone");
-    emit("parent", "watched", num((unsigned long long)o.parent), "SIGKILL", NULL);
+    if (getppid() != (pid_t)o->parent) fatal("parent", ESRCH, "the launching process is gone");
+    emit("parent", "watched", num((unsigned long long)o->parent), "SIGKILL", NULL);
   }
 
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) fatal("no_new_privs", errno, "PR_SET_NO_NEW_PRIVS");
   emit("no_new_privs", "set", NULL);
 
-  int abi = apply_landlock(&o);
+  int abi = apply_landlock(o);
   drop_capabilities();
-  apply_seccomp(&o, abi);
-  if (notify_fd >= 0) apply_notify(o.allow_unix_sockets);
+  apply_seccomp(o, abi);
+  if (notify_fd >= 0) apply_notify(o->allow_unix_sockets);
 
-  if (o.wait && rep >= 0) {
+  if (o->wait && rep >= 0) {
     emit("ready", NULL);
     char go;
     ssize_t r;
@@ -878,9 +897,9 @@ int main(int argc, char **argv) {
     while (r < 0 && errno == EINTR);
     if (r != 1) _exit(EXIT_REFUSED); /* the caller is gone: do not start CMD unattended */
   }
-  emit("exec", o.argv[0], NULL);
-  execvp(o.argv[0], o.argv);
+  emit("exec", o->argv[0], NULL);
+  execvp(o->argv[0], o->argv);
   int err = errno;
-  emit("error", "exec", errname(err), o.argv[0], NULL);
+  emit("error", "exec", errname(err), o->argv[0], NULL);
   _exit(err == ENOENT || err == ENOTDIR ? EXIT_NOT_FOUND : EXIT_CANNOT_EXEC);
 }

@@ -199,6 +199,7 @@ function runDocument(file: string, list: Example[]): { status: number | null; ou
   writeFileSync(join(dir, 'bin', 'openhook'), openhookShim(), { mode: 0o755 });
   writeFileSync(join(dir, 'bin', 'npx'), '#!/bin/sh\n[ "$1" = openhook ] || { echo "npx: only openhook here" >&2; exit 127; }\nshift\nexec openhook "$@"\n', { mode: 0o755 });
   copyFileSync(fixture('confined-probe'), join(dir, 'bin', 'my-program-probe'));
+  copyFileSync(join(ROOT, 'build', 'Release', 'openhook-exec'), join(dir, 'bin', 'openhook-exec'));
   writeFileSync(join(dir, 'bin', 'my-program'), '#!/bin/sh\nexec my-program-probe hook /srv/vm/disk.img\n', { mode: 0o755 });
   writeFileSync(join(dir, 'run.sh'), script(list, dir));
   // /usr/local/games: under /usr, so that a confined program may run what is there.

@@ -16,9 +16,10 @@ import { display } from '../bytestring.js';
 import { C, native, type NativePoller, PollMode, check } from '../native.js';
 import type { Peer, Policy } from '../policy/policy.js';
 import type { AuditSink } from './audit.js';
-import { BATCH, Connection, DEFAULT_CONNECTION_LIMITS, type ConnectionFamily, type ConnectionHost, type ConnectionLimits, type SocketKind } from './connection.js';
+import { BATCH, Connection, DEFAULT_CONNECTION_LIMITS, type ConnectionFamily, type ConnectionHost, type ConnectionLimits, type SessionAnswer, type SocketKind } from './connection.js';
 import { Metrics, snapshot, type BrokerState, type StatusReport } from './metrics.js';
-import { encodeStatusReply } from '../protocol/frames.js';
+import { encodeSessionReply, encodeStatusReply } from '../protocol/frames.js';
+import { Feature } from '../protocol/constants.js';
 import { missingSupport, Resolver } from '../resolver/resolver.js';
 import { ReplyBatch } from './reply-batch.js';
 import type { ServiceContext } from './service.js';
@@ -50,6 +51,19 @@ export interface BrokerOptions {
    * -EMFILE. They all close with that one.
    */
   maxDerivedConnections?: number;
+}
+
+/**
+ * Hosts daemon-backed sessions (src/hook/sessions.ts): what the broker hands SESSION requests to,
+ * once it has checked that the connection may ask at all.
+ */
+export interface SessionHost {
+  start(conn: Connection, name: Buffer, claims: Buffer): SessionAnswer;
+  /** whether some session could be granted to this peer: the broker then accepts its connection */
+  couldAdmit(peer: Peer): boolean;
+  /** the sessions, for STATUS */
+  list(): NonNullable<StatusReport['sessions']>;
+  close(): void;
 }
 
 export interface ListenOptions {
@@ -99,6 +113,7 @@ export class Broker implements ConnectionHost {
   /** connections accepted from a listener: the only ones that may ask for STATUS */
   #accepted = new WeakSet<Connection>();
   #onIdle: (() => void) | null = null;
+  #sessions: SessionHost | null = null;
 
   constructor(options: BrokerOptions) {
     const missing = missingSupport();
@@ -181,7 +196,7 @@ export class Broker implements ConnectionHost {
       native.close(fd);
       return;
     }
-    if (!this.#ctx.policy.admits(peer)) {
+    if (!this.#ctx.policy.admits(peer) && !this.#sessions?.couldAdmit(peer)) {
       // The policy refuses clients that match none of its sections: close before reading anything.
       this.#ctx.metrics.connectionsRefused++;
       native.close(fd);
@@ -234,6 +249,33 @@ export class Broker implements ConnectionHost {
 
   context(): ServiceContext {
     return this.#ctx;
+  }
+
+  /** From now on, SESSION requests go to host (`openhook serve`), and HELLO offers them. */
+  hostSessions(host: SessionHost): void {
+    this.#sessions = host;
+  }
+
+  get extraFeatures(): number {
+    return this.#sessions ? Feature.SESSION : 0;
+  }
+
+  /**
+   * SESSION: only on a connection accepted from a listener (a launched program's adopted or derived
+   * socket carries the broker's own credentials, and a session's hook socket its session: neither may
+   * ask for another), and only where sessions are hosted.
+   */
+  session(conn: Connection, name: Buffer, claims: Buffer): SessionAnswer {
+    const refuse = (errno: number, reason: string): SessionAnswer => ({ result: -errno, reply: encodeSessionReply(-errno, reason), fd: -1 });
+    if (!this.#sessions) {
+      // As for any command this broker does not serve.
+      this.protocolError();
+      return { result: -E.EPROTO, reply: encodeSessionReply(-E.EPROTO, ''), fd: -1 };
+    }
+    if (!this.#accepted.has(conn) || conn.peer.session !== undefined || this.#state === 'stopping') {
+      return refuse(EACCES, this.#state === 'stopping' ? 'the daemon is stopping' : 'SESSION is answered only on a connection to the daemon\'s socket');
+    }
+    return this.#sessions.start(conn, name, claims);
   }
 
   released(conn: Connection): void {
@@ -321,6 +363,7 @@ export class Broker implements ConnectionHost {
     for (const c of [...this.#connections]) attempt(() => c.close(), failures);
     if (this.#sweep) clearInterval(this.#sweep);
     this.#sweep = null;
+    if (this.#sessions) attempt(() => this.#sessions!.close(), failures);
     attempt(() => this.#ctx.policy.close(), failures);
     attempt(() => this.#ctx.resolver.close(), failures);
     if (this.#reserve >= 0) native.close(this.#reserve);
@@ -406,7 +449,7 @@ export class Broker implements ConnectionHost {
 
   /** The STATUS report: counters and state. */
   report(): StatusReport {
-    return snapshot(this.#ctx.metrics, {
+    const report = snapshot(this.#ctx.metrics, {
       state: this.#state,
       connections: this.#connections.size,
       listeners: [...this.#listeners].map((l) => ({ path: l.path, kind: l.kind, activated: l.inherited })),
@@ -418,6 +461,8 @@ export class Broker implements ConnectionHost {
         lastReloadError: this.#lastReloadError,
       },
     });
+    if (this.#sessions) report.sessions = this.#sessions.list();
+    return report;
   }
 
   /**

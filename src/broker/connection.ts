@@ -73,6 +73,13 @@ export interface ConnectionHost {
   status(conn: Connection): Buffer | number;
   /** a frame was answered -EPROTO (counted for STATUS) */
   protocolError(): void;
+  /** feature bits offered besides FEATURES (SESSION, where sessions are hosted) */
+  readonly extraFeatures?: number;
+  /**
+   * SESSION: the reply (with the hook socket) and what takes the connection's fd over once the
+   * reply is out, or a refusal. Absent: the command is unknown here (-EPROTO).
+   */
+  session?(conn: Connection, name: Buffer, claims: Buffer): SessionAnswer;
   readonly limits: Readonly<ConnectionLimits>;
   /** where the replies of one wake-up of a SOCK_SEQPACKET connection gather (reply-batch.ts) */
   readonly replies: ReplyBatch;
@@ -83,6 +90,11 @@ export interface ConnectionHost {
   /** an unexpected fault: reported, then the connection is closed */
   fault(conn: Connection, err: unknown): void;
 }
+
+/** What the host answers to SESSION. */
+export type SessionAnswer =
+  | { result: number; reply: Buffer; fd: -1; handover?: undefined }
+  | { result: 0; reply: Buffer; fd: number; handover: (fd: number) => void };
 
 /** What one place in the reply order holds. */
 const EntryState = {
@@ -149,6 +161,8 @@ export class Connection {
   /** SO_SNDBUF, read when first needed (the broker never changes it) */
   #sndbuf = 0;
   #closed = false;
+  /** SESSION granted: the fd goes to the session (see close()) instead of being closed */
+  #handover: ((fd: number) => void) | null = null;
   #onFrame = (buf: Buffer, offset: number, length: number): void => {
     this.#framesSeen++;
     this.#frame(buf, offset, length);
@@ -309,8 +323,30 @@ export class Connection {
         return;
       }
       case Command.HELLO:
-        this.#inOrder(encodeHelloReply(replyBuf, 0, FEATURES & request.features), -1, slot);
+        this.#inOrder(encodeHelloReply(replyBuf, 0, (FEATURES | (this.#host.extraFeatures ?? 0)) & request.features), -1, slot);
         return;
+      case Command.SESSION: {
+        if (!this.#host.session) {
+          this.#host.protocolError();
+          this.#inOrder(encodeReply(replyBuf, 0, Command.SESSION, -EPROTO), -1, slot);
+          return;
+        }
+        if (request.flags !== 0) {
+          // No flags are defined yet; refusing unknown ones keeps them free for later meanings.
+          this.#inOrder(encodeReply(replyBuf, 0, Command.SESSION, -EINVAL), -1, slot);
+          return;
+        }
+        const nameEnd = request.nameOffset + request.nameLength;
+        const answer = this.#host.session(this, buf.subarray(request.nameOffset, nameEnd), buf.subarray(nameEnd, offset + length));
+        if (answer.handover) {
+          // Nothing more is read here: the launcher's next message carries its listener (an fd),
+          // for the session, which takes the socket over once this reply is out.
+          this.#handover = answer.handover;
+          this.#ending = true;
+        }
+        this.#inOrder(answer.reply.length, answer.fd, slot, answer.reply);
+        return;
+      }
       case Command.CONNECT: {
         // No flags are defined yet; refusing unknown ones keeps them free for later meanings.
         const fd = request.flags !== 0 ? -EINVAL : this.#host.derive(this);
@@ -575,7 +611,8 @@ export class Connection {
     this.#poller.close();
     for (const e of this.#queue) this.#release(e.fd, e.slow);
     this.#queue.length = 0;
-    native.close(this.fd);
+    if (this.#handover) this.#handover(this.fd);
+    else native.close(this.fd);
     this.#host.released(this);
   }
 }

@@ -125,6 +125,24 @@ export interface StatusReport {
   latency: { count: number; sumSeconds: number; buckets: Array<[number | null, number]> };
   /** file operations by name (only those seen): done, denied by the policy, allowed but failed */
   operations: Record<string, { done: number; denied: number; failed: number }>;
+  /** a daemon's hosted sessions (openhook-exec), when it hosts them; at most SESSIONS_LISTED, `more` counts the rest */
+  sessions?: { list: SessionReport[]; more: number };
+}
+
+/** One hosted session in STATUS. */
+export interface SessionReport {
+  name: string;
+  /** the launcher's pid, which is the program's */
+  pid: number;
+  uid: number;
+  /** the policy section that admitted it */
+  section: string;
+  /** 'starting' until the launcher's listener has arrived */
+  state: 'starting' | 'running';
+  startedAt: string;
+  uptimeSeconds: number;
+  /** the syscall hook's counts (src/hook/open.ts HookStats) */
+  hook: { notifications: number; installed: number; continued: number; performed: number; refused: number; gone: number };
 }
 
 export { VERSION } from '../version.js';

@@ -22,6 +22,7 @@ import { daemonLog, underJournald, type Log } from './log.js';
 import { addAuditOptions, auditFromOptions, type AuditFlags } from './audit-options.js';
 import { addPolicyOptions, policyFromOptions, type PolicyFlags } from './policy-options.js';
 import { native } from '../native.js';
+import { DaemonSessions } from '../hook/sessions.js';
 import { parseCount, parseMode, parseMs } from './util.js';
 
 interface ServeOptions extends PolicyFlags, AuditFlags {
@@ -114,6 +115,9 @@ async function serve(opts: ServeOptions): Promise<void> {
     if (!(err instanceof UnsupportedSystemError)) throw err;
     fail(1, err.message);
   }
+
+  // Sessions for openhook-exec (docs/operations.md, "Daemon-backed sessions").
+  broker.hostSessions(new DaemonSessions(broker, log.info));
 
   const inherited = activation.sockets.filter((s) => s.name !== METRICS_FD_NAME);
   const inheritedMetrics = activation.sockets.filter((s) => s.name === METRICS_FD_NAME);

@@ -90,6 +90,15 @@ export function formatReport(r: StatusReport, socket: string): string {
       lines.push(`    ${`< ${micro(le)}`.padEnd(12)} ${bar.padEnd(30)} ${n(c)}`);
     }
   }
+  if (r.sessions) {
+    row('sessions', r.sessions.list.length ? `${n(r.sessions.list.length + r.sessions.more)}` : 'none');
+    for (const x of r.sessions.list) {
+      const h = x.hook;
+      lines.push(`    ${x.name}  pid ${x.pid}, uid ${x.uid}, ${x.state}, up ${duration(x.uptimeSeconds)}, section ${x.section}: ` +
+        `${n(h.notifications)} trapped (${n(h.installed)} opened, ${n(h.continued)} continued, ${n(h.performed)} performed, ${n(h.refused)} refused)`);
+    }
+    if (r.sessions.more) lines.push(`    and ${n(r.sessions.more)} more (openhook status --json lists ${r.sessions.list.length})`);
+  }
   return lines.join('\n') + '\n';
 }
 

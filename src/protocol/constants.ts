@@ -22,6 +22,13 @@ export const Command = {
    * the broker's own uid or root, on a connection accepted from a listening socket; others get -EACCES.
    */
   STATUS: 0x103,
+  /**
+   * A session of a daemon for a launcher (openhook-exec): the reply carries the session's hook socket
+   * and the base Landlock grants; then the launcher sends its seccomp listener on the same connection,
+   * which the daemon serves as that session. Only on a connection accepted from a listening socket,
+   * for a session a policy section names and admits the peer for (docs/protocol.md).
+   */
+  SESSION: 0x104,
   // File operations (Feature.FILE_OPS): one frame layout for all, Size.FILE_OP_HEADER then one or two
   // names (docs/protocol.md). The reply is the RFC's 12-byte reply: 0 or -errno (TMPFILE: an fd).
   /** mkdir(name1, mode) */
@@ -59,6 +66,8 @@ export const PROTOCOL_VERSION = 1;
 export const Feature = {
   TAGGED_OPEN: 1 << 0,
   CONNECT: 1 << 1,
+  /** SESSION (0x104): offered only by a daemon that hosts sessions (`openhook serve`) */
+  SESSION: 1 << 3,
   /** the file-operation commands 0x110 to 0x11c */
   FILE_OPS: 1 << 2,
 } as const;
@@ -83,7 +92,7 @@ export const HOOK_OPERATIONS: ReadonlySet<number> = new Set(Object.values(HookOp
 /** Each command's name, for the audit log and status. */
 export const COMMAND_NAMES: Readonly<Record<number, string>> = {
   [Command.QEMU_OPEN]: 'open', [Command.OPEN_TAGGED]: 'open', [Command.HELLO]: 'hello', [Command.CONNECT]: 'connect',
-  [Command.STATUS]: 'status', [Command.MKDIR]: 'mkdir', [Command.UNLINK]: 'unlink', [Command.RMDIR]: 'rmdir',
+  [Command.STATUS]: 'status', [Command.SESSION]: 'session', [Command.MKDIR]: 'mkdir', [Command.UNLINK]: 'unlink', [Command.RMDIR]: 'rmdir',
   [Command.RENAME]: 'rename', [Command.LINK]: 'link', [Command.SYMLINK]: 'symlink', [Command.CHMOD]: 'chmod',
   [Command.CHOWN]: 'chown', [Command.UTIMES]: 'utimes', [Command.TRUNCATE]: 'truncate', [Command.ACCESS]: 'access',
   [Command.MKFIFO]: 'mkfifo', [Command.TMPFILE]: 'tmpfile',
@@ -106,6 +115,10 @@ export const Size = {
   TAGGED_REPLY: 16,
   /** REPLY | u32 version | u32 features */
   HELLO_REPLY: 20,
+  /** u32 size | u32 command | u32 flags | u16 len, then the name and the launcher's grants */
+  SESSION_HEADER: 14,
+  /** the longest session name */
+  SESSION_NAME_MAX: 255,
   /**
    * File operations: u32 size | u32 command | u32 flags | u32 mode | u32 uid | u32 gid |
    * s64 a | s64 b | s64 c | s64 d | u16 len1 | u16 len2, then name1 and name2

@@ -107,6 +107,19 @@ export function decodeRequest(buf: Buffer, offset: number, length: number, out: 
       out.nameLength = 0;
       return DecodeError.OK;
     }
+    case Command.SESSION: {
+      // The name, then the launcher's grants up to the end of the frame (the `mode` field says where
+      // they start: no other field of a SESSION request needs it).
+      if (length < Size.SESSION_HEADER) return DecodeError.SHORT;
+      out.flags = readU32(buf, offset + 8);
+      const len = readU16(buf, offset + 12);
+      if (Size.SESSION_HEADER + len > size) return DecodeError.SIZE_MISMATCH;
+      if (len === 0) return DecodeError.EMPTY_NAME;
+      out.nameOffset = offset + Size.SESSION_HEADER;
+      out.nameLength = len;
+      out.mode = Size.SESSION_HEADER + len;
+      return DecodeError.OK;
+    }
     default:
       if (FILE_OP_COMMANDS.has(command)) return decodeFileOp(buf, offset, size, command, out);
       return DecodeError.UNKNOWN_COMMAND;
@@ -300,9 +313,39 @@ export function decodeReply(buf: Buffer, offset: number, length: number): Reply 
   } else if (command === Command.STATUS && result === 0) {
     if (size > MAX_STATUS_REPLY) return null;
     reply.payload = Buffer.from(buf.subarray(offset + Size.REPLY, offset + size));
+  } else if (command === Command.SESSION) {
+    reply.payload = Buffer.from(buf.subarray(offset + Size.REPLY, offset + size));
   } else if (size !== Size.REPLY) {
     return null;
   }
   return reply;
 }
 
+
+/**
+ * A SESSION request: the session's name, and the grants the launcher adds to the daemon's base
+ * grants, each `ro PATH` or `device PATH` (NUL-terminated).
+ */
+export function encodeSession(name: string, grants: ReadonlyArray<{ kind: 'ro' | 'device'; path: string }> = [], flags = 0): Buffer {
+  const nameBytes = Buffer.from(name, 'utf8');
+  const tail = Buffer.from(grants.map((g) => `${g.kind} ${g.path}\0`).join(''), 'utf8');
+  const buf = Buffer.alloc(Size.SESSION_HEADER + nameBytes.length + tail.length);
+  writeU32(buf, 0, buf.length);
+  writeU32(buf, 4, Command.SESSION);
+  writeU32(buf, 8, flags >>> 0);
+  writeU16(buf, 12, nameBytes.length);
+  nameBytes.copy(buf, Size.SESSION_HEADER);
+  tail.copy(buf, Size.SESSION_HEADER + nameBytes.length);
+  return buf;
+}
+
+/** A SESSION reply: the 12-byte reply header, then a body: the base grants (`ACCESS PATH`, NUL-terminated) on success, the reason in words on a refusal. */
+export function encodeSessionReply(result: number, body: string): Buffer {
+  const text = Buffer.from(body, 'utf8');
+  const buf = Buffer.alloc(Size.REPLY + text.length);
+  writeU32(buf, 0, buf.length);
+  writeU32(buf, 4, Command.SESSION);
+  writeS32(buf, 8, result);
+  text.copy(buf, Size.REPLY);
+  return buf;
+}
