@@ -220,6 +220,15 @@ describe('which rules follow symlinks, and which check real paths', () => {
     // a rule on one file, or a glob, always checks (its root holds names it does not cover)
     assert.equal(verifies([makeRule({ allow: `${T}/a/b`, access: 'rs' }, 'x')]), true);
     assert.equal(verifies([makeRule({ allow: '/srv/*/', access: 'rs' }, 'x')]), true);
+    // a client section sees the default section's rules too with include_default
+    const sectioned = (includeDefault: boolean): boolean => {
+      const policy = new Policy([makeRule({ deny: `${T}/private/` }, 'x')], { sections: [{ uids: [7], includeDefault, rules: [allow('all')], origin: 's' }] });
+      const d = policy.decide({ pid: 1, uid: 7, gid: 7, groups: null }, `${T}/a`, Access.READ);
+      assert.ok(d.allowed);
+      return d.open.verify !== undefined;
+    };
+    assert.equal(sectioned(true), true);
+    assert.equal(sectioned(false), false);
     // a rule that does not follow has nothing to check
     assert.equal(verifies([allow('r'), makeRule({ deny: `${T}/private/` }, 'x')]), false);
   });
