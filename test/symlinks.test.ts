@@ -179,6 +179,27 @@ describe('following never leaves the root, and deny rules hold on the real path'
   });
 });
 
+describe('--follow-symlinks and --no-follow-symlinks', { timeout: 120_000 }, () => {
+  it('turn following on and off for every --allow rule; with --policy they are refused', () => {
+    const tree = join(base, `${++counter}`, 'tree');
+    mkdirSync(tree, { recursive: true });
+    writeFileSync(join(tree, 'a'), 'alpha\n');
+    symlinkSync('a', join(tree, 'b'));
+    const run = (access: string, flags: string[]) => spawnSync(process.execPath, [CLI, 'run', '--allow', `${tree}/:${access}`, ...flags, '--', 'cat', 'b'], { cwd: tree, env: ENV, encoding: 'utf8', timeout: 60_000 });
+    assert.equal(run('all', []).stdout, 'alpha\n');
+    const off = run('all', ['--no-follow-symlinks']);
+    assert.notEqual(off.status, 0);
+    assert.match(off.stderr, /Too many levels of symbolic links/);
+    assert.notEqual(run('r', []).status, 0);
+    assert.equal(run('r', ['--follow-symlinks']).stdout, 'alpha\n');
+    const policy = join(tree, '..', 'p.toml');
+    writeFileSync(policy, `[[rule]]\nallow = "${tree}/"\naccess = "r"\n`);
+    const both = spawnSync(process.execPath, [CLI, 'check', '--policy', policy, '--follow-symlinks', join(tree, 'a'), 'r'], { encoding: 'utf8' });
+    assert.equal(both.status, 2);
+    assert.match(both.stderr, /--follow-symlinks applies to --allow rules; in a policy file write follow_symlinks = true on each rule/);
+  });
+});
+
 describe('which rules follow symlinks, and which check real paths', () => {
   const T = '/srv/t';
   const allow = (access: string, extra: Partial<Parameters<typeof makeRule>[0]> = {}): Rule => makeRule({ allow: `${T}/`, access, ...extra }, 'test');
