@@ -27,6 +27,8 @@ export interface RaceCase {
   kind: 'seqpacket' | 'stream';
   /** 'always': every open on the resolver's thread pool (the slow path) */
   offload?: 'auto' | 'always';
+  /** a deny rule beneath the tree, so that followed opens check real paths too (src/policy/carve-outs.ts) */
+  carveOut?: boolean;
 }
 
 export interface RaceResult {
@@ -41,7 +43,7 @@ export interface RaceResult {
 }
 
 export function describeCase(c: RaceCase): string {
-  return `${c.component} component, ${c.target} symlink, ${c.followSymlinks ? 'following symlinks' : 'no symlinks'}, ${c.kind}${c.offload === 'always' ? ', thread pool' : ''}`;
+  return `${c.component} component, ${c.target} symlink, ${c.followSymlinks ? 'following symlinks' : 'no symlinks'}, ${c.kind}${c.offload === 'always' ? ', thread pool' : ''}${c.carveOut ? ', real paths checked' : ''}`;
 }
 
 /** Every combination the race is run with, and the slow path for two of them. */
@@ -51,6 +53,8 @@ export const RACE_CASES: RaceCase[] = [
       [false, true].map((followSymlinks) => ({ component, target, followSymlinks, kind: followSymlinks && target === 'relative' ? 'stream' as const : 'seqpacket' as const })))),
   { component: 'parent', target: 'absolute', followSymlinks: true, kind: 'seqpacket', offload: 'always' },
   { component: 'last', target: 'relative', followSymlinks: false, kind: 'seqpacket', offload: 'always' },
+  { component: 'parent', target: 'absolute', followSymlinks: true, kind: 'seqpacket', carveOut: true },
+  { component: 'last', target: 'relative', followSymlinks: true, kind: 'seqpacket', carveOut: true },
 ];
 
 interface Arena {
@@ -109,7 +113,10 @@ function run(cmd: string, args: string[]): Promise<string> {
 export async function race(c: RaceCase, attempts: number, clients = 2): Promise<RaceResult> {
   const ar = arena(c);
   const broker = new Broker({
-    policy: new Policy([makeRule({ allow: `${ar.tree}/`, access: 'r', follow_symlinks: c.followSymlinks }, 'race')]),
+    policy: new Policy([
+      makeRule({ allow: `${ar.tree}/`, access: 'r', follow_symlinks: c.followSymlinks }, 'race'),
+      ...(c.carveOut ? [makeRule({ deny: `${ar.tree}/nothing-here/` }, 'race')] : []),
+    ]),
     resolver: new Resolver({ offload: c.offload ?? 'auto' }),
     log: () => {},
   });

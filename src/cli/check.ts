@@ -8,8 +8,8 @@ import { display, fromText } from '../bytestring.js';
 import { errnoName, errnoValue } from '../errno.js';
 import { Access, explainAccess, formatAccess, OPERATION_ACCESS, parseRequestAccess } from '../policy/access.js';
 import { normalise } from '../policy/path.js';
-import type { Peer, Policy } from '../policy/policy.js';
-import { describeRule, PolicyError } from '../policy/rule.js';
+import type { Decision, Peer, Policy } from '../policy/policy.js';
+import { describeRule, followsByDefault, PolicyError } from '../policy/rule.js';
 import { addPolicyOptions, policyFromOptions, type PolicyFlags } from './policy-options.js';
 
 interface CheckOptions extends PolicyFlags {
@@ -109,11 +109,18 @@ async function explain(pathText: string, accessText: string, opts: CheckOptions,
     out(`  needs: ${explainAccess(want)}`);
     if (d.rule) out(`  rule: ${d.rule.origin}: ${describeRule(d.rule)}`);
     out(`  client: ${who} -> ${section === null ? 'refused (matches no section; unmatched = "refuse")' : section === policy.defaultSection ? 'default section' : `section ${section.name}`}`);
-    if (allowed) out(`  opens: ${d.rest} beneath ${display(rootPathOf(norm.path, d.rest))}${d.open.followSymlinks ? ', following symlinks beneath it' : ''}`);
+    if (allowed) out(`  opens: ${d.rest} beneath ${display(rootPathOf(norm.path, d.rest))}${d.open.followSymlinks ? following(d) : ''}`);
     return allowed ? 0 : 1;
   } finally {
     policy.close();
   }
+}
+
+/** How a following rule follows: why it does, and whether the broker checks real paths (carve-outs.ts). */
+function following(d: Decision): string {
+  const why = followsByDefault(d.rule!.access) ? 'the rule grants s' : 'follow_symlinks = true';
+  const checks = d.open.verify ? 'deny rules decided again on the real path' : 'no rule beneath it to check real paths against';
+  return `, following symlinks beneath it (${why}); ${checks}`;
 }
 
 function rootPathOf(path: string, rest: string): string {

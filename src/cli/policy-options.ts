@@ -14,6 +14,8 @@ export interface PolicyFlags {
   allow: string[];
   deny: string[];
   policy?: string;
+  /** --follow-symlinks / --no-follow-symlinks: every --allow rule's follow_symlinks (unset: the rules that grant s follow) */
+  followSymlinks?: boolean;
 }
 
 
@@ -21,7 +23,9 @@ export function addPolicyOptions(cmd: Command): Command {
   return cmd
     .option('--policy <FILE>', 'the policy file (TOML; see docs/policy.md)')
     .option('--allow <PATH:ACCESS>', 'allow ACCESS (letters of rwcdmusaxnb, or all) on PATH; a trailing / means the tree (repeatable)', collect, [])
-    .option('--deny <PATH>', 'deny PATH; a trailing / means the tree (repeatable)', collect, []);
+    .option('--deny <PATH>', 'deny PATH; a trailing / means the tree (repeatable)', collect, [])
+    .option('--follow-symlinks', 'every --allow rule follows symlinks that stay beneath its root (default: the rules that grant s)')
+    .option('--no-follow-symlinks', 'no --allow rule follows symlinks, not even those that grant s');
 }
 
 /**
@@ -46,7 +50,9 @@ function exactDirectory(rule: Rule, warn: (message: string) => void): void {
 
 /** Builds the policy from the flags; throws PolicyError with a message for people. */
 function policyFromFlags(flags: PolicyFlags, warn: (message: string) => void): Policy {
-  const rules: Rule[] = [...flags.allow.map(parseAllowFlag), ...flags.deny.map(parseDenyFlag)];
+  const allows = flags.allow.map(parseAllowFlag);
+  if (flags.followSymlinks !== undefined) for (const rule of allows) rule.followSymlinks = flags.followSymlinks;
+  const rules: Rule[] = [...allows, ...flags.deny.map(parseDenyFlag)];
   for (const rule of rules) exactDirectory(rule, warn);
   if (rules.length === 0) throw new PolicyError('no rules: give --policy FILE, or --allow PATH:ACCESS (and --deny PATH), to say what clients may open');
   return new Policy(rules);
@@ -60,6 +66,7 @@ function policyFromFlags(flags: PolicyFlags, warn: (message: string) => void): P
 export async function policyFromOptions(flags: PolicyFlags, warn: (message: string) => void): Promise<Policy> {
   if (flags.policy !== undefined) {
     if (flags.allow.length > 0 || flags.deny.length > 0) throw new PolicyError('give either --policy FILE or --allow/--deny rules, not both');
+    if (flags.followSymlinks !== undefined) throw new PolicyError(`--${flags.followSymlinks ? '' : 'no-'}follow-symlinks applies to --allow rules; in a policy file write follow_symlinks = ${flags.followSymlinks} on each rule`);
     const { loadPolicyFile } = await import('../policy/file.js');
     return loadPolicyFile(flags.policy);
   }

@@ -22,7 +22,7 @@ import { PRELOAD_LIBRARY, preloadValue } from '../launch/preload.js';
 import { formatReport, type LaunchReport } from '../launch/report.js';
 import { Access } from '../policy/access.js';
 import { Policy } from '../policy/policy.js';
-import { COMMAND_NAMES, HOOK_OPERATIONS } from '../protocol/constants.js';
+import { Command as ProtocolCommand, COMMAND_NAMES } from '../protocol/constants.js';
 import { rootOf, type Rule } from '../policy/rule.js';
 import { makePrivateTmp, privateTmpEnv, privateTmpRule, removePrivateTmp, withRule } from '../launch/private-tmp.js';
 import { PolicyError } from '../policy/rule.js';
@@ -120,8 +120,10 @@ const say = (line: string): void => void process.stderr.write(`openhook run: ${l
 /** --log: one short line per decision on stderr, beside the program's own output. */
 const stderrLog: AuditSink = {
   record(e) {
-    // A socket's connect or bind has no flags: its operation is named instead.
-    const what = HOOK_OPERATIONS.has(e.command) ? `${COMMAND_NAMES[e.command]} ${display(e.path)}` : `${display(e.path)} ${describeFlags(e.flags)}`;
+    // An open says its flags; any other operation (mkdir, rename, a socket's connect...) its name.
+    const open = e.command === ProtocolCommand.QEMU_OPEN || e.command === ProtocolCommand.OPEN_TAGGED;
+    const to = e.path2 ? ` -> ${display(e.path2)}` : '';
+    const what = open ? `${display(e.path)} ${describeFlags(e.flags)}` : `${COMMAND_NAMES[e.command] ?? `command ${e.command}`} ${display(e.path)}${to}`;
     process.stderr.write(`openhook: ${verdict(e)} ${what} (${e.reason})\n`);
   },
 };

@@ -15,6 +15,7 @@ import { constants as fsConstants } from 'node:fs';
 import type { ByteString } from '../bytestring.js';
 import { E } from '../errno.js';
 import { Access, formatAccess } from './access.js';
+import { noCarveOuts } from './carve-outs.js';
 import type { OpenOptions } from './open-options.js';
 import type { Rule } from './rule.js';
 import type { Root } from './roots.js';
@@ -154,8 +155,12 @@ export class Section {
   readonly trie: Trie<CompiledRule>;
   /** @internal the reason of a default deny in this section, made once */
   readonly noRule: string;
+  /** every rule the trie holds: this section's, then the default section's with include_default */
+  readonly #trieRules: readonly Rule[];
+  /** per following rule: whether its real paths need checking (carve-outs.ts), found once */
+  readonly #checked = new Map<Rule, boolean>();
 
-  constructor(spec: Omit<SectionSpec, 'rules'> & { rules: readonly Rule[] }, trie: Trie<CompiledRule>, isDefault = false) {
+  constructor(spec: Omit<SectionSpec, 'rules'> & { rules: readonly Rule[] }, trie: Trie<CompiledRule>, isDefault = false, defaultRules: readonly Rule[] = []) {
     this.name = spec.name ?? spec.origin;
     this.origin = spec.origin;
     this.uids = spec.uids?.length ? spec.uids : null;
@@ -165,6 +170,19 @@ export class Section {
     this.includeDefault = spec.includeDefault ?? false;
     this.trie = trie;
     this.noRule = `no rule covers this path (default deny${isDefault ? '' : `, section ${this.name}`})`;
+    this.#trieRules = this.includeDefault ? [...spec.rules, ...defaultRules] : spec.rules;
+  }
+
+  /**
+   * Whether symlinks followed under rule (of this section) need the real path decided again: only
+   * if some other rule of the section might decide a path beneath its root (carve-outs.ts).
+   */
+  checksRealPaths(rule: Rule): boolean {
+    let checks = this.#checked.get(rule);
+    // The scan is linear in the rules: in a large policy, checking is kept rather than scanning
+    // per rule (quadratic over a policy of many following rules).
+    if (checks === undefined) this.#checked.set(rule, (checks = this.#trieRules.length > CARVE_OUT_SCAN_LIMIT || !noCarveOuts(rule, this.#trieRules)));
+    return checks;
   }
 
   matches(peer: Peer): boolean {
@@ -174,6 +192,9 @@ export class Section {
     return true;
   }
 }
+
+/** Sections with more rules than this always check real paths under following rules. */
+const CARVE_OUT_SCAN_LIMIT = 1000;
 
 const NO_OPTIONS: OpenOptions = { followSymlinks: false, directories: false };
 const DIRECTORIES: OpenOptions = { followSymlinks: false, directories: true };
@@ -195,7 +216,7 @@ export class Policy {
     this.source = options.source ?? 'command line';
     const tries = options.tries ?? compileTries(rules, options.sections ?? []);
     this.defaultSection = new Section({ name: 'default', origin: 'default section', rules }, tries.default, true);
-    this.sections = (options.sections ?? []).map((s, i) => new Section(s, tries.sections[i]!));
+    this.sections = (options.sections ?? []).map((s, i) => new Section(s, tries.sections[i]!, false, rules));
   }
 
   /** The number of rules, counting each once. */
@@ -229,7 +250,9 @@ export class Policy {
     const refusal = directoryOnly ? treeRootRefusal(rule, path, access) : null;
     if (refusal !== null) return deny(rule, this.denyErrno, refusal);
     const rest = path.length === c.rootLength || path === '/' ? '.' : path.slice(c.rootLength + 1);
-    const open = rule.followSymlinks
+    // Following rules check the real path only where a carve-out could be reached: without one,
+    // RESOLVE_BENEATH alone keeps the answer (carve-outs.ts), and opens keep the fast path.
+    const open = rule.followSymlinks && section.checksRealPaths(rule)
       ? { ...c.open, verify: (real: ByteString, rootReal: ByteString, type: number) => this.#verify(section, access, c, real, rootReal, type) }
       : c.open;
     if (directoryOnly) return { allowed: true, errno: 0, rule, root: c.root!.path, rest, reason: c.reason, open: directoriesOnly(open, this.denyErrno), directoryOnly };

@@ -5,7 +5,7 @@
 import type { HardlinkRule } from './open-options.js';
 import { display, fromText, type ByteString } from '../bytestring.js';
 import { errnoName, errnoValue } from '../errno.js';
-import { formatAccess, parseAccess } from './access.js';
+import { Access, formatAccess, parseAccess } from './access.js';
 import { NAME_MAX, PATH_MAX } from './path.js';
 
 export interface Rule {
@@ -21,7 +21,11 @@ export interface Rule {
   glob: boolean;
   /** access bits an allow rule grants (see access.ts); 0 for deny */
   access: number;
-  /** allow rules: follow symlinks that stay beneath the rule's root (off by default) */
+  /**
+   * allow rules: follow symlinks that stay beneath the rule's root. Default: on where the rule grants
+   * `s` (the program may make symlinks there, so they must work), else off; `follow_symlinks` says
+   * otherwise (docs/policy.md, *Following symlinks*).
+   */
   followSymlinks: boolean;
   /** allow rules: FIFOs may be opened (off by default; such opens run off the event loop) */
   fifos?: boolean;
@@ -201,13 +205,25 @@ export function makeRule(spec: RuleSpec, origin: string): Rule {
   let denyErrno = 0;
   if (spec.deny_errno !== undefined) at('deny_errno', () => (denyErrno = parseErrno(spec.deny_errno!)));
   const { path, tree, glob } = parsed;
-  const rule: Rule = { effect, path, tree, glob, access, followSymlinks: spec.follow_symlinks ?? false, denyErrno, origin };
+  const followSymlinks = effect === 'allow' && (spec.follow_symlinks ?? followsByDefault(access));
+  const rule: Rule = { effect, path, tree, glob, access, followSymlinks, denyErrno, origin };
   if (spec.fifos) rule.fifos = true;
   if (spec.hardlinks !== undefined) {
     if (!HARDLINK_RULES.includes(spec.hardlinks)) throw new PolicyError(`hardlinks must be one of ${HARDLINK_RULES.join(', ')}`, { key: 'hardlinks' });
     rule.hardlinks = spec.hardlinks;
   }
   return rule;
+}
+
+/**
+ * Whether an allow rule with these letters follows symlinks when it does not say: where it grants
+ * `s`. A program that may make symlinks in a tree expects them to work there (`ln -s a b && cat b`,
+ * a venv's bin/python3.11 -> python3, node_modules/.bin/x -> ../x/cli.js), and following them costs
+ * no safety: resolution stays beneath the root (RESOLVE_BENEATH, NO_MAGICLINKS, NO_XDEV always), and
+ * deny rules beneath the root are decided again on the real path (Policy.decide's verify hook).
+ */
+export function followsByDefault(access: number): boolean {
+  return (access & Access.SYMLINK) !== 0;
 }
 
 /** `--allow PATH:ACCESS` */
@@ -232,10 +248,12 @@ export function parseDenyFlag(spec: string): Rule {
   }
 }
 
-/** A rule as people write it: `allow /srv/vm/ rw (follow_symlinks)`, `deny /srv/vm/private/`. */
+/** A rule as people write it: `allow /srv/vm/ r (follow_symlinks)`, `deny /srv/vm/private/`. */
 export function describeRule(rule: Rule): string {
   const path = display(rule.path) + (rule.tree && rule.path !== '/' ? '/' : '');
   if (rule.effect === 'deny') return `deny ${path}${rule.denyErrno ? ` (${errnoName(rule.denyErrno)})` : ''}`;
-  const options = [rule.followSymlinks && 'follow_symlinks', rule.fifos && 'fifos', rule.hardlinks && `hardlinks ${rule.hardlinks}`].filter(Boolean);
+  // follow_symlinks is named where it is not what the letters imply (docs/policy.md).
+  const follow = rule.followSymlinks === followsByDefault(rule.access) ? false : rule.followSymlinks ? 'follow_symlinks' : 'follow_symlinks = false';
+  const options = [follow, rule.fifos && 'fifos', rule.hardlinks && `hardlinks ${rule.hardlinks}`].filter(Boolean);
   return `allow ${path} ${formatAccess(rule.access)}${options.length ? ` (${options.join(', ')})` : ''}`;
 }

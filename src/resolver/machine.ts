@@ -239,6 +239,19 @@ export function verify(found: number, rootFd: number, type: number, hook: NonNul
   return hook(realPath(found), realPath(rootFd), type);
 }
 
+/**
+ * The verify hook for a name in a directory found beneath the root (mkdir, unlink, rename, link,
+ * symlink, mkfifo): what the operation touches is the name, so its real path is decided, not the
+ * directory's, or a deny on a file would be reached through a symlink to its directory
+ * (`ln -s . l; rm l/secret`). type: what the name is now, or S_IFDIR where there is nothing (what
+ * a name op may make at a glob tree's root is decided lexically).
+ */
+export function verifyName(dir: number, name: ByteString, rootFd: number, type: number, hook: NonNullable<OpenOptions['verify']>): number {
+  const real = realPath(dir);
+  if (real === '') return hook('', '', type);
+  return hook(real === '/' ? `/${name}` : `${real}/${name}`, realPath(rootFd), type);
+}
+
 function realPath(fd: number): ByteString {
   try {
     return readlinkSync(`/proc/self/fd/${fd}`, 'latin1');

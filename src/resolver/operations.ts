@@ -34,7 +34,7 @@ import { display, type ByteString } from '../bytestring.js';
 import { E, errnoName } from '../errno.js';
 import { C, native } from '../native.js';
 import type { OpenOptions } from '../policy/open-options.js';
-import { resolveFlags, retryEagain, verify } from './machine.js';
+import { resolveFlags, retryEagain, verify, verifyName } from './machine.js';
 import type { Resolver } from './resolver.js';
 
 /** Where one end of an operation lies: beneath the root directory at `root`, at rest ('.' is the root itself). */
@@ -88,19 +88,28 @@ export class Operations {
   withParent(at: Place, step: (dirFd: number, name: ByteString) => number): number {
     if (at.rest === '.') return this.#refuse('the rule\'s root itself', E.EBUSY);
     const slash = at.rest.lastIndexOf('/');
-    return this.#inDirectory(at, slash < 0 ? '.' : at.rest.slice(0, slash), (dir) => step(dir, lastName(at.rest)));
+    const name = lastName(at.rest);
+    return this.#inDirectory(at, slash < 0 ? '.' : at.rest.slice(0, slash), (dir) => step(dir, name), name);
   }
 
   /**
    * Finds the directory at `path` beneath the root of `at` (O_PATH) and calls step(dirFd); closes it
-   * after. Where symlinks are followed, the deny carve-outs must hold on its real path too.
+   * after. Where the real path is checked (symlinks followed, a carve-out beneath the root), the deny
+   * carve-outs must hold on the real path of what the step touches: `name` in the directory, or the
+   * directory itself.
    */
-  #inDirectory(at: Place, path: ByteString, step: (dirFd: number) => number): number {
+  #inDirectory(at: Place, path: ByteString, step: (dirFd: number) => number, name?: ByteString): number {
     return this.#pinned(at, (rootFd) => {
       const dir = this.#retrying(() => native.openat2(rootFd, path, C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0, resolveFlags(at.options)));
       if (dir < 0) return dir;
       try {
-        const refused = at.options.verify ? verify(dir, rootFd, C.S_IFDIR, at.options.verify) : 0;
+        const hook = at.options.verify;
+        let refused = 0;
+        if (hook && name === undefined) refused = verify(dir, rootFd, C.S_IFDIR, hook);
+        else if (hook) {
+          const r = native.fstatatNoFollow(dir, name!, typeOut);
+          refused = verifyName(dir, name!, rootFd, r < 0 ? C.S_IFDIR : typeOut[0]! & C.S_IFMT, hook);
+        }
         if (refused) return this.#refuse('the real directory is not allowed', refused);
         return step(dir);
       } finally {
