@@ -30,6 +30,8 @@
 #include <sys/time.h>
 #include <sys/un.h>
 
+#include "passed-fd.h"
+
 /* docs/protocol.md, "SESSION (0x104)"; src/protocol/constants.ts. */
 #define OH_SESSION 0x104
 #define OH_SESSION_HEADER 14
@@ -94,36 +96,19 @@ static int ask_session(int sock, const struct exec_options *e, char *reply, size
   if (w < 0 && (errno == EPIPE || errno == ECONNRESET)) refuse("%s", CLOSED_UNANSWERED);
   if (w != (ssize_t)n) refuse("cannot ask the daemon for session %s: %s", e->session, strerror(errno));
 
-  struct iovec iov = {.iov_base = reply, .iov_len = OH_MAX_REPLY};
-  union {
-    struct cmsghdr align;
-    char buf[CMSG_SPACE(sizeof(int) * 4)];
-  } ctl;
-  struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
-  ssize_t r;
-  do r = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
-  while (r < 0 && errno == EINTR);
+  int fd, flags;
+  ssize_t r = recv_passed_fd(sock, reply, OH_MAX_REPLY, MSG_CMSG_CLOEXEC, &fd, &flags);
   if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) refuse("the daemon did not answer within %d s", OH_ANSWER_TIMEOUT_S);
   /* A connection closed unread at accept is reset: the same answer as a plain close. */
   if (r == 0 || (r < 0 && errno == ECONNRESET)) refuse("%s", CLOSED_UNANSWERED);
   if (r < 0) refuse("no answer from the daemon: %s", strerror(errno));
-  int fd = -1;
-  for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
-      int got;
-      memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof got);
-      if (fd < 0) fd = got;
-      else close(got);
-    }
-  }
   uint32_t size, command;
   int32_t result;
   if (r < OH_REPLY_HEADER) refuse("a malformed answer from the daemon");
   memcpy(&size, reply, 4);
   memcpy(&command, reply + 4, 4);
   memcpy(&result, reply + 8, 4);
-  if (size != (uint32_t)r || (m.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) refuse("a malformed answer from the daemon");
+  if (size != (uint32_t)r || (flags & (MSG_TRUNC | MSG_CTRUNC))) refuse("a malformed answer from the daemon");
   if (result == -EPROTO && command != OH_SESSION)
     refuse("the daemon does not host sessions (an older openhook, or not `openhook serve`)");
   if (command != OH_SESSION) refuse("a malformed answer from the daemon");

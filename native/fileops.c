@@ -28,14 +28,6 @@
 #define RENAME_EXCHANGE (1 << 1)
 #endif
 
-/* A 64-bit number argument (times in seconds, a length): napi.h's INT_ARG is 32-bit. */
-#define I64_ARG(i, name)                                                                           \
-  int64_t name;                                                                                    \
-  if (napi_get_value_int64(env, argv[i], &name) != napi_ok) {                                      \
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", #name " must be a number");                 \
-    return NULL;                                                                                   \
-  }
-
 static int result(int r) {
   return r < 0 ? -errno : r;
 }

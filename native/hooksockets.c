@@ -26,23 +26,12 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "napi.h"
+#include "notify.h"
 #include "parts.h"
-
-#ifndef __NR_pidfd_open
-#define __NR_pidfd_open 434
-#endif
-#ifndef __NR_pidfd_getfd
-#define __NR_pidfd_getfd 438
-#endif
-/* Linux 6.9: a pidfd for one thread (whose fd table may differ from its process's). */
-#ifndef PIDFD_THREAD
-#define PIDFD_THREAD O_EXCL
-#endif
 
 /* programSocket(tid, tgid, fd, out: Int32Array(3)): the broker's fd (close-on-exec) for the open
  * file at fd in thread tid (its process tgid on kernels without thread pidfds), and out = [domain,
@@ -59,17 +48,12 @@ static napi_value js_program_socket(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "out must be an Int32Array of 3");
     return NULL;
   }
-  int pidfd = (int)syscall(__NR_pidfd_open, tid, PIDFD_THREAD);
-  if (pidfd < 0 && errno == EINVAL) pidfd = (int)syscall(__NR_pidfd_open, tgid, 0);
-  if (pidfd < 0) return make_int(env, -errno);
-  int s = (int)syscall(__NR_pidfd_getfd, pidfd, fd, 0);
-  int err = errno;
-  close(pidfd);
-  if (s < 0) return make_int(env, -err);
+  int s = fetch_fd(tid, tgid, fd);
+  if (s < 0) return make_int(env, s);
   int32_t v[3];
   socklen_t l = sizeof v[0];
   if (getsockopt(s, SOL_SOCKET, SO_DOMAIN, &v[0], &l) < 0 || (l = sizeof v[1], getsockopt(s, SOL_SOCKET, SO_TYPE, &v[1], &l) < 0)) {
-    err = errno;
+    int err = errno;
     close(s);
     return make_int(env, -err);
   }
@@ -167,8 +151,7 @@ static napi_value js_socket_error(napi_env env, napi_callback_info info) {
 static napi_value js_set_nonblock(napi_env env, napi_callback_info info) {
   ARGS(2);
   INT_ARG(0, fd);
-  bool on = false;
-  napi_get_value_bool(env, argv[1], &on);
+  BOOL_ARG(1, on);
   int fl = fcntl(fd, F_GETFL);
   if (fl < 0) return make_int(env, -errno);
   return make_int(env, fcntl(fd, F_SETFL, on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK) < 0 ? -errno : 0);

@@ -595,11 +595,10 @@ static int collect_rules(struct sc_rule *out, int landlock_abi, int allow_unix_s
 #define JGT(v, t, f) BPF_JUMP(BPF_JMP | BPF_JGT | BPF_K, (v), (t), (f))
 #define RET(v) BPF_STMT(BPF_RET | BPF_K, (v))
 
-/* Builds the filter: arch check, then one block per rule, each of which either returns the rule's
- * action or falls through to the next block; the end allows. Arguments are compared on their low
- * 32 bits where the kernel itself truncates them (an int domain, an unsigned ioctl command), so
- * setting high bits cannot slip past a rule. */
-static int build_filter(struct sock_filter *f, const struct sc_rule *rules, int nrules) {
+/* What both filters begin with: a call of another architecture kills the process (its numbers would
+ * mean other syscalls), and so does an x32 call on x86_64 (the same numbers with a high bit, which
+ * no rule below would match). Leaves the syscall number loaded; returns the instructions written. */
+static int filter_prologue(struct sock_filter *f) {
   int n = 0;
   f[n++] = (struct sock_filter)LD(offsetof(struct seccomp_data, arch));
   f[n++] = (struct sock_filter)JEQ(OH_AUDIT_ARCH, 1, 0);
@@ -609,6 +608,28 @@ static int build_filter(struct sock_filter *f, const struct sc_rule *rules, int 
   f[n++] = (struct sock_filter)JGE(OH_X32_SYSCALL_BIT, 0, 1);
   f[n++] = (struct sock_filter)RET(SECCOMP_RET_KILL_PROCESS);
 #endif
+  return n;
+}
+
+/* With the syscall number loaded: if it is nr and the 64-bit argument arg is not 0 (both words are
+ * compared), falls through to the next instruction (the caller's RET), else jumps past it; the
+ * accumulator then holds an argument word if the number was nr. Returns the instructions written. */
+static int nr_and_arg_nonzero(struct sock_filter *f, uint32_t nr, unsigned arg) {
+  int n = 0;
+  f[n++] = (struct sock_filter)JEQ(nr, 0, 5);
+  f[n++] = (struct sock_filter)LD(ARG_LOW(arg));
+  f[n++] = (struct sock_filter)JEQ(0, 0, 2); /* low word not 0: the RET */
+  f[n++] = (struct sock_filter)LD(ARG_HIGH(arg));
+  f[n++] = (struct sock_filter)JEQ(0, 1, 0); /* both words 0: past the RET */
+  return n;
+}
+
+/* Builds the filter: arch check, then one block per rule, each of which either returns the rule's
+ * action or falls through to the next block; the end allows. Arguments are compared on their low
+ * 32 bits where the kernel itself truncates them (an int domain, an unsigned ioctl command), so
+ * setting high bits cannot slip past a rule. */
+static int build_filter(struct sock_filter *f, const struct sc_rule *rules, int nrules) {
+  int n = filter_prologue(f);
   f[n++] = (struct sock_filter)JGT(NR_REVIEWED_MAX, 0, 1);
   f[n++] = (struct sock_filter)RET(ERRNO(ENOSYS));
   for (int i = 0; i < nrules; i++) {
@@ -624,11 +645,7 @@ static int build_filter(struct sock_filter *f, const struct sc_rule *rules, int 
       f[n++] = (struct sock_filter)JEQ(r->value, 0, 1);
       break;
     case ARG_NONZERO:
-      f[n++] = (struct sock_filter)JEQ((uint32_t)r->nr, 0, 5);
-      f[n++] = (struct sock_filter)LD(ARG_LOW(r->arg));
-      f[n++] = (struct sock_filter)JEQ(0, 0, 2); /* low word not 0: refuse */
-      f[n++] = (struct sock_filter)LD(ARG_HIGH(r->arg));
-      f[n++] = (struct sock_filter)JEQ(0, 1, 0); /* both words 0: next rule */
+      n += nr_and_arg_nonzero(f + n, (uint32_t)r->nr, (unsigned)r->arg);
       break;
     case UNIX_NOT_STREAM:
       /* domain (arg 0) == value and the type (arg 1, less SOCK_NONBLOCK and SOCK_CLOEXEC, which
@@ -792,26 +809,14 @@ static void apply_notify(int allow_unix_sockets) {
   fatal("notify", ENOSYS, "no seccomp filter for this architecture");
 #else
   static struct sock_filter f[256];
-  int n = 0;
-  f[n++] = (struct sock_filter)LD(offsetof(struct seccomp_data, arch));
-  f[n++] = (struct sock_filter)JEQ(OH_AUDIT_ARCH, 1, 0);
-  f[n++] = (struct sock_filter)RET(SECCOMP_RET_KILL_PROCESS);
-  f[n++] = (struct sock_filter)LD(offsetof(struct seccomp_data, nr));
-#ifdef OH_X32_SYSCALL_BIT
-  f[n++] = (struct sock_filter)JGE(OH_X32_SYSCALL_BIT, 0, 1);
-  f[n++] = (struct sock_filter)RET(SECCOMP_RET_KILL_PROCESS);
-#endif
+  int n = filter_prologue(f);
   for (size_t i = 0; i < sizeof trapped / sizeof *trapped; i++) {
     f[n++] = (struct sock_filter)JEQ((uint32_t)trapped[i].nr, 0, 1);
     f[n++] = (struct sock_filter)RET(SECCOMP_RET_USER_NOTIF);
   }
   /* utimensat with a path (utimensat(fd, NULL, ...) is futimens: it acts on a file the program
    * holds, and the kernel runs it). Both words of the pointer are compared. */
-  f[n++] = (struct sock_filter)JEQ((uint32_t)__NR_utimensat, 0, 5);
-  f[n++] = (struct sock_filter)LD(ARG_LOW(1));
-  f[n++] = (struct sock_filter)JEQ(0, 0, 2);
-  f[n++] = (struct sock_filter)LD(ARG_HIGH(1));
-  f[n++] = (struct sock_filter)JEQ(0, 1, 0);
+  n += nr_and_arg_nonzero(f + n, (uint32_t)__NR_utimensat, 1);
   f[n++] = (struct sock_filter)RET(SECCOMP_RET_USER_NOTIF);
   for (size_t i = 0; !allow_unix_sockets && i < sizeof trapped_sockets / sizeof *trapped_sockets; i++) {
     f[n++] = (struct sock_filter)JEQ((uint32_t)trapped_sockets[i].nr, 0, 1);

@@ -76,6 +76,19 @@ napi_status export_class(napi_env env, napi_value exports, const char *name, nap
     return NULL;                                                                                   \
   }
 
+/* A 64-bit number argument (times in seconds, a length, a syscall's return value). */
+#define I64_ARG(i, name)                                                                           \
+  int64_t name;                                                                                    \
+  if (napi_get_value_int64(env, argv[i], &name) != napi_ok) {                                      \
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", #name " must be a number");                 \
+    return NULL;                                                                                   \
+  }
+
+/* A flag argument: true, or false for anything else (as JS callers pass booleans or nothing). */
+#define BOOL_ARG(i, name)                                                                          \
+  bool name = false;                                                                               \
+  napi_get_value_bool(env, argv[i], &name)
+
 /* A path argument for a request-path call: a bad one (NUL inside, too long) is -errno, not a throw. */
 #define PATH_ARG(i, name)                                                                          \
   char name[PATH_MAX];                                                                             \

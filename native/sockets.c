@@ -41,8 +41,7 @@ static napi_value js_socket(napi_env env, napi_callback_info info) {
 static napi_value js_socketpair(napi_env env, napi_callback_info info) {
   ARGS(2);
   INT_ARG(0, type);
-  bool nonblock = false;
-  napi_get_value_bool(env, argv[1], &nonblock);
+  BOOL_ARG(1, nonblock);
   int sv[2];
   if (socketpair(AF_UNIX, type | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0), 0, sv) < 0)
     return throw_errno(env, errno, "socketpair");

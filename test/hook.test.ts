@@ -340,34 +340,6 @@ describe('syscall hook: paths for a thread', () => {
   });
 });
 
-describe('syscall hook: receiving on a thread of its own', () => {
-  it('serves threads and signal handlers the same, and its thread ends with the program', async () => {
-    const policy = new Policy([parseAllowFlag(`${tree}/:rwcd`)]);
-    const broker = new Broker({ policy, log: () => {} });
-    const out = join(tmp.path, 'thread-out');
-    const { openSync, closeSync } = await import('node:fs');
-    const threads = (): number => readdirSync('/proc/self/task').length;
-    let before = 0;
-    try {
-      // warm up without it: the resolver's pool threads start here
-      await launch({ command: PROBE, args: ['threads', join(tree, 'a.txt'), '16', '500'], broker, readOnly: [BIN], stdio: ['ignore', 'ignore', 'inherit'], syscallHook: {} });
-      before = threads();
-      for (const args of [['threads', join(tree, 'a.txt'), '16', '500'], ['alarm', join(tree, 'a.txt'), '2000', 'restart']]) {
-        const fd = openSync(out, 'w');
-        const r = await launch({ command: PROBE, args, broker, readOnly: [BIN], stdio: ['ignore', fd, 'inherit'], syscallHook: { receiveThread: true } });
-        closeSync(fd);
-        assert.equal(r.status, 0);
-        const f = fields(readFileSync(out, 'utf8'));
-        if (args[0] === 'threads') assert.deepEqual(f, { opens: '8000', failed: '0', wrong: '0' });
-        else assert.equal(`${f.eintr} ${f.other}`, '0 0');
-      }
-      assert.equal(threads(), before);
-    } finally {
-      broker.close();
-    }
-  });
-});
-
 describe('syscall hook: what the kernel may run itself', () => {
   const grants = new Continuation([{ access: 'rx', path: '/usr' }, { access: 'rx', path: '/etc' }, { access: 'rwt', path: '/dev/null' }]);
 

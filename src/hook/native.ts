@@ -21,12 +21,6 @@ export interface NotifyBinding {
   readString(pid: number, addrLo: number, addrHi: number, buf: Buffer): number;
   /** exactly len bytes at addr into buf: len, or -errno */
   readMemory(pid: number, addrLo: number, addrHi: number, buf: Buffer, len: number): number;
-  /** a thread that receives listener's notifications as they come; wake() runs on the loop when some are queued. A receiver id, or -errno */
-  receiverStart(listener: number, wake: () => void): number;
-  /** the oldest queued notification into out: 0, -EAGAIN (none queued), -EPIPE (none, and no program left) */
-  receiverTake(id: number, out: Uint32Array): number;
-  /** stops and joins the receiving thread */
-  receiverStop(id: number): void;
   /** a close-on-exec copy of fd as thread tid (of process tgid) holds it (pidfd_getfd), or -errno */
   fetchFd(tid: number, tgid: number, fd: number): number;
 }

@@ -8,11 +8,10 @@
  * that a busy program cannot starve the broker's sockets; the poll is level-triggered, so the rest
  * come at the next turn of the loop.
  *
- * With receiveThread, a native thread receives each notification the moment it arrives instead
- * (native/notify.c, "the receiver"), and the loop answers them in order: from then on the program's
- * call is interruptible by fatal signals only, however busy the loop is, so a signal handler without
- * SA_RESTART sees EINTR about four times less often. It costs a thread hop per call (measured: about
- * 6 µs, 1.17× the socket's open against 0.89× without it), so it is off by default.
+ * Receiving stays on the event loop. A thread that received each notification at once (so that a
+ * busy loop would not widen the window in which a signal gives EINTR) was tried and removed: on
+ * a test machine it changed the EINTR rate per trapped open by a few percent at most and made each
+ * open about 1.7x slower (docs/security.md, "Signals").
  */
 import { E, errnoName } from '../errno.js';
 import { C, native, PollMode, type NativePoller } from '../native.js';
@@ -39,8 +38,6 @@ export interface HookServerOptions {
   onClose?: () => void;
   /** where faults go */
   log?: (message: string) => void;
-  /** receive on a native thread, not on the event loop (see above); default false */
-  receiveThread?: boolean;
 }
 
 export class HookServer implements HookHost {
@@ -49,9 +46,7 @@ export class HookServer implements HookHost {
   readonly continuation: Continuation;
   readonly stats: HookStats = { notifications: 0, installed: 0, continued: 0, refused: 0, gone: 0, installFailed: 0, proc: 0, performed: 0 };
   readonly #broker: Broker;
-  readonly #poller: NativePoller | null = null;
-  readonly #receiver: number;
-  #again: NodeJS.Immediate | null = null;
+  readonly #poller: NativePoller;
   readonly #table: Map<number, SyscallEntry>;
   readonly #n = new Notification();
   readonly #call: HookCall;
@@ -72,11 +67,8 @@ export class HookServer implements HookHost {
     this.#table = syscallTable();
     this.#call = { n: this.#n, host: this, cloexec: false, slow: false };
     notify.notifySyncWakeUp(this.listener); // an optimisation only: older kernels answer EINVAL
-    this.#receiver = options.receiveThread ? notify.receiverStart(this.listener, () => this.#wake(0, 0)) : -1;
-    if (this.#receiver < 0) {
-      this.#poller = new native.Poller(this.listener, PollMode.Notify, 1, (events, _count, status) => this.#wake(events, status));
-      this.#poller.start(C.UV_READABLE | C.UV_DISCONNECT);
-    }
+    this.#poller = new native.Poller(this.listener, PollMode.Notify, 1, (events, _count, status) => this.#wake(events, status));
+    this.#poller.start(C.UV_READABLE | C.UV_DISCONNECT);
   }
 
   context(): ServiceContext {
@@ -88,11 +80,9 @@ export class HookServer implements HookHost {
   }
 
   #wake(events: number, status: number): void {
-    this.#again = null;
     if (this.#closed) return;
-    const threaded = this.#receiver >= 0;
     for (let i = 0; i < BATCH; i++) {
-      const r = threaded ? notify.receiverTake(this.#receiver, this.#n.words) : notify.notifyRecv(this.listener, this.#n.words);
+      const r = notify.notifyRecv(this.listener, this.#n.words);
       if (r === -E.EAGAIN) break;
       if (r === -E.ENOENT || r === -E.EINTR) continue; // its target died before we took it
       if (r < 0) {
@@ -103,8 +93,6 @@ export class HookServer implements HookHost {
       }
       this.stats.notifications++;
       this.#serve();
-      // A full batch: the receiver will not wake us for what it already queued, so come back.
-      if (threaded && i === BATCH - 1 && !this.#closed) this.#again = setImmediate(() => this.#wake(0, 0));
     }
     // An error stops libuv's watcher; a hang-up with nothing pending means no program is left.
     if (status < 0 || (events & C.UV_DISCONNECT) !== 0) this.#hangUp();
@@ -193,16 +181,14 @@ export class HookServer implements HookHost {
   #hangUp(): void {
     this.#hungUp = true;
     if (this.#pending === 0) this.close();
-    else this.#poller?.start(0);
+    else this.#poller.start(0);
   }
 
   /** Stops serving and closes the listener: programs still trapped get ENOSYS from the kernel. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    if (this.#again) clearImmediate(this.#again);
-    if (this.#receiver >= 0) notify.receiverStop(this.#receiver);
-    this.#poller?.close();
+    this.#poller.close();
     native.close(this.listener);
     this.#onClose?.();
   }

@@ -72,7 +72,7 @@ export interface LaunchOptions {
    * hook, src/hook/): the default of `openhook run`. continueAlways: let the kernel run opens
    * beneath the launch's grants whatever the policy says (learn mode, whose policy decides nothing).
    */
-  syscallHook?: { continueAlways?: boolean; receiveThread?: boolean; onServer?: (server: HookServer) => void };
+  syscallHook?: { continueAlways?: boolean; onServer?: (server: HookServer) => void };
   /** signals of this process to pass on to the program while it runs; default none */
   forwardSignals?: readonly NodeJS.Signals[];
   /** the program's stdin, stdout and stderr; default: inherited */
@@ -222,7 +222,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
  * Waits for the helper to send its seccomp listener over socket, then serves it. The program's
  * first trapped open waits in the kernel until then.
  */
-function serveSyscallHook(socket: number, broker: Broker, peer: Peer, continuation: Continuation, hook: { receiveThread?: boolean; onServer?: (server: HookServer) => void }): { close(): void } {
+function serveSyscallHook(socket: number, broker: Broker, peer: Peer, continuation: Continuation, hook: { onServer?: (server: HookServer) => void }): { close(): void } {
   let server: HookServer | null = null;
   let closed = false;
   const watcher = new native.Poller(socket, PollMode.Notify, 1, () => {
@@ -235,7 +235,7 @@ function serveSyscallHook(socket: number, broker: Broker, peer: Peer, continuati
       native.close(fd);
       return;
     }
-    server = new HookServer({ listener: fd, broker, peer, continuation, receiveThread: hook.receiveThread === true });
+    server = new HookServer({ listener: fd, broker, peer, continuation });
     hook.onServer?.(server);
   });
   watcher.start(C.UV_READABLE | C.UV_DISCONNECT);
