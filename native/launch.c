@@ -818,6 +818,8 @@ static void apply_notify(int allow_unix_sockets) {
    * holds, and the kernel runs it). Both words of the pointer are compared. */
   n += nr_and_arg_nonzero(f + n, (uint32_t)__NR_utimensat, 1);
   f[n++] = (struct sock_filter)RET(SECCOMP_RET_USER_NOTIF);
+  /* The block above may leave an argument word in the accumulator: what follows compares numbers. */
+  f[n++] = (struct sock_filter)LD(offsetof(struct seccomp_data, nr));
   for (size_t i = 0; !allow_unix_sockets && i < sizeof trapped_sockets / sizeof *trapped_sockets; i++) {
     f[n++] = (struct sock_filter)JEQ((uint32_t)trapped_sockets[i].nr, 0, 1);
     f[n++] = (struct sock_filter)RET(SECCOMP_RET_USER_NOTIF);
