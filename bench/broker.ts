@@ -47,7 +47,9 @@ export async function benchBroker(opts: BrokerBenchOptions): Promise<Row[]> {
   const ref = await startRef(join(ws.dir, 'ref.sock'), ws.dir);
   const safe = await startRefSafe(join(ws.dir, 'safe.sock'), ws.dir, safeAudit);
   const busyAudit = join(ws.dir, 'openhook-busy-audit.jsonl');
-  const busy = process.env.OPENHOOK_BENCH_NO_BUSY_POLL ? null : await startOpenhook(join(ws.dir, 'busy.sock'), ['--policy', policy, '--audit', busyAudit, '--busy-poll', '50', ...extra]);
+  const busy = process.env.OPENHOOK_BENCH_NO_BUSY_POLL
+    ? null
+    : await startOpenhook(join(ws.dir, 'busy.sock'), ['--policy', policy, '--audit', busyAudit, '--busy-poll', '50', ...extra]);
   const relative = ws.file.slice(ws.dir.length + 1);
   const cases = [
     { name: '1 synchronous client', count: opts.count, clients: 1, depth: 1 },
@@ -56,7 +58,11 @@ export async function benchBroker(opts: BrokerBenchOptions): Promise<Row[]> {
   ];
   type Acc = { rate: number[]; p50: number[]; p99: number[]; cpu: number[] };
   type Target = [Running, string, string];
-  const brokers: Target[] = [[oh, ws.file, 'openhook'], [ref, relative, 'the reference'], [safe, relative, 'the C safe variant']];
+  const brokers: Target[] = [
+    [oh, ws.file, 'openhook'],
+    [ref, relative, 'the reference'],
+    [safe, relative, 'the C safe variant'],
+  ];
   const audits = [ohAudit, safeAudit, busyAudit];
   const rows: Row[] = [];
   try {
@@ -85,7 +91,8 @@ export async function benchBroker(opts: BrokerBenchOptions): Promise<Row[]> {
           if (res.p99Us !== undefined) a.p99.push(res.p99Us);
         }
       }
-      const r = acc.get(ref)!, s = acc.get(safe)!;
+      const r = acc.get(ref)!,
+        s = acc.get(safe)!;
       const target = c.name.startsWith('2 clients') ? '≥ 0.9×' : '≥ 1.0×';
       for (const [b] of set.filter(([b]) => b === oh || b === busy)) {
         const o = acc.get(b)!;

@@ -10,11 +10,14 @@ import { closeSync } from 'node:fs';
 import { connect } from '../src/client/client.js';
 
 const [socket, path, countText, depthText] = process.argv.slice(2);
-const count = Number(countText), depth = Number(depthText);
+const count = Number(countText),
+  depth = Number(depthText);
 const hook = await connect(socket!);
 
 async function run(n: number): Promise<number> {
-  let sent = 0, done = 0, errors = 0;
+  let sent = 0,
+    done = 0,
+    errors = 0;
   await new Promise<void>((resolve) => {
     const next = (): void => {
       while (sent < n && sent - done < depth) {

@@ -15,7 +15,11 @@ export interface ClientBenchOptions {
 }
 
 function runLibraryClient(socket: string, path: string, count: number, depth: number): ClientResult {
-  const out = execFileSync(process.execPath, ['--import', 'tsx', join(ROOT, 'bench', 'client-driver.ts'), socket, path, String(count), String(depth)], { encoding: 'utf8', cwd: ROOT });
+  const out = execFileSync(
+    process.execPath,
+    ['--import', 'tsx', join(ROOT, 'bench', 'client-driver.ts'), socket, path, String(count), String(depth)],
+    { encoding: 'utf8', cwd: ROOT },
+  );
   const get = (k: string): number => Number(new RegExp(`^${k} ([0-9.]+)$`, 'm').exec(out)?.[1]);
   return { opensPerS: get('opens_per_s'), meanUs: get('mean_us'), errors: get('errors') };
 }
@@ -29,7 +33,8 @@ export async function benchClient(opts: ClientBenchOptions): Promise<Row[]> {
   try {
     runRefClient(oh.socket, ws.file, 2000);
     for (const depth of [16, 1]) {
-      const lib: number[] = [], ref: number[] = [];
+      const lib: number[] = [],
+        ref: number[] = [];
       for (let i = 0; i < opts.runs; i++) {
         const l = runLibraryClient(oh.socket, ws.file, opts.count, depth);
         const r = runRefClient(oh.socket, ws.file, opts.count, 1, depth);
@@ -37,7 +42,8 @@ export async function benchClient(opts: ClientBenchOptions): Promise<Row[]> {
         lib.push(l.opensPerS);
         ref.push(r.opensPerS);
       }
-      const name = depth === 1 ? 'library client (Node), synchronous, vs ref-client' : `library client (Node), ${depth} in flight, vs ref-client`;
+      const name =
+        depth === 1 ? 'library client (Node), synchronous, vs ref-client' : `library client (Node), ${depth} in flight, vs ref-client`;
       rows.push(rateRow(name, lib, ref, '(report)'));
     }
   } finally {

@@ -57,15 +57,22 @@ export async function benchDaemon(opts: DaemonBenchOptions): Promise<Row[]> {
   const daemon = await startOpenhook(socket, ['--policy', policy]);
   const args = [
     ...MACHINE,
-    '-blockdev', `driver=file,node-name=base-file,filename=${image}`,
-    '-blockdev', 'driver=qcow2,node-name=base,file=base-file',
-    '-device', 'virtio-blk-pci,drive=base,id=disk0',
+    '-blockdev',
+    `driver=file,node-name=base-file,filename=${image}`,
+    '-blockdev',
+    'driver=qcow2,node-name=base,file=base-file',
+    '-device',
+    'virtio-blk-pci,drive=base,id=disk0',
   ];
   const exec = [LAUNCHER_PATH, '--socket', socket, '--session', 'vm', '--'];
   const run = [process.execPath, CLI, 'run', '--'];
   const wrapper = [process.execPath, join(ROOT, 'bench', 'node-wrapper.mjs')];
-  const plainQmp: number[] = [], execQmp: number[] = [];
-  const plainTrue: number[] = [], execTrue: number[] = [], runTrue: number[] = [], wrapperTrue: number[] = [];
+  const plainQmp: number[] = [],
+    execQmp: number[] = [];
+  const plainTrue: number[] = [],
+    execTrue: number[] = [],
+    runTrue: number[] = [],
+    wrapperTrue: number[] = [];
   try {
     await readyMs(args, []);
     await readyMs(args, exec);
@@ -85,11 +92,15 @@ export async function benchDaemon(opts: DaemonBenchOptions): Promise<Row[]> {
     ws.cleanup();
   }
   const ms = (name: string, times: number[], ref: number[], target: string): Row => {
-    const o = median(times), r = median(ref);
+    const o = median(times),
+      r = median(ref);
     return { case: name, metric: 'ms', openhook: o, reference: r, ratio: r / o, target, unit: 'ms' };
   };
   return [
-    { ...ms('QEMU QMP-ready: openhook-exec under openhook serve vs plain', execQmp, plainQmp, '≥ 0.67× (≤ 1.5× plain)'), metric: 'ms to QMP' },
+    {
+      ...ms('QEMU QMP-ready: openhook-exec under openhook serve vs plain', execQmp, plainQmp, '≥ 0.67× (≤ 1.5× plain)'),
+      metric: 'ms to QMP',
+    },
     ms('/bin/true: openhook-exec under openhook serve vs plain', execTrue, plainTrue, '≤ 20 ms'),
     ms('/bin/true: openhook run vs plain', runTrue, plainTrue, '(report)'),
     ms('/bin/true: bare Node wrapper (spawn only) vs plain', wrapperTrue, plainTrue, '(floor for a Node CLI)'),

@@ -24,7 +24,13 @@ export interface FileopsBenchOptions {
   runs: number;
 }
 
-const GIT_ENV = { GIT_CONFIG_NOSYSTEM: '1', GIT_AUTHOR_NAME: 'b', GIT_AUTHOR_EMAIL: 'b@example.org', GIT_COMMITTER_NAME: 'b', GIT_COMMITTER_EMAIL: 'b@example.org' };
+const GIT_ENV = {
+  GIT_CONFIG_NOSYSTEM: '1',
+  GIT_AUTHOR_NAME: 'b',
+  GIT_AUTHOR_EMAIL: 'b@example.org',
+  GIT_COMMITTER_NAME: 'b',
+  GIT_COMMITTER_EMAIL: 'b@example.org',
+};
 
 /** A tree of files files in directories of 100. */
 function tree(root: string, files: number): void {
@@ -46,15 +52,17 @@ export async function benchFileops(opts: FileopsBenchOptions): Promise<Row[]> {
     if (status !== 0) throw new Error(`${command} ${args.join(' ')} exited with ${status} confined`);
     return performance.now() - t;
   };
-  const free = (command: string, args: string[]): Promise<number> => new Promise((resolve, reject) => {
-    const t = performance.now();
-    const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'inherit'], cwd: dir, env });
-    child.on('error', reject);
-    child.on('close', (code) => (code === 0 ? resolve(performance.now() - t) : reject(new Error(`${command} exited with ${code}`))));
-  });
+  const free = (command: string, args: string[]): Promise<number> =>
+    new Promise((resolve, reject) => {
+      const t = performance.now();
+      const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'inherit'], cwd: dir, env });
+      child.on('error', reject);
+      child.on('close', (code) => (code === 0 ? resolve(performance.now() - t) : reject(new Error(`${command} exited with ${code}`))));
+    });
   /** confined and unconfined, alternating, start-up subtracted: µs each */
   const pair = async (prepare: (i: number, side: 'in' | 'out') => { command: string; args: string[] }): Promise<[number[], number[]]> => {
-    const inside: number[] = [], outside: number[] = [];
+    const inside: number[] = [],
+      outside: number[] = [];
     for (let i = 0; i < opts.runs; i++) {
       const a = prepare(i, 'in');
       const b = prepare(i, 'out');
@@ -78,8 +86,11 @@ export async function benchFileops(opts: FileopsBenchOptions): Promise<Row[]> {
       mkdirSync(to);
       return { command: 'tar', args: ['xf', archive, '-C', to] };
     });
-    rows.push(latencyRow('tar xf of 10,000 files (100 directories) confined vs unconfined', 'µs wall', tarIn, tarOut, '≥ 0.5× (cost ≤ 2×)'));
-    for (const side of ['in', 'out']) for (let i = 0; i < opts.runs; i++) rmSync(join(dir, `tar-${side}-${i}`), { recursive: true, force: true });
+    rows.push(
+      latencyRow('tar xf of 10,000 files (100 directories) confined vs unconfined', 'µs wall', tarIn, tarOut, '≥ 0.5× (cost ≤ 2×)'),
+    );
+    for (const side of ['in', 'out'])
+      for (let i = 0; i < opts.runs; i++) rmSync(join(dir, `tar-${side}-${i}`), { recursive: true, force: true });
 
     // 2. git status in a 5,000-file repository
     const repo = join(dir, 'repo');

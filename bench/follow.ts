@@ -33,7 +33,10 @@ writeFileSync(file, 'x'.repeat(4096));
 const policies: [string, Rule[]][] = [
   ['rwcd (no symlinks followed)', [makeRule({ allow: `${tree}/`, access: 'rwcd' }, 'bench')]],
   ['all (follows, nothing to check)', [makeRule({ allow: `${tree}/`, access: 'all' }, 'bench')]],
-  ['all + a carve-out (real paths checked)', [makeRule({ allow: `${tree}/`, access: 'all' }, 'bench'), makeRule({ deny: `${tree}/private/` }, 'bench')]],
+  [
+    'all + a carve-out (real paths checked)',
+    [makeRule({ allow: `${tree}/`, access: 'all' }, 'bench'), makeRule({ deny: `${tree}/private/` }, 'bench')],
+  ],
   ['r, follow_symlinks = true', [makeRule({ allow: `${tree}/`, access: 'r', follow_symlinks: true }, 'bench')]],
 ];
 
@@ -42,7 +45,11 @@ async function meanUs(broker: Broker, hook: boolean, n: number): Promise<number>
   const fd = openSync(out, 'w');
   try {
     const { status } = await launch({
-      command: opener, args: [file, String(n)], broker, readOnly: [join(ROOT, 'build', 'bench'), ...(hook ? [] : [PRELOAD_LIBRARY])], stdio: ['ignore', fd, 'inherit'],
+      command: opener,
+      args: [file, String(n)],
+      broker,
+      readOnly: [join(ROOT, 'build', 'bench'), ...(hook ? [] : [PRELOAD_LIBRARY])],
+      stdio: ['ignore', fd, 'inherit'],
       ...(hook ? { syscallHook: {} } : { env: { LD_PRELOAD: PRELOAD_LIBRARY } }),
     });
     if (status !== 0) throw new Error(`hook-opens exited with ${status}`);

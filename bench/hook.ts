@@ -51,10 +51,16 @@ export async function benchHook(opts: HookBenchOptions): Promise<Row[]> {
     const t = performance.now();
     let status: number;
     try {
-      status = (await launch({
-        command, args, broker, readOnly: [bin, ...(hook ? [] : [PRELOAD_LIBRARY])], stdio: ['ignore', fd, 'inherit'],
-        ...(hook ? { syscallHook: {} } : { env: { LD_PRELOAD: PRELOAD_LIBRARY } }),
-      })).status;
+      status = (
+        await launch({
+          command,
+          args,
+          broker,
+          readOnly: [bin, ...(hook ? [] : [PRELOAD_LIBRARY])],
+          stdio: ['ignore', fd, 'inherit'],
+          ...(hook ? { syscallHook: {} } : { env: { LD_PRELOAD: PRELOAD_LIBRARY } }),
+        })
+      ).status;
     } finally {
       closeSync(fd);
     }
@@ -63,34 +69,56 @@ export async function benchHook(opts: HookBenchOptions): Promise<Row[]> {
     if (status !== 0) throw new Error(`${command} exited with ${status}: ${out}`);
     return { ms, out };
   };
-  const opens = (out: string): Opens => ({ meanUs: Number(/^mean_us ([0-9.]+)$/m.exec(out)![1]), p99Us: Number(/^p99_us ([0-9.]+)$/m.exec(out)![1]) });
-  const free = (command: string, args: string[]): Promise<number> => new Promise((resolve, reject) => {
-    const t = performance.now();
-    const child = spawn(command, args, { stdio: 'ignore' });
-    child.on('error', reject);
-    child.on('close', (code) => (code === 0 ? resolve(performance.now() - t) : reject(new Error(`${command} exited with ${code}`))));
+  const opens = (out: string): Opens => ({
+    meanUs: Number(/^mean_us ([0-9.]+)$/m.exec(out)![1]),
+    p99Us: Number(/^p99_us ([0-9.]+)$/m.exec(out)![1]),
   });
+  const free = (command: string, args: string[]): Promise<number> =>
+    new Promise((resolve, reject) => {
+      const t = performance.now();
+      const child = spawn(command, args, { stdio: 'ignore' });
+      child.on('error', reject);
+      child.on('close', (code) => (code === 0 ? resolve(performance.now() - t) : reject(new Error(`${command} exited with ${code}`))));
+    });
 
   const rows: Row[] = [];
   try {
     // 1. trapped vs hook socket, alternating runs
-    const trapped: number[] = [], socket: number[] = [];
+    const trapped: number[] = [],
+      socket: number[] = [];
     await confined(opener, [file, '2000'], true); // warm up
     for (let i = 0; i < opts.runs; i++) {
       trapped.push(opens((await confined(opener, [file, String(opts.count)], true)).out).meanUs);
       socket.push(opens((await confined(opener, [file, String(opts.count)], false)).out).meanUs);
     }
-    rows.push(latencyRow('trapped open (syscall hook, ADDFD) vs hook socket (interposer), same broker', 'µs/open', trapped, socket, '≥ 0.83× (cost ≤ 1.2×)'));
+    rows.push(
+      latencyRow(
+        'trapped open (syscall hook, ADDFD) vs hook socket (interposer), same broker',
+        'µs/open',
+        trapped,
+        socket,
+        '≥ 0.83× (cost ≤ 1.2×)',
+      ),
+    );
 
     // 2. python imports, launch start-up subtracted
     const py = ['-c', 'import json, email, http.client'];
-    const pyIn: number[] = [], pyOut: number[] = [];
+    const pyIn: number[] = [],
+      pyOut: number[] = [];
     for (let i = 0; i < opts.runs; i++) {
       const base = (await confined('/bin/true', [], true)).ms;
       pyIn.push((await confined('/usr/bin/python3', py, true)).ms - base);
       pyOut.push((await free('/usr/bin/python3', py)) - (await free('/bin/true', [])));
     }
-    rows.push(latencyRow("python3 -c 'import json, email, http.client' confined vs unconfined", 'µs wall', pyIn.map((x) => x * 1000), pyOut.map((x) => x * 1000), '≥ 0.67× (cost ≤ 1.5×)'));
+    rows.push(
+      latencyRow(
+        "python3 -c 'import json, email, http.client' confined vs unconfined",
+        'µs wall',
+        pyIn.map((x) => x * 1000),
+        pyOut.map((x) => x * 1000),
+        '≥ 0.67× (cost ≤ 1.5×)',
+      ),
+    );
 
     // 3. tar xf of 1,000 files into a granted directory
     const src = join(dir, 'src');
@@ -98,19 +126,32 @@ export async function benchHook(opts: HookBenchOptions): Promise<Row[]> {
     for (let i = 0; i < 1000; i++) writeFileSync(join(src, `f${i}`), `file ${i}\n`);
     const archive = join(dir, 'files.tar');
     execFileSync('tar', ['cf', archive, '-C', src, '.']);
-    const tarIn: number[] = [], tarOut: number[] = [];
+    const tarIn: number[] = [],
+      tarOut: number[] = [];
     for (let i = 0; i < opts.runs; i++) {
-      const a = join(dir, `in${i}`), b = join(dir, `out${i}`);
+      const a = join(dir, `in${i}`),
+        b = join(dir, `out${i}`);
       mkdirSync(a);
       mkdirSync(b);
       const base = (await confined('/bin/true', [], true)).ms;
       tarIn.push((await confined('tar', ['xmf', archive, '--no-same-owner', '--no-same-permissions', '-C', a], true)).ms - base);
-      tarOut.push((await free('tar', ['xmf', archive, '--no-same-owner', '--no-same-permissions', '-C', b])) - (await free('/bin/true', [])));
+      tarOut.push(
+        (await free('tar', ['xmf', archive, '--no-same-owner', '--no-same-permissions', '-C', b])) - (await free('/bin/true', [])),
+      );
     }
-    rows.push(latencyRow('tar xf of 1,000 files confined vs unconfined', 'µs wall', tarIn.map((x) => x * 1000), tarOut.map((x) => x * 1000), '≥ 0.5× (cost ≤ 2×)'));
+    rows.push(
+      latencyRow(
+        'tar xf of 1,000 files confined vs unconfined',
+        'µs wall',
+        tarIn.map((x) => x * 1000),
+        tarOut.map((x) => x * 1000),
+        '≥ 0.5× (cost ≤ 2×)',
+      ),
+    );
 
     // 4. p99 of a trapped open while a socket client keeps the same broker busy
-    const quietP99: number[] = [], busyP99: number[] = [];
+    const quietP99: number[] = [],
+      busyP99: number[] = [];
     for (let i = 0; i < opts.runs; i++) {
       quietP99.push(opens((await confined(opener, [file, String(opts.count)], true)).out).p99Us);
       const busy = confined(opener, [file, String(opts.count * 4)], false);

@@ -19,10 +19,12 @@ const OUT = join(ROOT, 'build', 'bench');
 
 /** Compiles a C file once (rebuilt when the source is newer); returns the binary. */
 export function compile(src: string, name: string, flags: string[] = []): string {
-  if (!existsSync(src)) throw new Error(`${src} is missing: set OPENHOOK_BENCH_SHARED to the directory holding ref-broker.c and ref-client.c`);
+  if (!existsSync(src))
+    throw new Error(`${src} is missing: set OPENHOOK_BENCH_SHARED to the directory holding ref-broker.c and ref-client.c`);
   mkdirSync(OUT, { recursive: true });
   const bin = join(OUT, name);
-  if (!existsSync(bin) || statSync(bin).mtimeMs < statSync(src).mtimeMs) execFileSync('cc', ['-O2', '-o', bin, src, ...flags], { stdio: 'inherit' });
+  if (!existsSync(bin) || statSync(bin).mtimeMs < statSync(src).mtimeMs)
+    execFileSync('cc', ['-O2', '-o', bin, src, ...flags], { stdio: 'inherit' });
   return bin;
 }
 
@@ -108,13 +110,29 @@ export interface ClientResult {
 }
 
 /** Runs ref-client against a socket. */
-export function runRefClient(socket: string, name: string, count: number, clients = 1, depth = 1, kind: 'seqpacket' | 'stream' = 'seqpacket'): ClientResult {
-  const out = execFileSync(refClient(), [socket, name, String(count), String(clients), String(depth), kind], { encoding: 'utf8', maxBuffer: 1 << 20 });
+export function runRefClient(
+  socket: string,
+  name: string,
+  count: number,
+  clients = 1,
+  depth = 1,
+  kind: 'seqpacket' | 'stream' = 'seqpacket',
+): ClientResult {
+  const out = execFileSync(refClient(), [socket, name, String(count), String(clients), String(depth), kind], {
+    encoding: 'utf8',
+    maxBuffer: 1 << 20,
+  });
   const get = (k: string): number | undefined => {
     const m = new RegExp(`^${k} ([0-9.]+)$`, 'm').exec(out);
     return m ? Number(m[1]) : undefined;
   };
-  return { opensPerS: get('opens_per_s')!, meanUs: get('mean_us')!, p50Us: get('p50_us'), p99Us: get('p99_us'), errors: get('errors') ?? 0 };
+  return {
+    opensPerS: get('opens_per_s')!,
+    meanUs: get('mean_us')!,
+    p50Us: get('p50_us'),
+    p99Us: get('p99_us'),
+    errors: get('errors') ?? 0,
+  };
 }
 
 export function median(values: number[]): number {
@@ -138,13 +156,33 @@ export interface Row {
 }
 
 export function rateRow(caseName: string, oh: number[], ref: number[], target: string, safe?: number[]): Row {
-  const o = median(oh), r = median(ref);
-  return { case: caseName, metric: 'opens/s', openhook: o, reference: r, ratio: o / r, target, unit: '/s', ...(safe?.length && { safe: median(safe) }) };
+  const o = median(oh),
+    r = median(ref);
+  return {
+    case: caseName,
+    metric: 'opens/s',
+    openhook: o,
+    reference: r,
+    ratio: o / r,
+    target,
+    unit: '/s',
+    ...(safe?.length && { safe: median(safe) }),
+  };
 }
 
 export function latencyRow(caseName: string, metric: string, oh: number[], ref: number[], target: string, safe?: number[]): Row {
-  const o = median(oh), r = median(ref);
-  return { case: caseName, metric, openhook: o, reference: r, ratio: r / o, target, unit: 'µs', ...(safe?.length && { safe: median(safe) }) };
+  const o = median(oh),
+    r = median(ref);
+  return {
+    case: caseName,
+    metric,
+    openhook: o,
+    reference: r,
+    ratio: r / o,
+    target,
+    unit: 'µs',
+    ...(safe?.length && { safe: median(safe) }),
+  };
 }
 
 /** openhook against the C safe variant, in the table's convention (≥ 1.0 is as good). */
@@ -154,13 +192,20 @@ export function safeRatio(r: Row): number | undefined {
 }
 
 export function printTable(rows: Row[]): void {
-  const fmt = (n: number, unit: string): string => (unit === 'µs' ? n.toFixed(1) : n >= 1000 ? Math.round(n).toLocaleString('en') : n.toFixed(2));
+  const fmt = (n: number, unit: string): string =>
+    unit === 'µs' ? n.toFixed(1) : n >= 1000 ? Math.round(n).toLocaleString('en') : n.toFixed(2);
   const header = ['case', 'metric', 'openhook', 'reference', 'ratio', 'target', 'C safe', 'vs C safe'];
   const lines = rows.map((r) => {
     const vsSafe = safeRatio(r);
     return [
-      r.case, r.metric, `${fmt(r.openhook, r.unit)} ${r.unit}`.trim(), `${fmt(r.reference, r.unit)} ${r.unit}`.trim(), `${r.ratio.toFixed(2)}×`, r.target,
-      r.safe === undefined ? '' : `${fmt(r.safe, r.unit)} ${r.unit}`.trim(), vsSafe === undefined ? '' : `${vsSafe.toFixed(2)}×`,
+      r.case,
+      r.metric,
+      `${fmt(r.openhook, r.unit)} ${r.unit}`.trim(),
+      `${fmt(r.reference, r.unit)} ${r.unit}`.trim(),
+      `${r.ratio.toFixed(2)}×`,
+      r.target,
+      r.safe === undefined ? '' : `${fmt(r.safe, r.unit)} ${r.unit}`.trim(),
+      vsSafe === undefined ? '' : `${vsSafe.toFixed(2)}×`,
     ];
   });
   const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));

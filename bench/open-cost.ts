@@ -26,7 +26,15 @@ export function benchOpenCost(opts: { runs: number }): Row[] {
   const direct = median(got.direct!);
   const row = (name: string, key: string): Row => {
     const us = median(got[key]!);
-    return { case: name, metric: 'µs/open', openhook: us, reference: direct, ratio: direct / us, target: '(cost of the safety)', unit: 'µs' };
+    return {
+      case: name,
+      metric: 'µs/open',
+      openhook: us,
+      reference: direct,
+      ratio: direct / us,
+      target: '(cost of the safety)',
+      unit: 'µs',
+    };
   };
   return [
     row('safe open: O_PATH lookup + fstat + reopen + 2 closes, vs openat2 + close', 'safe'),

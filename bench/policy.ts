@@ -70,7 +70,9 @@ export async function benchPolicy(opts: PolicyBenchOptions): Promise<Row[]> {
     // Wall time is the bound. On a shared machine it includes waiting for a core, so CPU time is shown
     // too: the main thread's (which an idle machine's wall time comes close to), and all threads'
     // (the garbage collector's helpers included).
-    const wall: number[] = [], main: number[] = [], all: number[] = [];
+    const wall: number[] = [],
+      main: number[] = [],
+      all: number[] = [];
     const script = `import { readFileSync } from 'node:fs';
       import { loadPolicyFile } from ${JSON.stringify(pathToFileURL(join(ROOT, 'dist', 'policy', 'file.js')).href)};
       const ticks = () => { const f = readFileSync('/proc/self/task/' + process.pid + '/stat', 'utf8').split(') ')[1].split(' '); return Number(f[11]) + Number(f[12]); };
@@ -80,18 +82,34 @@ export async function benchPolicy(opts: PolicyBenchOptions): Promise<Row[]> {
       if (p.ruleCount !== ${n}) throw new Error('rule count ' + p.ruleCount);
       console.log(ms, mainMs, (used.user + used.system) / 1000);`;
     for (let i = 0; i < Math.max(3, opts.runs); i++) {
-      const [w, m, a] = execFileSync(process.execPath, ['--input-type=module', '-e', script, big], { encoding: 'utf8' }).trim().split(' ').map(Number);
+      const [w, m, a] = execFileSync(process.execPath, ['--input-type=module', '-e', script, big], { encoding: 'utf8' })
+        .trim()
+        .split(' ')
+        .map(Number);
       wall.push(w!);
       main.push(m!);
       all.push(a!);
     }
     const name = `load ${n.toLocaleString('en')} rules (${(bigSize / 1e6).toFixed(1)} MB)`;
-    const loadRow = (metric: string, values: number[], target: string): Row => ({ case: name, metric, openhook: median(values), reference: 1000, ratio: 1000 / median(values), target, unit: 'ms' });
-    rows.push(loadRow('wall ms', wall, '< 1000 ms'), loadRow('CPU ms, main thread', main, '< 1000 ms'), loadRow('CPU ms, all threads', all, '(info)'));
+    const loadRow = (metric: string, values: number[], target: string): Row => ({
+      case: name,
+      metric,
+      openhook: median(values),
+      reference: 1000,
+      ratio: 1000 / median(values),
+      target,
+      unit: 'ms',
+    });
+    rows.push(
+      loadRow('wall ms', wall, '< 1000 ms'),
+      loadRow('CPU ms, main thread', main, '< 1000 ms'),
+      loadRow('CPU ms, all threads', all, '(info)'),
+    );
 
     // decide(): same path, same peer, alternating policies.
     const peer: Peer = { pid: 1, uid: 0, gid: 0, groups: [] };
-    const pSmall = loadPolicyFile(small), pBig = loadPolicyFile(big);
+    const pSmall = loadPolicyFile(small),
+      pBig = loadPolicyFile(big);
     const path = ws.file;
     // CPU time, not wall time: on a shared machine, waiting for a core is not the decision's cost.
     const rate = (p: typeof pSmall, iterations: number): number => {
@@ -103,7 +121,8 @@ export async function benchPolicy(opts: PolicyBenchOptions): Promise<Row[]> {
     for (const p of [pSmall, pBig]) if (!p.decide(peer, path, Access.READ).allowed) throw new Error('the bench path is not allowed');
     rate(pSmall, 200_000);
     rate(pBig, 200_000);
-    const dSmall: number[] = [], dBig: number[] = [];
+    const dSmall: number[] = [],
+      dBig: number[] = [];
     // Short runs, many times, alternating which goes first: drift hits both alike.
     for (let i = 0; i < Math.max(11, 2 * opts.runs + 1); i++) {
       const order = i % 2 ? [pBig, pSmall] : [pSmall, pBig];
@@ -125,9 +144,18 @@ export async function benchPolicy(opts: PolicyBenchOptions): Promise<Row[]> {
         const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
         return (Number(f[11]) + Number(f[12])) * 10;
       };
-      const s = { rate: [] as number[], p50: [] as number[], cpu: [] as number[] }, b = { rate: [] as number[], p50: [] as number[], cpu: [] as number[] };
+      const s = { rate: [] as number[], p50: [] as number[], cpu: [] as number[] },
+        b = { rate: [] as number[], p50: [] as number[], cpu: [] as number[] };
       for (let i = 0; i < opts.runs; i++) {
-        for (const [target, acc] of (i % 2 ? [[ohSmall, s], [ohBig, b]] : [[ohBig, b], [ohSmall, s]]) as [typeof ohBig, typeof b][]) {
+        for (const [target, acc] of (i % 2
+          ? [
+              [ohSmall, s],
+              [ohBig, b],
+            ]
+          : [
+              [ohBig, b],
+              [ohSmall, s],
+            ]) as [typeof ohBig, typeof b][]) {
           const before = cpuMs(target.child.pid!);
           const res = runRefClient(target.socket, ws.file, opts.count);
           if (res.errors) throw new Error(`${res.errors} errors against ${target === ohBig ? 'the big' : 'the small'} policy`);

@@ -60,8 +60,12 @@ async function readyInProcess(args: string[], vm: string): Promise<number> {
     // launch() spawns before its first await: once it returns, QEMU holds its own copy of theirs.
     // What `openhook run --preload` does: the interposer first in LD_PRELOAD, and readable.
     done = launch({
-      command: 'qemu-system-x86_64', args: [...args, ...qmpArgs('stdin')], broker,
-      env: { LD_PRELOAD: preloadValue() }, readOnly: [PRELOAD_LIBRARY], stdio: [theirs, 'ignore', 'ignore'],
+      command: 'qemu-system-x86_64',
+      args: [...args, ...qmpArgs('stdin')],
+      broker,
+      env: { LD_PRELOAD: preloadValue() },
+      readOnly: [PRELOAD_LIBRARY],
+      stdio: [theirs, 'ignore', 'ignore'],
     });
   } finally {
     native.close(theirs);
@@ -87,9 +91,12 @@ export async function benchQemu(opts: QemuBenchOptions): Promise<Row[]> {
   execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', image, '64M']);
   const args = [
     ...MACHINE,
-    '-blockdev', `driver=file,node-name=base-file,filename=${image}`,
-    '-blockdev', 'driver=qcow2,node-name=base,file=base-file',
-    '-device', 'virtio-blk-pci,drive=base,id=disk0',
+    '-blockdev',
+    `driver=file,node-name=base-file,filename=${image}`,
+    '-blockdev',
+    'driver=qcow2,node-name=base,file=base-file',
+    '-device',
+    'virtio-blk-pci,drive=base,id=disk0',
   ];
   const confined = [process.execPath, CLI, 'run', '--preload', '--allow', `${vm}/:rwc`, '--'];
   const wrapper = [process.execPath, join(ROOT, 'bench', 'node-wrapper.mjs')];
@@ -118,7 +125,8 @@ export async function benchQemu(opts: QemuBenchOptions): Promise<Row[]> {
     ws.cleanup();
   }
   const row = (name: string, times: number[]): Row => {
-    const o = median(times), r = median(plain);
+    const o = median(times),
+      r = median(plain);
     return { case: name, metric: 'ms to QMP', openhook: o, reference: r, ratio: r / o, target: '≥ 0.67× (≤ 1.5× plain)', unit: 'ms' };
   };
   return [
@@ -134,5 +142,6 @@ if (process.argv[1]?.endsWith('qemu.ts') || process.argv[1]?.endsWith('qemu.js')
   const rows = await benchQemu({ runs: Number(values.runs) });
   printTable(rows);
   console.log();
-  for (const row of rows) console.log(`${row.case}: confined/plain = ${(row.openhook / row.reference).toFixed(2)}× (medians of ${values.runs} alternating runs)`);
+  for (const row of rows)
+    console.log(`${row.case}: confined/plain = ${(row.openhook / row.reference).toFixed(2)}× (medians of ${values.runs} alternating runs)`);
 }

@@ -45,8 +45,24 @@ export async function benchRss(): Promise<Row[]> {
     const refFds = await connectMany(ref, ws.file.slice(ws.dir.length + 1));
     const busy = { oh: rssMb(oh.child.pid!), ref: rssMb(ref.child.pid!) };
     for (const fd of [...ohFds, ...refFds]) native.close(fd);
-    rows.push({ case: 'broker RSS, no connections', metric: 'MB', openhook: idle.oh, reference: idle.ref, ratio: 80 / idle.oh, target: '(info)', unit: 'MB' });
-    rows.push({ case: `broker RSS, ${CONNECTIONS.toLocaleString('en')} idle connections`, metric: 'MB', openhook: busy.oh, reference: busy.ref, ratio: 80 / busy.oh, target: '≤ 80 MB (ratio: 80 MB / openhook)', unit: 'MB' });
+    rows.push({
+      case: 'broker RSS, no connections',
+      metric: 'MB',
+      openhook: idle.oh,
+      reference: idle.ref,
+      ratio: 80 / idle.oh,
+      target: '(info)',
+      unit: 'MB',
+    });
+    rows.push({
+      case: `broker RSS, ${CONNECTIONS.toLocaleString('en')} idle connections`,
+      metric: 'MB',
+      openhook: busy.oh,
+      reference: busy.ref,
+      ratio: 80 / busy.oh,
+      target: '≤ 80 MB (ratio: 80 MB / openhook)',
+      unit: 'MB',
+    });
   } finally {
     await oh.stop();
     await ref.stop();

@@ -25,7 +25,8 @@ const { values } = parseArgs({
     only: { type: 'string' },
   },
 });
-const runs = Number(values.runs), count = Number(values.count);
+const runs = Number(values.runs),
+  count = Number(values.count);
 const wanted = (name: string): boolean => !values.only || values.only.split(',').includes(name);
 
 console.log(`openhook bench: ${runs} runs per case, medians; ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}; node ${process.version}`);

@@ -15,7 +15,21 @@
  * Prints how many frames it sent, and what came back. Exits 1 on any violation.
  */
 import { createHash } from 'node:crypto';
-import { chmodSync, closeSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, realpathSync, rmSync, symlinkSync, linkSync, writeFileSync, readdirSync, statSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readlinkSync,
+  realpathSync,
+  rmSync,
+  symlinkSync,
+  linkSync,
+  writeFileSync,
+  readdirSync,
+  statSync,
+} from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -33,7 +47,8 @@ const { values } = parseArgs({
     clients: { type: 'string', default: '4' },
   },
 });
-const seconds = Number(values.seconds), clientsPer = Number(values.clients);
+const seconds = Number(values.seconds),
+  clientsPer = Number(values.clients);
 let seed = Number(values.seed) >>> 0 || 1;
 
 /** xorshift32: reproducible with --seed. */
@@ -52,7 +67,10 @@ const pick = <T>(xs: readonly T[]): T => xs[below(xs.length)]!;
 // ---- the world ----------------------------------------------------------------------------------
 const dir = realpathSync(mkdtempSync(join(tmpdir(), 'openhook-fuzz-')));
 chmodSync(dir, 0o755);
-const ro = join(dir, 'ro'), rw = join(dir, 'rwc'), priv = join(rw, 'private'), out = join(dir, 'outside');
+const ro = join(dir, 'ro'),
+  rw = join(dir, 'rwc'),
+  priv = join(rw, 'private'),
+  out = join(dir, 'outside');
 for (const d of [join(ro, 'sub'), priv, out]) mkdirSync(d, { recursive: true });
 writeFileSync(join(ro, 'a'), 'read-only a');
 writeFileSync(join(ro, 'sub', 'b'), 'read-only b');
@@ -71,7 +89,8 @@ execFileSync('mknod', [join(rw, 'null'), 'c', '1', '3']);
 
 const digest = (): string => {
   const h = createHash('sha256');
-  for (const f of [join(ro, 'a'), join(ro, 'sub', 'b'), join(out, 'secret'), join(out, 'linked'), join(priv, 'p')]) h.update(readFileSync(f));
+  for (const f of [join(ro, 'a'), join(ro, 'sub', 'b'), join(out, 'secret'), join(out, 'linked'), join(priv, 'p')])
+    h.update(readFileSync(f));
   h.update(readdirSync(ro).sort().join(',') + readdirSync(out).sort().join(',') + readdirSync(priv).sort().join(','));
   return h.digest('hex');
 };
@@ -80,12 +99,35 @@ const before = digest();
 const names: Buffer[] = [
   ...['a', 'sub/b', 'sub', 'abs', 'in/b', 'fifo', 'missing', '', '.', 'sub/../a', 'sub//b', 'a/', './a'].map((n) => join(ro, n)),
   ...['c', 'hard', 'rel', 'magic', 'fifo', 'null', 'private/p', 'private', 'new1', 'new2', 'new3', 'private/new'].map((n) => join(rw, n)),
-  join(out, 'secret'), join(dir, 'ro2', 'a'), `${ro}X/a`, '/etc/passwd', '/proc/self/mem', 'relative', '/', '//', `${ro}/${'x'.repeat(300)}`,
-  `${ro}/` + 'y/'.repeat(2100), `${ro}/a\0/etc/passwd`,
+  join(out, 'secret'),
+  join(dir, 'ro2', 'a'),
+  `${ro}X/a`,
+  '/etc/passwd',
+  '/proc/self/mem',
+  'relative',
+  '/',
+  '//',
+  `${ro}/${'x'.repeat(300)}`,
+  `${ro}/` + 'y/'.repeat(2100),
+  `${ro}/a\0/etc/passwd`,
 ].map((s) => Buffer.from(s, 'latin1'));
 names.push(Buffer.concat([Buffer.from(`${rw}/`), Buffer.from([0xff, 0xfe, 0x80])]));
-const commonFlags = [C.O_RDONLY, C.O_WRONLY, C.O_RDWR, C.O_RDWR | C.O_CREAT, C.O_WRONLY | C.O_CREAT | C.O_TRUNC, C.O_RDWR | C.O_CREAT | C.O_EXCL,
-  C.O_RDONLY | C.O_TRUNC, C.O_RDONLY | C.O_DIRECTORY, C.O_PATH, C.O_TMPFILE | C.O_RDWR, C.O_ACCMODE, C.O_RDONLY | C.O_NOFOLLOW, C.O_RDWR | C.O_APPEND | C.O_NONBLOCK, C.O_RDONLY | C.O_CLOEXEC];
+const commonFlags = [
+  C.O_RDONLY,
+  C.O_WRONLY,
+  C.O_RDWR,
+  C.O_RDWR | C.O_CREAT,
+  C.O_WRONLY | C.O_CREAT | C.O_TRUNC,
+  C.O_RDWR | C.O_CREAT | C.O_EXCL,
+  C.O_RDONLY | C.O_TRUNC,
+  C.O_RDONLY | C.O_DIRECTORY,
+  C.O_PATH,
+  C.O_TMPFILE | C.O_RDWR,
+  C.O_ACCMODE,
+  C.O_RDONLY | C.O_NOFOLLOW,
+  C.O_RDWR | C.O_APPEND | C.O_NONBLOCK,
+  C.O_RDONLY | C.O_CLOEXEC,
+];
 const commands = [1, 1, 1, 0x101, 0x101, 0x100, 0x102, 0x103, 0x110, 0x113, 0x119, 0, 2, 0xffffffff];
 
 function randomFlags(): number {
@@ -98,7 +140,14 @@ function randomFlags(): number {
 function fileOpFrame(): Buffer {
   const command = 0x110 + below(12);
   const two = command === 0x113 || command === 0x114 || command === 0x115;
-  const args = { flags: chance(0.7) ? 0 : randomFlags() & (chance(0.5) ? 0x3 : 0xffff), mode: chance(0.5) ? 0o755 : rand() & 0xffff, uid: chance(0.5) ? 0xffffffff : rand(), gid: chance(0.5) ? 0xffffffff : rand(), a: below(1 << 20), b: below(1e9) };
+  const args = {
+    flags: chance(0.7) ? 0 : randomFlags() & (chance(0.5) ? 0x3 : 0xffff),
+    mode: chance(0.5) ? 0o755 : rand() & 0xffff,
+    uid: chance(0.5) ? 0xffffffff : rand(),
+    gid: chance(0.5) ? 0xffffffff : rand(),
+    a: below(1 << 20),
+    b: below(1e9),
+  };
   return encodeFileOp(command, pick(names).subarray(0, 4096), two ? pick(names).subarray(0, 4096) : null, args);
 }
 
@@ -107,7 +156,10 @@ function validFrame(): Buffer {
   const command = chance(0.1) ? 0x100 : chance(0.3) ? 0x101 : 1;
   if (command === 0x100) {
     const b = Buffer.alloc(16);
-    b.writeUInt32LE(16, 0); b.writeUInt32LE(0x100, 4); b.writeUInt32LE(1, 8); b.writeUInt32LE(rand(), 12);
+    b.writeUInt32LE(16, 0);
+    b.writeUInt32LE(0x100, 4);
+    b.writeUInt32LE(1, 8);
+    b.writeUInt32LE(rand(), 12);
     return b;
   }
   const name = pick(names).subarray(0, 0xffff);
@@ -131,14 +183,30 @@ function mutate(f: Buffer): Buffer {
   let b: Buffer = Buffer.from(f);
   for (let n = 1 + below(4); n > 0; n--) {
     switch (below(8)) {
-      case 0: if (b.length) b[below(b.length)]! ^= 1 << below(8); break;
-      case 1: if (b.length) b[below(b.length)] = rand() & 0xff; break;
-      case 2: b = b.subarray(0, below(b.length + 1)); break;
-      case 3: b = Buffer.concat([b, Buffer.from(Array.from({ length: 1 + below(64) }, () => rand() & 0xff))]); break;
-      case 4: if (b.length >= 4) b.writeUInt32LE(pick([0, 4, 7, 8, b.length - 1, b.length + 1, 65557, 65558, rand()]) >>> 0, 0); break;
-      case 5: if (b.length >= 8) b.writeUInt32LE(pick(commands) >>> 0, 4); break;
-      case 6: if (b.length >= 18) b.writeUInt16LE(rand() & 0xffff, 16); break;
-      case 7: if (b.length >= 12) b.writeUInt32LE(randomFlags(), 8); break;
+      case 0:
+        if (b.length) b[below(b.length)]! ^= 1 << below(8);
+        break;
+      case 1:
+        if (b.length) b[below(b.length)] = rand() & 0xff;
+        break;
+      case 2:
+        b = b.subarray(0, below(b.length + 1));
+        break;
+      case 3:
+        b = Buffer.concat([b, Buffer.from(Array.from({ length: 1 + below(64) }, () => rand() & 0xff))]);
+        break;
+      case 4:
+        if (b.length >= 4) b.writeUInt32LE(pick([0, 4, 7, 8, b.length - 1, b.length + 1, 65557, 65558, rand()]) >>> 0, 0);
+        break;
+      case 5:
+        if (b.length >= 8) b.writeUInt32LE(pick(commands) >>> 0, 4);
+        break;
+      case 6:
+        if (b.length >= 18) b.writeUInt16LE(rand() & 0xffff, 16);
+        break;
+      case 7:
+        if (b.length >= 12) b.writeUInt32LE(randomFlags(), 8);
+        break;
     }
   }
   return b;
@@ -165,7 +233,8 @@ function checkFd(fd: number, broker: string): void {
   const type = stat[0]! & C.S_IFMT;
   const acc = fdFlags(fd) & C.O_ACCMODE;
   // `rwc/private x` (a mutated name) is a sibling of the denied `rwc/private/`, not inside it.
-  const inRo = path.startsWith(ro + '/'), inRw = path.startsWith(rw + '/') && !path.startsWith(priv + '/');
+  const inRo = path.startsWith(ro + '/'),
+    inRw = path.startsWith(rw + '/') && !path.startsWith(priv + '/');
   if (!inRo && !inRw) violations.push(`${broker}: an fd for ${path}`);
   else if (type !== C.S_IFREG) violations.push(`${broker}: an fd of type ${type.toString(8)} for ${path}`);
   else if (inRo && acc !== C.O_RDONLY) violations.push(`${broker}: write access to ${path}`);
@@ -182,7 +251,11 @@ class FuzzClient {
   #poller: NativePoller | null = null;
   #pending = Buffer.alloc(0);
   #paused = false;
-  constructor(readonly socket: string, readonly kind: 'seqpacket' | 'stream', readonly label: string) {}
+  constructor(
+    readonly socket: string,
+    readonly kind: 'seqpacket' | 'stream',
+    readonly label: string,
+  ) {}
 
   connect(): void {
     try {
@@ -253,7 +326,9 @@ class FuzzClient {
 
   #onPoll(count: number, status: number): void {
     for (let i = 0, m = 0; i < count; i++) {
-      const offset = recvMeta[m]!, length = recvMeta[m + 1]!, nfds = recvMeta[m + 3]!;
+      const offset = recvMeta[m]!,
+        length = recvMeta[m + 1]!,
+        nfds = recvMeta[m + 3]!;
       for (let k = 0; k < nfds; k++) {
         stats.fds++;
         checkFd(recvMeta[m + 4 + k]!, this.label);
@@ -262,12 +337,12 @@ class FuzzClient {
       if (this.kind === 'seqpacket') {
         this.#reply(recvArena, offset, length);
         if (length >= 12) {
-          const command = recvArena.readUInt32LE(offset + 4), result = recvArena.readInt32LE(offset + 8);
+          const command = recvArena.readUInt32LE(offset + 4),
+            result = recvArena.readInt32LE(offset + 8);
           const wants = result === 0 && (command === 1 || command === 0x101 || command === 0x11c) ? 1 : 0;
           if (nfds !== wants) violations.push(`${this.label}: a reply (command ${command}, result ${result}) with ${nfds} fds`);
         }
-      }
-      else {
+      } else {
         this.#pending = Buffer.concat([this.#pending, recvArena.subarray(offset, offset + length)]);
         while (this.#pending.length >= 12) {
           const size = this.#pending.readUInt32LE(0);
@@ -306,7 +381,11 @@ const brokers = [
   { label: 'stream', serve: await startServeUnder([], join(dir, 'stream.sock'), [...args, '--stream']) },
 ];
 let crashed = '';
-for (const b of brokers) b.serve.child.on('exit', (code, signal) => (crashed ||= `${b.label} broker exited (${code ?? signal}): ${b.serve.stderr().slice(-2000)}`));
+for (const b of brokers)
+  b.serve.child.on(
+    'exit',
+    (code, signal) => (crashed ||= `${b.label} broker exited (${code ?? signal}): ${b.serve.stderr().slice(-2000)}`),
+  );
 
 async function goodRequest(label: string, socket: string, kind: 'seqpacket' | 'stream', file = join(ro, 'a')): Promise<boolean> {
   const { RawClient, openFrame, inodeOf } = await import('../test/raw.js');
@@ -323,12 +402,17 @@ async function goodRequest(label: string, socket: string, kind: 'seqpacket' | 's
 }
 
 // Every allow rule once: the policy opens a rule's root on first use and keeps it, which is not a leak.
-for (const b of brokers) for (const f of [join(ro, 'a'), join(rw, 'c')]) await goodRequest(b.label, b.serve.socket, b.label as 'seqpacket' | 'stream', f);
+for (const b of brokers)
+  for (const f of [join(ro, 'a'), join(rw, 'c')]) await goodRequest(b.label, b.serve.socket, b.label as 'seqpacket' | 'stream', f);
 await sleep(100);
 const baseline = brokers.map((b) => fdCount(b.serve.child.pid!));
-console.log(`openhook fuzz: ${seconds} s, seed ${values.seed}, ${clientsPer} clients per broker; broker fds at start: ${baseline.join(', ')}`);
+console.log(
+  `openhook fuzz: ${seconds} s, seed ${values.seed}, ${clientsPer} clients per broker; broker fds at start: ${baseline.join(', ')}`,
+);
 
-const clients = brokers.flatMap((b) => Array.from({ length: clientsPer }, (_, i) => new FuzzClient(b.serve.socket, b.label as 'seqpacket' | 'stream', `${b.label}#${i}`)));
+const clients = brokers.flatMap((b) =>
+  Array.from({ length: clientsPer }, (_, i) => new FuzzClient(b.serve.socket, b.label as 'seqpacket' | 'stream', `${b.label}#${i}`)),
+);
 const end = Date.now() + seconds * 1000;
 let lastReport = Date.now();
 while (Date.now() < end && !crashed) {
@@ -336,7 +420,9 @@ while (Date.now() < end && !crashed) {
   await new Promise((r) => setImmediate(r));
   if (Date.now() - lastReport > 60_000) {
     lastReport = Date.now();
-    console.log(`  ${Math.round((end - Date.now()) / 1000)} s left: ${stats.frames} frames, ${stats.replies} replies, ${stats.fds} fds, ${violations.length} violations`);
+    console.log(
+      `  ${Math.round((end - Date.now()) / 1000)} s left: ${stats.frames} frames, ${stats.replies} replies, ${stats.fds} fds, ${violations.length} violations`,
+    );
   }
 }
 for (const c of clients) c.close();
@@ -357,9 +443,18 @@ if (crashed) violations.push(crashed);
 for (const b of brokers) await b.serve.stop();
 for (const fd of spareFds) closeSync(fd);
 
-const top = [...results.entries()].sort((a, b) => b[1] - a[1]).map(([r, n]) => `${r}: ${n}`).join(', ');
-console.log(`sent ${stats.frames.toLocaleString('en')} frames (${stats.bytes.toLocaleString('en')} bytes; ${stats.withFds} with fds attached) over ${stats.connects} connections (${stats.hangups} hung up by us, ${stats.dropped} closed by a broker)`);
+const top = [...results.entries()]
+  .sort((a, b) => b[1] - a[1])
+  .map(([r, n]) => `${r}: ${n}`)
+  .join(', ');
+console.log(
+  `sent ${stats.frames.toLocaleString('en')} frames (${stats.bytes.toLocaleString('en')} bytes; ${stats.withFds} with fds attached) over ${stats.connects} connections (${stats.hangups} hung up by us, ${stats.dropped} closed by a broker)`,
+);
 console.log(`got ${stats.replies.toLocaleString('en')} replies and ${stats.fds} fds; results: ${top}`);
-console.log(violations.length ? `VIOLATIONS (${violations.length}):\n  ${[...new Set(violations)].slice(0, 20).join('\n  ')}` : 'no violations: both brokers stayed up, fd counts flat, every fd allowed, good requests answered');
+console.log(
+  violations.length
+    ? `VIOLATIONS (${violations.length}):\n  ${[...new Set(violations)].slice(0, 20).join('\n  ')}`
+    : 'no violations: both brokers stayed up, fd counts flat, every fd allowed, good requests answered',
+);
 rmSync(dir, { recursive: true, force: true });
 process.exit(violations.length ? 1 : 0);

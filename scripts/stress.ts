@@ -20,22 +20,32 @@ const { values } = parseArgs({
     only: { type: 'string' },
   },
 });
-const attempts = Number(values.attempts), clients = Number(values.clients), control = Number(values.control);
+const attempts = Number(values.attempts),
+  clients = Number(values.clients),
+  control = Number(values.control);
 const errnoNames: Record<number, string> = { 2: 'ENOENT', 11: 'EAGAIN', 13: 'EACCES', 18: 'EXDEV', 20: 'ENOTDIR', 40: 'ELOOP' };
 
-console.log(`openhook stress: ${attempts.toLocaleString('en')} opens per case, ${clients} clients, against a RENAME_EXCHANGE swapper; ${cpus().length} CPUs, node ${process.version}\n`);
+console.log(
+  `openhook stress: ${attempts.toLocaleString('en')} opens per case, ${clients} clients, against a RENAME_EXCHANGE swapper; ${cpus().length} CPUs, node ${process.version}\n`,
+);
 const results: RaceResult[] = [];
 for (const c of RACE_CASES.filter((c) => !values.only || describeCase(c).includes(values.only))) {
   const r = await race(c, attempts, clients);
   results.push(r);
-  const errs = Object.entries(r.errors).map(([e, n]) => `${errnoNames[Number(e)] ?? e} ${n}`).join(', ');
-  console.log(`${r.escapes === 0 ? 'ok  ' : 'FAIL'} ${describeCase(c)}: ${r.attempts} opens in ${r.seconds.toFixed(1)} s (${Math.round(r.attempts / r.seconds)}/s), ${r.swaps} swaps; inside ${r.inside}, escapes ${r.escapes}; refused: ${errs}`);
+  const errs = Object.entries(r.errors)
+    .map(([e, n]) => `${errnoNames[Number(e)] ?? e} ${n}`)
+    .join(', ');
+  console.log(
+    `${r.escapes === 0 ? 'ok  ' : 'FAIL'} ${describeCase(c)}: ${r.attempts} opens in ${r.seconds.toFixed(1)} s (${Math.round(r.attempts / r.seconds)}/s), ${r.swaps} swaps; inside ${r.inside}, escapes ${r.escapes}; refused: ${errs}`,
+  );
 }
 const total = results.reduce((n, r) => n + r.attempts, 0);
 const escapes = results.reduce((n, r) => n + r.escapes, 0);
 if (control > 0) {
   const n = await naiveRace(control);
-  console.log(`\ncontrol, realpath-then-open (not openhook): ${n.escapes} escapes in ${n.attempts} attempts (${n.inside} inside, ${n.refused} refused)`);
+  console.log(
+    `\ncontrol, realpath-then-open (not openhook): ${n.escapes} escapes in ${n.attempts} attempts (${n.inside} inside, ${n.refused} refused)`,
+  );
 }
 console.log(`\n${total.toLocaleString('en')} brokered opens, ${escapes} escapes`);
 process.exit(escapes === 0 ? 0 : 1);

@@ -25,7 +25,7 @@ export function display(s: ByteString): string {
   const text = bytes.toString('utf8');
   if (!text.includes('\ufffd') || Buffer.from(text, 'utf8').equals(bytes)) return text;
   let out = '';
-  for (let i = 0; i < bytes.length; ) {
+  for (let i = 0; i < bytes.length;) {
     const n = utf8SequenceLength(bytes, i);
     if (n > 0) {
       out += bytes.toString('utf8', i, i + n);

@@ -17,27 +17,74 @@ import { errnoName } from './errno.js';
 let systemErrors: Map<number, [string, string]> | undefined;
 
 export interface NativeConstants {
-  SOCK_STREAM: number; SOCK_SEQPACKET: number; SOCK_DGRAM: number; AF_UNIX: number; AF_INET: number; AF_INET6: number;
-  O_RDONLY: number; O_WRONLY: number; O_RDWR: number; O_ACCMODE: number; O_CREAT: number; O_EXCL: number;
-  O_NOCTTY: number; O_TRUNC: number; O_APPEND: number; O_NONBLOCK: number; O_DSYNC: number; O_SYNC: number;
-  O_DIRECT: number; O_LARGEFILE: number; O_DIRECTORY: number; O_NOFOLLOW: number; O_NOATIME: number;
-  O_CLOEXEC: number; O_PATH: number; O_TMPFILE: number; FASYNC: number;
-  RESOLVE_NO_XDEV: number; RESOLVE_NO_MAGICLINKS: number; RESOLVE_NO_SYMLINKS: number;
-  RESOLVE_BENEATH: number; RESOLVE_IN_ROOT: number; RESOLVE_CACHED: number;
-  S_IFMT: number; S_IFREG: number; S_IFDIR: number; S_IFLNK: number; S_IFIFO: number; S_IFSOCK: number;
-  S_IFCHR: number; S_IFBLK: number;
-  MSG_TRUNC: number; MSG_CTRUNC: number;
+  SOCK_STREAM: number;
+  SOCK_SEQPACKET: number;
+  SOCK_DGRAM: number;
+  AF_UNIX: number;
+  AF_INET: number;
+  AF_INET6: number;
+  O_RDONLY: number;
+  O_WRONLY: number;
+  O_RDWR: number;
+  O_ACCMODE: number;
+  O_CREAT: number;
+  O_EXCL: number;
+  O_NOCTTY: number;
+  O_TRUNC: number;
+  O_APPEND: number;
+  O_NONBLOCK: number;
+  O_DSYNC: number;
+  O_SYNC: number;
+  O_DIRECT: number;
+  O_LARGEFILE: number;
+  O_DIRECTORY: number;
+  O_NOFOLLOW: number;
+  O_NOATIME: number;
+  O_CLOEXEC: number;
+  O_PATH: number;
+  O_TMPFILE: number;
+  FASYNC: number;
+  RESOLVE_NO_XDEV: number;
+  RESOLVE_NO_MAGICLINKS: number;
+  RESOLVE_NO_SYMLINKS: number;
+  RESOLVE_BENEATH: number;
+  RESOLVE_IN_ROOT: number;
+  RESOLVE_CACHED: number;
+  S_IFMT: number;
+  S_IFREG: number;
+  S_IFDIR: number;
+  S_IFLNK: number;
+  S_IFIFO: number;
+  S_IFSOCK: number;
+  S_IFCHR: number;
+  S_IFBLK: number;
+  MSG_TRUNC: number;
+  MSG_CTRUNC: number;
   /** OpenPool job kinds */
-  JOB_LOOKUP: number; JOB_CREATE: number; JOB_REOPEN: number; JOB_STATFS: number; JOB_CLOSE: number;
-  UV_READABLE: number; UV_WRITABLE: number; UV_DISCONNECT: number;
+  JOB_LOOKUP: number;
+  JOB_CREATE: number;
+  JOB_REOPEN: number;
+  JOB_STATFS: number;
+  JOB_CLOSE: number;
+  UV_READABLE: number;
+  UV_WRITABLE: number;
+  UV_DISCONNECT: number;
   /** status passed to a receiving poller's callback when the peer has closed */
   STATUS_EOF: number;
   /** the largest legal frame: OPEN_TAGGED's 22 header bytes + a 65535-byte name (MAX_FRAME) */
   FRAME_MAX: number;
   MAX_FDS_PER_MSG: number;
   /** native/fileops.c */
-  AT_REMOVEDIR: number; RENAME_NOREPLACE: number; RENAME_EXCHANGE: number; UTIME_NOW: number; UTIME_OMIT: number;
-  AT_SYMLINK_NOFOLLOW: number; R_OK: number; W_OK: number; X_OK: number; F_OK: number;
+  AT_REMOVEDIR: number;
+  RENAME_NOREPLACE: number;
+  RENAME_EXCHANGE: number;
+  UTIME_NOW: number;
+  UTIME_OMIT: number;
+  AT_SYMLINK_NOFOLLOW: number;
+  R_OK: number;
+  W_OK: number;
+  X_OK: number;
+  F_OK: number;
 }
 
 /** What a poller does when its socket is readable. */
@@ -181,7 +228,9 @@ binding.setErrorFactory((errno, syscall) => systemError(errno, syscall));
 // at a time), and every load from such an object in optimised code goes through V8's generic
 // LoadIC: about 14 ns against 2 here, and the request path makes dozens. Plain copies are fast-mode.
 export const C: NativeConstants = { ...binding.constants };
-export const native: NativeBinding = Object.fromEntries(Object.getOwnPropertyNames(binding).map((k) => [k, k === 'constants' ? C : binding[k as keyof NativeBinding]])) as unknown as NativeBinding;
+export const native: NativeBinding = Object.fromEntries(
+  Object.getOwnPropertyNames(binding).map((k) => [k, k === 'constants' ? C : binding[k as keyof NativeBinding]]),
+) as unknown as NativeBinding;
 
 /**
  * The receive arena shared by every receiving poller: message bytes, and an index of records
@@ -193,7 +242,6 @@ export const native: NativeBinding = Object.fromEntries(Object.getOwnPropertyNam
 export const recvArena = Buffer.allocUnsafeSlow(64 * 65_600);
 export const recvMeta = new Int32Array(16 * 1024);
 native.setRecvArena(recvArena, recvMeta);
-
 
 export interface SystemError extends Error {
   code: string;

@@ -36,10 +36,26 @@ describe('audit log', () => {
       rfcOpenFrame(`${T}/vm/disk.img`, C.O_RDONLY | C.O_PATH),
     ]);
     assert.equal(await serve.stop(), 0);
-    const lines = readFileSync(log, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const lines = readFileSync(log, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     assert.equal(lines.length, 6);
     const [ok, denied, created, bytes, missing, badFlags] = lines;
-    assert.deepEqual(Object.keys(ok), ['time', 'client', 'command', 'path', 'flags', 'mode', 'access', 'decision', 'rule', 'errno', 'reason', 'latency_us']);
+    assert.deepEqual(Object.keys(ok), [
+      'time',
+      'client',
+      'command',
+      'path',
+      'flags',
+      'mode',
+      'access',
+      'decision',
+      'rule',
+      'errno',
+      'reason',
+      'latency_us',
+    ]);
     assert.ok(Math.abs(Date.parse(ok.time) - Date.now()) < 60_000);
     assert.equal(ok.client.uid, process.getuid!());
     assert.equal(ok.client.gid, process.getgid!());
@@ -74,7 +90,20 @@ describe('audit log', () => {
 
   it('keeps UTF-8 names readable and exact', () => {
     const line = JSON.parse(
-      jsonLine({ time: 0, peer: { pid: 1, uid: 2, gid: 3, groups: null, session: 'vm1' }, command: 1, path: Buffer.from('/srv/é"\n').toString('latin1'), flags: 0, mode: 0, access: 1, allowed: true, rule: null, errno: 0, reason: '', latencyUs: 1 }),
+      jsonLine({
+        time: 0,
+        peer: { pid: 1, uid: 2, gid: 3, groups: null, session: 'vm1' },
+        command: 1,
+        path: Buffer.from('/srv/é"\n').toString('latin1'),
+        flags: 0,
+        mode: 0,
+        access: 1,
+        allowed: true,
+        rule: null,
+        errno: 0,
+        reason: '',
+        latencyUs: 1,
+      }),
     );
     assert.equal(line.path, '/srv/é"\n');
     assert.equal(line.path_base64, undefined);
@@ -87,7 +116,12 @@ describe('audit log', () => {
     probe(socket, 'seqpacket', [rfcOpenFrame(`${T}/vm/disk.img`, C.O_RDONLY), rfcOpenFrame(`${T}/secret/key`, C.O_RDONLY)]);
     await waitForStderr(serve, /DENY EACCES/);
     await serve.stop();
-    assert.match(serve.stderr(), new RegExp(`\\d\\d:\\d\\d:\\d\\d\\.\\d{3} ALLOW +${T}/vm/disk.img O_RDONLY \\[pid \\d+ uid \\d+\\] allowed by ${policy}:1 \\(\\d+ µs\\)`));
+    assert.match(
+      serve.stderr(),
+      new RegExp(
+        `\\d\\d:\\d\\d:\\d\\d\\.\\d{3} ALLOW +${T}/vm/disk.img O_RDONLY \\[pid \\d+ uid \\d+\\] allowed by ${policy}:1 \\(\\d+ µs\\)`,
+      ),
+    );
     assert.match(serve.stderr(), new RegExp(`DENY EACCES +${T}/secret/key O_RDONLY .* denied by ${policy}:5`));
   });
 
@@ -96,7 +130,10 @@ describe('audit log', () => {
     const serve = await startServe(socket, ['--policy', policy, '--audit', '/dev/full']);
     try {
       probe(socket, 'seqpacket', [rfcOpenFrame(`${T}/vm/disk.img`, C.O_RDONLY)]);
-      await waitForStderr(serve, /cannot write the audit log \/dev\/full: ENOSPC.*refusing requests with EIO until it works again \(fail-closed\)/);
+      await waitForStderr(
+        serve,
+        /cannot write the audit log \/dev\/full: ENOSPC.*refusing requests with EIO until it works again \(fail-closed\)/,
+      );
       const lines = probe(socket, 'seqpacket', [rfcOpenFrame(`${T}/vm/disk.img`, C.O_RDONLY), rfcOpenFrame(`${T}/secret/key`, C.O_RDONLY)]);
       assert.deepEqual(lines, [`reply=${rfcReplyHex(1, -5)} fds=0`, `reply=${rfcReplyHex(1, -5)} fds=0`]);
     } finally {
@@ -119,6 +156,9 @@ describe('audit log', () => {
   });
 
   it('refuses to start when the log cannot be opened', async () => {
-    await assert.rejects(startServe(join(T, 'x.sock'), ['--policy', policy, '--audit', join(T, 'no', 'such', 'dir', 'log')]), /cannot open the audit log/);
+    await assert.rejects(
+      startServe(join(T, 'x.sock'), ['--policy', policy, '--audit', join(T, 'no', 'such', 'dir', 'log')]),
+      /cannot open the audit log/,
+    );
   });
 });

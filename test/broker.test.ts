@@ -9,7 +9,19 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { connect } from '../src/client/client.js';
 import { C, native } from '../src/native.js';
-import { CLI, fixture, settledFdCount, probe, receiveOne, rfcOpenFrame, rfcReplyHex, sleep, startServe, tempDir, type ServeProcess } from './helpers.js';
+import {
+  CLI,
+  fixture,
+  settledFdCount,
+  probe,
+  receiveOne,
+  rfcOpenFrame,
+  rfcReplyHex,
+  sleep,
+  startServe,
+  tempDir,
+  type ServeProcess,
+} from './helpers.js';
 import { E } from '../src/errno.js';
 
 const { EACCES, ENOENT, EEXIST, EISDIR, EPROTO, EINVAL } = E;
@@ -79,13 +91,19 @@ for (const kind of ['seqpacket', 'stream'] as const) {
     });
 
     it('serves many concurrent clients', async () => {
-      const frames = Array.from({ length: 40 }, (_, i) => rfcOpenFrame(join(vm, i % 2 ? 'disk.img' : 'missing'), C.O_RDONLY).toString('hex'));
-      const runs = Array.from({ length: 24 }, () => new Promise<string>((resolve, reject) => {
-        const child = spawn(fixture('rfc-probe'), [socket, kind, ...frames]);
-        let out = '';
-        child.stdout.on('data', (d) => (out += d));
-        child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`probe exited ${code}`))));
-      }));
+      const frames = Array.from({ length: 40 }, (_, i) =>
+        rfcOpenFrame(join(vm, i % 2 ? 'disk.img' : 'missing'), C.O_RDONLY).toString('hex'),
+      );
+      const runs = Array.from(
+        { length: 24 },
+        () =>
+          new Promise<string>((resolve, reject) => {
+            const child = spawn(fixture('rfc-probe'), [socket, kind, ...frames]);
+            let out = '';
+            child.stdout.on('data', (d) => (out += d));
+            child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`probe exited ${code}`))));
+          }),
+      );
       for (const out of await Promise.all(runs)) {
         const lines = out.trim().split('\n');
         assert.equal(lines.length, 40);
@@ -100,8 +118,11 @@ for (const kind of ['seqpacket', 'stream'] as const) {
       closeSync(warm);
       const before = await settledFdCount(pid);
       for (let batch = 0; batch < 100; batch++) {
-        const fds = await Promise.all(Array.from({ length: 100 }, (_, i) =>
-          client.open(join(vm, i % 3 ? 'disk.img' : 'missing')).catch((e: NodeJS.ErrnoException) => e.code)));
+        const fds = await Promise.all(
+          Array.from({ length: 100 }, (_, i) =>
+            client.open(join(vm, i % 3 ? 'disk.img' : 'missing')).catch((e: NodeJS.ErrnoException) => e.code),
+          ),
+        );
         for (const fd of fds) if (typeof fd === 'number') closeSync(fd);
         assert.equal(fds.filter((f) => f === 'ENOENT').length, 34);
       }
@@ -138,10 +159,19 @@ describe('serve: the socket file and shutdown', () => {
     const s = await startServe(path, [`--allow=${vm}/:r`]);
     try {
       // Num RefCount Protocol Flags Type St Inode Path: a listening socket has St 01.
-      const listed = readFileSync('/proc/net/unix', 'utf8').split('\n').map((l) => l.trim().split(/\s+/)).filter((f) => f.length >= 8 && f.slice(7).join(' ') === path);
+      const listed = readFileSync('/proc/net/unix', 'utf8')
+        .split('\n')
+        .map((l) => l.trim().split(/\s+/))
+        .filter((f) => f.length >= 8 && f.slice(7).join(' ') === path);
       assert.equal(listed.length, 1, `one socket named ${path}`);
       assert.equal(listed[0]![5], '01', 'listening');
-      const held = readdirSync(`/proc/${s.child.pid}/fd`).map((fd) => { try { return readlinkSync(`/proc/${s.child.pid}/fd/${fd}`); } catch { return ''; } });
+      const held = readdirSync(`/proc/${s.child.pid}/fd`).map((fd) => {
+        try {
+          return readlinkSync(`/proc/${s.child.pid}/fd/${fd}`);
+        } catch {
+          return '';
+        }
+      });
       assert.ok(held.includes(`socket:[${listed[0]![6]}]`), 'the socket is the broker’s (what ss -xlp shows)');
     } finally {
       await s.stop();
@@ -160,10 +190,20 @@ describe('serve: the socket file and shutdown', () => {
     mkdirSync(ro);
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'ro,size=1m', 'openhook-test-ro', ro]);
     try {
-      const serve = await startServe(join(tmp.path, 'ro.sock'), ['--allow', `${ro}/:rwc`, '--allow', `${ro}/*.img:rw`, '--allow', `${vm}/:rwc`]);
+      const serve = await startServe(join(tmp.path, 'ro.sock'), [
+        '--allow',
+        `${ro}/:rwc`,
+        '--allow',
+        `${ro}/*.img:rw`,
+        '--allow',
+        `${vm}/:rwc`,
+      ]);
       const stopped = serve.stop();
       await stopped;
-      const warnings = serve.stderr().split('\n').filter((l) => l.includes('read-only for the broker'));
+      const warnings = serve
+        .stderr()
+        .split('\n')
+        .filter((l) => l.includes('read-only for the broker'));
       assert.equal(warnings.length, 1, serve.stderr());
       assert.match(warnings[0]!, new RegExp(`${ro}/? is read-only for the broker`));
     } finally {
@@ -172,7 +212,9 @@ describe('serve: the socket file and shutdown', () => {
   });
 
   it('exits with status 2 and a clear message for a bad policy', () => {
-    const r = spawnSync(process.execPath, [CLI, 'serve', '--socket', join(tmp.path, 'bad.sock'), '--allow', `${vm}/:rq`], { encoding: 'utf8' });
+    const r = spawnSync(process.execPath, [CLI, 'serve', '--socket', join(tmp.path, 'bad.sock'), '--allow', `${vm}/:rq`], {
+      encoding: 'utf8',
+    });
     assert.equal(r.status, 2);
     assert.match(r.stderr, /unknown access letter 'q'/);
     const none = spawnSync(process.execPath, [CLI, 'serve', '--socket', join(tmp.path, 'bad.sock')], { encoding: 'utf8' });
@@ -185,7 +227,11 @@ describe('serve: the socket file and shutdown', () => {
     const s = await startServe(path, [`--allow=${vm}/:r`, '--stream']);
     const fd = native.connectUnix(Buffer.from(path), C.SOCK_STREAM);
     const frame = rfcOpenFrame(join(vm, 'disk.img'), C.O_RDONLY);
-    for (const [from, to] of [[0, 3], [3, 17], [17, frame.length]] as const) {
+    for (const [from, to] of [
+      [0, 3],
+      [3, 17],
+      [17, frame.length],
+    ] as const) {
       assert.equal(native.send(fd, frame, from, to - from, -1), to - from);
       await sleep(30);
     }

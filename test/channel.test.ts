@@ -51,7 +51,10 @@ function sendFrom(fd: number, text: string): void {
   assert.equal(native.send(fd, buf, 0, buf.length, -1), buf.length);
 }
 
-const kinds = [['SOCK_SEQPACKET', C.SOCK_SEQPACKET], ['SOCK_STREAM', C.SOCK_STREAM]] as const;
+const kinds = [
+  ['SOCK_SEQPACKET', C.SOCK_SEQPACKET],
+  ['SOCK_STREAM', C.SOCK_STREAM],
+] as const;
 
 describe('Channel: how it ends', () => {
   for (const [label, type] of kinds) {
@@ -136,7 +139,9 @@ describe('Channel: outbox and received fds', () => {
     const received: number[] = [];
     const reader = new native.Poller(o.far, PollMode.Receive, 16, (_e, count) => {
       for (let i = 0, m = 0; i < count; i++) {
-        const off = recvMeta[m]!, len = recvMeta[m + 1]!, nfds = recvMeta[m + 3]!;
+        const off = recvMeta[m]!,
+          len = recvMeta[m + 1]!,
+          nfds = recvMeta[m + 3]!;
         // The kernel hands an fd over with the read that takes the bytes of its message: the record
         // carrying it ends with 'tail'. Sent too early, it would come with a read of the big buffer.
         for (let k = 0; k < nfds; k++) {
@@ -162,7 +167,9 @@ describe('Channel: outbox and received fds', () => {
     const [near, far] = native.socketpair(C.SOCK_SEQPACKET, true);
     const seen: number[] = [];
     const channel: Channel = new Channel(near, {
-      ownsFd: true, fds: 'keep', batch: 16,
+      ownsFd: true,
+      fds: 'keep',
+      batch: 16,
       record: (_o, _l, _f, fdStart, nfds) => {
         for (let k = 0; k < nfds; k++) seen.push(recvMeta[fdStart + k]!);
         channel.close();

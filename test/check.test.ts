@@ -53,7 +53,12 @@ describe('openhook check', () => {
   it('denies, naming the deny rule (exit 1)', () => {
     const r = check('--policy', policy, `${vm}/private/key`, 'r');
     assert.equal(r.status, 1);
-    assert.match(r.out, new RegExp(`^deny \\(EACCES\\) ${vm}/private/key r\n  why: denied by ${policy}:5\n  needs: r read\n  rule: ${policy}:5: deny ${vm}/private/\n`));
+    assert.match(
+      r.out,
+      new RegExp(
+        `^deny \\(EACCES\\) ${vm}/private/key r\n  why: denied by ${policy}:5\n  needs: r read\n  rule: ${policy}:5: deny ${vm}/private/\n`,
+      ),
+    );
   });
 
   it('denies what no rule covers, and what needs more than the rule grants', () => {

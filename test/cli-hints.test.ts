@@ -36,8 +36,10 @@ describe('--allow DIR:ACCESS without the trailing /, DIR a directory', () => {
     assert.match(serve.stderr, fix);
   });
 
-  it("with d (list the directory itself) it stands, with a warning and the fix", async () => {
-    const warning = new RegExp(`${dir} is a directory; without a trailing '/' the rule lets clients open \\(list\\) the directory itself, nothing in it: for the tree beneath it write --allow ${dir}/:rd`);
+  it('with d (list the directory itself) it stands, with a warning and the fix', async () => {
+    const warning = new RegExp(
+      `${dir} is a directory; without a trailing '/' the rule lets clients open \\(list\\) the directory itself, nothing in it: for the tree beneath it write --allow ${dir}/:rd`,
+    );
     const check = openhook(['check', '--allow', `${dir}:rd`, dir, 'rd']);
     assert.equal(check.status, 0, check.stderr);
     assert.match(check.stderr, warning);
@@ -64,7 +66,10 @@ describe('run: CMD failed without asking the broker', () => {
   it('says that the kernel refused it, and which calls the syscall hook brokers', () => {
     const r = openhook(['run', '--log', '--allow', `${dir}/:r`, '--', 'sh', '-c', 'exit 3']);
     assert.equal(r.status, 3, r.stderr);
-    assert.match(r.stderr, /sh exited with status 3 and asked the broker for nothing: if a call failed, the kernel refused it \(Landlock or the seccomp filter\), not the policy\. The syscall hook brokers only the calls --report lists as trapped/);
+    assert.match(
+      r.stderr,
+      /sh exited with status 3 and asked the broker for nothing: if a call failed, the kernel refused it \(Landlock or the seccomp filter\), not the policy\. The syscall hook brokers only the calls --report lists as trapped/,
+    );
   });
 
   it('says nothing when the syscall hook brokered an open', () => {
@@ -127,15 +132,19 @@ describe('check --gid', () => {
   const policy = join(tmp.path, 'groups.toml');
   writeFileSync(policy, `unmatched = "default"\n\n[[client]]\ngid = ${mine ?? 0}\n[[client.rule]]\nallow = "${dir}/"\naccess = "r"\n`);
 
-  it('another gid drops your supplementary groups, as --uid does', { skip: mine === undefined && 'this process is in no supplementary group' }, () => {
-    const own = openhook(['check', '--policy', policy, join(dir, 'f'), 'r']);
-    assert.equal(own.status, 0, own.stdout + own.stderr);
-    const other = openhook(['check', '--policy', policy, '--gid', String(theirs), join(dir, 'f'), 'r']);
-    assert.equal(other.status, 1, other.stdout);
-    assert.match(other.stdout, new RegExp(`client: uid \\d+, gid ${theirs} -> default section`));
-    const given = openhook(['check', '--policy', policy, '--gid', String(theirs), '--groups', String(mine), join(dir, 'f'), 'r']);
-    assert.equal(given.status, 0, given.stdout);
-  });
+  it(
+    'another gid drops your supplementary groups, as --uid does',
+    { skip: mine === undefined && 'this process is in no supplementary group' },
+    () => {
+      const own = openhook(['check', '--policy', policy, join(dir, 'f'), 'r']);
+      assert.equal(own.status, 0, own.stdout + own.stderr);
+      const other = openhook(['check', '--policy', policy, '--gid', String(theirs), join(dir, 'f'), 'r']);
+      assert.equal(other.status, 1, other.stdout);
+      assert.match(other.stdout, new RegExp(`client: uid \\d+, gid ${theirs} -> default section`));
+      const given = openhook(['check', '--policy', policy, '--gid', String(theirs), '--groups', String(mine), join(dir, 'f'), 'r']);
+      assert.equal(given.status, 0, given.stdout);
+    },
+  );
 
   it('--help says so', () => {
     assert.match(openhook(['check', '--help']).stdout, /none with --uid or\s+--gid/);

@@ -84,7 +84,9 @@ describe('client library against a broker', () => {
     await using client = await connect({ path: seq, signal: ac.signal });
     assert.equal(getEventListeners(ac.signal, 'abort').length, 0, 'connect left its listener');
     for (let round = 0; round < 10; round++) {
-      const opens = Array.from({ length: 1000 }, (_, i) => client.open(join(dir, `f${i % 50}`), 'r', 0, { signal: ac.signal, timeout: 60_000 }));
+      const opens = Array.from({ length: 1000 }, (_, i) =>
+        client.open(join(dir, `f${i % 50}`), 'r', 0, { signal: ac.signal, timeout: 60_000 }),
+      );
       const fds = await Promise.all(opens);
       for (const fd of fds) closeSync(fd);
     }
@@ -116,10 +118,12 @@ describe('client library against a broker', () => {
     `;
     // Asynchronous spawn: the broker in this process must keep serving while the child runs.
     const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
-      stdio: ['ignore', 'pipe', 'pipe', childEnd], env: { ...process.env, OPENHOOK_FD: '3' },
+      stdio: ['ignore', 'pipe', 'pipe', childEnd],
+      env: { ...process.env, OPENHOOK_FD: '3' },
     });
     native.close(childEnd);
-    let out = '', err = '';
+    let out = '',
+      err = '';
     child.stdout!.on('data', (d) => (out += d));
     child.stderr!.on('data', (d) => (err += d));
     await new Promise((r) => child.on('close', r));
@@ -175,7 +179,7 @@ describe('client library with requests held in flight', () => {
     native.close(far);
   });
 
-  it('rejects an aborted connect with openhook\'s AbortError (ABORT_ERR), not the DOM\'s', async () => {
+  it("rejects an aborted connect with openhook's AbortError (ABORT_ERR), not the DOM's", async () => {
     const reason = new Error('changed my mind');
     await assert.rejects(connect({ path: join(tmp.path, 'nobody.sock'), signal: AbortSignal.abort(reason) }), (err: Error) => {
       assert.ok(err instanceof AbortError, `not openhook's AbortError: ${err}`);
@@ -231,4 +235,3 @@ describe('client library with requests held in flight', () => {
     native.close(far);
   });
 });
-

@@ -56,12 +56,19 @@ describe('connection: malformed input', () => {
   it('SOCK_SEQPACKET: answers lying sizes, short frames, oversized messages and unknown commands with -EPROTO, then serves', async () => {
     const c = RawClient.connect(broker.socket);
     const good = openFrame(file);
-    const lyingUp = Buffer.from(good); lyingUp.writeUInt32LE(good.length + 10, 0);
-    const lyingDown = Buffer.from(good); lyingDown.writeUInt32LE(good.length - 1, 0);
-    const lyingLen = Buffer.from(good); lyingLen.writeUInt16LE(good.length, 16);
-    const zeroSize = Buffer.from(good); zeroSize.writeUInt32LE(0, 0);
-    const hugeSize = Buffer.from(good); hugeSize.writeUInt32LE(0xffffffff, 0);
-    const oversized = Buffer.alloc(100_000, 0x41); oversized.writeUInt32LE(100_000, 0); oversized.writeUInt32LE(1, 4);
+    const lyingUp = Buffer.from(good);
+    lyingUp.writeUInt32LE(good.length + 10, 0);
+    const lyingDown = Buffer.from(good);
+    lyingDown.writeUInt32LE(good.length - 1, 0);
+    const lyingLen = Buffer.from(good);
+    lyingLen.writeUInt16LE(good.length, 16);
+    const zeroSize = Buffer.from(good);
+    zeroSize.writeUInt32LE(0, 0);
+    const hugeSize = Buffer.from(good);
+    hugeSize.writeUInt32LE(0xffffffff, 0);
+    const oversized = Buffer.alloc(100_000, 0x41);
+    oversized.writeUInt32LE(100_000, 0);
+    oversized.writeUInt32LE(1, 4);
     const cases: Array<[string, Buffer, number]> = [
       ['size too big', lyingUp, 1],
       ['size too small', lyingDown, 1],
@@ -112,12 +119,19 @@ describe('connection: malformed input', () => {
   it('SOCK_STREAM: a malformed frame of a legal size gets -EPROTO and the stream goes on', async () => {
     const c = RawClient.connect(streamBroker.socket, 'stream');
     const good = openFrame(file);
-    const lyingLen = Buffer.from(good); lyingLen.writeUInt16LE(3, 16);
+    const lyingLen = Buffer.from(good);
+    lyingLen.writeUInt16LE(3, 16);
     const unknown = frame(30, 0x999, Buffer.alloc(22));
     c.send(Buffer.concat([lyingLen, unknown, good, frame(8, 1), good]));
     const replies = [await c.next(), await c.next(), await c.next(), await c.next(), await c.next()];
-    assert.deepEqual(replies.map((r) => r!.result), [-EPROTO, -EPROTO, 0, -EPROTO, 0]);
-    assert.deepEqual(replies.map((r) => r!.command), [1, 0x999, 1, 1, 1]);
+    assert.deepEqual(
+      replies.map((r) => r!.result),
+      [-EPROTO, -EPROTO, 0, -EPROTO, 0],
+    );
+    assert.deepEqual(
+      replies.map((r) => r!.command),
+      [1, 0x999, 1, 1, 1],
+    );
     for (const r of replies) closeAll(r!.fds);
     c.close();
   });
@@ -232,7 +246,8 @@ describe('connection: deadlines and slow readers', () => {
       await sleep(50); // earlier tests' connections finish closing on the broker's side
       const baseline = fdCount(process.pid);
       const greedy = native.connectUnix(Buffer.from(b.socket), kind === 'stream' ? C.SOCK_STREAM : C.SOCK_SEQPACKET);
-      let sent = 0, peak = 0;
+      let sent = 0,
+        peak = 0;
       const t0 = Date.now();
       let dropped = false;
       let served = 0;

@@ -53,13 +53,19 @@ interface Exec {
 }
 
 /** openhook-exec ARGS -- CMD, to its end (bounded). */
-function exec(socket: string, session: string, cmd: string[], options: { uid?: number; input?: string; launcher?: string } = {}): Promise<Exec> {
+function exec(
+  socket: string,
+  session: string,
+  cmd: string[],
+  options: { uid?: number; input?: string; launcher?: string } = {},
+): Promise<Exec> {
   return new Promise((resolve, reject) => {
     const child = spawn(options.launcher ?? LAUNCHER_PATH, ['--socket', socket, '--session', session, '--', ...cmd], {
       stdio: ['pipe', 'pipe', 'pipe'],
       ...(options.uid !== undefined ? { uid: options.uid, gid: options.uid } : {}),
     });
-    let stdout = '', stderr = '';
+    let stdout = '',
+      stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
     child.stderr.on('data', (d) => (stderr += d));
     child.stdin.on('error', () => {}); // a refused launcher may exit before it reads
@@ -82,7 +88,10 @@ async function statusJson(socket: string): Promise<StatusReport> {
 }
 
 /** One request on a fresh SOCK_SEQPACKET connection to path, its reply and the fd that came with it. */
-async function ask(path: string, frame: Buffer): Promise<{ command: number; result: number; features: number; payload: string; fd: number }> {
+async function ask(
+  path: string,
+  frame: Buffer,
+): Promise<{ command: number; result: number; features: number; payload: string; fd: number }> {
   const fd = native.connectUnix(Buffer.from(path), C.SOCK_SEQPACKET);
   try {
     assert.equal(native.send(fd, frame, 0, frame.length, -1), frame.length);
@@ -91,7 +100,13 @@ async function ask(path: string, frame: Buffer): Promise<{ command: number; resu
     const reply = decodeReply(buf, 0, buf.length);
     assert.ok(reply, `a malformed reply: ${bytes}`);
     for (const extra of fds.slice(1)) native.close(extra);
-    return { command: reply.command, result: reply.result, features: reply.features, payload: reply.payload?.toString('utf8') ?? '', fd: fds[0] ?? -1 };
+    return {
+      command: reply.command,
+      result: reply.result,
+      features: reply.features,
+      payload: reply.payload?.toString('utf8') ?? '',
+      fd: fds[0] ?? -1,
+    };
   } finally {
     native.close(fd);
   }
@@ -101,7 +116,10 @@ type AuditLine = { client: { session?: string }; path: string; decision: string 
 
 function auditLines(path: string): AuditLine[] {
   if (!existsSync(path)) return [];
-  return readFileSync(path, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as AuditLine);
+  return readFileSync(path, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as AuditLine);
 }
 
 /** The audit log once it holds a line for each test (it is written in batches), or as it is after 10 s. */
@@ -135,7 +153,11 @@ describe('daemon-backed sessions: openhook-exec under openhook serve', () => {
       assert.match(other.stderr, /Permission denied/);
       // The program may create files and directories in its own directory (the daemon does it:
       // Landlock gives the program no write), and nothing outside it.
-      const created = await exec(sock, 's2', ['/bin/sh', '-c', `echo new > ${join(tmp.path, 's2', 'new.txt')} && mkdir ${join(tmp.path, 's2', 'sub')}`]);
+      const created = await exec(sock, 's2', [
+        '/bin/sh',
+        '-c',
+        `echo new > ${join(tmp.path, 's2', 'new.txt')} && mkdir ${join(tmp.path, 's2', 'sub')}`,
+      ]);
       assert.equal(created.code, 0, created.stderr);
       assert.equal(readFileSync(join(tmp.path, 's2', 'new.txt'), 'utf8'), 'new\n');
       assert.ok(existsSync(join(tmp.path, 's2', 'sub')));
@@ -156,7 +178,11 @@ describe('daemon-backed sessions: openhook-exec under openhook serve', () => {
   });
 
   it('refuses, with the reason and exit status 125, a session no section names, one whose uid does not match, and a uid-less section to another uid', async () => {
-    const policy = sessionPolicy('refuse', ['r1'], `[[client]]\nname = "r2"\nsession = "r2"\nuid = 4242\n[[client.rule]]\nallow = "${tmp.path}/r2/"\naccess = "r"\n`);
+    const policy = sessionPolicy(
+      'refuse',
+      ['r1'],
+      `[[client]]\nname = "r2"\nsession = "r2"\nuid = 4242\n[[client.rule]]\nallow = "${tmp.path}/r2/"\naccess = "r"\n`,
+    );
     const sock = join(tmp.path, 'refuse.sock');
     const d = await startDaemon(['--socket', sock, '--mode', '0666', '--policy', policy]);
     try {
@@ -191,37 +217,41 @@ describe('daemon-backed sessions: openhook-exec under openhook serve', () => {
     }
   });
 
-  it('SESSION is offered by HELLO, answered only on a connection to the socket: never on a session\'s own hook socket', { skip: !existsSync(PYTHON) && 'no /usr/bin/python3' }, async () => {
-    const policy = sessionPolicy('proto', ['p1', 'p2']);
-    const sock = join(tmp.path, 'proto.sock');
-    const d = await startDaemon(['--socket', sock, '--policy', policy]);
-    try {
-      const hello = await ask(sock, encodeHello(0xffff_ffff));
-      assert.equal(hello.command, Command.HELLO);
-      assert.ok(hello.features & Feature.SESSION, 'serve offers SESSION');
-      const granted = await ask(sock, encodeSession('p1'));
-      assert.equal(granted.result, 0);
-      assert.ok(granted.fd >= 0, 'the hook socket comes with the reply');
-      assert.match(granted.payload, /^rx \/usr\0/);
-      native.close(granted.fd);
-      const bad = await ask(sock, encodeSession('p1', [{ kind: 'ro', path: 'relative' }]));
-      assert.equal(bad.result, -E.EINVAL);
-      // From inside session p1, on its hook socket: asking for p2 is refused.
-      const script = [
-        'import os, socket, struct',
-        's = socket.socket(fileno=int(os.environ["OPENHOOK_FD"]))',
-        'name = b"p2"',
-        `s.send(struct.pack("=IIIH", 14 + len(name), ${Command.SESSION}, 0, len(name)) + name)`,
-        'size, cmd, result = struct.unpack("=IIi", s.recv(65536)[:12])',
-        'print(cmd, result)',
-      ].join('\n');
-      const r = await exec(sock, 'p1', [PYTHON, '-c', script]);
-      assert.equal(r.code, 0, r.stderr);
-      assert.equal(r.stdout.trim(), `${Command.SESSION} -${E.EACCES}`);
-    } finally {
-      await d.stop();
-    }
-  });
+  it(
+    "SESSION is offered by HELLO, answered only on a connection to the socket: never on a session's own hook socket",
+    { skip: !existsSync(PYTHON) && 'no /usr/bin/python3' },
+    async () => {
+      const policy = sessionPolicy('proto', ['p1', 'p2']);
+      const sock = join(tmp.path, 'proto.sock');
+      const d = await startDaemon(['--socket', sock, '--policy', policy]);
+      try {
+        const hello = await ask(sock, encodeHello(0xffff_ffff));
+        assert.equal(hello.command, Command.HELLO);
+        assert.ok(hello.features & Feature.SESSION, 'serve offers SESSION');
+        const granted = await ask(sock, encodeSession('p1'));
+        assert.equal(granted.result, 0);
+        assert.ok(granted.fd >= 0, 'the hook socket comes with the reply');
+        assert.match(granted.payload, /^rx \/usr\0/);
+        native.close(granted.fd);
+        const bad = await ask(sock, encodeSession('p1', [{ kind: 'ro', path: 'relative' }]));
+        assert.equal(bad.result, -E.EINVAL);
+        // From inside session p1, on its hook socket: asking for p2 is refused.
+        const script = [
+          'import os, socket, struct',
+          's = socket.socket(fileno=int(os.environ["OPENHOOK_FD"]))',
+          'name = b"p2"',
+          `s.send(struct.pack("=IIIH", 14 + len(name), ${Command.SESSION}, 0, len(name)) + name)`,
+          'size, cmd, result = struct.unpack("=IIi", s.recv(65536)[:12])',
+          'print(cmd, result)',
+        ].join('\n');
+        const r = await exec(sock, 'p1', [PYTHON, '-c', script]);
+        assert.equal(r.code, 0, r.stderr);
+        assert.equal(r.stdout.trim(), `${Command.SESSION} -${E.EACCES}`);
+      } finally {
+        await d.stop();
+      }
+    },
+  );
 
   it('ends a session whose launcher sends an fd that is not a seccomp listener, and one whose launcher hangs up without one', async () => {
     const policy = sessionPolicy('fake', ['f1']);
@@ -251,55 +281,67 @@ describe('daemon-backed sessions: openhook-exec under openhook serve', () => {
     }
   });
 
-  it('a daemon that dies under a program: its next trapped open fails with ENOSYS at once, it does not hang', { skip: !existsSync(PYTHON) && 'no /usr/bin/python3' }, async () => {
-    const policy = sessionPolicy('restart', ['k1']);
-    const file = join(tmp.path, 'k1', 'data');
-    writeFileSync(file, 'data');
-    const sock = join(tmp.path, 'restart.sock');
-    const d: Daemon = await startDaemon(['--socket', sock, '--policy', policy]);
-    const script = [
-      'import errno, sys',
-      `print(open(${JSON.stringify(file)}).read(), flush=True)`,
-      'sys.stdin.readline()',
-      'try:',
-      `    open(${JSON.stringify(file)})`,
-      '    print("opened", flush=True)',
-      'except OSError as e:',
-      '    print(errno.errorcode[e.errno], flush=True)',
-    ].join('\n');
-    const child = spawn(LAUNCHER_PATH, ['--socket', sock, '--session', 'k1', '--', PYTHON, '-c', script], { stdio: ['pipe', 'pipe', 'pipe'] });
-    let out = '', err = '';
-    child.stdout.on('data', (x) => (out += x));
-    child.stderr.on('data', (x) => (err += x));
-    child.stdin.on('error', () => {});
-    const closed = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
-    try {
-      for (let i = 0; i < 1000 && !out.includes('\n'); i++) await sleep(10);
-      assert.equal(out, 'data\n', err);
-      const listed = await statusJson(sock);
-      assert.equal(listed.sessions?.list.length, 1);
-      assert.equal(listed.sessions?.list[0]?.name, 'k1');
-      assert.equal(listed.sessions?.list[0]?.pid, child.pid);
-      d.kill('SIGKILL');
-      await d.exited;
-      child.stdin.end('go\n');
-      const code = await Promise.race([closed, sleep(10_000).then(() => 'hung' as const)]);
-      assert.notEqual(code, 'hung', 'the program hangs after the daemon died');
-      assert.equal(code, 0, err);
-      assert.equal(out, 'data\nENOSYS\n');
-    } finally {
-      child.kill('SIGKILL');
-      d.kill('SIGKILL');
-    }
-  });
+  it(
+    'a daemon that dies under a program: its next trapped open fails with ENOSYS at once, it does not hang',
+    { skip: !existsSync(PYTHON) && 'no /usr/bin/python3' },
+    async () => {
+      const policy = sessionPolicy('restart', ['k1']);
+      const file = join(tmp.path, 'k1', 'data');
+      writeFileSync(file, 'data');
+      const sock = join(tmp.path, 'restart.sock');
+      const d: Daemon = await startDaemon(['--socket', sock, '--policy', policy]);
+      const script = [
+        'import errno, sys',
+        `print(open(${JSON.stringify(file)}).read(), flush=True)`,
+        'sys.stdin.readline()',
+        'try:',
+        `    open(${JSON.stringify(file)})`,
+        '    print("opened", flush=True)',
+        'except OSError as e:',
+        '    print(errno.errorcode[e.errno], flush=True)',
+      ].join('\n');
+      const child = spawn(LAUNCHER_PATH, ['--socket', sock, '--session', 'k1', '--', PYTHON, '-c', script], {
+        stdio: ['pipe', 'pipe', 'pipe'],
+      });
+      let out = '',
+        err = '';
+      child.stdout.on('data', (x) => (out += x));
+      child.stderr.on('data', (x) => (err += x));
+      child.stdin.on('error', () => {});
+      const closed = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+      try {
+        for (let i = 0; i < 1000 && !out.includes('\n'); i++) await sleep(10);
+        assert.equal(out, 'data\n', err);
+        const listed = await statusJson(sock);
+        assert.equal(listed.sessions?.list.length, 1);
+        assert.equal(listed.sessions?.list[0]?.name, 'k1');
+        assert.equal(listed.sessions?.list[0]?.pid, child.pid);
+        d.kill('SIGKILL');
+        await d.exited;
+        child.stdin.end('go\n');
+        const code = await Promise.race([closed, sleep(10_000).then(() => 'hung' as const)]);
+        assert.notEqual(code, 'hung', 'the program hangs after the daemon died');
+        assert.equal(code, 0, err);
+        assert.equal(out, 'data\nENOSYS\n');
+      } finally {
+        child.kill('SIGKILL');
+        d.kill('SIGKILL');
+      }
+    },
+  );
 });
 
 describe('who may have a session (authorise)', () => {
-  const policy = compilePolicy(parsePolicyText([
-    '[[client]]\nname = "by-uid"\nuid = 500\n[[client.rule]]\nallow = "/srv/a/"\naccess = "r"',
-    '[[client]]\nname = "s1"\nsession = "s1"\nuid = [500, 501]\n[[client.rule]]\nallow = "/srv/s1/"\naccess = "r"',
-    '[[client]]\nname = "open"\nsession = "open"\n[[client.rule]]\nallow = "/srv/open/"\naccess = "r"',
-  ].join('\n'), 'authorise.toml'));
+  const policy = compilePolicy(
+    parsePolicyText(
+      [
+        '[[client]]\nname = "by-uid"\nuid = 500\n[[client.rule]]\nallow = "/srv/a/"\naccess = "r"',
+        '[[client]]\nname = "s1"\nsession = "s1"\nuid = [500, 501]\n[[client.rule]]\nallow = "/srv/s1/"\naccess = "r"',
+        '[[client]]\nname = "open"\nsession = "open"\n[[client.rule]]\nallow = "/srv/open/"\naccess = "r"',
+      ].join('\n'),
+      'authorise.toml',
+    ),
+  );
   const peer = (uid: number): { pid: number; uid: number; gid: number; groups: number[] } => ({ pid: 1, uid, gid: uid, groups: [] });
 
   it('grants the section that names the session and decides for the peer', () => {
@@ -308,10 +350,16 @@ describe('who may have a session (authorise)', () => {
   });
 
   it('refuses when a broader section comes first for that peer, when none names the session, and a uid-less section to others than root and the daemon', () => {
-    assert.match(authorise(policy, peer(500), 's1', 0) as string, /for uid 500 and session "s1", section by-uid comes first, and it does not name the session/);
+    assert.match(
+      authorise(policy, peer(500), 's1', 0) as string,
+      /for uid 500 and session "s1", section by-uid comes first, and it does not name the session/,
+    );
     assert.match(authorise(policy, peer(501), 'nope', 0) as string, /no section of the policy \(authorise\.toml\) is for session "nope"/);
     assert.match(authorise(policy, peer(502), 's1', 0) as string, /section s1 is for session "s1", but not for uid 502/);
-    assert.match(authorise(policy, peer(502), 'open', 0) as string, /section open names no uid or gid, so only the daemon's own uid \(0\) and root may have session "open"/);
+    assert.match(
+      authorise(policy, peer(502), 'open', 0) as string,
+      /section open names no uid or gid, so only the daemon's own uid \(0\) and root may have session "open"/,
+    );
     assert.equal(typeof authorise(policy, peer(502), 'open', 502), 'object');
     assert.equal(typeof authorise(policy, peer(0), 'open', 502), 'object');
   });
@@ -327,16 +375,23 @@ describe('four confined QEMUs under one daemon', { skip: !hasQemu && 'no qemu-sy
     const d = await startDaemon(['--socket', sock, '--policy', policy, '--audit', audit]);
     const vms: QemuProcess[] = [];
     try {
-      const started = await Promise.allSettled(names.map((n) => spawnQemu([...MACHINE, '-blockdev', `driver=file,node-name=disk,filename=${join(tmp.path, n, 'disk.qcow2')}`], {
-        prefix: [LAUNCHER_PATH, '--socket', sock, '--session', n, '--'],
-        timeout: 60_000,
-      })));
+      const started = await Promise.allSettled(
+        names.map((n) =>
+          spawnQemu([...MACHINE, '-blockdev', `driver=file,node-name=disk,filename=${join(tmp.path, n, 'disk.qcow2')}`], {
+            prefix: [LAUNCHER_PATH, '--socket', sock, '--session', n, '--'],
+            timeout: 60_000,
+          }),
+        ),
+      );
       for (const s of started) if (s.status === 'fulfilled') vms.push(s.value);
       for (const s of started) if (s.status === 'rejected') throw s.reason;
       // Each has its own image open.
       for (const [i, q] of vms.entries()) {
         const nodes = await q.qmp.execute<Array<{ 'node-name': string; file: string }>>('query-named-block-nodes');
-        assert.ok(nodes.some((x) => x.file.endsWith(`${names[i]}/disk.qcow2`)), JSON.stringify(nodes));
+        assert.ok(
+          nodes.some((x) => x.file.endsWith(`${names[i]}/disk.qcow2`)),
+          JSON.stringify(nodes),
+        );
       }
       const report = await statusJson(sock);
       assert.deepEqual(report.sessions?.list.map((s) => s.name).sort(), names);
@@ -350,7 +405,11 @@ describe('four confined QEMUs under one daemon', { skip: !hasQemu && 'no qemu-sy
         { name: 'QmpError', desc: /Could not open '.*vm2\/disk\.qcow2': Permission denied/ },
       );
       const cross = (l: AuditLine): boolean => l.client.session === 'vm1' && l.path.endsWith('vm2/disk.qcow2') && l.decision === 'deny';
-      const own = names.map((n) => (l: AuditLine): boolean => l.client.session === n && l.path.endsWith(`${n}/disk.qcow2`) && l.decision === 'allow');
+      const own = names.map(
+        (n) =>
+          (l: AuditLine): boolean =>
+            l.client.session === n && l.path.endsWith(`${n}/disk.qcow2`) && l.decision === 'allow',
+      );
       const lines = await auditHas(audit, [cross, ...own]);
       assert.ok(lines.some(cross), JSON.stringify(lines.slice(-5)));
       for (const [i, n] of names.entries()) assert.ok(lines.some(own[i]!), n);

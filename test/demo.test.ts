@@ -12,7 +12,10 @@ it('openhook demo shows an allowed open, a denial and a run-time create', () => 
   assert.match(r.stdout, /client: refused: EACCES/);
   assert.match(r.stdout, /broker: ALLOW .*snap1\.qcow2 O_RDWR\|O_CREAT\|O_EXCL/);
   // an unmodified program (cat) under the syscall hook: its own opens decided by the broker
-  assert.match(r.stdout, /broker: ALLOW .*base\.img O_RDONLY[^\n]*\n(?:.*\n)*?the base image of the VM\n(?:.*\n)*?.*broker: DENY EACCES .*host-key O_RDONLY/);
+  assert.match(
+    r.stdout,
+    /broker: ALLOW .*base\.img O_RDONLY[^\n]*\n(?:.*\n)*?the base image of the VM\n(?:.*\n)*?.*broker: DENY EACCES .*host-key O_RDONLY/,
+  );
   assert.match(r.stdout, /cat exited with status 1/);
   assert.match(r.stdout, /Demo finished/);
 });

@@ -58,7 +58,8 @@ export function examples(file: string, markdown: string): Example[] {
     const [, indent = '', lang = '', info = ''] = open;
     const start = i;
     const body: string[] = [];
-    for (i++; i < lines.length && !/^ *```\s*$/.test(lines[i]!); i++) body.push(lines[i]!.startsWith(indent) ? lines[i]!.slice(indent.length) : lines[i]!);
+    for (i++; i < lines.length && !/^ *```\s*$/.test(lines[i]!); i++)
+      body.push(lines[i]!.startsWith(indent) ? lines[i]!.slice(indent.length) : lines[i]!);
     const test = /^test(?:=(\S+))?$/.exec(info);
     const skip = /^no-test:\s*(\S.*)$/.exec(info);
     out.push({
@@ -74,15 +75,26 @@ export function examples(file: string, markdown: string): Example[] {
   return out;
 }
 
-const DOCS = ['README.md', ...readdirSync(join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
+const DOCS = [
+  'README.md',
+  ...readdirSync(join(ROOT, 'docs'))
+    .filter((f) => f.endsWith('.md'))
+    .map((f) => `docs/${f}`),
+];
 const all = DOCS.flatMap((file) => examples(file, readFileSync(join(ROOT, file), 'utf8')));
 
 /** Checks on the output of examples marked test=NAME, beyond their exit status. */
 const EXPECT: Record<string, (out: string) => void> = {
   // docs/operations.md: the audit log's denials, read back with jq (the log has one allow, one deny)
   'audit-denials': (out) => {
-    const records = out.trim().split('\n').map((l) => JSON.parse(l) as { decision: string; path: string });
-    assert.deepEqual(records.map((r) => `${r.decision} ${r.path}`), ['deny /srv/vm/private/key']);
+    const records = out
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { decision: string; path: string });
+    assert.deepEqual(
+      records.map((r) => `${r.decision} ${r.path}`),
+      ['deny /srv/vm/private/key'],
+    );
   },
 };
 
@@ -145,7 +157,10 @@ function script(list: Example[], dir: string): string {
       writeFileSync(`${block}.mts`, ex.text);
       steps.push(`'${process.execPath}' --import '${import.meta.resolve('tsx')}' '${block}.mts' > '${out}' 2>&1 || ${fail}`);
     } else if (ex.lang === 'console') {
-      const commands = ex.text.split('\n').filter((l) => l.startsWith('$ ')).map((l) => l.slice(2));
+      const commands = ex.text
+        .split('\n')
+        .filter((l) => l.startsWith('$ '))
+        .map((l) => l.slice(2));
       commands.forEach((cmd, k) => {
         writeFileSync(`${block}.${k}`, cmd + '\n');
         steps.push(`bash '${block}.${k}' > '${out}.${k}' 2>&1 || true`);
@@ -182,7 +197,8 @@ function transcript(ex: Example): string[][] {
 
 const asRoot = process.getuid!() === 0;
 const unshare = spawnSync('unshare', [...(asRoot ? [] : ['-U', '-r']), '-m', '--propagation', 'private', 'true']);
-const noNamespace = unshare.status !== 0 && `unshare cannot make a mount namespace here: ${(unshare.stderr ?? '').toString().trim() || unshare.error}`;
+const noNamespace =
+  unshare.status !== 0 && `unshare cannot make a mount namespace here: ${(unshare.stderr ?? '').toString().trim() || unshare.error}`;
 
 const work = (() => {
   mkdirSync(join(ROOT, 'build'), { recursive: true });
@@ -197,7 +213,11 @@ function runDocument(file: string, list: Example[]): { status: number | null; ou
   mkdirSync(join(dir, 'out'), { recursive: true });
   mkdirSync(join(dir, 'bin'));
   writeFileSync(join(dir, 'bin', 'openhook'), openhookShim(), { mode: 0o755 });
-  writeFileSync(join(dir, 'bin', 'npx'), '#!/bin/sh\n[ "$1" = openhook ] || { echo "npx: only openhook here" >&2; exit 127; }\nshift\nexec openhook "$@"\n', { mode: 0o755 });
+  writeFileSync(
+    join(dir, 'bin', 'npx'),
+    '#!/bin/sh\n[ "$1" = openhook ] || { echo "npx: only openhook here" >&2; exit 127; }\nshift\nexec openhook "$@"\n',
+    { mode: 0o755 },
+  );
   copyFileSync(fixture('confined-probe'), join(dir, 'bin', 'my-program-probe'));
   copyFileSync(join(ROOT, 'build', 'Release', 'openhook-exec'), join(dir, 'bin', 'openhook-exec'));
   writeFileSync(join(dir, 'bin', 'my-program'), '#!/bin/sh\nexec my-program-probe hook /srv/vm/disk.img\n', { mode: 0o755 });
@@ -226,19 +246,30 @@ describe('docs examples', () => {
       [],
       'mark each: ```LANG test (it runs here; see test/docs-examples.test.ts) or ```LANG no-test: WHY',
     );
-    for (const ex of all) if (ex.mark === 'test') assert.ok(EXAMPLE_LANGS.has(ex.lang), `${ex.file}:${ex.line}: cannot run a \`\`\`${ex.lang} block`);
-    for (const name of Object.keys(EXPECT)) assert.ok(all.some((ex) => ex.name === name), `no example is marked test=${name}`);
+    for (const ex of all)
+      if (ex.mark === 'test') assert.ok(EXAMPLE_LANGS.has(ex.lang), `${ex.file}:${ex.line}: cannot run a \`\`\`${ex.lang} block`);
+    for (const name of Object.keys(EXPECT))
+      assert.ok(
+        all.some((ex) => ex.name === name),
+        `no example is marked test=${name}`,
+      );
   });
 
   it('the extractor reads marks, names and reasons', () => {
-    const got = examples('x.md', '```sh test=a\necho 1\n```\n\n```toml no-test: a fragment\nx = 1\n```\n```ts\nf()\n```\n```\nout\n```\n- item\n\n  ```console test\n  $ true\n  ```\n');
-    assert.deepEqual(got.map((e) => [e.line, e.lang, e.mark, e.name, e.why, e.text]), [
-      [1, 'sh', 'test', 'a', undefined, 'echo 1\n'],
-      [5, 'toml', 'no-test', undefined, 'a fragment', 'x = 1\n'],
-      [8, 'ts', null, undefined, undefined, 'f()\n'],
-      [11, '', null, undefined, undefined, 'out\n'],
-      [16, 'console', 'test', undefined, undefined, '$ true\n'],
-    ]);
+    const got = examples(
+      'x.md',
+      '```sh test=a\necho 1\n```\n\n```toml no-test: a fragment\nx = 1\n```\n```ts\nf()\n```\n```\nout\n```\n- item\n\n  ```console test\n  $ true\n  ```\n',
+    );
+    assert.deepEqual(
+      got.map((e) => [e.line, e.lang, e.mark, e.name, e.why, e.text]),
+      [
+        [1, 'sh', 'test', 'a', undefined, 'echo 1\n'],
+        [5, 'toml', 'no-test', undefined, 'a fragment', 'x = 1\n'],
+        [8, 'ts', null, undefined, undefined, 'f()\n'],
+        [11, '', null, undefined, undefined, 'out\n'],
+        [16, 'console', 'test', undefined, undefined, '$ true\n'],
+      ],
+    );
   });
 
   for (const file of DOCS) {
@@ -251,7 +282,10 @@ describe('docs examples', () => {
         if (ex.lang === 'console') {
           transcript(ex).forEach((want, k) => {
             const got = readFileSync(join(dir, 'out', `${n}.${k}`), 'utf8');
-            assert.ok(transcriptMatches(want, got.split('\n')), `${ex.file}:${ex.line}: command ${k + 1} printed:\n${got}\nwhich lacks, in order:\n${want.join('\n')}`);
+            assert.ok(
+              transcriptMatches(want, got.split('\n')),
+              `${ex.file}:${ex.line}: command ${k + 1} printed:\n${got}\nwhich lacks, in order:\n${want.join('\n')}`,
+            );
           });
         }
         const check = ex.name !== undefined ? EXPECT[ex.name] : undefined;

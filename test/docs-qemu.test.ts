@@ -10,8 +10,12 @@ import { it } from 'node:test';
 import { CLI, ROOT } from './helpers.js';
 
 const help = spawnSync(process.execPath, [CLI, 'run', '--help'], { encoding: 'utf8' });
-const missing = help.status !== 0 || !help.stdout.includes('--preload') ? 'openhook run --preload is not on this branch yet'
-  : !help.stdout.includes('--policy') ? 'openhook run --policy (the policy file) is not on this branch yet' : false;
+const missing =
+  help.status !== 0 || !help.stdout.includes('--preload')
+    ? 'openhook run --preload is not on this branch yet'
+    : !help.stdout.includes('--policy')
+      ? 'openhook run --policy (the policy file) is not on this branch yet'
+      : false;
 
 /** The first ```sh block after the heading. */
 function shellBlock(doc: string, heading: string): string {

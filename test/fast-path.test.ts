@@ -44,9 +44,17 @@ after(() => {
 
 const names = ['one-link', 'two-links', 'dir', 'symlink', 'fifo', 'char-dev', 'block-dev', 'sock', 'missing'];
 const flagSets = [
-  C.O_RDONLY, C.O_WRONLY, C.O_RDWR, C.O_RDONLY | C.O_TRUNC, C.O_WRONLY | C.O_APPEND,
-  C.O_RDONLY | C.O_DIRECTORY, C.O_RDONLY | C.O_NOFOLLOW, C.O_WRONLY | C.O_NOFOLLOW,
-  C.O_RDONLY | C.O_NONBLOCK, C.O_WRONLY | C.O_NONBLOCK, C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW,
+  C.O_RDONLY,
+  C.O_WRONLY,
+  C.O_RDWR,
+  C.O_RDONLY | C.O_TRUNC,
+  C.O_WRONLY | C.O_APPEND,
+  C.O_RDONLY | C.O_DIRECTORY,
+  C.O_RDONLY | C.O_NOFOLLOW,
+  C.O_WRONLY | C.O_NOFOLLOW,
+  C.O_RDONLY | C.O_NONBLOCK,
+  C.O_WRONLY | C.O_NONBLOCK,
+  C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW,
 ];
 const strictest: OpenOptions = { followSymlinks: false, directories: false, fifos: false, hardlinks: 'refuse' };
 const RESOLVE = C.RESOLVE_BENEATH | C.RESOLVE_NO_MAGICLINKS | C.RESOLVE_NO_XDEV | C.RESOLVE_NO_SYMLINKS;
@@ -73,7 +81,11 @@ describe('the native fast path and the resolver state one rule', () => {
         if (fd >= 0) native.close(fd);
         const fast = out[8] === 1; // its decision, whether or not the kernel then let the reopen succeed
         const checked = answer(resolver, name, flags, { ...strictest, verify: allowAll }) === 0;
-        assert.equal(fast, checked, `${name} with flags 0o${flags.toString(8)}: fast path ${fast ? 'reopens' : 'does not'}, the check ${checked ? 'allows' : 'refuses'}`);
+        assert.equal(
+          fast,
+          checked,
+          `${name} with flags 0o${flags.toString(8)}: fast path ${fast ? 'reopens' : 'does not'}, the check ${checked ? 'allows' : 'refuses'}`,
+        );
         if (fast) reopened++;
       }
     }

@@ -76,7 +76,10 @@ async function race(a: Arena, command: string[]): Promise<{ swaps: number; statu
   let stderr = '';
   try {
     while (!out.includes('ready')) await new Promise((r) => setTimeout(r, 2));
-    const child = spawn(command[0]!, [...command.slice(1), '/usr/bin/python3', '-c', PROGRAM, String(TRIES)], { cwd: a.tree, stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(command[0]!, [...command.slice(1), '/usr/bin/python3', '-c', PROGRAM, String(TRIES)], {
+      cwd: a.tree,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     child.stderr.on('data', (d) => (stderr += d));
     status = await new Promise<number | null>((r) => child.on('close', (code) => r(code)));
   } finally {
@@ -131,7 +134,9 @@ describe('races through the syscall hook', { timeout: 300_000, skip: noPython },
 describe('rules with different rights, and files outside every rule', { timeout: 120_000 }, () => {
   function setUp(): { dir: string; all: string; ro: string; outside: string; policy: string } {
     const dir = realpathSync(mkdtempSync(join(tmpdir(), 'openhook-tworules-')));
-    const all = join(dir, 'all'), ro = join(dir, 'ro'), outside = join(dir, 'outside');
+    const all = join(dir, 'all'),
+      ro = join(dir, 'ro'),
+      outside = join(dir, 'outside');
     for (const d of [all, ro, outside]) mkdirSync(d);
     writeFileSync(join(all, 'mine'), 'mine\n');
     writeFileSync(join(ro, 'theirs'), 'theirs\n');

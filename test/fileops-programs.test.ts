@@ -26,7 +26,7 @@ const FILES: Record<string, string> = {
   'src/sub/deep/d.txt': 'delta\n',
   'data.txt': 'pear\napple\nfig\n',
   'hello.c': '#include <stdio.h>\nint main(void) { puts("hello from the tree"); return 0; }\n',
-  'Makefile': 'all: out.txt\nout.txt: data.txt\n\tsort data.txt > out.txt\n',
+  Makefile: 'all: out.txt\nout.txt: data.txt\n\tsort data.txt > out.txt\n',
   'fix.patch': '--- src/a.txt\n+++ src/a.txt\n@@ -1 +1,2 @@\n alpha\n+patched\n',
 };
 
@@ -41,9 +41,17 @@ function makeTree(root: string): void {
 }
 
 const ENV: NodeJS.ProcessEnv = {
-  PATH: '/usr/bin:/bin', LANG: 'C', LC_ALL: 'C', GIT_CONFIG_NOSYSTEM: '1',
-  GIT_AUTHOR_NAME: 't', GIT_AUTHOR_EMAIL: 't@example.org', GIT_COMMITTER_NAME: 't', GIT_COMMITTER_EMAIL: 't@example.org',
-  GIT_AUTHOR_DATE: '2020-05-06T07:08:09Z', GIT_COMMITTER_DATE: '2020-05-06T07:08:09Z', TZ: 'UTC',
+  PATH: '/usr/bin:/bin',
+  LANG: 'C',
+  LC_ALL: 'C',
+  GIT_CONFIG_NOSYSTEM: '1',
+  GIT_AUTHOR_NAME: 't',
+  GIT_AUTHOR_EMAIL: 't@example.org',
+  GIT_COMMITTER_NAME: 't',
+  GIT_COMMITTER_EMAIL: 't@example.org',
+  GIT_AUTHOR_DATE: '2020-05-06T07:08:09Z',
+  GIT_COMMITTER_DATE: '2020-05-06T07:08:09Z',
+  TZ: 'UTC',
 };
 
 interface Ran {
@@ -54,14 +62,22 @@ interface Ran {
 
 /** Drops run's own notes: what is left is the program's. */
 function programStderr(stderr: string): string {
-  return stderr.split('\n').filter((l) => !l.startsWith('openhook run:') && !l.startsWith('openhook:')).join('\n');
+  return stderr
+    .split('\n')
+    .filter((l) => !l.startsWith('openhook run:') && !l.startsWith('openhook:'))
+    .join('\n');
 }
 
 /** The tree granted `access`, symlinks beneath it followed (as a venv or node_modules/.bin need). */
 function confined(tree: string, access: string, script: string): Ran {
   const policy = join(tree, '..', 'policy.toml');
   writeFileSync(policy, `[[rule]]\nallow = "${tree}/"\naccess = "${access}"\nfollow_symlinks = true\n`);
-  const r = spawnSync(process.execPath, [CLI, 'run', '--policy', policy, '--', 'sh', '-c', script], { cwd: tree, env: { ...ENV, HOME: tree }, encoding: 'utf8', timeout: 120_000 });
+  const r = spawnSync(process.execPath, [CLI, 'run', '--policy', policy, '--', 'sh', '-c', script], {
+    cwd: tree,
+    env: { ...ENV, HOME: tree },
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
   return { status: r.status, stdout: r.stdout, stderr: programStderr(r.stderr) };
 }
 
@@ -97,12 +113,25 @@ const LS = 'ls -la --time-style=+T';
 describe('programs confined by the syscall hook behave as unconfined', { timeout: 600_000 }, () => {
   it('ls -la, cp -r, cp -a', () => same(`${LS} . src && cp -r src copy && cp -a src copy2 && ${LS} copy copy2/sub`));
   it('mv a file and a directory', () => same(`mv src/a.txt moved.txt && mv src/sub moveddir && ${LS} . src moveddir`));
-  it('rm -rf, mkdir -p, rmdir, find -delete', () => same('mkdir -p x/y/z && mkdir -p x/y && mkdir e && rmdir e && find src -name "*.txt" -delete && find src | sort && rm -rf x src && ls'));
-  it('tar create and extract, gzip, sed -i, sort -o', () => same('tar cf t.tar src && mkdir x && tar xf t.tar -C x && tar tvf t.tar | sort && gzip data.txt && sed -i s/alpha/ALPHA/ x/src/a.txt && sort -o Makefile Makefile && cat x/src/a.txt Makefile'));
-  it('chmod, touch -d, ln -s, ln', () => same(`chmod 700 src/a.txt && chmod -R go-rx src/sub && touch -d "2001-02-03 04:05:06" src/b.txt && stat -c "%n %a %y" src/b.txt && ln -s a.txt src/l && ln src/b.txt src/hard && ${LS} src && cat src/l`));
-  it('mktemp and mktemp -d, in the tree and in TMPDIR', () => same('f=$(mktemp -p .) && mv "$f" made-file && d=$(mktemp -d -p .) && mv "$d" made-dir && t=$(mktemp) && echo x > "$t" && cat "$t" && u=$(mktemp -d) && touch "$u/in" && ls "$u" && ls -l made-file made-dir --time-style=+T'));
+  it('rm -rf, mkdir -p, rmdir, find -delete', () =>
+    same(
+      'mkdir -p x/y/z && mkdir -p x/y && mkdir e && rmdir e && find src -name "*.txt" -delete && find src | sort && rm -rf x src && ls',
+    ));
+  it('tar create and extract, gzip, sed -i, sort -o', () =>
+    same(
+      'tar cf t.tar src && mkdir x && tar xf t.tar -C x && tar tvf t.tar | sort && gzip data.txt && sed -i s/alpha/ALPHA/ x/src/a.txt && sort -o Makefile Makefile && cat x/src/a.txt Makefile',
+    ));
+  it('chmod, touch -d, ln -s, ln', () =>
+    same(
+      `chmod 700 src/a.txt && chmod -R go-rx src/sub && touch -d "2001-02-03 04:05:06" src/b.txt && stat -c "%n %a %y" src/b.txt && ln -s a.txt src/l && ln src/b.txt src/hard && ${LS} src && cat src/l`,
+    ));
+  it('mktemp and mktemp -d, in the tree and in TMPDIR', () =>
+    same(
+      'f=$(mktemp -p .) && mv "$f" made-file && d=$(mktemp -d -p .) && mv "$d" made-dir && t=$(mktemp) && echo x > "$t" && cat "$t" && u=$(mktemp -d) && touch "$u/in" && ls "$u" && ls -l made-file made-dir --time-style=+T',
+    ));
 
-  it('python: listdir, tempfile, shutil.copytree/rmtree, os.replace as an atomic save', { skip: need('python3') }, () => same(`/usr/bin/python3 - <<'EOF'
+  it('python: listdir, tempfile, shutil.copytree/rmtree, os.replace as an atomic save', { skip: need('python3') }, () =>
+    same(`/usr/bin/python3 - <<'EOF'
 import os, shutil, tempfile
 print(sorted(os.listdir('src')))
 with tempfile.TemporaryDirectory() as d:
@@ -119,15 +148,42 @@ with open('a.tmp', 'w') as f:
     f.write('new contents\\n')
 os.replace('a.tmp', 'src/a.txt')
 print(sorted(os.listdir('ct')), open('src/a.txt').read())
-EOF`));
+EOF`),
+  );
 
-  it('sqlite3 with the default journal and with WAL', { skip: need('sqlite3') }, () => same('sqlite3 d.db "create table t(x); insert into t values (1),(2); select count(*) from t;" && sqlite3 w.db "pragma journal_mode=wal; create table t(x); insert into t values (3); select * from t;" && ls'));
-  it('git init, add, commit and status', { skip: need('git') }, () => same('git init -q -b main r && cp -r src r/ && cd r && git add . && git commit -q -m first && echo more >> src/a.txt && git status --short && git log --format=%H%n%s', { skip: ['r/.git/index'] }));
-  it('gcc compiling a program and running it from the tree, and make', { skip: need('gcc', 'make') }, () => same('gcc -o hello hello.c && ./hello && make && cat out.txt'));
-  it('zip and unzip, and patch', { skip: need('zip', 'unzip', 'patch') }, () => same('zip -q -X -r z.zip src && mkdir u && cd u && unzip -q ../z.zip && cd .. && patch -p0 < fix.patch && cat src/a.txt && find u | sort'));
-  it('perl -i, ln -sf, install -m, cp -al, cp -u', { skip: need('perl') }, () => same(`perl -i -pe s/beta/BETA/ src/b.txt && ln -s a.txt src/l && ln -sf b.txt src/l && install -m 750 hello.c inst.c && cp -al src linked && cp -u -r src mirror && ${LS} src linked && cat src/b.txt`));
-  it('node fs: mkdir, rename, rm recursive', () => same(`${process.execPath} -e "const fs=require('fs');fs.mkdirSync('n/a/b',{recursive:true});fs.mkdirSync('n/a',{recursive:true});fs.renameSync('src/a.txt','n/a/x.txt');fs.rmSync('src',{recursive:true});console.log(fs.readdirSync('n/a').sort())"`));
-  it('a statically linked busybox: cp, mv, rm, mkdir, tar, ln', { skip: need('busybox') }, () => same('busybox tar cf bb.tar src && busybox cp -r src bb && busybox mv bb/a.txt bb/z.txt && busybox mkdir -p bb/q/r && busybox ln -s z.txt bb/l && busybox ln bb/b.txt bb/h && busybox mkdir bx && busybox tar xf bb.tar -C bx && busybox rm -rf bb/sub && busybox find bb bx | busybox sort'));
+  it('sqlite3 with the default journal and with WAL', { skip: need('sqlite3') }, () =>
+    same(
+      'sqlite3 d.db "create table t(x); insert into t values (1),(2); select count(*) from t;" && sqlite3 w.db "pragma journal_mode=wal; create table t(x); insert into t values (3); select * from t;" && ls',
+    ),
+  );
+  it('git init, add, commit and status', { skip: need('git') }, () =>
+    same(
+      'git init -q -b main r && cp -r src r/ && cd r && git add . && git commit -q -m first && echo more >> src/a.txt && git status --short && git log --format=%H%n%s',
+      { skip: ['r/.git/index'] },
+    ),
+  );
+  it('gcc compiling a program and running it from the tree, and make', { skip: need('gcc', 'make') }, () =>
+    same('gcc -o hello hello.c && ./hello && make && cat out.txt'),
+  );
+  it('zip and unzip, and patch', { skip: need('zip', 'unzip', 'patch') }, () =>
+    same(
+      'zip -q -X -r z.zip src && mkdir u && cd u && unzip -q ../z.zip && cd .. && patch -p0 < fix.patch && cat src/a.txt && find u | sort',
+    ),
+  );
+  it('perl -i, ln -sf, install -m, cp -al, cp -u', { skip: need('perl') }, () =>
+    same(
+      `perl -i -pe s/beta/BETA/ src/b.txt && ln -s a.txt src/l && ln -sf b.txt src/l && install -m 750 hello.c inst.c && cp -al src linked && cp -u -r src mirror && ${LS} src linked && cat src/b.txt`,
+    ),
+  );
+  it('node fs: mkdir, rename, rm recursive', () =>
+    same(
+      `${process.execPath} -e "const fs=require('fs');fs.mkdirSync('n/a/b',{recursive:true});fs.mkdirSync('n/a',{recursive:true});fs.renameSync('src/a.txt','n/a/x.txt');fs.rmSync('src',{recursive:true});console.log(fs.readdirSync('n/a').sort())"`,
+    ));
+  it('a statically linked busybox: cp, mv, rm, mkdir, tar, ln', { skip: need('busybox') }, () =>
+    same(
+      'busybox tar cf bb.tar src && busybox cp -r src bb && busybox mv bb/a.txt bb/z.txt && busybox mkdir -p bb/q/r && busybox ln -s z.txt bb/l && busybox ln bb/b.txt bb/h && busybox mkdir bx && busybox tar xf bb.tar -C bx && busybox rm -rf bb/sub && busybox find bb bx | busybox sort',
+    ),
+  );
 });
 
 describe('with a read-only grant, destructive programs fail clearly and change nothing', { timeout: 300_000 }, () => {

@@ -8,7 +8,18 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  realpathSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -58,7 +69,12 @@ async function whileSwapping(a: Arena, body: () => Promise<void>): Promise<numbe
 async function attempts(n: number, attempt: (i: number) => Promise<unknown>): Promise<number> {
   let ok = 0;
   for (let i = 0; i < n; i += BATCH) {
-    const batch = Array.from({ length: Math.min(BATCH, n - i) }, (_, k) => attempt(i + k).then(() => 1, () => 0));
+    const batch = Array.from({ length: Math.min(BATCH, n - i) }, (_, k) =>
+      attempt(i + k).then(
+        () => 1,
+        () => 0,
+      ),
+    );
     for (const r of await Promise.all(batch)) ok += r;
   }
   return ok;
@@ -99,7 +115,8 @@ const CASES: OpCase[] = [
     name: 'rename from beneath the swapped parent',
     prepare: (a, i) => (writeFileSync(join(a.d, `r${i}`), 'in'), writeFileSync(join(a.out, `r${i}`), 'OUT')),
     attempt: (c, a, i) => c.rename(join(a.tree, 'd', `r${i}`), join(a.tree, `moved${i}`)),
-    escaped: (a, i) => !exists(join(a.out, `r${i}`)) || (exists(join(a.tree, `moved${i}`)) && readFileSync(join(a.tree, `moved${i}`), 'utf8') === 'OUT'),
+    escaped: (a, i) =>
+      !exists(join(a.out, `r${i}`)) || (exists(join(a.tree, `moved${i}`)) && readFileSync(join(a.tree, `moved${i}`), 'utf8') === 'OUT'),
   },
   {
     name: 'rename to beneath the swapped parent',
@@ -127,7 +144,8 @@ const CASES: OpCase[] = [
   },
   {
     name: 'chmod',
-    prepare: (a, i) => i === 0 && (writeFileSync(join(a.d, 'c'), 'in', { mode: 0o644 }), writeFileSync(join(a.out, 'c'), 'OUT', { mode: 0o644 })),
+    prepare: (a, i) =>
+      i === 0 && (writeFileSync(join(a.d, 'c'), 'in', { mode: 0o644 }), writeFileSync(join(a.out, 'c'), 'OUT', { mode: 0o644 })),
     attempt: (c, a, i) => c.chmod(join(a.tree, 'd', 'c'), i % 2 ? 0o600 : 0o640),
     escaped: (a) => (statSync(join(a.out, 'c')).mode & 0o777) !== 0o644,
   },
@@ -139,7 +157,10 @@ describe('file operations against the symlink-swap race', () => {
       it(`${op.name}${follow ? ', following symlinks beneath the root' : ''}: 0 escapes in ${ATTEMPTS} tries`, async () => {
         const a = arena();
         for (let i = 0; i < ATTEMPTS; i++) op.prepare(a, i);
-        const broker = new Broker({ policy: new Policy([makeRule({ allow: `${a.tree}/`, access: 'all', follow_symlinks: follow }, 'race')]), log: () => {} });
+        const broker = new Broker({
+          policy: new Policy([makeRule({ allow: `${a.tree}/`, access: 'all', follow_symlinks: follow }, 'race')]),
+          log: () => {},
+        });
         const socket = join(a.tree, '..', 's');
         broker.listen(socket);
         const client = await connect(socket);

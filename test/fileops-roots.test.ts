@@ -35,7 +35,8 @@ function twoTrees(rootLimit: number) {
     metrics: new Metrics(),
   };
   return {
-    base, ctx,
+    base,
+    ctx,
     close() {
       ctx.resolver.close();
       tmp.cleanup();
@@ -52,7 +53,11 @@ describe('file operations and the root table', () => {
       let during = -1;
       // The verify hook runs in the middle of the operation, between the lookup beneath the root
       // and the mkdirat: a reload (retireAll) there must leave the root's fd open until the end.
-      const options = { followSymlinks: false, directories: false, verify: () => (resolver.roots.retireAll(), (during = fdCount(process.pid)), 0) };
+      const options = {
+        followSymlinks: false,
+        directories: false,
+        verify: () => (resolver.roots.retireAll(), (during = fdCount(process.pid)), 0),
+      };
       assert.equal(resolver.operations.mkdir({ root: `${t.base}/a`, rest: 'd', options }, 0o755), 0);
       assert.ok(existsSync(join(t.base, 'a', 'd')));
       assert.equal(during, before + 2, 'the root and the parent directory are open during the operation');
@@ -103,7 +108,8 @@ describe('file operations and the root table', () => {
   it('leaves no fd behind: 10,000 operations of every kind, allowed and refused', () => {
     const t = twoTrees(1);
     try {
-      const a = `${t.base}/a`, b = `${t.base}/b`;
+      const a = `${t.base}/a`,
+        b = `${t.base}/b`;
       // warm up: the roots and the resolver's /proc/self/fd directory are opened once
       writeFileSync(join(a, 'w'), '');
       serveFileOperation(t.ctx, peer, op(Command.TRUNCATE, `${a}/w`));

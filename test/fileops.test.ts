@@ -6,8 +6,21 @@
  */
 import assert from 'node:assert/strict';
 import {
-  closeSync, existsSync, fstatSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, statSync, symlinkSync,
-  writeFileSync, writeSync, chmodSync,
+  closeSync,
+  existsSync,
+  fstatSync,
+  linkSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  realpathSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+  writeSync,
+  chmodSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -21,7 +34,6 @@ import { Command, Feature } from '../src/protocol/constants.js';
 import { encodeFileOp, encodeHello } from '../src/protocol/frames.js';
 import { tempDir } from './helpers.js';
 import { RawClient } from './raw.js';
-
 
 /** A broker in this process with these rules, and a client connected to it. */
 async function brokerWith(socket: string, rules: RuleSpec[]): Promise<{ broker: Broker; client: OpenHookClient; close: () => void }> {
@@ -47,7 +59,13 @@ function snapshot(dir: string): string {
     for (const name of readdirSync(d).sort()) {
       const p = join(d, name);
       const st = lstatSync(p);
-      const what = st.isSymbolicLink() ? `-> ${readlinkSync(p)}` : st.isFile() ? readFileSync(p).toString('hex') : st.isDirectory() ? 'dir' : 'other';
+      const what = st.isSymbolicLink()
+        ? `-> ${readlinkSync(p)}`
+        : st.isFile()
+          ? readFileSync(p).toString('hex')
+          : st.isDirectory()
+            ? 'dir'
+            : 'other';
       lines.push(`${p} ${st.mode.toString(8)} ${st.nlink} ${st.size} ${st.mtimeMs} ${what}`);
       if (st.isDirectory()) walk(p);
     }
@@ -86,7 +104,10 @@ describe('access letters', () => {
   it('a TOML policy takes the new letters and all', async () => {
     const { parsePolicyText } = await import('../src/policy/index.js');
     const policy = parsePolicyText('[[rule]]\nallow = "/srv/a/"\naccess = "all"\n[[rule]]\nallow = "/srv/b/"\naccess = "rmu"\n', 'p.toml');
-    assert.deepEqual(policy.rules.map((r) => formatAccess(r.access)), ['all', 'rmu']);
+    assert.deepEqual(
+      policy.rules.map((r) => formatAccess(r.access)),
+      ['all', 'rmu'],
+    );
     assert.throws(() => parsePolicyText('[[rule]]\nallow = "/srv/a/"\naccess = "rq"\n', 'p.toml'), /p\.toml:3.*unknown access letter 'q'/);
   });
 });
@@ -312,7 +333,7 @@ describe('file operations, allowed and refused by the letters', () => {
     assert.equal(await code(h.client.access(join(fifos, 'prog'), 1)), 'EACCES'); // no x
   });
 
-  it('mkfifo needs c and the rule\'s fifos; elsewhere refused', async () => {
+  it("mkfifo needs c and the rule's fifos; elsewhere refused", async () => {
     assert.equal(await code(h.client.mkfifo(join(fifos, 'p'), 0o644)), 'ok');
     assert.ok(lstatSync(join(fifos, 'p')).isFIFO());
     assert.equal(lstatSync(join(fifos, 'p')).mode & 0o777, 0o644);
@@ -357,22 +378,39 @@ describe('refused operations leave nothing behind', () => {
     writeFileSync(join(tree, 'sub', 'b'), 'beta');
     symlinkSync('a', join(tree, 'ln'));
     linkSync(join(tree, 'a'), join(tree, 'hard'));
-    const h = await brokerWith(join(base, 's'), [{ allow: `${tree}/`, access: 'rd' }, { allow: `${base}/rw/`, access: 'rwcdmusa' }]);
+    const h = await brokerWith(join(base, 's'), [
+      { allow: `${tree}/`, access: 'rd' },
+      { allow: `${base}/rw/`, access: 'rwcdmusa' },
+    ]);
     mkdirSync(join(base, 'rw'));
     writeFileSync(join(base, 'rw', 'w'), 'w');
     try {
       const before = snapshot(tree);
       const c = h.client;
       const results = await Promise.all([
-        code(c.mkdir(join(tree, 'new'))), code(c.unlink(join(tree, 'a'))), code(c.rmdir(join(tree, 'sub'))),
-        code(c.rename(join(tree, 'a'), join(tree, 'z'))), code(c.rename(join(tree, 'sub'), join(base, 'rw', 'sub'))),
-        code(c.rename(join(base, 'rw', 'w'), join(tree, 'a'))), code(c.rename(join(tree, 'a'), join(base, 'rw', 'w'), 'exchange')),
-        code(c.link(join(tree, 'a'), join(tree, 'l2'))), code(c.symlink('x', join(tree, 's2'))), code(c.chmod(join(tree, 'a'), 0o777)),
-        code(c.chown(join(tree, 'a'), -1, -1)), code(c.utimes(join(tree, 'a'), 1, 1)), code(c.utimes(join(tree, 'a'), 'now', 'now')),
-        code(c.truncate(join(tree, 'a'), 0)), code(c.mkfifo(join(tree, 'p'))), code(c.tmpfile(tree)),
-        code(c.open(join(tree, 'a'), 'w')), code(c.open(join(tree, 'c'), 'wx')),
+        code(c.mkdir(join(tree, 'new'))),
+        code(c.unlink(join(tree, 'a'))),
+        code(c.rmdir(join(tree, 'sub'))),
+        code(c.rename(join(tree, 'a'), join(tree, 'z'))),
+        code(c.rename(join(tree, 'sub'), join(base, 'rw', 'sub'))),
+        code(c.rename(join(base, 'rw', 'w'), join(tree, 'a'))),
+        code(c.rename(join(tree, 'a'), join(base, 'rw', 'w'), 'exchange')),
+        code(c.link(join(tree, 'a'), join(tree, 'l2'))),
+        code(c.symlink('x', join(tree, 's2'))),
+        code(c.chmod(join(tree, 'a'), 0o777)),
+        code(c.chown(join(tree, 'a'), -1, -1)),
+        code(c.utimes(join(tree, 'a'), 1, 1)),
+        code(c.utimes(join(tree, 'a'), 'now', 'now')),
+        code(c.truncate(join(tree, 'a'), 0)),
+        code(c.mkfifo(join(tree, 'p'))),
+        code(c.tmpfile(tree)),
+        code(c.open(join(tree, 'a'), 'w')),
+        code(c.open(join(tree, 'c'), 'wx')),
       ]);
-      assert.ok(results.every((r) => r === 'EACCES'), results.join(' '));
+      assert.ok(
+        results.every((r) => r === 'EACCES'),
+        results.join(' '),
+      );
       assert.equal(snapshot(tree), before);
       assert.equal(readFileSync(join(base, 'rw', 'w'), 'utf8'), 'w');
     } finally {
@@ -413,7 +451,9 @@ describe('the tools speak the whole vocabulary', () => {
       // `openhook status` for people (run asynchronously: this process serves the broker)
       const { execFile } = await import('node:child_process');
       const { CLI } = await import('./helpers.js');
-      const out = await new Promise<string>((resolve, reject) => execFile(process.execPath, [CLI, 'status', '--socket', join(base, 's')], (err, stdout) => (err ? reject(err) : resolve(stdout))));
+      const out = await new Promise<string>((resolve, reject) =>
+        execFile(process.execPath, [CLI, 'status', '--socket', join(base, 's')], (err, stdout) => (err ? reject(err) : resolve(stdout))),
+      );
       assert.match(out, /^ {2}operations +rename 1 · mkdir 1 \(1 denied\)$/m);
       const rename = JSON.parse(jsonLine(records[0]!));
       assert.equal(rename.command, 'RENAME');
@@ -468,7 +508,19 @@ describe('the entry points the syscall hook calls', () => {
       metrics: new Metrics(),
     };
     const peer = { pid: process.pid, uid: 0, gid: 0, groups: [] };
-    const fd = serveFileOperation(ctx, peer, { command: Command.TMPFILE, path: `${base}/rw`, path2: '', flags: 2, mode: 0o640, uid: 0, gid: 0, a: 0, b: 0, c: 0, d: 0 });
+    const fd = serveFileOperation(ctx, peer, {
+      command: Command.TMPFILE,
+      path: `${base}/rw`,
+      path2: '',
+      flags: 2,
+      mode: 0o640,
+      uid: 0,
+      gid: 0,
+      a: 0,
+      b: 0,
+      c: 0,
+      d: 0,
+    });
     assert.ok(fd >= 0, `tmpfile: ${fd}`);
     try {
       writeSync(fd, 'journal');
@@ -501,7 +553,10 @@ describe('the entry points the syscall hook calls', () => {
     mkdirSync(join(tree, 'private'), { recursive: true });
     writeFileSync(join(tree, 'private', 'key'), 'KEY');
     symlinkSync('private', join(tree, 'via'));
-    const h = await brokerWith(join(base, 's'), [{ allow: `${tree}/`, access: 'all', follow_symlinks: true }, { deny: `${tree}/private/` }]);
+    const h = await brokerWith(join(base, 's'), [
+      { allow: `${tree}/`, access: 'all', follow_symlinks: true },
+      { deny: `${tree}/private/` },
+    ]);
     try {
       assert.equal(await code(h.client.mkdir(join(tree, 'via', 'x'))), 'EACCES');
       assert.equal(await code(h.client.unlink(join(tree, 'via', 'key'))), 'EACCES');
@@ -522,7 +577,10 @@ describe('file-operation frames', () => {
     const frame = encodeFileOp(Command.UTIMES, '/a/é', null, { flags: 0x100, a: -5, b: 999_999_999, c: 2 ** 40, d: (1 << 30) - 1 });
     const req = newRequest();
     assert.equal(decodeRequest(frame, 0, frame.length, req), DecodeError.OK);
-    assert.deepEqual([req.command, req.flags, req.a, req.b, req.c, req.d, req.uid, req.gid], [Command.UTIMES, 0x100, -5, 999_999_999, 2 ** 40, (1 << 30) - 1, 0xffffffff, 0xffffffff]);
+    assert.deepEqual(
+      [req.command, req.flags, req.a, req.b, req.c, req.d, req.uid, req.gid],
+      [Command.UTIMES, 0x100, -5, 999_999_999, 2 ** 40, (1 << 30) - 1, 0xffffffff, 0xffffffff],
+    );
     assert.equal(frame.subarray(req.nameOffset, req.nameOffset + req.nameLength).toString(), '/a/é');
     const two = encodeFileOp(Command.RENAME, '/a', '/bb', { flags: 1 });
     assert.equal(decodeRequest(two, 0, two.length, req), DecodeError.OK);

@@ -38,7 +38,8 @@ describe('flags', () => {
   it('sweeps all 32 bits, alone and in pairs, against a read-only rule: never write access, never another file', async () => {
     const file = join(ro, 'file');
     const before = statSync(file);
-    let opened = 0, refused = 0;
+    let opened = 0,
+      refused = 0;
     for (let i = 0; i < 32; i++) {
       for (let j = i; j < 32; j++) {
         const flags = ((1 << i) | (1 << j)) >>> 0;
@@ -67,10 +68,35 @@ describe('flags', () => {
   });
 
   it('refuses access mode 3, O_PATH, O_TMPFILE, FASYNC and unknown bits with EINVAL, whatever the rule', async () => {
-    const known = C.O_ACCMODE | C.O_CREAT | C.O_EXCL | C.O_NOCTTY | C.O_TRUNC | C.O_APPEND | C.O_NONBLOCK | C.O_DSYNC | C.O_SYNC | C.O_DIRECT | C.O_LARGEFILE | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_NOATIME | C.O_CLOEXEC;
+    const known =
+      C.O_ACCMODE |
+      C.O_CREAT |
+      C.O_EXCL |
+      C.O_NOCTTY |
+      C.O_TRUNC |
+      C.O_APPEND |
+      C.O_NONBLOCK |
+      C.O_DSYNC |
+      C.O_SYNC |
+      C.O_DIRECT |
+      C.O_LARGEFILE |
+      C.O_DIRECTORY |
+      C.O_NOFOLLOW |
+      C.O_NOATIME |
+      C.O_CLOEXEC;
     const unknown = Array.from({ length: 32 }, (_, i) => (1 << i) >>> 0).filter((bit) => (bit & known) === 0);
     assert.ok(unknown.length > 5);
-    for (const flags of [C.O_ACCMODE, C.O_PATH, C.O_PATH | C.O_RDWR, C.O_TMPFILE | C.O_RDWR, C.O_TMPFILE & ~C.O_DIRECTORY, C.FASYNC, C.O_CREAT | C.O_DIRECTORY | C.O_RDWR, ...unknown, ...unknown.map((b) => b | C.O_RDONLY)]) {
+    for (const flags of [
+      C.O_ACCMODE,
+      C.O_PATH,
+      C.O_PATH | C.O_RDWR,
+      C.O_TMPFILE | C.O_RDWR,
+      C.O_TMPFILE & ~C.O_DIRECTORY,
+      C.FASYNC,
+      C.O_CREAT | C.O_DIRECTORY | C.O_RDWR,
+      ...unknown,
+      ...unknown.map((b) => b | C.O_RDONLY),
+    ]) {
       const r = (await client.request(openFrame(join(rwc, 'file'), flags, 0o644)))!;
       assert.equal(r.result, -EINVAL, `0x${flags.toString(16)}`);
     }

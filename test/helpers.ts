@@ -3,7 +3,20 @@
  * demand, and fd counting through /proc. Nothing here mocks a socket or a syscall.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, closeSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readSync, rmSync, statSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  copyFileSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  statSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -137,7 +150,8 @@ export function fdCount(pid: number): number {
  * the same figure three times, 50 ms apart.
  */
 export async function settledFdCount(pid: number): Promise<number> {
-  let last = fdCount(pid), same = 0;
+  let last = fdCount(pid),
+    same = 0;
   for (let i = 0; i < 100 && same < 2; i++) {
     await sleep(50);
     const now = fdCount(pid);

@@ -40,7 +40,10 @@ interface Ran {
 
 /** `openhook run --log POLICY -- unix-probe ARGS`, to its end. */
 function probe(policy: string[], args: string[], extra: string[] = []): Promise<Ran> {
-  const child = spawn(process.execPath, [CLI, 'run', '--log', ...extra, ...policy, '--ro', PROBE, '--', PROBE, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: cleanEnv() });
+  const child = spawn(process.execPath, [CLI, 'run', '--log', ...extra, ...policy, '--ro', PROBE, '--', PROBE, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: cleanEnv(),
+  });
   let stdout = '';
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
@@ -70,7 +73,8 @@ function listener(path: string, type: number = C.SOCK_STREAM): { accepted: () =>
 
 function dirs(name: string): { inside: string; outside: string } {
   const base = join(tmp.path, name);
-  const inside = join(base, 'inside'), outside = join(base, 'outside');
+  const inside = join(base, 'inside'),
+    outside = join(base, 'outside');
   mkdirSync(inside, { recursive: true });
   mkdirSync(outside, { recursive: true });
   return { inside, outside };
@@ -81,7 +85,9 @@ describe('policy letters n (connect) and b (bind)', () => {
     assert.equal(parseAccess('nb'), Access.CONNECT | Access.BIND);
     assert.ok((ALL_ACCESS & (Access.CONNECT | Access.BIND)) === (Access.CONNECT | Access.BIND));
     assert.equal(explainAccess(Access.CONNECT | Access.BIND), 'n connect to UNIX sockets, b bind UNIX sockets (make socket files)');
-    const allowed = spawnSync(process.execPath, [CLI, 'check', '--allow', '/run/vm/:n', '/run/vm/qmp.sock', 'connect'], { encoding: 'utf8' });
+    const allowed = spawnSync(process.execPath, [CLI, 'check', '--allow', '/run/vm/:n', '/run/vm/qmp.sock', 'connect'], {
+      encoding: 'utf8',
+    });
     assert.equal(allowed.status, 0, allowed.stderr);
     assert.match(allowed.stdout, /allow/i);
     const refused = spawnSync(process.execPath, [CLI, 'check', '--allow', '/run/vm/:n', '/run/vm/qmp.sock', 'bind'], { encoding: 'utf8' });
@@ -91,7 +97,7 @@ describe('policy letters n (connect) and b (bind)', () => {
 });
 
 describe('run: UNIX sockets by path through the syscall hook', () => {
-  it('binds and connects beneath an allowed tree; the program\'s socket keeps its flags', async () => {
+  it("binds and connects beneath an allowed tree; the program's socket keeps its flags", async () => {
     const { inside } = dirs('basic');
     const path = join(inside, 'srv.sock');
     const r = await probe(['--allow', `${inside}/:b`], ['bind', path]);
@@ -130,39 +136,43 @@ describe('run: UNIX sockets by path through the syscall hook', () => {
     }
   });
 
-  it('a listener whose backlog is full: a blocking connect waits until it accepts, a non-blocking one gets EAGAIN', { timeout: 60_000 }, async () => {
-    const { inside } = dirs('backlog');
-    const path = join(inside, 'busy.sock');
-    const { fd } = native.listenUnix(path, C.SOCK_STREAM, 0o666, 0);
-    const queued: number[] = [];
-    try {
-      // Fill the backlog from here (non-blocking connects) until the kernel says EAGAIN.
-      for (;;) {
-        try {
-          queued.push(native.connectUnix(path, C.SOCK_STREAM));
-        } catch (err) {
-          assert.equal((err as NodeJS.ErrnoException).code, 'EAGAIN');
-          break;
+  it(
+    'a listener whose backlog is full: a blocking connect waits until it accepts, a non-blocking one gets EAGAIN',
+    { timeout: 60_000 },
+    async () => {
+      const { inside } = dirs('backlog');
+      const path = join(inside, 'busy.sock');
+      const { fd } = native.listenUnix(path, C.SOCK_STREAM, 0o666, 0);
+      const queued: number[] = [];
+      try {
+        // Fill the backlog from here (non-blocking connects) until the kernel says EAGAIN.
+        for (;;) {
+          try {
+            queued.push(native.connectUnix(path, C.SOCK_STREAM));
+          } catch (err) {
+            assert.equal((err as NodeJS.ErrnoException).code, 'EAGAIN');
+            break;
+          }
         }
+        const nb = await probe(['--allow', `${inside}/:n`], ['connect-nb', path]);
+        assert.equal(nb.stdout, 'EAGAIN\n', nb.stderr);
+        let done = false;
+        const blocking = probe(['--allow', `${inside}/:n`], ['connect', path]).finally(() => (done = true));
+        await new Promise((ok) => setTimeout(ok, 500));
+        assert.equal(done, false, 'the blocking connect waits while the backlog is full');
+        const timer = setInterval(() => {
+          for (let c = native.accept(fd); c >= 0; c = native.accept(fd)) queued.push(c);
+        }, 5);
+        const r = await blocking;
+        clearInterval(timer);
+        assert.equal(r.stdout, 'ok\nnonblock=0\n', r.stderr);
+        assert.equal(r.stderr.match(/socket-connect/g)?.length, 1, 'the tries while it was full are not logged, the outcome once');
+      } finally {
+        for (const q of queued) native.close(q);
+        native.close(fd);
       }
-      const nb = await probe(['--allow', `${inside}/:n`], ['connect-nb', path]);
-      assert.equal(nb.stdout, 'EAGAIN\n', nb.stderr);
-      let done = false;
-      const blocking = probe(['--allow', `${inside}/:n`], ['connect', path]).finally(() => (done = true));
-      await new Promise((ok) => setTimeout(ok, 500));
-      assert.equal(done, false, 'the blocking connect waits while the backlog is full');
-      const timer = setInterval(() => {
-        for (let c = native.accept(fd); c >= 0; c = native.accept(fd)) queued.push(c);
-      }, 5);
-      const r = await blocking;
-      clearInterval(timer);
-      assert.equal(r.stdout, 'ok\nnonblock=0\n', r.stderr);
-      assert.equal(r.stderr.match(/socket-connect/g)?.length, 1, 'the tries while it was full are not logged, the outcome once');
-    } finally {
-      for (const q of queued) native.close(q);
-      native.close(fd);
-    }
-  });
+    },
+  );
 
   it('refuses (EACCES, audited) connect and bind outside the policy, and each without its letter', async () => {
     const { inside, outside } = dirs('refused');
@@ -176,9 +186,17 @@ describe('run: UNIX sockets by path through the syscall hook', () => {
       assert.equal(bind.stdout, 'EACCES\n');
       assert.match(bind.stderr, /DENY EACCES socket-bind \S*new\.sock/);
       assert.ok(!existsSync(join(outside, 'new.sock')));
-      assert.equal((await probe(['--allow', `${inside}/:b`], ['connect', join(inside, 'in.sock')])).stdout, 'EACCES\n', 'b does not connect');
+      assert.equal(
+        (await probe(['--allow', `${inside}/:b`], ['connect', join(inside, 'in.sock')])).stdout,
+        'EACCES\n',
+        'b does not connect',
+      );
       assert.equal((await probe(['--allow', `${inside}/:rwcn`], ['bind', join(inside, 'x.sock')])).stdout, 'EACCES\n', 'n does not bind');
-      assert.equal((await probe(['--allow', `${inside}/:rwc`], ['connect', join(inside, 'in.sock')])).stdout, 'EACCES\n', 'rwc is no socket access');
+      assert.equal(
+        (await probe(['--allow', `${inside}/:rwc`], ['connect', join(inside, 'in.sock')])).stdout,
+        'EACCES\n',
+        'rwc is no socket access',
+      );
       // A symlink inside, to the socket outside: its last component is never followed.
       symlinkSync(join(outside, 'out.sock'), join(inside, 'link.sock'));
       assert.equal((await probe(['--allow', `${inside}/:n`], ['connect', join(inside, 'link.sock')])).stdout, 'ELOOP\n');
@@ -261,35 +279,53 @@ describe('run: socket races', () => {
     }
   });
 
-  it('a family flipped under a trapped connect (and an AF_UNIX socket dup2\'d in) never connects a path unchecked', { timeout: 120_000 }, async () => {
-    const { inside, outside } = dirs('flip');
-    const out = listener(join(outside, 'out.sock'));
-    try {
-      const r = await probe(['--allow', `${inside}/:nb`], ['flip', join(outside, 'out.sock'), '1', '20000']);
-      assert.match(r.stdout, /^connects=\d+ unix=0\n$/, r.stderr);
-      assert.equal(out.accepted(), 0, 'no connection reached the listener outside');
-    } finally {
-      out.close();
-    }
-  });
+  it(
+    "a family flipped under a trapped connect (and an AF_UNIX socket dup2'd in) never connects a path unchecked",
+    { timeout: 120_000 },
+    async () => {
+      const { inside, outside } = dirs('flip');
+      const out = listener(join(outside, 'out.sock'));
+      try {
+        const r = await probe(['--allow', `${inside}/:nb`], ['flip', join(outside, 'out.sock'), '1', '20000']);
+        assert.match(r.stdout, /^connects=\d+ unix=0\n$/, r.stderr);
+        assert.equal(out.accepted(), 0, 'no connection reached the listener outside');
+      } finally {
+        out.close();
+      }
+    },
+  );
 });
 
-const qemu = spawnSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8' }).status === 0 ? false : 'qemu-system-x86_64 is not installed';
+const qemu =
+  spawnSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8' }).status === 0 ? false : 'qemu-system-x86_64 is not installed';
 
 describe('run: QEMU with QMP by path', { skip: qemu }, () => {
   const disk = (image: string): string[] => [
-    '-blockdev', `driver=file,node-name=base-file,filename=${image}`,
-    '-blockdev', 'driver=qcow2,node-name=base,file=base-file',
-    '-device', 'virtio-blk-pci,drive=base,id=disk0',
+    '-blockdev',
+    `driver=file,node-name=base-file,filename=${image}`,
+    '-blockdev',
+    'driver=qcow2,node-name=base,file=base-file',
+    '-device',
+    'virtio-blk-pci,drive=base,id=disk0',
   ];
 
   async function snapshotAndCommit(qmp: QmpClient, vm: string, base: string): Promise<void> {
     const overlay = join(vm, 'overlay.qcow2');
-    await qmp.execute('blockdev-snapshot-sync', { 'node-name': 'base', 'snapshot-file': overlay, 'snapshot-node-name': 'overlay', format: 'qcow2' });
+    await qmp.execute('blockdev-snapshot-sync', {
+      'node-name': 'base',
+      'snapshot-file': overlay,
+      'snapshot-node-name': 'overlay',
+      format: 'qcow2',
+    });
     assert.ok(existsSync(overlay), 'the overlay was created (through the broker)');
     await qmp.execute('human-monitor-command', { 'command-line': guestWrite('disk0', 0x33) });
     await qmp.execute('human-monitor-command', { 'command-line': guestFlush('disk0') });
-    await runJob(qmp, 'block-commit', { 'job-id': 'commit', device: 'overlay', 'auto-dismiss': false }, { complete: true, timeout: 60_000 });
+    await runJob(
+      qmp,
+      'block-commit',
+      { 'job-id': 'commit', device: 'overlay', 'auto-dismiss': false },
+      { complete: true, timeout: 60_000 },
+    );
     const block = await qmp.execute<Array<{ qdev: string; inserted: { 'node-name': string } }>>('query-block');
     assert.equal(block.find((b) => b.qdev.includes('disk0'))?.inserted['node-name'], 'base');
     assert.ok(holds(base, 0x33, 0, 4096, 'qcow2', true), 'the commit merged the write into the base');
@@ -303,29 +339,42 @@ describe('run: QEMU with QMP by path', { skip: qemu }, () => {
     return { exited, stderr: () => stderr, kill: () => child.exitCode === null && child.kill('SIGKILL') };
   }
 
-  it('-qmp unix:PATH,server=on,wait=off: QEMU binds in its directory, a client connects, snapshot and commit', { timeout: 120_000 }, async () => {
-    const { inside: vm } = dirs('qmp-server');
-    const base = join(vm, 'base.qcow2');
-    makeImage(base, 'qcow2', 0x11);
-    const path = join(vm, 'qmp.sock');
-    const q = startQemu(['--allow', `${vm}/:rwcub`, '--', 'qemu-system-x86_64', ...MACHINE, ...disk(base), '-qmp', `unix:${path},server=on,wait=off`]);
-    try {
-      let qmp: QmpClient | null = null;
-      for (let i = 0; i < 600 && !qmp; i++) {
-        qmp = await connectQmp({ path, timeout: 30_000 }).catch(() => null);
-        if (!qmp) await new Promise((ok) => setTimeout(ok, 50));
+  it(
+    '-qmp unix:PATH,server=on,wait=off: QEMU binds in its directory, a client connects, snapshot and commit',
+    { timeout: 120_000 },
+    async () => {
+      const { inside: vm } = dirs('qmp-server');
+      const base = join(vm, 'base.qcow2');
+      makeImage(base, 'qcow2', 0x11);
+      const path = join(vm, 'qmp.sock');
+      const q = startQemu([
+        '--allow',
+        `${vm}/:rwcub`,
+        '--',
+        'qemu-system-x86_64',
+        ...MACHINE,
+        ...disk(base),
+        '-qmp',
+        `unix:${path},server=on,wait=off`,
+      ]);
+      try {
+        let qmp: QmpClient | null = null;
+        for (let i = 0; i < 600 && !qmp; i++) {
+          qmp = await connectQmp({ path, timeout: 30_000 }).catch(() => null);
+          if (!qmp) await new Promise((ok) => setTimeout(ok, 50));
+        }
+        assert.ok(qmp, q.stderr());
+        assert.ok(lstatSync(path).isSocket());
+        await snapshotAndCommit(qmp, vm, base);
+        await qmp.execute('quit').catch(() => {});
+        qmp.close();
+        assert.equal(await q.exited, 0, q.stderr());
+        assert.match(q.stderr(), /ALLOW socket-bind \S*qmp\.sock/);
+      } finally {
+        q.kill();
       }
-      assert.ok(qmp, q.stderr());
-      assert.ok(lstatSync(path).isSocket());
-      await snapshotAndCommit(qmp, vm, base);
-      await qmp.execute('quit').catch(() => {});
-      qmp.close();
-      assert.equal(await q.exited, 0, q.stderr());
-      assert.match(q.stderr(), /ALLOW socket-bind \S*qmp\.sock/);
-    } finally {
-      q.kill();
-    }
-  });
+    },
+  );
 
   it('-chardev socket,path=...: QEMU connects to a listener the manager holds, snapshot and commit', { timeout: 120_000 }, async () => {
     const { inside: vm, outside: run } = dirs('qmp-client');
@@ -333,7 +382,20 @@ describe('run: QEMU with QMP by path', { skip: qemu }, () => {
     makeImage(base, 'qcow2', 0x11);
     const path = join(run, 'mon.sock');
     const listening = new QmpListener(path);
-    const q = startQemu(['--allow', `${vm}/:rwc`, '--allow', `${path}:n`, '--', 'qemu-system-x86_64', ...MACHINE, ...disk(base), '-chardev', `socket,id=mon,path=${path}`, '-mon', 'chardev=mon,mode=control']);
+    const q = startQemu([
+      '--allow',
+      `${vm}/:rwc`,
+      '--allow',
+      `${path}:n`,
+      '--',
+      'qemu-system-x86_64',
+      ...MACHINE,
+      ...disk(base),
+      '-chardev',
+      `socket,id=mon,path=${path}`,
+      '-mon',
+      'chardev=mon,mode=control',
+    ]);
     try {
       const qmp = await listening.accept({ timeout: 60_000 });
       await snapshotAndCommit(qmp, vm, base);
@@ -349,7 +411,15 @@ describe('run: QEMU with QMP by path', { skip: qemu }, () => {
 
   it('QEMU refused a socket outside its policy: -qmp on a path it may not bind fails to start', { timeout: 60_000 }, async () => {
     const { inside: vm, outside } = dirs('qmp-refused');
-    const q = startQemu(['--allow', `${vm}/:rwcnb`, '--', 'qemu-system-x86_64', ...MACHINE, '-qmp', `unix:${join(outside, 'qmp.sock')},server=on,wait=off`]);
+    const q = startQemu([
+      '--allow',
+      `${vm}/:rwcnb`,
+      '--',
+      'qemu-system-x86_64',
+      ...MACHINE,
+      '-qmp',
+      `unix:${join(outside, 'qmp.sock')},server=on,wait=off`,
+    ]);
     try {
       assert.notEqual(await q.exited, 0);
       // QEMU first unlinks a stale socket at the path, then binds: whichever it reaches is refused.

@@ -107,7 +107,10 @@ describe('syscall hook: programs as they are', () => {
   });
 
   it('node -e readdirSync', () => {
-    same([process.execPath, '-e', "console.log(require('fs').readdirSync('.', { recursive: true }).sort().join(','))"], ['--ro', dirname(process.execPath)]);
+    same(
+      [process.execPath, '-e', "console.log(require('fs').readdirSync('.', { recursive: true }).sort().join(','))"],
+      ['--ro', dirname(process.execPath)],
+    );
   });
 
   it('make -n in a granted tree', () => {
@@ -131,7 +134,15 @@ describe('syscall hook: programs as they are', () => {
   it('openat2: struct open_how is checked as the kernel checks it, and RESOLVE_BENEATH and RESOLVE_IN_ROOT hold', () => {
     writeFileSync(join(tree, 'sub', 'f'), 'f\n');
     const r = run([PROBE, 'how', join(tree, 'sub')]);
-    assert.deepEqual(fields(r.stdout), { dir: 'ok', small: 'EINVAL', unknown: 'EINVAL', beneath: 'ok', beneath_up: 'EXDEV', beneath_abs: 'EXDEV', in_root: 'ok' });
+    assert.deepEqual(fields(r.stdout), {
+      dir: 'ok',
+      small: 'EINVAL',
+      unknown: 'EINVAL',
+      beneath: 'ok',
+      beneath_up: 'EXDEV',
+      beneath_abs: 'EXDEV',
+      in_root: 'ok',
+    });
   });
 
   it('16 threads x 1,000 opens: every fd is the file asked for', () => {
@@ -140,7 +151,7 @@ describe('syscall hook: programs as they are', () => {
     assert.deepEqual(fields(r.stdout), { opens: '16000', failed: '0', wrong: '0' });
   });
 
-  it('forked and exec\'d children are served too (they inherit the filter)', () => {
+  it("forked and exec'd children are served too (they inherit the filter)", () => {
     const r = run([PROBE, 'fork', join(tree, 'a.txt')]);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /^child=ok$/m);
@@ -167,7 +178,12 @@ describe('syscall hook: programs as they are', () => {
 
   it('O_TMPFILE makes an unnamed file where the rule has c (and nothing with r only), and a FIFO is never opened for I/O', () => {
     assert.equal(fields(run([PROBE, 'tmpfile', tree]).stdout).tmpfile, 'ok');
-    const readOnly = spawnSync(process.execPath, [CLI, 'run', '--allow', `${tree}/:r`, '--ro', BIN, '--', PROBE, 'tmpfile', tree], { encoding: 'utf8', cwd: tree, env: cleanEnv(), timeout: 60_000 });
+    const readOnly = spawnSync(process.execPath, [CLI, 'run', '--allow', `${tree}/:r`, '--ro', BIN, '--', PROBE, 'tmpfile', tree], {
+      encoding: 'utf8',
+      cwd: tree,
+      env: cleanEnv(),
+      timeout: 60_000,
+    });
     assert.equal(fields(readOnly.stdout).tmpfile, 'EACCES');
     execFileSync('mkfifo', [join(tree, 'fifo')]);
     const r = run([PROBE, 'fifo', join(tree, 'fifo')]);
@@ -175,12 +191,16 @@ describe('syscall hook: programs as they are', () => {
     assert.deepEqual(fields(r.stdout), { fifo: 'EACCES', fifo_nonblock: 'EACCES' });
   });
 
-  it('a device node inside an allowed tree is refused without being opened', { skip: process.getuid?.() !== 0 && 'mknod needs root' }, () => {
-    execFileSync('mknod', [join(tree, 'null-device'), 'c', '1', '3']);
-    const r = run([PROBE, 'raw', join(tree, 'null-device')]);
-    assert.equal(fields(r.stdout).open, 'EACCES');
-    rmSync(join(tree, 'null-device'));
-  });
+  it(
+    'a device node inside an allowed tree is refused without being opened',
+    { skip: process.getuid?.() !== 0 && 'mknod needs root' },
+    () => {
+      execFileSync('mknod', [join(tree, 'null-device'), 'c', '1', '3']);
+      const r = run([PROBE, 'raw', join(tree, 'null-device')]);
+      assert.equal(fields(r.stdout).open, 'EACCES');
+      rmSync(join(tree, 'null-device'));
+    },
+  );
 
   it('a full fd table makes the install fail with EMFILE, never a CONTINUE (which Landlock would refuse with EACCES)', () => {
     const r = run([PROBE, 'emfile', join(tree, 'a.txt')]);
@@ -220,7 +240,7 @@ describe('syscall hook: /proc and /sys', () => {
     assert.match(r.stdout, /^Name:\s+cat$/m);
   });
 
-  it('ls /proc/self/fd lists the program\'s own fds, and none is a seccomp listener', () => {
+  it("ls /proc/self/fd lists the program's own fds, and none is a seccomp listener", () => {
     const r = run(['ls', '/proc/self/fd']);
     assert.equal(r.status, 0, r.stderr);
     // stdio, the hook socket (3), and the directory ls is reading
@@ -237,7 +257,7 @@ describe('syscall hook: /proc and /sys', () => {
     same(['nproc']);
   });
 
-  it('another process\'s /proc entries are refused', () => {
+  it("another process's /proc entries are refused", () => {
     for (const file of ['/proc/1/environ', '/proc/1/cmdline', `/proc/${process.pid}/cmdline`]) {
       const r = run(['cat', file]);
       assert.equal(r.status, 1, file);
@@ -246,7 +266,13 @@ describe('syscall hook: /proc and /sys', () => {
   });
 
   it('walks through magic links never reach past the policy', () => {
-    for (const file of [`/proc/self/root${join(elsewhere, 'secret')}`, '/proc/self/cwd/../elsewhere/secret', '/proc/self/fd/0', '/proc/self/exe', '/proc/thread-self/root/etc/hostname']) {
+    for (const file of [
+      `/proc/self/root${join(elsewhere, 'secret')}`,
+      '/proc/self/cwd/../elsewhere/secret',
+      '/proc/self/fd/0',
+      '/proc/self/exe',
+      '/proc/thread-self/root/etc/hostname',
+    ]) {
       const r = run(['cat', file]);
       assert.notEqual(r.status, 0, file);
       assert.doesNotMatch(r.stdout, /secret/, file);
@@ -278,7 +304,10 @@ describe('syscall hook: attacks', () => {
   });
 
   it('a dirfd swapped for another directory during the call: the broker opens what it checked', () => {
-    const r = run([PROBE, 'dirswap', join(tree, 'd'), join(elsewhere, 'd'), 'x', '20000'], ['--allow', `${elsewhere}/d/:rd`, '--deny', `${elsewhere}/d/x`]);
+    const r = run(
+      [PROBE, 'dirswap', join(tree, 'd'), join(elsewhere, 'd'), 'x', '20000'],
+      ['--allow', `${elsewhere}/d/:rd`, '--deny', `${elsewhere}/d/x`],
+    );
     assert.equal(r.status, 0, r.stderr);
     const f = fields(r.stdout);
     assert.equal(f.bad, '0', r.stdout);
@@ -290,7 +319,15 @@ describe('syscall hook: attacks', () => {
     const broker = new Broker({ policy, log: () => {} });
     const fdCount = (): number => readdirSync('/proc/self/fd').length;
     let server: HookServer | null = null;
-    const once = (cmd: string, args: string[]) => launch({ command: cmd, args, broker, readOnly: [BIN], stdio: ['ignore', 'pipe', 'pipe'], syscallHook: { onServer: (s) => (server = s) } });
+    const once = (cmd: string, args: string[]) =>
+      launch({
+        command: cmd,
+        args,
+        broker,
+        readOnly: [BIN],
+        stdio: ['ignore', 'pipe', 'pipe'],
+        syscallHook: { onServer: (s) => (server = s) },
+      });
     try {
       await once(PROBE, ['opens', join(tree, 'a.txt'), '100']); // warm up: roots, pools
       const before = fdCount();
@@ -341,7 +378,11 @@ describe('syscall hook: paths for a thread', () => {
 });
 
 describe('syscall hook: what the kernel may run itself', () => {
-  const grants = new Continuation([{ access: 'rx', path: '/usr' }, { access: 'rx', path: '/etc' }, { access: 'rwt', path: '/dev/null' }]);
+  const grants = new Continuation([
+    { access: 'rx', path: '/usr' },
+    { access: 'rx', path: '/etc' },
+    { access: 'rwt', path: '/dev/null' },
+  ]);
 
   it('continues reads beneath the grants and the granted devices as granted, nothing else', () => {
     const policy = new Policy([parseAllowFlag('/home/u/:rwc')]);
@@ -357,7 +398,12 @@ describe('syscall hook: what the kernel may run itself', () => {
   });
 
   it('continues nothing once a rule lies inside or over any grant', () => {
-    for (const rule of [parseDenyFlag('/etc/shadow'), parseAllowFlag('/usr/share/foo:r'), parseAllowFlag('/:r'), parseAllowFlag('/dev/:rw')]) {
+    for (const rule of [
+      parseDenyFlag('/etc/shadow'),
+      parseAllowFlag('/usr/share/foo:r'),
+      parseAllowFlag('/:r'),
+      parseAllowFlag('/dev/:rw'),
+    ]) {
       const policy = new Policy([parseAllowFlag('/home/u/:rwc'), rule]);
       assert.equal(grants.usable(policy), false, rule.origin);
       assert.equal(grants.allows(policy, '/usr/lib/libc.so.6', C.O_RDONLY), false, rule.origin);

@@ -73,7 +73,11 @@ describe('client identities over real connections', { skip: !asRoot && 'needs ro
     const frames = ['nobody', 'group', 'root', 'vm1'].map((d) => rfcOpenFrame(join(T, d, 'f'), C.O_RDONLY).toString('hex'));
     // setpriv sets exactly the supplementary groups we ask for; spawn's uid/gid options drop them all.
     const out = cred.groups
-      ? execFileSync('setpriv', [`--reuid=${cred.uid}`, `--regid=${cred.gid}`, `--groups=${cred.groups.join(',')}`, probe, socket, 'seqpacket', ...frames], { encoding: 'utf8' })
+      ? execFileSync(
+          'setpriv',
+          [`--reuid=${cred.uid}`, `--regid=${cred.gid}`, `--groups=${cred.groups.join(',')}`, probe, socket, 'seqpacket', ...frames],
+          { encoding: 'utf8' },
+        )
       : execFileSync(probe, [socket, 'seqpacket', ...frames], { encoding: 'utf8', uid: cred.uid, gid: cred.gid });
     const lines = out.trim().split('\n');
     if (lines[0] === 'closed') return 'closed';
@@ -106,7 +110,10 @@ describe('client identities over real connections', { skip: !asRoot && 'needs ro
 
 describe('launcher sessions', () => {
   it('serves an adopted connection under its session’s section, and others under theirs', async () => {
-    const broker = new Broker({ policy: compilePolicy(parsePolicyText(policyText.replace('unmatched = "refuse"', ''), 'id.toml')), log: () => {} });
+    const broker = new Broker({
+      policy: compilePolicy(parsePolicyText(policyText.replace('unmatched = "refuse"', ''), 'id.toml')),
+      log: () => {},
+    });
     try {
       const open = async (session?: string): Promise<string> => {
         const [near, far] = native.socketpair(C.SOCK_SEQPACKET, true);
@@ -128,7 +135,14 @@ describe('launcher sessions', () => {
       assert.equal(await open(), process.getuid?.() === 0 ? 'root' : '');
       assert.equal(await open('vm1'), process.getuid?.() === 0 ? 'root' : 'vm1');
       // A policy that lists the session first serves the session's section.
-      broker.setPolicy(compilePolicy(parsePolicyText(`[[client]]\nsession = "vm1"\n[[client.rule]]\nallow = "${T}/vm1/"\naccess = "r"\n[[rule]]\nallow = "${T}/root/"\naccess = "r"\n`, 's.toml')));
+      broker.setPolicy(
+        compilePolicy(
+          parsePolicyText(
+            `[[client]]\nsession = "vm1"\n[[client.rule]]\nallow = "${T}/vm1/"\naccess = "r"\n[[rule]]\nallow = "${T}/root/"\naccess = "r"\n`,
+            's.toml',
+          ),
+        ),
+      );
       assert.equal(await open('vm1'), 'vm1');
       assert.equal(await open('other'), 'root');
       assert.equal(await open(), 'root');

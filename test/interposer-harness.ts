@@ -32,7 +32,11 @@ export interface RunOptions {
 }
 
 /** A plain environment: real binaries first (no shims), C locale. */
-export const BASE_ENV: Record<string, string> = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C', HOME: '/nonexistent' };
+export const BASE_ENV: Record<string, string> = {
+  PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+  LANG: 'C',
+  HOME: '/nonexistent',
+};
 
 /** Where fixture() puts the compiled C fixtures: confined programs may run them. */
 export const FIXTURES_DIR = join(ROOT, 'build', 'test-fixtures');

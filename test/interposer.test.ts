@@ -118,7 +118,10 @@ describe('interposer: real programs', () => {
     const db = join(data, 'test.db');
     // TRUNCATE: under confinement the default journal mode fails, as the journal cannot be unlinked
     // (docs/interposer.md). The same command is used here so that it runs unchanged under `run`.
-    const r = await session.run('sqlite3', [db, 'PRAGMA journal_mode=TRUNCATE; CREATE TABLE t(x); INSERT INTO t VALUES (42); SELECT x FROM t;']);
+    const r = await session.run('sqlite3', [
+      db,
+      'PRAGMA journal_mode=TRUNCATE; CREATE TABLE t(x); INSERT INTO t VALUES (42); SELECT x FROM t;',
+    ]);
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout, 'truncate\n42\n');
     assert.ok(statSync(db).size > 0);
@@ -209,7 +212,10 @@ describe('interposer: correctness in C', () => {
 /** `openhook run` itself, as a user types it. */
 function cli(args: string[]): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, 'run', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...BASE_ENV } });
+    const child = spawn(process.execPath, [CLI, 'run', ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...BASE_ENV },
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));

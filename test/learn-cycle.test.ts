@@ -57,7 +57,10 @@ describe('learn, then enforce', () => {
     const arg = `it's "a b"  $HOME`;
     const policy = join(tmp.path, 'quote.toml');
     const script = 'printf "%s\\n" "$1" > "$2"';
-    const learn = openhook(['run', '--preload', '--ro', tmp.path, '--learn', policy, '--', 'sh', '-c', script, 'sh', arg, join(cwd, 'out')], cwd);
+    const learn = openhook(
+      ['run', '--preload', '--ro', tmp.path, '--learn', policy, '--', 'sh', '-c', script, 'sh', arg, join(cwd, 'out')],
+      cwd,
+    );
     assert.equal(learn.status, 0, learn.out);
     assert.equal(readFileSync(join(cwd, 'out'), 'utf8'), `${arg}\n`);
     const text = readFileSync(policy, 'utf8');

@@ -14,7 +14,10 @@ import { emptyReport, parseReportLine } from '../src/launch/report.js';
 import { Access } from '../src/policy/access.js';
 import { tempDir } from './helpers.js';
 
-const R = Access.READ, W = Access.WRITE, C = Access.CREATE, D = Access.DIRECTORY;
+const R = Access.READ,
+  W = Access.WRITE,
+  C = Access.CREATE,
+  D = Access.DIRECTORY;
 
 /** A directory tree in memory: path → entries (a trailing '/' marks a directory). */
 function fakeTree(tree: Record<string, string[]>): ListDirectory {
@@ -26,13 +29,20 @@ const show = (rules: ReturnType<typeof minimalRules>): string[] => rules.map((r)
 describe('learned policy: minimal form', () => {
   it('collapses a directory whose every entry was used, and keeps exact rules elsewhere', () => {
     const list = fakeTree({ '/d': ['a', 'b/', 'c'], '/d/b': ['x', 'y'], '/e': ['p', 'q'] });
-    const used = new Map([['/d/b/x', R], ['/d/b/y', R], ['/e/p', R | W]]);
+    const used = new Map([
+      ['/d/b/x', R],
+      ['/d/b/y', R],
+      ['/e/p', R | W],
+    ]);
     assert.deepEqual(show(minimalRules(used, list)), ['/d/b/:1', '/e/p:3']);
   });
 
   it('climbs as high as every entry on the way was used', () => {
     const list = fakeTree({ '/srv': ['vm/'], '/srv/vm': ['a', 'sub/'], '/srv/vm/sub': ['b'] });
-    const used = new Map([['/srv/vm/a', R], ['/srv/vm/sub/b', R | W]]);
+    const used = new Map([
+      ['/srv/vm/a', R],
+      ['/srv/vm/sub/b', R | W],
+    ]);
     assert.deepEqual(show(minimalRules(used, list)), ['/srv/:3']);
   });
 
@@ -50,19 +60,42 @@ describe('learned policy: minimal form', () => {
 
   it('gives the narrowest letters covering every request, c bringing w', () => {
     const list = fakeTree({ '/d': ['a', 'b'] });
-    assert.deepEqual(show(minimalRules(new Map([['/d/a', R], ['/d/b', C]]), list)), [`/d/:${R | W | C}`]);
+    assert.deepEqual(
+      show(
+        minimalRules(
+          new Map([
+            ['/d/a', R],
+            ['/d/b', C],
+          ]),
+          list,
+        ),
+      ),
+      [`/d/:${R | W | C}`],
+    );
     assert.deepEqual(show(minimalRules(new Map([['/x/new', C]]), fakeTree({}))), [`/x/new:${W | C}`]);
   });
 
   it("a collapsed tree grants what its own directory was asked for: tar opens many/ itself ('d')", () => {
     const list = fakeTree({ '/w': ['many/', 'other'], '/w/many': ['a', 'b'] });
-    const used = new Map([['/w/many', R], ['/w/many/a', R], ['/w/many/b', R], ['/w/out.tar', W | C]]);
+    const used = new Map([
+      ['/w/many', R],
+      ['/w/many/a', R],
+      ['/w/many/b', R],
+      ['/w/out.tar', W | C],
+    ]);
     assert.deepEqual(show(minimalRules(used, list, (p) => p === '/w/many')), [`/w/many/:${R | D}`, `/w/out.tar:${W | C}`]);
   });
 
   it("adds 'd' where a path that was read is a directory", () => {
     const list = fakeTree({ '/d': ['sub/', 'other'] });
-    const rules = minimalRules(new Map([['/d/sub', R], ['/d/other-file', W]]), list, (p) => p === '/d/sub');
+    const rules = minimalRules(
+      new Map([
+        ['/d/sub', R],
+        ['/d/other-file', W],
+      ]),
+      list,
+      (p) => p === '/d/sub',
+    );
     assert.deepEqual(show(rules), [`/d/other-file:${W}`, `/d/sub:${R | D}`]);
   });
 
@@ -70,7 +103,12 @@ describe('learned policy: minimal form', () => {
     const read: string[] = [];
     const list: ListDirectory = (dir) => {
       read.push(dir);
-      return dir === '/home/u' ? [{ name: 'big/', isDirectory: true }, { name: 'f', isDirectory: false }] : null;
+      return dir === '/home/u'
+        ? [
+            { name: 'big/', isDirectory: true },
+            { name: 'f', isDirectory: false },
+          ]
+        : null;
     };
     minimalRules(new Map([['/home/u/f', R]]), list);
     assert.deepEqual(read, ['/home/u'], 'the unused subdirectory big/ is never listed');
@@ -83,14 +121,23 @@ describe('learned policy: minimal form', () => {
     writeFileSync(join(t.path, 'in', 'one'), '1');
     writeFileSync(join(t.path, 'in', 'two'), '2');
     writeFileSync(join(t.path, 'left'), '');
-    const used = new Map([[fromText(join(t.path, 'in', 'one')), R], [fromText(join(t.path, 'in', 'two')), R]]);
+    const used = new Map([
+      [fromText(join(t.path, 'in', 'one')), R],
+      [fromText(join(t.path, 'in', 'two')), R],
+    ]);
     assert.deepEqual(show(minimalRules(used)), [`${t.path}/in/:1`]);
   });
 });
 
 describe('learned policy: TOML', () => {
   it('writes the subset every loader reads', () => {
-    const text = formatPolicy([{ path: '/srv/vm', tree: true, access: R | W }, { path: '/etc/app.conf', tree: false, access: R }], ['learned']);
+    const text = formatPolicy(
+      [
+        { path: '/srv/vm', tree: true, access: R | W },
+        { path: '/etc/app.conf', tree: false, access: R },
+      ],
+      ['learned'],
+    );
     assert.equal(text, '# learned\n\n[[rule]]\nallow = "/srv/vm/"\naccess = "rw"\n\n[[rule]]\nallow = "/etc/app.conf"\naccess = "r"\n');
   });
 
@@ -125,7 +172,18 @@ describe('learned policy: TOML', () => {
 describe('learn mode: recording and the allow-everything policy', () => {
   it('records normalised paths and the union of their access; skips refused flags', () => {
     const rec = new LearnRecorder();
-    const base = { time: 0, peer: { pid: 1, uid: 0, gid: 0, groups: null }, command: 1, flags: 0, mode: 0, allowed: true, rule: null, errno: 0, reason: '', latencyUs: 0 };
+    const base = {
+      time: 0,
+      peer: { pid: 1, uid: 0, gid: 0, groups: null },
+      command: 1,
+      flags: 0,
+      mode: 0,
+      allowed: true,
+      rule: null,
+      errno: 0,
+      reason: '',
+      latencyUs: 0,
+    };
     rec.record({ ...base, path: '/a//b/./c', access: R });
     rec.record({ ...base, path: '/a/b/c', access: W });
     rec.record({ ...base, path: '/x', access: 0 });
@@ -169,7 +227,8 @@ describe('launch report', () => {
       'seccomp\trule\tsocket\tdomain==AF_UNIX\terrno EACCES',
       'seccomp\tenforced\t97',
       'something\tnew',
-    ]) parseReportLine(r, line);
+    ])
+      parseReportLine(r, line);
     assert.equal(r.hookFd, 3);
     assert.equal(r.landlock.abi, 9);
     assert.equal(r.landlock.usedAbi, 7);

@@ -39,7 +39,13 @@ async function connectRetry(socket: string, deadline: number): Promise<number | 
 describe('limits: running out of fds', () => {
   it('5,000 connections beyond the fd limit: EMFILE at accept without spinning, and recovery when they go', async () => {
     const socket = join(tmp.path, 'storm.sock');
-    const serve = await startServeUnder([], socket, [`--allow=${data}/:r`, '--max-connections', '100000', '--max-connections-per-uid', '100000']);
+    const serve = await startServeUnder([], socket, [
+      `--allow=${data}/:r`,
+      '--max-connections',
+      '100000',
+      '--max-connections-per-uid',
+      '100000',
+    ]);
     const pid = serve.child.pid!;
     execFileSync('prlimit', ['--pid', String(pid), '--nofile=256:256']);
     const baseline = fdCount(pid);
@@ -58,7 +64,8 @@ describe('limits: running out of fds', () => {
       assert.ok(fdCount(pid) <= 256);
       assert.ok(cpu2 - cpu1 < 0.5, `the broker used ${(cpu2 - cpu1).toFixed(2)} s of CPU in 2 s while out of fds: spinning`);
       // Served connections answer; the ones beyond the limit were closed at once, not left hanging.
-      let served = 0, closed = 0;
+      let served = 0,
+        closed = 0;
       for (const fd of [held[0]!, held[100]!, held[held.length - 1]!]) {
         const c = new RawClient(native.dup(fd), 'seqpacket');
         c.send(openFrame(file));
@@ -66,14 +73,18 @@ describe('limits: running out of fds', () => {
         if (r) {
           served++;
           closeAll(r.fds);
-        }
-        else closed++;
+        } else closed++;
         c.close();
       }
       assert.ok(served >= 1 && closed >= 1, `served ${served}, closed ${closed}`);
-      const warnings = serve.stderr().split('\n').filter((l) => l.includes('accept')).length;
+      const warnings = serve
+        .stderr()
+        .split('\n')
+        .filter((l) => l.includes('accept')).length;
       assert.ok(warnings <= 10, `warnings are rate-limited (${warnings} lines)`);
-      process.stdout.write(`# storm: 5000 connections in ${(cpu1 - cpu0).toFixed(2)} s CPU; ${(cpu2 - cpu1).toFixed(2)} s CPU in 2 s held at the limit\n`);
+      process.stdout.write(
+        `# storm: 5000 connections in ${(cpu1 - cpu0).toFixed(2)} s CPU; ${(cpu2 - cpu1).toFixed(2)} s CPU in 2 s held at the limit\n`,
+      );
     } finally {
       closeAll(held);
     }
@@ -116,7 +127,10 @@ describe('limits: running out of fds', () => {
         if (r.result < 0) errors.add(-r.result);
         closeAll(r.fds);
       }
-      assert.ok([...errors].every((e) => e === EMFILE || e === ENFILE), `errors: ${[...errors]}`);
+      assert.ok(
+        [...errors].every((e) => e === EMFILE || e === ENFILE),
+        `errors: ${[...errors]}`,
+      );
       assert.ok(errors.size > 0, 'some open met EMFILE');
       // Recovery: with a few connections gone, the rest are served again.
       for (const c of clients.splice(0, 4)) c.close();
@@ -143,7 +157,12 @@ describe('limits: caps and fairness', () => {
     const run = (n: number): { done: Promise<string>; end: () => void } => {
       const child = spawn(hold, [socket, String(n), file], { uid: 65534, gid: 65534, stdio: ['pipe', 'pipe', 'inherit'] });
       let out = '';
-      const done = new Promise<string>((resolve) => child.stdout.on('data', (d) => { out += d; if (out.includes('\n')) resolve(out.trim()); }));
+      const done = new Promise<string>((resolve) =>
+        child.stdout.on('data', (d) => {
+          out += d;
+          if (out.includes('\n')) resolve(out.trim());
+        }),
+      );
       return { done, end: () => child.stdin.end() };
     };
     try {
@@ -231,7 +250,24 @@ describe('limits: caps and fairness', () => {
 describe('start-up: fails closed', () => {
   it('refuses to start without procfs, saying why, rather than failing every request', () => {
     const socket = join(tmp.path, 'noproc.sock');
-    const r = spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', 'umount -l /proc && exec "$0" "$@"', process.execPath, CLI, 'serve', '--socket', socket, `--allow=${data}/:r`], { encoding: 'utf8', timeout: 20_000 });
+    const r = spawnSync(
+      'unshare',
+      [
+        '--mount',
+        '--propagation',
+        'private',
+        'sh',
+        '-c',
+        'umount -l /proc && exec "$0" "$@"',
+        process.execPath,
+        CLI,
+        'serve',
+        '--socket',
+        socket,
+        `--allow=${data}/:r`,
+      ],
+      { encoding: 'utf8', timeout: 20_000 },
+    );
     assert.equal(r.status, 1, r.stderr);
     assert.match(r.stderr, /procfs is not mounted at \/proc/);
   });

@@ -47,7 +47,13 @@ function settle(r: OpenResult): { ino: number } | { errno: number; reason: strin
 }
 
 /** The same open through both drivers. */
-async function both(resolver: Resolver, rest: string, flags: number, options: OpenOptions, mode = 0o644): Promise<[ReturnType<typeof settle>, ReturnType<typeof settle>]> {
+async function both(
+  resolver: Resolver,
+  rest: string,
+  flags: number,
+  options: OpenOptions,
+  mode = 0o644,
+): Promise<[ReturnType<typeof settle>, ReturnType<typeof settle>]> {
   const sync = settle(resolver.open(rootFd, rest, flags, mode, options));
   const pool = settle(await resolver.openSlow(rootFd, rest, flags, mode, options, null));
   return [sync, pool];

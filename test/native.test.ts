@@ -61,7 +61,7 @@ describe('native: fd passing', () => {
     native.close(b);
   });
 
-  it('never takes a client\'s fds in discard mode: the kernel drops them and flags MSG_CTRUNC', async () => {
+  it("never takes a client's fds in discard mode: the kernel drops them and flags MSG_CTRUNC", async () => {
     const [a, b] = native.socketpair(C.SOCK_SEQPACKET, true);
     const before = fdCount(process.pid);
     const fds = Array.from({ length: 10 }, () => openSync('/dev/null', 'r'));
@@ -213,24 +213,37 @@ describe('native: listening sockets', () => {
       const stale = native.listenUnix(Buffer.from(path), C.SOCK_SEQPACKET, 0o600, 8);
       native.close(stale.fd);
       const env = { ...process.env, NATIVE: join(ROOT, 'dist', 'native.js'), SOCK: path, AT: String(Date.now() + 700) };
-      const children = Array.from({ length: 6 }, () => spawn(process.execPath, ['--input-type=module', '-e', script], { env, stdio: ['ignore', 'pipe', 'inherit'] }));
+      const children = Array.from({ length: 6 }, () =>
+        spawn(process.execPath, ['--input-type=module', '-e', script], { env, stdio: ['ignore', 'pipe', 'inherit'] }),
+      );
       try {
-        const said = await Promise.all(children.map((child) => new Promise<string>((resolve) => {
-          let out = '';
-          child.stdout!.on('data', (d: Buffer) => {
-            out += d.toString();
-            if (out === 'listening') resolve(out);
-          });
-          child.on('exit', () => resolve(out));
-        })));
-        assert.deepEqual(said.filter((s) => s !== 'listening'), Array(5).fill('EADDRINUSE'), `round ${round}: ${said.join(' ')}`);
+        const said = await Promise.all(
+          children.map(
+            (child) =>
+              new Promise<string>((resolve) => {
+                let out = '';
+                child.stdout!.on('data', (d: Buffer) => {
+                  out += d.toString();
+                  if (out === 'listening') resolve(out);
+                });
+                child.on('exit', () => resolve(out));
+              }),
+          ),
+        );
+        assert.deepEqual(
+          said.filter((s) => s !== 'listening'),
+          Array(5).fill('EADDRINUSE'),
+          `round ${round}: ${said.join(' ')}`,
+        );
         const winner = children[said.indexOf('listening')]!;
         const c = native.connectUnix(Buffer.from(path), C.SOCK_SEQPACKET);
         assert.equal(native.peerCred(c).pid, winner.pid, 'the socket at the path is the winner’s');
         native.close(c);
       } finally {
         for (const child of children) child.kill('SIGKILL');
-        await Promise.all(children.map((child) => child.exitCode !== null || child.signalCode !== null ? null : new Promise((r) => child.on('exit', r))));
+        await Promise.all(
+          children.map((child) => (child.exitCode !== null || child.signalCode !== null ? null : new Promise((r) => child.on('exit', r)))),
+        );
       }
     }
   });
@@ -252,27 +265,38 @@ describe('native: listening sockets', () => {
 
 describe('native: errors and files', () => {
   it('throws Node-style errors from set-up calls', () => {
-    assert.throws(() => native.connectUnix(Buffer.from(join(tmp.path, 'nope.sock')), C.SOCK_SEQPACKET), (err: NodeJS.ErrnoException) => {
-      assert.equal(err.code, 'ENOENT');
-      assert.equal(err.errno, -E.ENOENT);
-      assert.equal(err.syscall, 'connect');
-      assert.match(err.message, /^ENOENT: /);
-      return true;
-    });
+    assert.throws(
+      () => native.connectUnix(Buffer.from(join(tmp.path, 'nope.sock')), C.SOCK_SEQPACKET),
+      (err: NodeJS.ErrnoException) => {
+        assert.equal(err.code, 'ENOENT');
+        assert.equal(err.errno, -E.ENOENT);
+        assert.equal(err.syscall, 'connect');
+        assert.match(err.message, /^ENOENT: /);
+        return true;
+      },
+    );
   });
 
   it('builds every errno error in one place, systemError(), whichever side throws it', () => {
     // The addon reports errno and syscall only; its errors are the ones check() builds for a -errno.
-    const fromC = (() => { try { native.connectUnix(Buffer.from(join(tmp.path, 'nope.sock')), C.SOCK_SEQPACKET); } catch (e) { return e as Error; } })()!;
+    const fromC = (() => {
+      try {
+        native.connectUnix(Buffer.from(join(tmp.path, 'nope.sock')), C.SOCK_SEQPACKET);
+      } catch (e) {
+        return e as Error;
+      }
+    })()!;
     const fromTs = systemError(-E.ENOENT, 'connect');
     assert.equal(fromC.message, fromTs.message);
-    assert.equal(fromC.message, 'ENOENT: no such file or directory, connect', 'libuv\'s wording, as Node\'s own errors');
+    assert.equal(fromC.message, 'ENOENT: no such file or directory, connect', "libuv's wording, as Node's own errors");
     assert.equal(Object.getPrototypeOf(fromC), Object.getPrototypeOf(fromTs));
     assert.deepEqual({ ...fromC }, { ...fromTs });
     // The listener's refusals keep the reason in the syscall, and use names the C side never had a table for.
     writeFileSync(join(tmp.path, 'plain'), '');
     assert.throws(() => native.listenUnix(Buffer.from(join(tmp.path, 'plain')), C.SOCK_SEQPACKET, 0o600, 8), {
-      code: 'EEXIST', errno: -E.EEXIST, message: 'EEXIST: file already exists, bind (path exists and is not a socket)',
+      code: 'EEXIST',
+      errno: -E.EEXIST,
+      message: 'EEXIST: file already exists, bind (path exists and is not a socket)',
     });
     assert.equal(systemError(-E.EHOSTUNREACH, 'x').code, 'EHOSTUNREACH');
   });
@@ -335,5 +359,10 @@ describe('native: errors and files', () => {
 
 /** The names of the UNIX sockets in this network namespace, as /proc/net/unix (and ss -x) show them. */
 function unixSocketNames(): string[] {
-  return readFileSync('/proc/net/unix', 'utf8').split('\n').slice(1).map((line) => line.trim().split(/\s+/)).filter((f) => f.length >= 8).map((f) => f.slice(7).join(' '));
+  return readFileSync('/proc/net/unix', 'utf8')
+    .split('\n')
+    .slice(1)
+    .map((line) => line.trim().split(/\s+/))
+    .filter((f) => f.length >= 8)
+    .map((f) => f.slice(7).join(' '));
 }

@@ -33,7 +33,12 @@ const diskIno = statSync(join(T, 'vm', 'disk.img')).ino;
 function reply(line: string | undefined): string {
   const m = /^reply=([0-9a-f]+) fds=(\d)(?: .* ino=(\d+))?/.exec(line ?? '');
   if (!m) return `?${line}`;
-  for (const [name, errno] of [['EACCES', EACCES], ['ELOOP', ELOOP], ['EXDEV', EXDEV], ['ok', 0]] as const) {
+  for (const [name, errno] of [
+    ['EACCES', EACCES],
+    ['ELOOP', ELOOP],
+    ['EXDEV', EXDEV],
+    ['ok', 0],
+  ] as const) {
     if (m[1] === rfcReplyHex(1, -errno)) return name === 'ok' ? (Number(m[3]) === diskIno ? 'disk' : 'ok') : name;
   }
   return m[1]!;
@@ -43,13 +48,17 @@ describe('follow_symlinks', () => {
   let serve: ServeProcess;
   const socket = join(T, 'f.sock');
   before(async () => {
-    writeFileSync(join(T, 'p.toml'), `[[rule]]\nallow = "${T}/vm/"\naccess = "rwc"\nfollow_symlinks = true\n\n[[rule]]\ndeny = "${T}/vm/private/"\n`);
+    writeFileSync(
+      join(T, 'p.toml'),
+      `[[rule]]\nallow = "${T}/vm/"\naccess = "rwc"\nfollow_symlinks = true\n\n[[rule]]\ndeny = "${T}/vm/private/"\n`,
+    );
     serve = await startServe(socket, ['--policy', join(T, 'p.toml')]);
   });
   after(async () => {
     await serve.stop();
   });
-  const open = (name: string, flags = C.O_RDONLY, mode = 0): string => reply(probe(socket, 'seqpacket', [rfcOpenFrame(join(T, 'vm', name), flags, mode)])[0]);
+  const open = (name: string, flags = C.O_RDONLY, mode = 0): string =>
+    reply(probe(socket, 'seqpacket', [rfcOpenFrame(join(T, 'vm', name), flags, mode)])[0]);
 
   it('follows symlinks that stay beneath the root and land on allowed files', () => {
     assert.equal(open('ok'), 'disk');
@@ -85,7 +94,11 @@ describe('without follow_symlinks (the default)', () => {
     const socket = join(T, 'n.sock');
     const serve = await startServe(socket, ['--allow', `${T}/vm/:r`]);
     try {
-      const lines = probe(socket, 'seqpacket', [rfcOpenFrame(join(T, 'vm', 'ok'), C.O_RDONLY), rfcOpenFrame(join(T, 'vm', 'sublink', 'up'), C.O_RDONLY), rfcOpenFrame(join(T, 'vm', 'disk.img'), C.O_RDONLY)]);
+      const lines = probe(socket, 'seqpacket', [
+        rfcOpenFrame(join(T, 'vm', 'ok'), C.O_RDONLY),
+        rfcOpenFrame(join(T, 'vm', 'sublink', 'up'), C.O_RDONLY),
+        rfcOpenFrame(join(T, 'vm', 'disk.img'), C.O_RDONLY),
+      ]);
       assert.deepEqual(lines.map(reply), ['ELOOP', 'ELOOP', 'disk']);
     } finally {
       await serve.stop();

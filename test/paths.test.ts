@@ -51,7 +51,15 @@ describe('paths: what a name may say', () => {
   }
 
   it("refuses '..' in any position, without resolving it", async () => {
-    for (const name of [`${vm}/../vm/disk`, `${vm}/sub/../disk`, `${vm}/disk/..`, `${vm}/..`, `/../${vm}/disk`, `${vm}/sub/..//disk`, `${vm}/./../vm/disk`]) {
+    for (const name of [
+      `${vm}/../vm/disk`,
+      `${vm}/sub/../disk`,
+      `${vm}/disk/..`,
+      `${vm}/..`,
+      `/../${vm}/disk`,
+      `${vm}/sub/..//disk`,
+      `${vm}/./../vm/disk`,
+    ]) {
       assert.deepEqual(await open(name), { result: -EACCES, ino: 0 }, name);
     }
   });
@@ -98,7 +106,7 @@ describe('paths: what a name may say', () => {
     assert.equal((await open(replaced)).result, -ENOENT);
   });
 
-  it("does not let a common prefix pass for a parent: /…/vmX is not under /…/vm/", async () => {
+  it('does not let a common prefix pass for a parent: /…/vmX is not under /…/vm/', async () => {
     assert.equal((await open(join(vmx, 'disk'))).result, -EACCES);
     assert.equal((await open(`${vm}X/disk`)).result, -EACCES);
     assert.equal((await open(`${vm}/../vmX/disk`)).result, -EACCES);

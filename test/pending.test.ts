@@ -15,7 +15,7 @@ function timers(): number {
 }
 
 describe('Wait: timeout and AbortSignal for one pending answer', () => {
-  it('times out with the owner\'s error, once, and calls onGiveUp', async () => {
+  it("times out with the owner's error, once, and calls onGiveUp", async () => {
     const gaveUp: Error[] = [];
     const w = new Wait<number>({ timeout: 20, timeoutError: () => new TimeoutError('slow'), onGiveUp: (err) => gaveUp.push(err) });
     assert.equal(w.settled, false);
@@ -25,7 +25,7 @@ describe('Wait: timeout and AbortSignal for one pending answer', () => {
     assert.equal(w.resolve(1), false, 'a late answer changes nothing');
   });
 
-  it('rejects at once with openhook\'s AbortError when the signal fired before the start', async () => {
+  it("rejects at once with openhook's AbortError when the signal fired before the start", async () => {
     const reason = new Error('why');
     const signal = AbortSignal.abort(reason);
     let gaveUp = false;

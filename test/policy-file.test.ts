@@ -33,7 +33,10 @@ describe('policy file', () => {
     const file = join(tmp.path, 'min.toml');
     writeFileSync(file, `# minimal\n[[rule]]\nallow = "${tmp.path}/vm/"\naccess = "rw"\n\n[[rule]]\ndeny = "${tmp.path}/vm/private/"\n`);
     const p = loadPolicyFile(file);
-    assert.deepEqual(p.rules.map((r) => r.origin), [`${file}:2`, `${file}:6`]);
+    assert.deepEqual(
+      p.rules.map((r) => r.origin),
+      [`${file}:2`, `${file}:6`],
+    );
     const ok = p.decide(peer, fromText(`${tmp.path}/vm/disk.img`), Access.READ | Access.WRITE);
     assert.equal(ok.allowed, true);
     assert.equal(ok.reason, `allowed by ${file}:2`);
@@ -43,7 +46,10 @@ describe('policy file', () => {
 
   it('gives rules written as inline tables their own line', () => {
     const spec = parsePolicyText('rule = [\n  { allow = "/a/", access = "r" },\n\n  { deny = "/a/b/" },\n]\n', 'i.toml');
-    assert.deepEqual(spec.rules.map((r) => r.origin), ['i.toml:2', 'i.toml:4']);
+    assert.deepEqual(
+      spec.rules.map((r) => r.origin),
+      ['i.toml:2', 'i.toml:4'],
+    );
   });
 
   it('counts lines right past multi-line strings, comments and arrays', () => {
@@ -56,7 +62,7 @@ describe('policy file', () => {
       'gid = [ 1, # a comment ]',
       '  2 ]',
       '[[client.rule]]',
-      "allow = '/a/\"\"\"[[rule]]'",
+      'allow = \'/a/"""[[rule]]\'',
       'access = "r"',
       '[[rule]]',
       'deny = "/b/"',
@@ -68,7 +74,10 @@ describe('policy file', () => {
   });
 
   it('parses client sections with their own rules and lines', () => {
-    const spec = parsePolicyText('[[client]]\nuid = 5\n[[client.rule]]\nallow = "/a/"\naccess = "r"\n\n[[client]]\nsession = ["s1", "s2"]\n\n[[client.rule]]\ndeny = "/b/"\n', 'c.toml');
+    const spec = parsePolicyText(
+      '[[client]]\nuid = 5\n[[client.rule]]\nallow = "/a/"\naccess = "r"\n\n[[client]]\nsession = ["s1", "s2"]\n\n[[client.rule]]\ndeny = "/b/"\n',
+      'c.toml',
+    );
     assert.equal(spec.sections.length, 2);
     assert.deepEqual(spec.sections[0]!.uids, [5]);
     assert.equal(spec.sections[0]!.rules[0]!.origin, 'c.toml:3');
@@ -102,10 +111,22 @@ describe('large policies (parsed in pieces)', () => {
     const spec = parsePolicyText(text, 'big.toml');
     assert.equal(spec.denyErrno, 2);
     assert.equal(spec.rules.length, 5994);
-    assert.deepEqual(spec.rules.map((r) => r.origin), lines.rules.map((l) => `big.toml:${l}`));
-    assert.deepEqual(spec.sections.map((s) => s.origin), lines.clients.map((l) => `big.toml:${l}`));
-    assert.deepEqual(spec.sections.map((s) => s.rules[0]!.origin), lines.clientRules.map((l) => `big.toml:${l}`));
-    assert.deepEqual(spec.sections.map((s) => s.uids), [[999], [1999], [2999], [3999], [4999], [5999]]);
+    assert.deepEqual(
+      spec.rules.map((r) => r.origin),
+      lines.rules.map((l) => `big.toml:${l}`),
+    );
+    assert.deepEqual(
+      spec.sections.map((s) => s.origin),
+      lines.clients.map((l) => `big.toml:${l}`),
+    );
+    assert.deepEqual(
+      spec.sections.map((s) => s.rules[0]!.origin),
+      lines.clientRules.map((l) => `big.toml:${l}`),
+    );
+    assert.deepEqual(
+      spec.sections.map((s) => s.uids),
+      [[999], [1999], [2999], [3999], [4999], [5999]],
+    );
   });
 
   it('names the line and column of an error in any piece', () => {
@@ -114,7 +135,10 @@ describe('large policies (parsed in pieces)', () => {
     assert.match(error(bad), new RegExp(`^${at}:\\d+: `));
     const unknown = text.replace('allow = "/r/4500/"', 'alow = "/r/4500/"');
     const at2 = unknown.slice(0, unknown.indexOf('alow')).split('\n').length;
-    assert.equal(error(unknown), `${at2}:1: unknown key 'alow' in [[rule]] (expected one of: allow, deny, access, follow_symlinks, fifos, hardlinks, deny_errno)`);
+    assert.equal(
+      error(unknown),
+      `${at2}:1: unknown key 'alow' in [[rule]] (expected one of: allow, deny, access, follow_symlinks, fifos, hardlinks, deny_errno)`,
+    );
     const dup = text.replace('[[rule]]\nallow = "/r/3000/"', '[[rule]]\nallow = "/r/3000/"\nallow = "/x/"');
     const at3 = dup.slice(0, dup.indexOf('allow = "/x/"')).split('\n').length;
     assert.match(error(dup), new RegExp(`^${at3}:\\d+: `));
@@ -134,9 +158,15 @@ describe('malformed policies name line and column', () => {
   });
 
   it('unknown keys, wherever they are', () => {
-    assert.equal(error('[[rule]]\nallow = "/a/"\n  acess = "r"\n'), "3:3: unknown key 'acess' in [[rule]] (expected one of: allow, deny, access, follow_symlinks, fifos, hardlinks, deny_errno)");
+    assert.equal(
+      error('[[rule]]\nallow = "/a/"\n  acess = "r"\n'),
+      "3:3: unknown key 'acess' in [[rule]] (expected one of: allow, deny, access, follow_symlinks, fifos, hardlinks, deny_errno)",
+    );
     assert.match(error('verbose = true\n[[rule]]\nallow = "/a/"\naccess = "r"\n'), /^1:1: unknown key 'verbose' in the policy/);
-    assert.match(error('[[rule]]\nallow = "/a/"\naccess = "r"\n[[client]]\nuid = 1\nuser = "x"\n'), /^6:1: unknown key 'user' in \[\[client\]\]/);
+    assert.match(
+      error('[[rule]]\nallow = "/a/"\naccess = "r"\n[[client]]\nuid = 1\nuser = "x"\n'),
+      /^6:1: unknown key 'user' in \[\[client\]\]/,
+    );
     assert.match(error('rule = [\n {allow = "/a/", access = "r"},\n {deny = "/b/", why = "x"}]\n'), /^3:17: unknown key 'why'/);
   });
 
@@ -144,7 +174,10 @@ describe('malformed policies name line and column', () => {
     assert.equal(error('[[rule]]\nallow = 5\naccess = "r"\n'), "2:1: 'allow' must be a string");
     assert.equal(error('[[rule]]\nallow = "/a/"\naccess = "r"\nfollow_symlinks = "yes"\n'), "4:1: 'follow_symlinks' must be true or false");
     assert.equal(error('unmatched = "drop"\n[[rule]]\nallow = "/a/"\naccess = "r"\n'), `1:1: 'unmatched' must be "default" or "refuse"`);
-    assert.equal(error('[[client]]\nuid = [1, "x"]\n[[client.rule]]\nallow = "/a/"\naccess = "r"\n'), "2:1: 'uid' must be a number or a list of numbers");
+    assert.equal(
+      error('[[client]]\nuid = [1, "x"]\n[[client.rule]]\nallow = "/a/"\naccess = "r"\n'),
+      "2:1: 'uid' must be a number or a list of numbers",
+    );
     assert.match(error('rule = 3\n'), /^1:1: 'rule' must be a list of tables/);
   });
 
@@ -152,7 +185,10 @@ describe('malformed policies name line and column', () => {
     assert.equal(error('\n[[rule]]\nallow = "a/"\naccess = "r"\n'), "3:1: path 'a/' must be absolute");
     assert.equal(error('[[rule]]\ndeny = "/a/../b/"\n'), "2:1: path '/a/../b/': '..' is not allowed in rules");
     assert.match(error('[[rule]]\nallow = "/a/**x/"\naccess = "r"\n'), /^2:1: .*'\*\*' must be a whole component/);
-    assert.equal(error('[[rule]]\nallow = "/a/"\naccess = "rq"\n'), "3:1: unknown access letter 'q' in 'rq' (use letters of rwcdmusaxnb, or 'all')");
+    assert.equal(
+      error('[[rule]]\nallow = "/a/"\naccess = "rq"\n'),
+      "3:1: unknown access letter 'q' in 'rq' (use letters of rwcdmusaxnb, or 'all')",
+    );
     assert.equal(error('[[rule]]\nallow = "/a/"\naccess = "c"\n'), "3:1: 'c' (create) needs 'w' in 'c'");
     assert.equal(error('[[rule]]\nallow = "/a/"\naccess = "d"\n'), "3:1: 'd' (directories) needs 'r' in 'd'");
     assert.match(error('[[rule]]\ndeny = "/a/"\ndeny_errno = "ENOPE"\n'), /^3:1: unknown errno "ENOPE"/);
@@ -165,16 +201,25 @@ describe('malformed policies name line and column', () => {
     assert.match(error('[[rule]]\nallow = "/a/"\n'), /^1:1: an allow rule needs access/);
     assert.match(error('[[rule]]\ndeny = "/a/"\naccess = "r"\n'), /^3:1: a deny rule takes no access letters/);
     assert.match(error('[[rule]]\ndeny = "/a/"\nfollow_symlinks = true\n'), /^3:1: follow_symlinks belongs on allow rules/);
-    assert.match(error('[[client]]\nname = "x"\n[[client.rule]]\nallow = "/a/"\naccess = "r"\n'), /^1:1: \[\[client\]\] needs at least one of uid, gid, session/);
+    assert.match(
+      error('[[client]]\nname = "x"\n[[client.rule]]\nallow = "/a/"\naccess = "r"\n'),
+      /^1:1: \[\[client\]\] needs at least one of uid, gid, session/,
+    );
   });
 
   it('empty, comment-only, unreadable and non-UTF-8 files', () => {
     assert.match(error(''), /^-:-: the policy has no rules/);
     assert.match(error('# nothing here\n\n'), /the policy has no rules/);
-    assert.throws(() => readPolicyFile(join(tmp.path, 'missing.toml')), (err: PolicyError) => /cannot read the policy: ENOENT/.test(err.message) && err.file !== undefined);
+    assert.throws(
+      () => readPolicyFile(join(tmp.path, 'missing.toml')),
+      (err: PolicyError) => /cannot read the policy: ENOENT/.test(err.message) && err.file !== undefined,
+    );
     const bad = join(tmp.path, 'latin1.toml');
     writeFileSync(bad, Buffer.concat([Buffer.from('[[rule]]\nallow = "/a/'), Buffer.from([0xe9]), Buffer.from('/"\naccess = "r"\n')]));
-    assert.throws(() => readPolicyFile(bad), (err: PolicyError) => err.line === 2 && err.column === 13 && /not valid UTF-8/.test(err.message));
+    assert.throws(
+      () => readPolicyFile(bad),
+      (err: PolicyError) => err.line === 2 && err.column === 13 && /not valid UTF-8/.test(err.message),
+    );
   });
 
   it('a file cut short is an error, never a smaller policy', () => {

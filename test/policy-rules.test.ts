@@ -13,7 +13,9 @@ import { parseAllowFlag, parseDenyFlag, parseRulePath } from '../src/policy/rule
 import { tempDir } from './helpers.js';
 import { E } from '../src/errno.js';
 
-const R = Access.READ, W = Access.WRITE, C = Access.CREATE;
+const R = Access.READ,
+  W = Access.WRITE,
+  C = Access.CREATE;
 const root: Peer = { pid: 1, uid: 0, gid: 0, groups: [] };
 
 const tmp = tempDir();
@@ -54,7 +56,9 @@ describe('matching', () => {
   });
 
   it('`*` matches one whole component, a partial glob a part of one', () => {
-    const p = policy('[[rule]]\nallow = "@/srv/*/disk.img"\naccess = "r"\n[[rule]]\nallow = "@/srv/other/*.qcow2"\naccess = "r"\n[[rule]]\nallow = "@/srv/other/a*b*c"\naccess = "r"\n');
+    const p = policy(
+      '[[rule]]\nallow = "@/srv/*/disk.img"\naccess = "r"\n[[rule]]\nallow = "@/srv/other/*.qcow2"\naccess = "r"\n[[rule]]\nallow = "@/srv/other/a*b*c"\naccess = "r"\n',
+    );
     assert.equal(verdict(p, '@/srv/vm/disk.img'), 'allow:1');
     assert.equal(verdict(p, '@/srv/x/y/disk.img'), 'deny:-');
     assert.equal(verdict(p, '@/srv/other/base.qcow2'), 'allow:4');
@@ -122,7 +126,10 @@ access = "r"
   });
 
   it('deny beats allow at equal specificity, whatever the order', () => {
-    for (const text of ['[[rule]]\nallow = "@/srv/vm/"\naccess = "r"\n[[rule]]\ndeny = "@/srv/vm/"\n', '[[rule]]\ndeny = "@/srv/vm/"\n[[rule]]\nallow = "@/srv/vm/"\naccess = "r"\n']) {
+    for (const text of [
+      '[[rule]]\nallow = "@/srv/vm/"\naccess = "r"\n[[rule]]\ndeny = "@/srv/vm/"\n',
+      '[[rule]]\ndeny = "@/srv/vm/"\n[[rule]]\nallow = "@/srv/vm/"\naccess = "r"\n',
+    ]) {
       const p = policy(text);
       assert.match(verdict(p, '@/srv/vm/a'), /^deny:/);
       p.close();
@@ -193,7 +200,9 @@ access = "r"
 
 describe('denial errnos', () => {
   it('denies unmatched paths with EACCES by default, or the configured errno; deny rules may set their own', () => {
-    const p = policy('deny_errno = "ENOENT"\n[[rule]]\nallow = "@/srv/"\naccess = "r"\n[[rule]]\ndeny = "@/srv/vm/"\ndeny_errno = "EPERM"\n[[rule]]\ndeny = "@/srv/other/"\n');
+    const p = policy(
+      'deny_errno = "ENOENT"\n[[rule]]\nallow = "@/srv/"\naccess = "r"\n[[rule]]\ndeny = "@/srv/vm/"\ndeny_errno = "EPERM"\n[[rule]]\ndeny = "@/srv/other/"\n',
+    );
     assert.equal(p.decide(root, '/etc/passwd', R).errno, E.ENOENT);
     assert.equal(p.decide(root, fromText(`${T}/srv/vm/a`), R).errno, E.EPERM);
     assert.equal(p.decide(root, fromText(`${T}/srv/other/a`), R).errno, E.ENOENT);
@@ -294,7 +303,10 @@ describe('roots', () => {
 describe('the trie against a plain reading of the precedence rules', () => {
   // A second, naive implementation of trie.ts's documented order: for each rule, its best way of
   // matching (ranks per component), then the best rule. Random policies and paths must agree.
-  const LIT = 4, PART = 3, STAR = 2, WIDE = 1;
+  const LIT = 4,
+    PART = 3,
+    STAR = 2,
+    WIDE = 1;
   // atRoot: a tree matched on its own directory (the path names it, nothing beneath)
   type Scored = { ranks: number[]; end: number; atRoot: boolean };
   const cmp = (a: Scored, b: Scored): number => {
@@ -304,7 +316,14 @@ describe('the trie against a plain reading of the precedence rules', () => {
   function matchSeg(seg: string, c: string): number {
     if (seg === '*') return STAR;
     if (!seg.includes('*')) return seg === c ? LIT : 0;
-    const re = new RegExp('^' + seg.split('*').map((x) => x.replace(/[.]/g, '\\.')).join('.*') + '$');
+    const re = new RegExp(
+      '^' +
+        seg
+          .split('*')
+          .map((x) => x.replace(/[.]/g, '\\.'))
+          .join('.*') +
+        '$',
+    );
     return re.test(c) ? PART : 0;
   }
   function best(segs: string[], si: number, comps: string[], ci: number, tree: boolean): Scored | null {
@@ -345,12 +364,14 @@ describe('the trie against a plain reading of the precedence rules', () => {
         specs.push({ segs, tree: rnd(2) === 0, deny: rnd(3) === 0 });
       }
       let text = '';
-      for (const sp of specs) text += `[[rule]]\n${sp.deny ? 'deny' : 'allow'} = "/${sp.segs.join('/')}${sp.tree ? '/' : ''}"\n${sp.deny ? '' : 'access = "r"\n'}`;
+      for (const sp of specs)
+        text += `[[rule]]\n${sp.deny ? 'deny' : 'allow'} = "/${sp.segs.join('/')}${sp.tree ? '/' : ''}"\n${sp.deny ? '' : 'access = "r"\n'}`;
       const p = compilePolicy(parsePolicyText(text, 'r.toml'));
       for (let q = 0; q < 10; q++) {
         const comps: string[] = [];
         for (let d = 0, depth = rnd(6); d < depth; d++) comps.push(names[rnd(names.length)]!);
-        let want = -1, top: Scored | null = null;
+        let want = -1,
+          top: Scored | null = null;
         specs.forEach((sp, i) => {
           const s = best(sp.segs, 0, comps, 0, sp.tree);
           if (!s) return;

@@ -5,7 +5,17 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  realpathSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { fromText } from '../src/bytestring.js';
@@ -21,13 +31,20 @@ after(tmp.cleanup);
 function run(args: string[], script: string): { status: number | null; stdout: string; stderr: string } {
   const env: NodeJS.ProcessEnv = { ...process.env, TMPDIR: parent };
   for (const key of Object.keys(env)) if (key.startsWith('OPENHOOK_')) delete env[key];
-  const r = spawnSync(process.execPath, [CLI, 'run', '--preload', ...args, '--', 'sh', '-c', script], { encoding: 'utf8', env, timeout: 60_000 });
+  const r = spawnSync(process.execPath, [CLI, 'run', '--preload', ...args, '--', 'sh', '-c', script], {
+    encoding: 'utf8',
+    env,
+    timeout: 60_000,
+  });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
 describe('run: a private temporary directory per session', () => {
   it('is made 0700 under the real temp dir, named by TMPDIR, TMP and TEMP, usable, and gone at the end', () => {
-    const r = run([], 'echo "$TMPDIR|$TMP|$TEMP"; echo hello > "$TMPDIR/f" && cat "$TMPDIR/f"; f=$(mktemp) && echo made $f; stat -c %a "$TMPDIR"');
+    const r = run(
+      [],
+      'echo "$TMPDIR|$TMP|$TEMP"; echo hello > "$TMPDIR/f" && cat "$TMPDIR/f"; f=$(mktemp) && echo made $f; stat -c %a "$TMPDIR"',
+    );
     assert.equal(r.status, 0, r.stderr);
     const [names, hello, made, mode] = r.stdout.trim().split('\n');
     const [dir, tmpVar, tempVar] = names!.split('|');
@@ -38,7 +55,10 @@ describe('run: a private temporary directory per session', () => {
     assert.ok(made!.startsWith(`made ${dir}/`), made);
     assert.equal(mode, '700');
     assert.ok(!existsSync(dir!), 'removed when the session ended');
-    assert.deepEqual(readdirSync(parent).filter((n) => n.startsWith('openhook-session-')), []);
+    assert.deepEqual(
+      readdirSync(parent).filter((n) => n.startsWith('openhook-session-')),
+      [],
+    );
   });
 
   it('does not grant the real temp directory', () => {
@@ -62,7 +82,12 @@ describe('run: a private temporary directory per session', () => {
   it('is granted in every client section of a policy, and only there', () => {
     const dir = makePrivateTmp(parent);
     try {
-      const base = compilePolicy(parsePolicyText('[[rule]]\nallow = "/srv/x/"\naccess = "r"\n\n[[client]]\nsession = "s"\n[[client.rule]]\nallow = "/srv/y/"\naccess = "r"\n', 'p.toml'));
+      const base = compilePolicy(
+        parsePolicyText(
+          '[[rule]]\nallow = "/srv/x/"\naccess = "r"\n\n[[client]]\nsession = "s"\n[[client.rule]]\nallow = "/srv/y/"\naccess = "r"\n',
+          'p.toml',
+        ),
+      );
       const policy = withRule(base, privateTmpRule(dir));
       try {
         for (const session of ['s', 'other']) {
@@ -115,9 +140,17 @@ describe('run: x is fixed at launch', () => {
     chmodSync(join(bin, 'prog'), 0o755);
     const env: NodeJS.ProcessEnv = { ...process.env };
     for (const key of Object.keys(env)) if (key.startsWith('OPENHOOK_')) delete env[key];
-    const withX = spawnSync(process.execPath, [CLI, 'run', '--allow', `${bin}/:rx`, '--', join(bin, 'prog')], { encoding: 'utf8', env, timeout: 60_000 });
+    const withX = spawnSync(process.execPath, [CLI, 'run', '--allow', `${bin}/:rx`, '--', join(bin, 'prog')], {
+      encoding: 'utf8',
+      env,
+      timeout: 60_000,
+    });
     assert.equal(withX.status, 0, withX.stderr);
-    const withoutX = spawnSync(process.execPath, [CLI, 'run', '--allow', `${bin}/:r`, '--', join(bin, 'prog')], { encoding: 'utf8', env, timeout: 60_000 });
+    const withoutX = spawnSync(process.execPath, [CLI, 'run', '--allow', `${bin}/:r`, '--', join(bin, 'prog')], {
+      encoding: 'utf8',
+      env,
+      timeout: 60_000,
+    });
     assert.equal(withoutX.status, 126, withoutX.stderr);
   });
 });

@@ -2,8 +2,16 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { Command, MAX_FRAME, Size } from '../src/protocol/constants.js';
 import {
-  DecodeError, decodeReply, decodeRequest, encodeHello, encodeHelloReply, encodeOpen, encodeReply,
-  encodeTaggedOpen, encodeTaggedReply, newRequest,
+  DecodeError,
+  decodeReply,
+  decodeRequest,
+  encodeHello,
+  encodeHelloReply,
+  encodeOpen,
+  encodeReply,
+  encodeTaggedOpen,
+  encodeTaggedReply,
+  newRequest,
 } from '../src/protocol/frames.js';
 import { FrameAssembler } from '../src/protocol/stream.js';
 import { rfcOpenFrame, rfcReplyHex } from './helpers.js';
@@ -75,8 +83,20 @@ describe('RFC frames, byte for byte', () => {
     assert.equal(req.flags, 0x42);
 
     const buf = Buffer.alloc(32);
-    assert.deepEqual(decodeReply(buf, 0, encodeTaggedReply(buf, 0, 7, -E.ENOENT)), { command: Command.OPEN_TAGGED, result: -E.ENOENT, id: 7, version: 0, features: 0 });
-    assert.deepEqual(decodeReply(buf, 0, encodeHelloReply(buf, 0, 1)), { command: Command.HELLO, result: 0, id: 0, version: 1, features: 1 });
+    assert.deepEqual(decodeReply(buf, 0, encodeTaggedReply(buf, 0, 7, -E.ENOENT)), {
+      command: Command.OPEN_TAGGED,
+      result: -E.ENOENT,
+      id: 7,
+      version: 0,
+      features: 0,
+    });
+    assert.deepEqual(decodeReply(buf, 0, encodeHelloReply(buf, 0, 1)), {
+      command: Command.HELLO,
+      result: 0,
+      id: 0,
+      version: 1,
+      features: 1,
+    });
     assert.equal(decodeReply(buf, 0, 11), null);
   });
 
@@ -96,7 +116,11 @@ describe('SOCK_STREAM reassembly', () => {
       const sink = (b: Buffer, o: number, l: number): void => void got.push(b.toString('hex', o, o + l));
       assert.ok(a.push(stream.subarray(0, cut), 0, cut, sink));
       assert.ok(a.push(stream.subarray(cut), 0, stream.length - cut, sink));
-      assert.deepEqual(got, frames.map((f) => f.toString('hex')), `cut at ${cut}`);
+      assert.deepEqual(
+        got,
+        frames.map((f) => f.toString('hex')),
+        `cut at ${cut}`,
+      );
       assert.equal(a.pendingBytes, 0);
     }
   });
@@ -105,20 +129,32 @@ describe('SOCK_STREAM reassembly', () => {
     const got: string[] = [];
     const a = new FrameAssembler();
     for (let i = 0; i < stream.length; i++) a.push(stream, i, 1, (b, o, l) => void got.push(b.toString('hex', o, o + l)));
-    assert.deepEqual(got, frames.map((f) => f.toString('hex')));
+    assert.deepEqual(
+      got,
+      frames.map((f) => f.toString('hex')),
+    );
   });
 
   it('gives up on an impossible size, which cannot be resynchronised', () => {
     const a = new FrameAssembler();
     const bad = Buffer.alloc(8);
     bad.writeUInt32LE(MAX_FRAME + 1, 0);
-    assert.equal(a.push(bad, 0, 8, () => assert.fail('no frame')), false);
+    assert.equal(
+      a.push(bad, 0, 8, () => assert.fail('no frame')),
+      false,
+    );
     const tiny = Buffer.alloc(8);
     tiny.writeUInt32LE(3, 0);
-    assert.equal(new FrameAssembler().push(tiny, 0, 8, () => assert.fail('no frame')), false);
+    assert.equal(
+      new FrameAssembler().push(tiny, 0, 8, () => assert.fail('no frame')),
+      false,
+    );
     // split inside the size field
     const b = new FrameAssembler();
     assert.ok(b.push(bad, 0, 2, () => {}));
-    assert.equal(b.push(bad, 2, 6, () => {}), false);
+    assert.equal(
+      b.push(bad, 2, 6, () => {}),
+      false,
+    );
   });
 });

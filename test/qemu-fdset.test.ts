@@ -36,7 +36,8 @@ describe('fd-set mode, real QEMU', () => {
   it('boots with a pushed image, snapshots it, writes land in the overlay, and the header names the real path', async (ctx) => {
     const t = layout();
     ctx.after(t.cleanup); // also when QEMU fails to start
-    const base = join(t.vm, 'base.qcow2'), overlay = join(t.vm, 'overlay.qcow2');
+    const base = join(t.vm, 'base.qcow2'),
+      overlay = join(t.vm, 'overlay.qcow2');
     makeImage(base, 'qcow2', 0x11);
     const audit: AuditRecord[] = [];
     // The policy file a hooked QEMU would run under (docs/policy.md), decided by the same code.
@@ -52,8 +53,14 @@ describe('fd-set mode, real QEMU', () => {
       await q.qmp.execute('device_add', { driver: 'virtio-blk-pci', drive: 'base', id: 'disk0' });
 
       // A read-write image goes in as a pair: QEMU picks by access mode when it (re)opens.
-      assert.deepEqual(node.fdset.fds.map((f) => f.access), ['rw', 'r']);
-      assert.deepEqual(node.fdset.fds.map((f) => fdAccessMode(q.child.pid!, f.fd)), [2, 0]);
+      assert.deepEqual(
+        node.fdset.fds.map((f) => f.access),
+        ['rw', 'r'],
+      );
+      assert.deepEqual(
+        node.fdset.fds.map((f) => fdAccessMode(q.child.pid!, f.fd)),
+        [2, 0],
+      );
       const sets = await q.qmp.execute<FdSetInfo[]>('query-fdsets');
       assert.equal(sets.find((s) => s['fdset-id'] === node.fdset.id)?.fds.length, 2);
 
@@ -64,10 +71,20 @@ describe('fd-set mode, real QEMU', () => {
 
       assert.equal(await q.qmp.execute('human-monitor-command', { 'command-line': guestWrite('disk0', 0x22) }), '');
       // The base is read-only below the overlay now; its read-only fd serves a read-only reopen.
-      await q.qmp.execute('blockdev-reopen', { options: [{ driver: 'file', 'node-name': 'base-file', filename: node.fdset.path, 'read-only': true }] });
+      await q.qmp.execute('blockdev-reopen', {
+        options: [{ driver: 'file', 'node-name': 'base-file', filename: node.fdset.path, 'read-only': true }],
+      });
 
       // Every open went through the policy: the base twice (rw, r), the overlay created, then read-only.
-      assert.deepEqual(audit.map((r) => [display(r.path), r.errno]), [[base, 0], [base, 0], [overlay, 0], [overlay, 0]]);
+      assert.deepEqual(
+        audit.map((r) => [display(r.path), r.errno]),
+        [
+          [base, 0],
+          [base, 0],
+          [overlay, 0],
+          [overlay, 0],
+        ],
+      );
       assert.equal(audit[2]!.flags & 0o300, 0o300, 'the overlay is created with O_CREAT|O_EXCL');
     } finally {
       exit = await q.quit();
@@ -91,7 +108,9 @@ describe('fd-set mode, real QEMU', () => {
   it('commits an intermediate layer (the header above gets the real path) and the active layer', async (ctx) => {
     const t = layout();
     ctx.after(t.cleanup); // also when QEMU fails to start
-    const base = join(t.vm, 'base.qcow2'), mid = join(t.vm, 'mid.qcow2'), top = join(t.vm, 'top.qcow2');
+    const base = join(t.vm, 'base.qcow2'),
+      mid = join(t.vm, 'mid.qcow2'),
+      top = join(t.vm, 'top.qcow2');
     makeImage(base, 'qcow2', 0x11);
     const policy = new Policy([parseAllowFlag(`${t.vm}/:rwc`)]);
     ctx.after(() => policy.close());
@@ -135,7 +154,8 @@ describe('fd-set mode, real QEMU', () => {
     // such a round trip fails with 'Failed to get "write" lock' (docs/qemu.md, "Stale locks").
     const t = layout();
     ctx.after(t.cleanup); // also when QEMU fails to start
-    const base = join(t.vm, 'base.qcow2'), overlay = join(t.vm, 'overlay.qcow2');
+    const base = join(t.vm, 'base.qcow2'),
+      overlay = join(t.vm, 'overlay.qcow2');
     makeImage(base, 'qcow2', 0x11);
     const policy = new Policy([parseAllowFlag(`${t.vm}/:rwc`)]);
     ctx.after(() => policy.close());
@@ -147,7 +167,13 @@ describe('fd-set mode, real QEMU', () => {
       await q.qmp.execute('device_add', { driver: 'virtio-blk-pci', drive: 'base', id: 'disk0' });
       await images.snapshot('base', overlay, { nodeName: 'overlay' });
       await q.qmp.execute('human-monitor-command', { 'command-line': guestWrite('disk0', 0x22) });
-      const file = (readOnly: boolean): Record<string, unknown> => ({ driver: 'file', 'node-name': 'base-file', filename: node.fdset.path, locking: 'off', 'read-only': readOnly });
+      const file = (readOnly: boolean): Record<string, unknown> => ({
+        driver: 'file',
+        'node-name': 'base-file',
+        filename: node.fdset.path,
+        locking: 'off',
+        'read-only': readOnly,
+      });
       await q.qmp.execute('blockdev-reopen', { options: [file(true)] });
       await q.qmp.execute('blockdev-reopen', { options: [file(false)] });
       await images.commit('overlay', 'base');
@@ -166,7 +192,8 @@ describe('fd-set mode, real QEMU', () => {
   it('refuses an image outside the policy: nothing is opened, nothing is pushed', async (ctx) => {
     const t = layout();
     ctx.after(t.cleanup); // also when QEMU fails to start
-    const secret = join(t.outside, 'secret.qcow2'), overlay = join(t.outside, 'overlay.qcow2');
+    const secret = join(t.outside, 'secret.qcow2'),
+      overlay = join(t.outside, 'overlay.qcow2');
     const base = join(t.vm, 'base.qcow2');
     makeImage(secret, 'qcow2', 0x55);
     makeImage(base, 'qcow2', 0x11);
@@ -186,12 +213,20 @@ describe('fd-set mode, real QEMU', () => {
       await images.addImage(base, { nodeName: 'base' });
       await assert.rejects(images.snapshot('base', overlay, { nodeName: 'ov' }), { code: 'EACCES' });
       assert.equal(existsSync(overlay), false);
-      assert.deepEqual(audit.filter((r) => r.errno !== 0).map((r) => [display(r.path), r.errno]), [
-        [join(t.root, 'elsewhere.qcow2'), 13], [secret, 13], [overlay, 13],
-      ]);
+      assert.deepEqual(
+        audit.filter((r) => r.errno !== 0).map((r) => [display(r.path), r.errno]),
+        [
+          [join(t.root, 'elsewhere.qcow2'), 13],
+          [secret, 13],
+          [overlay, 13],
+        ],
+      );
       // Read-only is what the policy grants there, and works.
       const ro = await images.addImage(secret, { nodeName: 'secret', access: 'r' });
-      assert.deepEqual(ro.fdset.fds.map((f) => fdAccessMode(q.child.pid!, f.fd)), [0]);
+      assert.deepEqual(
+        ro.fdset.fds.map((f) => fdAccessMode(q.child.pid!, f.fd)),
+        [0],
+      );
     } finally {
       exit = await q.quit();
       policy.close();
@@ -203,7 +238,8 @@ describe('fd-set mode, real QEMU', () => {
   it('opens through a broker over its socket (openhook serve) with the same outcome', async (ctx) => {
     const t = layout();
     ctx.after(t.cleanup); // also when QEMU fails to start
-    const data = join(t.vm, 'data.raw'), secret = join(t.outside, 'secret.raw');
+    const data = join(t.vm, 'data.raw'),
+      secret = join(t.outside, 'secret.raw');
     makeImage(data, 'raw', 0x11, '1M');
     makeImage(secret, 'raw', 0x55, '1M');
     const serve = await startServe(join(t.root, 'broker.sock'), ['--allow', `${t.vm}/:rw`]);

@@ -23,7 +23,8 @@ export function qemuIo(path: string, commands: string[], format = 'qcow2', share
   const r = spawnSync('qemu-io', args, { encoding: 'utf8' });
   const out = r.stdout + r.stderr;
   // qemu-io exits 0 even when a pattern check fails; its message is the only sign.
-  if (r.status !== 0 || /verification failed|failed|error/i.test(out)) throw new Error(`qemu-io ${commands.join('; ')} on ${path}:\n${out}`);
+  if (r.status !== 0 || /verification failed|failed|error/i.test(out))
+    throw new Error(`qemu-io ${commands.join('; ')} on ${path}:\n${out}`);
   return out;
 }
 

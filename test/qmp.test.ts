@@ -80,7 +80,10 @@ describe('QMP client, real QEMU on a socket path', () => {
     await qmp.execute('stop');
     await stopped;
     qmp.off('event', onEvent);
-    assert.deepEqual(seen.filter((e) => e === 'RESUME' || e === 'STOP'), ['RESUME', 'STOP']);
+    assert.deepEqual(
+      seen.filter((e) => e === 'RESUME' || e === 'STOP'),
+      ['RESUME', 'STOP'],
+    );
   });
 
   it('sends fds with add-fd, each set with its access mode, also when many are sent at once', async () => {
@@ -89,7 +92,9 @@ describe('QMP client, real QEMU on a socket path', () => {
     try {
       // QEMU keeps one fd slot per connection: the client must not let a later command's fds
       // overwrite an earlier one's before it has been consumed.
-      const results = await Promise.all(fds.map((fd, i) => qmp.execute<{ 'fdset-id': number; fd: number }>('add-fd', { 'fdset-id': 40 + i }, { fds: [fd] })));
+      const results = await Promise.all(
+        fds.map((fd, i) => qmp.execute<{ 'fdset-id': number; fd: number }>('add-fd', { 'fdset-id': 40 + i }, { fds: [fd] })),
+      );
       results.forEach((r, i) => {
         assert.equal(r['fdset-id'], 40 + i);
         assert.equal(fdAccessMode(qemu.pid!, r.fd), i % 2 ? 0 : 2);
@@ -169,7 +174,9 @@ class Peer {
     this.fd = fd;
     this.#poller = new native.Poller(fd, PollMode.Receive, 16, (_e, count) => {
       for (let i = 0, m = 0; i < count; i++) {
-        const off = recvMeta[m]!, len = recvMeta[m + 1]!, nfds = recvMeta[m + 3]!;
+        const off = recvMeta[m]!,
+          len = recvMeta[m + 1]!,
+          nfds = recvMeta[m + 3]!;
         for (let k = 0; k < nfds; k++) native.close(recvMeta[m + 4 + k]!);
         const chunk = this.#partial + recvArena.toString('utf8', off, off + len);
         const parts = chunk.split('\n');
@@ -251,7 +258,8 @@ describe('QMP client against a misbehaving peer (real socketpair)', () => {
 
   it('sends a command and its fds in one message, and the next command with fds only after the reply', async () => {
     const { qmp, peer } = await pairWithPeer();
-    const fd1 = openSync('/dev/null', 'r'), fd2 = openSync('/dev/null', 'r');
+    const fd1 = openSync('/dev/null', 'r'),
+      fd2 = openSync('/dev/null', 'r');
     try {
       const first = qmp.execute('add-fd', { 'fdset-id': 1 }, { fds: [fd1] });
       const second = qmp.execute('add-fd', { 'fdset-id': 2 }, { fds: [fd2] });

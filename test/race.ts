@@ -10,7 +10,18 @@
  * follows them beneath the root.
  */
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, openSync, closeSync, fstatSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  closeSync,
+  fstatSync,
+  realpathSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Broker } from '../src/broker/broker.js';
@@ -50,7 +61,14 @@ export function describeCase(c: RaceCase): string {
 export const RACE_CASES: RaceCase[] = [
   ...(['parent', 'last'] as const).flatMap((component) =>
     (['absolute', 'relative'] as const).flatMap((target) =>
-      [false, true].map((followSymlinks) => ({ component, target, followSymlinks, kind: followSymlinks && target === 'relative' ? 'stream' as const : 'seqpacket' as const })))),
+      [false, true].map((followSymlinks) => ({
+        component,
+        target,
+        followSymlinks,
+        kind: followSymlinks && target === 'relative' ? ('stream' as const) : ('seqpacket' as const),
+      })),
+    ),
+  ),
   { component: 'parent', target: 'absolute', followSymlinks: true, kind: 'seqpacket', offload: 'always' },
   { component: 'last', target: 'relative', followSymlinks: false, kind: 'seqpacket', offload: 'always' },
   { component: 'parent', target: 'absolute', followSymlinks: true, kind: 'seqpacket', carveOut: true },
@@ -89,7 +107,10 @@ function arena(c: RaceCase): Arena {
     b = join(tree, 'd', 'l');
   }
   return {
-    dir, tree, a, b,
+    dir,
+    tree,
+    a,
+    b,
     name: join(tree, 'd', 'f'),
     insideIno: statSync(join(tree, 'd', 'f')).ino,
     outsideIno: statSync(join(out, 'f')).ino,
@@ -130,11 +151,21 @@ export async function race(c: RaceCase, attempts: number, clients = 2): Promise<
     while (!swapOut.includes('ready')) await new Promise((r) => setTimeout(r, 2));
     const t0 = performance.now();
     const per = Math.ceil(attempts / clients);
-    const outs = await Promise.all(Array.from({ length: clients }, () => run(fixture('race-client'), [socket, c.kind, ar.name, String(per)])));
+    const outs = await Promise.all(
+      Array.from({ length: clients }, () => run(fixture('race-client'), [socket, c.kind, ar.name, String(per)])),
+    );
     const seconds = (performance.now() - t0) / 1000;
     swapper.kill('SIGTERM');
     await swapDone;
-    const result: RaceResult = { case: c, attempts: 0, inside: 0, escapes: 0, errors: {}, swaps: Number(/swaps=(\d+)/.exec(swapOut)?.[1] ?? 0), seconds };
+    const result: RaceResult = {
+      case: c,
+      attempts: 0,
+      inside: 0,
+      escapes: 0,
+      errors: {},
+      swaps: Number(/swaps=(\d+)/.exec(swapOut)?.[1] ?? 0),
+      seconds,
+    };
     for (const out of outs) {
       result.attempts += Number(/sent=(\d+)/.exec(out)![1]);
       if (/closed=1/.test(out)) throw new Error(`the broker closed a race client: ${out}`);
@@ -165,7 +196,10 @@ export async function naiveRace(
   const swapper = spawn(fixture('swapper'), [ar.a, ar.b], { stdio: ['ignore', 'pipe', 'inherit'] });
   await new Promise((r) => swapper.stdout.once('data', r));
   const deadline = Date.now() + (options.budgetMs ?? Infinity);
-  let made = 0, escapes = 0, inside = 0, refused = 0;
+  let made = 0,
+    escapes = 0,
+    inside = 0,
+    refused = 0;
   try {
     while (made < attempts && !(options.untilEscape && escapes > 0)) {
       if (made % 1000 === 0 && made > 0) {

@@ -88,7 +88,10 @@ export class RawClient {
 
   #onPoll(count: number, status: number): void {
     for (let i = 0, m = 0; i < count; i++) {
-      const offset = recvMeta[m]!, length = recvMeta[m + 1]!, flags = recvMeta[m + 2]!, nfds = recvMeta[m + 3]!;
+      const offset = recvMeta[m]!,
+        length = recvMeta[m + 1]!,
+        flags = recvMeta[m + 2]!,
+        nfds = recvMeta[m + 3]!;
       const fds = Array.from(recvMeta.subarray(m + 4, m + 4 + nfds));
       m += 4 + nfds;
       const bytes = Buffer.from(recvArena.subarray(offset, offset + length));
@@ -168,7 +171,12 @@ export interface InProcessBroker {
  * brokers let a test set limits and options that the CLI does not expose, and read the resolver's
  * counters; the sockets, syscalls and clients are all real.
  */
-export function inProcessBroker(dir: string, name: string, rules: { allow?: string[]; deny?: string[]; options?: Omit<RuleSpec, 'allow' | 'deny' | 'access'> }, options: Partial<BrokerOptions> & { stream?: boolean } = {}): InProcessBroker {
+export function inProcessBroker(
+  dir: string,
+  name: string,
+  rules: { allow?: string[]; deny?: string[]; options?: Omit<RuleSpec, 'allow' | 'deny' | 'access'> },
+  options: Partial<BrokerOptions> & { stream?: boolean } = {},
+): InProcessBroker {
   const allow = (rules.allow ?? []).map((spec) => {
     const colon = spec.lastIndexOf(':');
     return makeRule({ allow: spec.slice(0, colon), access: spec.slice(colon + 1), ...rules.options }, `--allow ${spec}`);

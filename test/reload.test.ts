@@ -38,7 +38,8 @@ describe('reload on SIGHUP', () => {
   const file = join(T, 'hup.toml');
   const socket = join(T, 'hup.sock');
   let serve: ServeProcess;
-  let reloads = 0, failures = 0;
+  let reloads = 0,
+    failures = 0;
   before(async () => {
     install(file, allowA);
     serve = await startServe(socket, ['--policy', file]);
@@ -113,10 +114,17 @@ describe('serve with a bad policy', () => {
     writeFileSync(file, '[[rule]]\nallow = "/x/"\nacces = "r"\n');
     const r = spawnSync(process.execPath, [CLI, 'serve', '--socket', join(T, 'bad.sock'), '--policy', file], { encoding: 'utf8' });
     assert.equal(r.status, 2);
-    assert.equal(r.stderr, `openhook serve: ${file}:3:1: unknown key 'acces' in [[rule]] (expected one of: allow, deny, access, follow_symlinks, fifos, hardlinks, deny_errno)\n`);
-    const missing = spawnSync(process.execPath, [CLI, 'serve', '--socket', join(T, 'bad.sock'), '--policy', join(T, 'none.toml')], { encoding: 'utf8' });
+    assert.equal(
+      r.stderr,
+      `openhook serve: ${file}:3:1: unknown key 'acces' in [[rule]] (expected one of: allow, deny, access, follow_symlinks, fifos, hardlinks, deny_errno)\n`,
+    );
+    const missing = spawnSync(process.execPath, [CLI, 'serve', '--socket', join(T, 'bad.sock'), '--policy', join(T, 'none.toml')], {
+      encoding: 'utf8',
+    });
     assert.equal(missing.status, 2);
-    const watchless = spawnSync(process.execPath, [CLI, 'serve', '--socket', join(T, 'bad.sock'), '--allow', `${T}/a/:r`, '--watch'], { encoding: 'utf8' });
+    const watchless = spawnSync(process.execPath, [CLI, 'serve', '--socket', join(T, 'bad.sock'), '--allow', `${T}/a/:r`, '--watch'], {
+      encoding: 'utf8',
+    });
     assert.equal(watchless.status, 2);
   });
 });
@@ -172,8 +180,13 @@ describe('reload under load', () => {
     }
     const { n, seen } = JSON.parse(out) as { n: number; seen: Record<string, number> };
     assert.ok(n > 100, `the client made ${n} rounds`);
-    assert.deepEqual(Object.keys(seen).sort(), ['a:ok', 'b:EACCES', 'b:ok'].filter((k) => seen[k]), JSON.stringify(seen));
-    for (const key of Object.keys(seen)) assert.ok(['a:ok', 'b:ok', 'b:EACCES'].includes(key), `unexpected outcome ${key}: ${JSON.stringify(seen)}`);
+    assert.deepEqual(
+      Object.keys(seen).sort(),
+      ['a:ok', 'b:EACCES', 'b:ok'].filter((k) => seen[k]),
+      JSON.stringify(seen),
+    );
+    for (const key of Object.keys(seen))
+      assert.ok(['a:ok', 'b:ok', 'b:EACCES'].includes(key), `unexpected outcome ${key}: ${JSON.stringify(seen)}`);
     assert.ok(seen['b:ok']! > 0 && seen['b:EACCES']! > 0, `both policies were seen: ${JSON.stringify(seen)}`);
     assert.doesNotMatch(serve.stderr(), /failed/);
   });

@@ -90,7 +90,8 @@ describe('a wake-up in one recvmmsg (SOCK_SEQPACKET, fds discarded)', () => {
   function receiveOnce(fd: number): Promise<{ count: number; status: number; messages: string[]; flags: number[] }> {
     return new Promise((resolve) => {
       const p = new native.Poller(fd, PollMode.ReceiveDiscardFds, 64, (_events, count, status) => {
-        const messages: string[] = [], flags: number[] = [];
+        const messages: string[] = [],
+          flags: number[] = [];
         for (let i = 0; i < count; i++) {
           messages.push(recvArena.toString('latin1', recvMeta[4 * i]!, recvMeta[4 * i]! + recvMeta[4 * i + 1]!));
           flags.push(recvMeta[4 * i + 2]!);
@@ -149,7 +150,11 @@ describe('a wake-up in one sendmmsg', () => {
         const r: { text: string; nfds: number; fd: number }[] = [];
         for (let i = 0, m = 0; i < count; i++) {
           const nfds = recvMeta[m + 3]!;
-          r.push({ text: recvArena.toString('latin1', recvMeta[m]!, recvMeta[m]! + recvMeta[m + 1]!), nfds, fd: nfds ? recvMeta[m + 4]! : -1 });
+          r.push({
+            text: recvArena.toString('latin1', recvMeta[m]!, recvMeta[m]! + recvMeta[m + 1]!),
+            nfds,
+            fd: nfds ? recvMeta[m + 4]! : -1,
+          });
           m += 4 + nfds;
         }
         p.close();
@@ -157,11 +162,19 @@ describe('a wake-up in one sendmmsg', () => {
       });
       p.start(C.UV_READABLE);
     });
-    assert.deepEqual(got.map((r) => [r.text, r.nfds]), [['reply0', 1], ['reply1', 0], ['reply2', 1]]);
-    for (const r of got) if (r.fd >= 0) {
-      assert.equal(readFileSync(`/proc/self/fd/${r.fd}`, 'utf8'), 'contents');
-      native.close(r.fd);
-    }
+    assert.deepEqual(
+      got.map((r) => [r.text, r.nfds]),
+      [
+        ['reply0', 1],
+        ['reply1', 0],
+        ['reply2', 1],
+      ],
+    );
+    for (const r of got)
+      if (r.fd >= 0) {
+        assert.equal(readFileSync(`/proc/self/fd/${r.fd}`, 'utf8'), 'contents');
+        native.close(r.fd);
+      }
     native.close(a);
     native.close(b);
   });
@@ -173,7 +186,7 @@ describe('a wake-up in one sendmmsg', () => {
     const fd = native.open(join(T, 'file'), C.O_RDONLY, 0);
     put(0, 'reply', fd);
     assert.equal(native.sendReplies(a, 1), -11, 'EAGAIN');
-    assert.equal(isOpen(fd), true, 'still the caller\'s');
+    assert.equal(isOpen(fd), true, "still the caller's");
     native.close(fd);
     native.close(a);
     native.close(b);
@@ -185,12 +198,12 @@ describe('a wake-up in one sendmmsg', () => {
     const fd = native.open(join(T, 'file'), C.O_RDONLY, 0);
     put(0, 'reply', fd);
     assert.equal(native.sendReplies(a, 1), -32, 'EPIPE');
-    assert.equal(isOpen(fd), true, 'still the caller\'s to close');
+    assert.equal(isOpen(fd), true, "still the caller's to close");
     native.close(fd);
     native.close(a);
   });
 
-  it('tells the send buffer\'s size, and how much of it the peer has not read', () => {
+  it("tells the send buffer's size, and how much of it the peer has not read", () => {
     const [a, b] = native.socketpair(C.SOCK_SEQPACKET, true);
     assert.ok(native.sendBufferSize(a) > 64 * 1024, `SO_SNDBUF ${native.sendBufferSize(a)}`);
     assert.equal(native.sendQueued(a), 0);

@@ -86,7 +86,12 @@ for (const offload of ['auto', 'always'] as const) {
     let a: RawClient, b: RawClient;
     before(async () => {
       plain = inProcessBroker(tmp.path, `plain-${offload}`, { allow: [`${tree}/:rwc`] }, { resolver: new Resolver({ offload }) });
-      follow = inProcessBroker(tmp.path, `follow-${offload}`, { allow: [`${tree}/:rwc`], options: { follow_symlinks: true } }, { resolver: new Resolver({ offload }) });
+      follow = inProcessBroker(
+        tmp.path,
+        `follow-${offload}`,
+        { allow: [`${tree}/:rwc`], options: { follow_symlinks: true } },
+        { resolver: new Resolver({ offload }) },
+      );
       await warmUp(plain, join(tree, 'file'));
       await warmUp(follow, join(tree, 'file'));
       a = RawClient.connect(plain.socket);
@@ -159,7 +164,12 @@ for (const offload of ['auto', 'always'] as const) {
     });
 
     it('holds a deny carve-out on the real path when symlinks are followed', async () => {
-      const carve = inProcessBroker(tmp.path, `carve-${offload}`, { allow: [`${tree}/:rwc`], deny: [`${tree}/sub/`], options: { follow_symlinks: true } }, { resolver: new Resolver({ offload }) });
+      const carve = inProcessBroker(
+        tmp.path,
+        `carve-${offload}`,
+        { allow: [`${tree}/:rwc`], deny: [`${tree}/sub/`], options: { follow_symlinks: true } },
+        { resolver: new Resolver({ offload }) },
+      );
       await warmUp(carve, join(tree, 'file'));
       const c = RawClient.connect(carve.socket);
       try {
@@ -189,9 +199,16 @@ for (const offload of ['auto', 'always'] as const) {
     let broker: InProcessBroker, client: RawClient, other: RawClient;
     const audited: AuditRecord[] = [];
     /** The audit log's reasons for the refusals of name (the resolver's reason, on either path). */
-    const reasonsFor = (name: string): string[] => [...new Set(audited.filter((e) => e.path === join(tree, name) && e.errno === EACCES).map((e) => e.reason))];
+    const reasonsFor = (name: string): string[] => [
+      ...new Set(audited.filter((e) => e.path === join(tree, name) && e.errno === EACCES).map((e) => e.reason)),
+    ];
     before(async () => {
-      broker = inProcessBroker(tmp.path, `special-${offload}`, { allow: [`${tree}/:rwc`] }, { resolver: new Resolver({ offload }), audit: { record: (e) => audited.push(e) } });
+      broker = inProcessBroker(
+        tmp.path,
+        `special-${offload}`,
+        { allow: [`${tree}/:rwc`] },
+        { resolver: new Resolver({ offload }), audit: { record: (e) => audited.push(e) } },
+      );
       await warmUp(broker, join(tree, 'file'));
       client = RawClient.connect(broker.socket);
       other = RawClient.connect(broker.socket, 'seqpacket');
@@ -231,7 +248,10 @@ for (const offload of ['auto', 'always'] as const) {
       writer.stdout.on('data', (d) => (out += d));
       try {
         await new Promise((r) => setTimeout(r, 100));
-        const [fifo, file] = await Promise.all([client.request(openFrame(join(tree, 'fifo'))), other.request(openFrame(join(tree, 'file')))]);
+        const [fifo, file] = await Promise.all([
+          client.request(openFrame(join(tree, 'fifo'))),
+          other.request(openFrame(join(tree, 'file'))),
+        ]);
         assert.equal(fifo!.result, -EACCES);
         assert.equal(file!.result, 0);
         closeAll(file!.fds);
@@ -265,7 +285,7 @@ for (const offload of ['auto', 'always'] as const) {
       for (const flags of [C.O_RDONLY, C.O_RDWR | C.O_CREAT | C.O_EXCL, C.O_WRONLY | C.O_TRUNC]) {
         const io = ioFlagsOf(flags);
         assert.ok(io & C.O_NOCTTY && io & C.O_CLOEXEC, flags.toString(8));
-        assert.equal(io & (C.O_CREAT | C.O_EXCL), 0, 'creating is the create step\'s, never the reopen\'s');
+        assert.equal(io & (C.O_CREAT | C.O_EXCL), 0, "creating is the create step's, never the reopen's");
       }
     });
 
@@ -284,11 +304,22 @@ for (const offload of ['auto', 'always'] as const) {
 
   describe(`resolver ${where}: hard-link options and create modes`, () => {
     it('hardlinks: refuse refuses reads too; allow allows writes', async () => {
-      const strict = inProcessBroker(tmp.path, `hl-refuse-${offload}`, { allow: [`${tree}/:rw`], options: { hardlinks: 'refuse' } }, { resolver: new Resolver({ offload }) });
-      const lax = inProcessBroker(tmp.path, `hl-allow-${offload}`, { allow: [`${tree}/:rw`], options: { hardlinks: 'allow' } }, { resolver: new Resolver({ offload }) });
+      const strict = inProcessBroker(
+        tmp.path,
+        `hl-refuse-${offload}`,
+        { allow: [`${tree}/:rw`], options: { hardlinks: 'refuse' } },
+        { resolver: new Resolver({ offload }) },
+      );
+      const lax = inProcessBroker(
+        tmp.path,
+        `hl-allow-${offload}`,
+        { allow: [`${tree}/:rw`], options: { hardlinks: 'allow' } },
+        { resolver: new Resolver({ offload }) },
+      );
       await warmUp(strict, join(tree, 'file'));
       await warmUp(lax, join(tree, 'file'));
-      const c1 = RawClient.connect(strict.socket), c2 = RawClient.connect(lax.socket);
+      const c1 = RawClient.connect(strict.socket),
+        c2 = RawClient.connect(lax.socket);
       try {
         assert.equal((await c1.request(openFrame(join(tree, 'hard'))))!.result, -EACCES);
         const ok = (await c1.request(openFrame(join(tree, 'file'))))!;
@@ -299,17 +330,31 @@ for (const offload of ['auto', 'always'] as const) {
         assert.equal(inodeOf(w.fds[0]!), linkedIno);
         closeAll(w.fds);
       } finally {
-        c1.close(); c2.close(); strict.close(); lax.close();
+        c1.close();
+        c2.close();
+        strict.close();
+        lax.close();
       }
     });
 
     it('creates files without setuid, setgid or sticky, with its own umask whatever the process umask', async () => {
-      const br = inProcessBroker(tmp.path, `mode-${offload}`, { allow: [`${tree}/:rwc`] }, { resolver: new Resolver({ offload, umask: 0o027 }) });
+      const br = inProcessBroker(
+        tmp.path,
+        `mode-${offload}`,
+        { allow: [`${tree}/:rwc`] },
+        { resolver: new Resolver({ offload, umask: 0o027 }) },
+      );
       await warmUp(br, join(tree, 'file'));
       const c = RawClient.connect(br.socket);
       const old = process.umask(0o077);
       try {
-        for (const [i, mode, want] of [[1, 0o7777, 0o750], [2, 0o4755, 0o750], [3, 0o2640, 0o640], [4, 0o1666, 0o640], [5, 0o600, 0o600]] as const) {
+        for (const [i, mode, want] of [
+          [1, 0o7777, 0o750],
+          [2, 0o4755, 0o750],
+          [3, 0o2640, 0o640],
+          [4, 0o1666, 0o640],
+          [5, 0o600, 0o600],
+        ] as const) {
           const name = join(tree, `made-${offload}-${i}`);
           const r = (await c.request(openFrame(name, C.O_RDWR | C.O_CREAT | C.O_EXCL, mode)))!;
           assert.equal(r.result, 0);
@@ -348,13 +393,22 @@ describe('resolver: EAGAIN from openat2', () => {
     const options = { followSymlinks: true, directories: false, fifos: false, hardlinks: 'read-only' as const };
     try {
       // The same machine runs on both drivers: the bound must hold on the event loop and on the pool.
-      for (const [retries, driver] of [[0, 'sync'], [3, 'sync'], [1, 'pool']] as const) {
+      for (const [retries, driver] of [
+        [0, 'sync'],
+        [3, 'sync'],
+        [1, 'pool'],
+      ] as const) {
         const resolver = new Resolver({ eagainRetries: retries });
-        let failures = 0, successes = 0;
+        let failures = 0,
+          successes = 0;
         const deadline = Date.now() + 10_000;
         while ((failures < 20 || (retries > 0 && successes < 5)) && Date.now() < deadline) {
           const seen = resolver.stats.eagain;
-          const fd = codeOf(driver === 'sync' ? resolver.open(root, 'a/link', C.O_RDONLY, 0, options) : await resolver.openSlow(root, 'a/link', C.O_RDONLY, 0, options, null));
+          const fd = codeOf(
+            driver === 'sync'
+              ? resolver.open(root, 'a/link', C.O_RDONLY, 0, options)
+              : await resolver.openSlow(root, 'a/link', C.O_RDONLY, 0, options, null),
+          );
           const tries = resolver.stats.eagain - seen;
           if (fd >= 0) {
             assert.equal(inodeOf(fd), targetIno);

@@ -99,7 +99,9 @@ function readAllReplies(fd: number): Promise<{ replies: number; bad: string[] }>
     const st = new Float64Array(8);
     const poller = new native.Poller(fd, PollMode.Receive, 64, (_events, count, status) => {
       for (let i = 0, m = 0; i < count; i++) {
-        const offset = recvMeta[m]!, length = recvMeta[m + 1]!, nfds = recvMeta[m + 3]!;
+        const offset = recvMeta[m]!,
+          length = recvMeta[m + 1]!,
+          nfds = recvMeta[m + 3]!;
         const bytes = recvArena.toString('hex', offset, offset + length);
         for (let k = 0; k < nfds; k++) {
           const got = recvMeta[m + 4 + k]!;
@@ -169,7 +171,12 @@ describe('graceful stop', () => {
 
   it('refuses the slow opens still under way at the deadline: the clients see the broker go, and exit is 0', async () => {
     const { d, clients, opens } = await slowOpensInFlight('slow-deadline', 300);
-    const settled = opens.map((p) => p.then(() => 'fd', (err: Error) => err.constructor.name));
+    const settled = opens.map((p) =>
+      p.then(
+        () => 'fd',
+        (err: Error) => err.constructor.name,
+      ),
+    );
     d.kill('SIGTERM');
     assert.equal(await d.exited, 0);
     assert.match(d.stderr(), /SIGTERM, stopped; 5 busy connection\(s\) cut at the 300 ms deadline/);
@@ -253,7 +260,10 @@ describe('restart with a connected library client', () => {
     // Requests the broker has received but not answered when it dies.
     d.kill('SIGSTOP');
     const safe = Array.from({ length: 10 }, (_, i) => client.open(join(vm, `f${i}`)));
-    const creating = client.open(join(vm, 'created-once'), 'wx').then(() => null, (err: Error) => err);
+    const creating = client.open(join(vm, 'created-once'), 'wx').then(
+      () => null,
+      (err: Error) => err,
+    );
     await sleep(50);
     d.kill('SIGKILL');
     assert.equal(await d.exited, null);
@@ -268,7 +278,10 @@ describe('restart with a connected library client', () => {
 
     d = await startDaemon(['--socket', sock, `--allow=${vm}/:rwc`]);
     const contents = await Promise.all(safe.map(async (p) => readAndClose(await p)));
-    assert.deepEqual(contents, Array.from({ length: 10 }, (_, i) => `file ${i}`));
+    assert.deepEqual(
+      contents,
+      Array.from({ length: 10 }, (_, i) => `file ${i}`),
+    );
     assert.deepEqual(events, ['disconnect', 'reconnect']);
     assert.notEqual(client.fd, -1);
 

@@ -61,18 +61,25 @@ async function run(args: string[], map: Record<number, number> = {}): Promise<Ra
 
 /** The device probe's lines: one record of open/ioctl/read results per path. */
 function probeLines(stdout: string): Array<Record<string, string>> {
-  return stdout.trim().split('\n').map((line) => Object.fromEntries(line.split(' ').map((pair) => pair.split('=') as [string, string])));
+  return stdout
+    .trim()
+    .split('\n')
+    .map((line) => Object.fromEntries(line.split(' ').map((pair) => pair.split('=') as [string, string])));
 }
 
 describe('run --device', () => {
-  it('/dev/net/tun opens and takes ioctls with --device (the driver answers), not without', { skip: !existsSync('/dev/net/tun') && 'no /dev/net/tun here' }, async () => {
-    const without = await run(['--ro', DEVICE_PROBE, '--', DEVICE_PROBE, '/dev/net/tun']);
-    assert.equal(probeLines(without.stdout)[0]!.open, 'EACCES');
-    const granted = await run(['--device', '/dev/net/tun', '--ro', DEVICE_PROBE, '--', DEVICE_PROBE, '/dev/net/tun']);
-    const [tun] = probeLines(granted.stdout);
-    assert.equal(tun!.open, 'ok', granted.stderr);
-    assert.notEqual(tun!.ioctl, 'EACCES', 'Landlock let the ioctl through to the tun driver');
-  });
+  it(
+    '/dev/net/tun opens and takes ioctls with --device (the driver answers), not without',
+    { skip: !existsSync('/dev/net/tun') && 'no /dev/net/tun here' },
+    async () => {
+      const without = await run(['--ro', DEVICE_PROBE, '--', DEVICE_PROBE, '/dev/net/tun']);
+      assert.equal(probeLines(without.stdout)[0]!.open, 'EACCES');
+      const granted = await run(['--device', '/dev/net/tun', '--ro', DEVICE_PROBE, '--', DEVICE_PROBE, '/dev/net/tun']);
+      const [tun] = probeLines(granted.stdout);
+      assert.equal(tun!.open, 'ok', granted.stderr);
+      assert.notEqual(tun!.ioctl, 'EACCES', 'Landlock let the ioctl through to the tun driver');
+    },
+  );
 
   it('grants a character device read-write with its ioctls; devices not granted are refused', async () => {
     const without = await run(['--ro', DEVICE_PROBE, '--', DEVICE_PROBE, '/dev/full', '/dev/zero']);
@@ -82,7 +89,17 @@ describe('run --device', () => {
     assert.equal(zeroWithout!.open, 'ok', '/dev/zero is one of the defaults');
     assert.equal(zeroWithout!.ioctl, 'EACCES', 'the defaults get no ioctls (Landlock IOCTL_DEV)');
 
-    const granted = await run(['--device', '/dev/full', '--ro', DEVICE_PROBE, '--', DEVICE_PROBE, '/dev/full', '/dev/zero', '/etc/hostname']);
+    const granted = await run([
+      '--device',
+      '/dev/full',
+      '--ro',
+      DEVICE_PROBE,
+      '--',
+      DEVICE_PROBE,
+      '/dev/full',
+      '/dev/zero',
+      '/etc/hostname',
+    ]);
     assert.equal(granted.status, 0, granted.stderr);
     const [full, zero, file] = probeLines(granted.stdout);
     assert.deepEqual(full, { open: 'ok', ioctl: 'ENOTTY', read: 'ok' }, 'ENOTTY: the ioctl reached the driver');
@@ -90,25 +107,29 @@ describe('run --device', () => {
     assert.equal(file!.open, 'EACCES', 'the grant does not widen write access elsewhere (/etc is read-only)');
   });
 
-  it('applies to the granted inode only: the same device at another node is refused, and its directory stays closed', { skip: !isRoot && 'mknod needs CAP_MKNOD' }, async () => {
-    const dir = join(tmp.path, 'nodes');
-    mkdirSync(dir);
-    const a = join(dir, 'null-a');
-    const b = join(dir, 'null-b');
-    for (const node of [a, b]) assert.equal(spawnSync('mknod', [node, 'c', '1', '3']).status, 0);
-    writeFileSync(join(dir, 'plain.txt'), 'plain\n');
+  it(
+    'applies to the granted inode only: the same device at another node is refused, and its directory stays closed',
+    { skip: !isRoot && 'mknod needs CAP_MKNOD' },
+    async () => {
+      const dir = join(tmp.path, 'nodes');
+      mkdirSync(dir);
+      const a = join(dir, 'null-a');
+      const b = join(dir, 'null-b');
+      for (const node of [a, b]) assert.equal(spawnSync('mknod', [node, 'c', '1', '3']).status, 0);
+      writeFileSync(join(dir, 'plain.txt'), 'plain\n');
 
-    const r = await run(['--device', a, '--ro', DEVICE_PROBE, '--', DEVICE_PROBE, a, b, join(dir, 'plain.txt')]);
-    assert.equal(r.status, 0, r.stderr);
-    const [ra, rb, plain] = probeLines(r.stdout);
-    assert.deepEqual(ra, { open: 'ok', ioctl: 'ENOTTY', read: 'ok' });
-    assert.equal(rb!.open, 'EACCES', 'the same device (1:3) at a node that was not granted');
-    assert.equal(plain!.open, 'EACCES', 'a file beside the granted node');
+      const r = await run(['--device', a, '--ro', DEVICE_PROBE, '--', DEVICE_PROBE, a, b, join(dir, 'plain.txt')]);
+      assert.equal(r.status, 0, r.stderr);
+      const [ra, rb, plain] = probeLines(r.stdout);
+      assert.deepEqual(ra, { open: 'ok', ioctl: 'ENOTTY', read: 'ok' });
+      assert.equal(rb!.open, 'EACCES', 'the same device (1:3) at a node that was not granted');
+      assert.equal(plain!.open, 'EACCES', 'a file beside the granted node');
 
-    const create = await run(['--device', a, '--', 'sh', '-c', `echo x > ${join(dir, 'new.txt')} && echo created`]);
-    assert.equal(create.stdout, '', 'nothing may be created beside the granted node');
-    assert.deepEqual(readdirSync(dir).sort(), ['null-a', 'null-b', 'plain.txt']);
-  });
+      const create = await run(['--device', a, '--', 'sh', '-c', `echo x > ${join(dir, 'new.txt')} && echo created`]);
+      assert.equal(create.stdout, '', 'nothing may be created beside the granted node');
+      assert.deepEqual(readdirSync(dir).sort(), ['null-a', 'null-b', 'plain.txt']);
+    },
+  );
 
   it('refuses anything but a character device, and a missing node, before starting anything', async () => {
     const file = join(tmp.path, 'regular');
@@ -134,8 +155,15 @@ describe('run --device', () => {
   it('the helper itself refuses a device grant on anything but a character device, on the inode it grants', () => {
     const [ours, theirs] = native.socketpair(C.SOCK_SEQPACKET, false);
     try {
-      for (const [path, code] of [['/etc/hostname', 'ENODEV'], [join(tmp.path, 'nothing-here'), 'ENOENT'], ['/dev/full', null]] as const) {
-        const r = spawnSync(HELPER_PATH, ['--hook-from', '3', '--device', 'rwti', path, '--', 'true'], { stdio: ['ignore', 'pipe', 'pipe', theirs], encoding: 'utf8' });
+      for (const [path, code] of [
+        ['/etc/hostname', 'ENODEV'],
+        [join(tmp.path, 'nothing-here'), 'ENOENT'],
+        ['/dev/full', null],
+      ] as const) {
+        const r = spawnSync(HELPER_PATH, ['--hook-from', '3', '--device', 'rwti', path, '--', 'true'], {
+          stdio: ['ignore', 'pipe', 'pipe', theirs],
+          encoding: 'utf8',
+        });
         if (code) {
           assert.equal(r.status, 125, r.stderr);
           assert.ok(r.stderr.includes(`fatal\tdevice\t${code}\t${path}`), r.stderr);
@@ -153,15 +181,32 @@ describe('run --device', () => {
   it('--report shows each device grant and whether Landlock restricts its ioctls', async () => {
     const r = await run(['--report', '--device', '/dev/full', '--', 'true']);
     assert.equal(r.status, 0, r.stderr);
-    const abi = Number(/landlock: ABI \d+(?: \(enforcing the rights of ABI (\d+)|)/.exec(r.stderr)?.[1] ?? /landlock: ABI (\d+)/.exec(r.stderr)?.[1]);
-    if (abi >= 5) assert.match(r.stderr, /device \/dev\/full: write_file,read_file,truncate,ioctl_dev; ioctls allowed on this node \(Landlock IOCTL_DEV\)/);
+    const abi = Number(
+      /landlock: ABI \d+(?: \(enforcing the rights of ABI (\d+)|)/.exec(r.stderr)?.[1] ?? /landlock: ABI (\d+)/.exec(r.stderr)?.[1],
+    );
+    if (abi >= 5)
+      assert.match(
+        r.stderr,
+        /device \/dev\/full: write_file,read_file,truncate,ioctl_dev; ioctls allowed on this node \(Landlock IOCTL_DEV\)/,
+      );
     else assert.match(r.stderr, /device \/dev\/full: .*ioctls are not restricted by Landlock/);
 
     // Before ABI 5 the helper says so in its line, and the report says what that means.
     const old = emptyReport();
-    for (const line of ['landlock\tabi\t4\t4', 'landlock\trule\twrite_file,read_file,truncate\tfile\t/dev/kvm', 'device\tgrant\twrite_file,read_file,truncate\tioctl-unrestricted\t/dev/kvm', 'landlock\tenforced\t4']) parseReportLine(old, line);
+    for (const line of [
+      'landlock\tabi\t4\t4',
+      'landlock\trule\twrite_file,read_file,truncate\tfile\t/dev/kvm',
+      'device\tgrant\twrite_file,read_file,truncate\tioctl-unrestricted\t/dev/kvm',
+      'landlock\tenforced\t4',
+    ])
+      parseReportLine(old, line);
     assert.deepEqual(old.devices, [{ path: '/dev/kvm', rights: ['write_file', 'read_file', 'truncate'], ioctlEnforced: false }]);
-    assert.ok(formatReport(old).includes('  device /dev/kvm: write_file,read_file,truncate; ioctls are not restricted by Landlock (ABI 4 < 5, no IOCTL_DEV)'), formatReport(old).join('\n'));
+    assert.ok(
+      formatReport(old).includes(
+        '  device /dev/kvm: write_file,read_file,truncate; ioctls are not restricted by Landlock (ABI 4 < 5, no IOCTL_DEV)',
+      ),
+      formatReport(old).join('\n'),
+    );
   });
 
   const kvm = ((): string | false => {
@@ -172,19 +217,23 @@ describe('run --device', () => {
       return `no usable /dev/kvm here (${(err as NodeJS.ErrnoException).code})`;
     }
   })();
-  it('QEMU runs a guest with -accel kvm confined, given --device /dev/kvm (ioctls on the VM and vCPU fds are not device ioctls)', { skip: kvm, timeout: 60_000 }, async () => {
-    const args = ['-accel', 'kvm', '-S', '-nodefaults', '-display', 'none', '-m', '128'];
-    const qemu = await spawnQemu(args, { prefix: openhookRun(['--device', '/dev/kvm']) });
-    try {
-      assert.deepEqual(await qemu.qmp.execute('query-kvm'), { enabled: true, present: true });
-      await qemu.qmp.execute('cont');
-      const status = await qemu.qmp.execute<{ status: string }>('query-status');
-      assert.equal(status.status, 'running', 'the vCPU runs: KVM_RUN and the other vCPU ioctls went through');
-    } finally {
-      await qemu.quit();
-    }
-    await assert.rejects(spawnQemu(args, { prefix: openhookRun([]) }), /Could not access KVM kernel module: Permission denied/);
-  });
+  it(
+    'QEMU runs a guest with -accel kvm confined, given --device /dev/kvm (ioctls on the VM and vCPU fds are not device ioctls)',
+    { skip: kvm, timeout: 60_000 },
+    async () => {
+      const args = ['-accel', 'kvm', '-S', '-nodefaults', '-display', 'none', '-m', '128'];
+      const qemu = await spawnQemu(args, { prefix: openhookRun(['--device', '/dev/kvm']) });
+      try {
+        assert.deepEqual(await qemu.qmp.execute('query-kvm'), { enabled: true, present: true });
+        await qemu.qmp.execute('cont');
+        const status = await qemu.qmp.execute<{ status: string }>('query-status');
+        assert.equal(status.status, 'running', 'the vCPU runs: KVM_RUN and the other vCPU ioctls went through');
+      } finally {
+        await qemu.quit();
+      }
+      await assert.rejects(spawnQemu(args, { prefix: openhookRun([]) }), /Could not access KVM kernel module: Permission denied/);
+    },
+  );
 });
 
 describe('run --pass-fd', () => {
@@ -197,11 +246,19 @@ describe('run --pass-fd', () => {
     const fdTwo = openSync(two, 'r');
     try {
       // The test's own fds get whatever numbers; run gets them at 3 and 5 (and 6, not passed).
-      const r = await run(['--pass-fd', '3', '--pass-fd', '5', '--', 'sh', '-c', 'echo hook=$OPENHOOK_FD; cat <&3; cat <&5'], { 3: fdOne, 5: fdTwo, 6: fdOne });
+      const r = await run(['--pass-fd', '3', '--pass-fd', '5', '--', 'sh', '-c', 'echo hook=$OPENHOOK_FD; cat <&3; cat <&5'], {
+        3: fdOne,
+        5: fdTwo,
+        6: fdOne,
+      });
       assert.equal(r.status, 0, r.stderr);
       assert.equal(r.stdout, 'hook=4\nfirst file\nsecond file\n');
 
-      const fds = await run(['--pass-fd', '3', '--pass-fd', '5', '--ro', CONFINED_PROBE, '--', CONFINED_PROBE, 'fds'], { 3: fdOne, 5: fdTwo, 6: fdOne });
+      const fds = await run(['--pass-fd', '3', '--pass-fd', '5', '--ro', CONFINED_PROBE, '--', CONFINED_PROBE, 'fds'], {
+        3: fdOne,
+        5: fdTwo,
+        6: fdOne,
+      });
       assert.equal(fds.stdout.trim(), 'fds=0,1,2,3,4,5', 'fd 6 of run was not passed: CMD does not see it');
 
       const report = await run(['--report', '--pass-fd', '3', '--pass-fd', '5', '--', 'true'], { 3: fdOne, 5: fdTwo });
@@ -217,7 +274,7 @@ describe('run --pass-fd', () => {
     }
   });
 
-  it('refuses a hook number that is also passed, a passed fd that is not open, and one of run\'s own fds', async () => {
+  it("refuses a hook number that is also passed, a passed fd that is not open, and one of run's own fds", async () => {
     const file = join(tmp.path, 'one.txt');
     writeFileSync(file, 'x\n');
     const fd = openSync(file, 'r');
@@ -239,13 +296,15 @@ describe('run --pass-fd', () => {
       closeSync(fd);
     }
     // Node's own fds (its event loop's epoll, eventfds, self-pipes) are never passed on by mistake.
-    const own = readdirSync('/proc/self/fd').map(Number).filter((n) => {
-      try {
-        return readlinkSync(`/proc/self/fd/${n}`) === 'anon_inode:[eventpoll]';
-      } catch {
-        return false;
-      }
-    });
+    const own = readdirSync('/proc/self/fd')
+      .map(Number)
+      .filter((n) => {
+        try {
+          return readlinkSync(`/proc/self/fd/${n}`) === 'anon_inode:[eventpoll]';
+        } catch {
+          return false;
+        }
+      });
     assert.ok(own.length > 0, 'this Node process has an epoll fd');
     assert.match(passFdProblem(own[0]!) ?? '', /is one of openhook run's own \(anon_inode:\[eventpoll\]\)/);
     assert.equal(passFdProblem(0), null, 'an ordinary inherited fd may be passed');

@@ -46,7 +46,10 @@ function run(args: string[], prefix: string[] = []): SpawnSyncReturns<string> {
 }
 
 /** Runs the probe confined (its directory readable); returns its stdout lines by name. */
-function probe(steps: string[], runArgs: string[] = []): { status: number | null; signal: string | null; out: Record<string, string>; stdout: string; stderr: string } {
+function probe(
+  steps: string[],
+  runArgs: string[] = [],
+): { status: number | null; signal: string | null; out: Record<string, string>; stdout: string; stderr: string } {
   const r = run([...runArgs, '--ro', FIXTURES, '--', PROBE, ...steps]);
   const out: Record<string, string> = {};
   for (const line of r.stdout.split('\n')) {
@@ -72,7 +75,8 @@ describe('run: the program cannot open files itself', () => {
 
     const { status, out, stderr } = probe(['opens', secret]);
     assert.equal(status, 0, stderr);
-    for (const call of ['open', 'openat', 'openat2', 'creat', 'write']) assert.match(out[call] ?? '', /^(EACCES|EPERM)$/, `${call}: ${out[call]}`);
+    for (const call of ['open', 'openat', 'openat2', 'creat', 'write'])
+      assert.match(out[call] ?? '', /^(EACCES|EPERM)$/, `${call}: ${out[call]}`);
     assert.equal(existsSync(`${secret}.creat`), false);
   });
 
@@ -129,7 +133,20 @@ describe('run: the program cannot open files itself', () => {
 
   it('refuses metadata changes by path (chmod, chown, utimes, xattrs, truncate)', () => {
     const { out } = probe(['metadata', secret]);
-    const calls = ['chmod', 'fchmodat', 'fchmodat2', 'utimensat', 'setxattr', 'lsetxattr', 'removexattr', 'lremovexattr', 'chown', 'lchown', 'fchownat', 'truncate'];
+    const calls = [
+      'chmod',
+      'fchmodat',
+      'fchmodat2',
+      'utimensat',
+      'setxattr',
+      'lsetxattr',
+      'removexattr',
+      'lremovexattr',
+      'chown',
+      'lchown',
+      'fchownat',
+      'truncate',
+    ];
     // xattrs by path: EOPNOTSUPP under the hook (programs then fall back to chmod, which the policy decides)
     for (const call of calls) assert.match(out[call] ?? '', /^(EACCES|EPERM|EOPNOTSUPP)$/, `${call}: ${out[call]}`);
     assert.equal(readFileSync(secret, 'utf8'), 'the secret\n');
@@ -154,7 +171,9 @@ describe('run: the program cannot open files itself', () => {
     // faults int $0x80 before any seccomp filter sees it, confined or not: nothing to test there.
     const unconfined = spawnSync(PROBE, ['int80'], { encoding: 'utf8' });
     if (unconfined.status !== 0) {
-      return t.skip(`int $0x80 fails unconfined too (${unconfined.signal ?? `status ${unconfined.status}`}): this kernel has no i386 emulation`);
+      return t.skip(
+        `int $0x80 fails unconfined too (${unconfined.signal ?? `status ${unconfined.status}`}): this kernel has no i386 emulation`,
+      );
     }
     assert.match(unconfined.stdout, /^int80=\d+\n$/, 'unconfined, the i386 getpid works');
     const r = probe(['int80']);
@@ -216,7 +235,10 @@ describe('run: fds', () => {
 
   it('never passes on OPENHOOK_SOCKET: the program is served through its hook, never by a broker it finds by path', () => {
     const argv = [CLI, 'run', '--', 'sh', '-c', 'echo "socket=${OPENHOOK_SOCKET-unset}"'];
-    const r = spawnSync(process.execPath, argv, { encoding: 'utf8', env: { ...cleanEnv(), OPENHOOK_SOCKET: join(tmp.path, 'another-broker.sock') } });
+    const r = spawnSync(process.execPath, argv, {
+      encoding: 'utf8',
+      env: { ...cleanEnv(), OPENHOOK_SOCKET: join(tmp.path, 'another-broker.sock') },
+    });
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout.trim(), 'socket=unset');
   });
@@ -247,7 +269,17 @@ describe('run: files through the hook', () => {
 
   it('a Node program gets the file with the client library (OPENHOOK_FD)', () => {
     const lib = pathToFileURL(join(ROOT, 'dist', 'index.js')).href;
-    const r = run(['--allow', `${outside}/:r`, '--ro', ROOT, '--', process.execPath, join(ROOT, 'test', 'fixtures', 'hook-client.mjs'), lib, secret]);
+    const r = run([
+      '--allow',
+      `${outside}/:r`,
+      '--ro',
+      ROOT,
+      '--',
+      process.execPath,
+      join(ROOT, 'test', 'fixtures', 'hook-client.mjs'),
+      lib,
+      secret,
+    ]);
     assert.equal(r.status, 0, r.stderr);
     const got = JSON.parse(r.stdout) as { direct: string; hook: string; content: string; tagged: boolean };
     assert.equal(got.direct, 'ok'); // the syscall hook answers its own open under the same policy
@@ -256,7 +288,11 @@ describe('run: files through the hook', () => {
   });
 
   it('ends the session when the program exits, even if a descendant keeps the hook', { timeout: 30_000 }, async () => {
-    const child = spawn(process.execPath, [CLI, 'run', '--allow', `${outside}/:r`, '--ro', FIXTURES, '--', PROBE, 'linger', '1500', secret], { env: cleanEnv() });
+    const child = spawn(
+      process.execPath,
+      [CLI, 'run', '--allow', `${outside}/:r`, '--ro', FIXTURES, '--', PROBE, 'linger', '1500', secret],
+      { env: cleanEnv() },
+    );
     let out = '';
     child.stdout.on('data', (d) => (out += d));
     const closed = new Promise((res) => child.stdout.on('close', res)); // when the descendant exits too
@@ -271,20 +307,23 @@ describe('run: files through the hook', () => {
 describe('run: sessions', () => {
   it('serves the program as its session: sections match --session, or the command name by default', () => {
     const policyFile = join(tmp.path, 'sessions.toml');
-    writeFileSync(policyFile, [
-      'unmatched = "refuse"',
-      '[[client]]',
-      'session = "vm1"',
-      '[[client.rule]]',
-      `allow = "${outside}/"`,
-      'access = "r"',
-      '[[client]]',
-      'session = "confined-probe"',
-      '[[client.rule]]',
-      `allow = "${other}"`,
-      'access = "r"',
-      '',
-    ].join('\n'));
+    writeFileSync(
+      policyFile,
+      [
+        'unmatched = "refuse"',
+        '[[client]]',
+        'session = "vm1"',
+        '[[client.rule]]',
+        `allow = "${outside}/"`,
+        'access = "r"',
+        '[[client]]',
+        'session = "confined-probe"',
+        '[[client.rule]]',
+        `allow = "${other}"`,
+        'access = "r"',
+        '',
+      ].join('\n'),
+    );
     const vm1 = probe(['hook', secret, 'hook', other], ['--policy', policyFile, '--session', 'vm1']);
     assert.deepEqual(vm1.stdout.trim().split('\n'), ['hook=ok content=the secret', 'hook=EACCES']);
     const byName = probe(['hook', secret, 'hook', other], ['--policy', policyFile]);
@@ -315,7 +354,11 @@ describe('run: exit status and signals', () => {
     assert.match(outsideCmd.stderr, /--ro/);
   });
 
-  for (const [signal, number] of [['SIGTERM', 15], ['SIGINT', 2], ['SIGHUP', 1]] as const) {
+  for (const [signal, number] of [
+    ['SIGTERM', 15],
+    ['SIGINT', 2],
+    ['SIGHUP', 1],
+  ] as const) {
     it(`forwards ${signal} to the program`, { timeout: 30_000 }, async () => {
       const child = spawn(process.execPath, [CLI, 'run', '--ro', FIXTURES, '--', PROBE, 'wait-signal'], { env: cleanEnv() });
       let out = '';
@@ -368,10 +411,17 @@ describe('run: the program does not outlive its broker', () => {
   it('the helper refuses to start the program if its parent is not the launching process', () => {
     const [hook, peer] = native.socketpair(C.SOCK_SEQPACKET, false);
     try {
-      const r = spawnSync(HELPER_PATH, ['--hook-from', '3', '--parent', '1', '--path', 'rx', '/usr', '--', '/usr/bin/true'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe', hook] });
+      const r = spawnSync(HELPER_PATH, ['--hook-from', '3', '--parent', '1', '--path', 'rx', '/usr', '--', '/usr/bin/true'], {
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'pipe', hook],
+      });
       assert.equal(r.status, 125, r.stderr);
       assert.match(r.stderr, /fatal\tparent\tESRCH/);
-      const ok = spawnSync(HELPER_PATH, ['--hook-from', '3', '--parent', String(process.pid), '--path', 'rx', '/usr', '--', '/usr/bin/true'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe', hook] });
+      const ok = spawnSync(
+        HELPER_PATH,
+        ['--hook-from', '3', '--parent', String(process.pid), '--path', 'rx', '/usr', '--', '/usr/bin/true'],
+        { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe', hook] },
+      );
       assert.equal(ok.status, 0, ok.stderr);
       assert.match(ok.stderr, new RegExp(`parent\twatched\t${process.pid}\tSIGKILL`));
     } finally {
@@ -389,7 +439,8 @@ describe('run --report', () => {
     const abi = Number(/landlock: ABI (\d+)/.exec(text)?.[1]);
     assert.ok(abi >= 1, text);
     const handled = /handled access rights: (.*)/.exec(text)![1]!.split(' ');
-    for (const right of ['execute', 'write_file', 'read_file', 'read_dir', 'remove_file', 'make_reg', 'make_sym']) assert.ok(handled.includes(right), right);
+    for (const right of ['execute', 'write_file', 'read_file', 'read_dir', 'remove_file', 'make_reg', 'make_sym'])
+      assert.ok(handled.includes(right), right);
     if (abi >= 2) assert.ok(handled.includes('refer'));
     if (abi >= 3) assert.ok(handled.includes('truncate'));
     if (abi >= 5) assert.ok(handled.includes('ioctl_dev'));
@@ -410,7 +461,10 @@ describe('run --report', () => {
   });
 
   it('prints the report before the program writes anything', () => {
-    const r = spawnSync(process.execPath, [CLI, 'run', '--report', '--', 'sh', '-c', 'echo program-output >&2'], { encoding: 'utf8', env: cleanEnv() });
+    const r = spawnSync(process.execPath, [CLI, 'run', '--report', '--', 'sh', '-c', 'echo program-output >&2'], {
+      encoding: 'utf8',
+      env: cleanEnv(),
+    });
     assert.ok(r.stderr.indexOf('seccomp:') < r.stderr.indexOf('program-output'), r.stderr);
   });
 });
@@ -473,7 +527,10 @@ describe('run --learn', () => {
 
     // Enforce what was learned: the same run succeeds, and nothing more is allowed.
     rmSync(join(out, 'new.txt'));
-    const enforce = probe([...steps, 'hook', join(d2, 'd')], rules.flatMap((r) => ['--allow', r]));
+    const enforce = probe(
+      [...steps, 'hook', join(d2, 'd')],
+      rules.flatMap((r) => ['--allow', r]),
+    );
     assert.equal(enforce.status, 0, enforce.stderr);
     const results = enforce.stdout.trim().split('\n');
     assert.deepEqual(results, ['hook=ok content=a', 'hook=ok content=b', 'hook=ok content=c', 'hookcreate=ok', 'hook=EACCES']);

@@ -27,9 +27,15 @@ function track(child: ChildProcess): void {
  * getsockname names path), held by this process as systemd holds it. Returns the fd. With state
  * 'bound', it is bound and not listening, as a broker's is for an instant while it starts.
  */
-export async function systemdStyleSocket(path: string, kind: 'seqpacket' | 'stream', state: 'listening' | 'bound' = 'listening'): Promise<number> {
+export async function systemdStyleSocket(
+  path: string,
+  kind: 'seqpacket' | 'stream',
+  state: 'listening' | 'bound' = 'listening',
+): Promise<number> {
   const [mine, theirs] = native.socketpair(C.SOCK_SEQPACKET, false);
-  const r = spawnSync(fixture('listen-socket'), [path, kind, ...(state === 'bound' ? ['bound'] : [])], { stdio: ['ignore', 'inherit', 'inherit', theirs] });
+  const r = spawnSync(fixture('listen-socket'), [path, kind, ...(state === 'bound' ? ['bound'] : [])], {
+    stdio: ['ignore', 'inherit', 'inherit', theirs],
+  });
   native.close(theirs);
   if (r.status !== 0) throw new Error(`listen-socket exited ${r.status}`);
   const { fds } = await receiveOne(mine);
@@ -76,7 +82,15 @@ export async function startDaemon(args: string[], options: DaemonOptions = {}): 
     // systemd sets LISTEN_PID after fork, to the pid that will exec the daemon. A shell does the
     // same here: $$ is its pid, and exec keeps it.
     command = '/bin/sh';
-    argv = ['-c', options.listenPid === undefined ? 'LISTEN_PID=$$ exec "$@"' : `LISTEN_PID=${options.listenPid} exec "$@"`, 'sh', process.execPath, CLI, 'serve', ...args];
+    argv = [
+      '-c',
+      options.listenPid === undefined ? 'LISTEN_PID=$$ exec "$@"' : `LISTEN_PID=${options.listenPid} exec "$@"`,
+      'sh',
+      process.execPath,
+      CLI,
+      'serve',
+      ...args,
+    ];
   } else {
     command = process.execPath;
     argv = [CLI, 'serve', ...args];
@@ -99,7 +113,8 @@ export async function startDaemon(args: string[], options: DaemonOptions = {}): 
     async waitFor(pattern, timeoutMs = 10_000) {
       const until = Date.now() + timeoutMs;
       while (!pattern.test(err)) {
-        if (child.exitCode !== null || child.signalCode !== null) throw new Error(`serve exited (${child.exitCode ?? child.signalCode}) before ${pattern}: ${err}`);
+        if (child.exitCode !== null || child.signalCode !== null)
+          throw new Error(`serve exited (${child.exitCode ?? child.signalCode}) before ${pattern}: ${err}`);
         if (Date.now() > until) throw new Error(`no ${pattern} from serve within ${timeoutMs} ms: ${err}`);
         await sleep(10);
       }

@@ -48,7 +48,8 @@ const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length
 describe('slow opens: a stalled FUSE filesystem', { skip: existsSync('/dev/fuse') ? false : 'no /dev/fuse on this machine' }, () => {
   let fs: ChildProcess;
   let broker: InProcessBroker;
-  let heldLines = 0, heldSeen = 0;
+  let heldLines = 0,
+    heldSeen = 0;
   /** Resolves once stall-fs holds one more lookup than was waited for before. */
   const held = async (): Promise<void> => {
     heldSeen++;
@@ -92,7 +93,9 @@ describe('slow opens: a stalled FUSE filesystem', { skip: existsSync('/dev/fuse'
       assert.equal(buf.toString('utf8', 0, readSync(fast.fds[0]!, buf)), 'hello\n');
       closeAll(fast.fds);
       assert.equal(resolver.stats.slowOpens, pooled + 2, 'the two FUSE opens ran on the pool, the 200 local ones did not');
-      process.stdout.write(`# local open latency: median ${median(quiet).toFixed(3)} ms quiet, ${median(busy).toFixed(3)} ms with a FUSE open stalled\n`);
+      process.stdout.write(
+        `# local open latency: median ${median(quiet).toFixed(3)} ms quiet, ${median(busy).toFixed(3)} ms with a FUSE open stalled\n`,
+      );
 
       const pending = a.next(5000);
       await sleep(50);
@@ -114,7 +117,13 @@ describe('slow opens: a stalled FUSE filesystem', { skip: existsSync('/dev/fuse'
       a.send(taggedFrame(2, join(local, 'file')));
       a.send(taggedFrame(3, join(local, 'file')));
       const early = [(await a.next(3000))!, (await a.next(3000))!];
-      assert.deepEqual(early.map((r) => [r.command, r.id, r.result]), [[0x101, 2, 0], [0x101, 3, 0]]);
+      assert.deepEqual(
+        early.map((r) => [r.command, r.id, r.result]),
+        [
+          [0x101, 2, 0],
+          [0x101, 3, 0],
+        ],
+      );
       for (const r of early) {
         assert.equal(inodeOf(r.fds[0]!), localIno);
         closeAll(r.fds);
@@ -151,7 +160,12 @@ describe('slow opens: a stalled FUSE filesystem', { skip: existsSync('/dev/fuse'
 describe('slow opens: FIFOs where a rule allows them', () => {
   let broker: InProcessBroker;
   before(() => {
-    broker = inProcessBroker(tmp.path, 'fifo', { allow: [`${fifos}/:rw`, `${local}/:r`], options: { fifos: true } }, { resolver: new Resolver() });
+    broker = inProcessBroker(
+      tmp.path,
+      'fifo',
+      { allow: [`${fifos}/:rw`, `${local}/:r`], options: { fifos: true } },
+      { resolver: new Resolver() },
+    );
   });
   after(() => broker.close());
 
@@ -196,7 +210,11 @@ describe('slow opens: FIFOs where a rule allows them', () => {
       await sleep(20);
     }
     const [threads, idle, queued, pending] = resolver.poolStats()!;
-    assert.deepEqual([idle, queued, pending], [threads, 0, 0], `pool: ${threads} threads, ${idle} idle, ${queued} queued, ${pending} pending`);
+    assert.deepEqual(
+      [idle, queued, pending],
+      [threads, 0, 0],
+      `pool: ${threads} threads, ${idle} idle, ${queued} queued, ${pending} pending`,
+    );
     assert.ok(threads <= 16);
     assert.equal(await settledFdCount(process.pid), baseline);
   });
@@ -229,7 +247,14 @@ describe('slow opens: FIFOs where a rule allows them', () => {
     const root = native.open(fifos, C.O_PATH | C.O_DIRECTORY, 0);
     const { codeOf, OpenCancel } = await import('../src/resolver/resolver.js');
     const cancel = new OpenCancel();
-    const pending = r.openSlow(root, 'pipe', C.O_RDONLY, 0, { followSymlinks: false, directories: false, fifos: true, hardlinks: 'read-only' }, cancel);
+    const pending = r.openSlow(
+      root,
+      'pipe',
+      C.O_RDONLY,
+      0,
+      { followSymlinks: false, directories: false, fifos: true, hardlinks: 'read-only' },
+      cancel,
+    );
     await sleep(100);
     cancel.cancel();
     assert.equal(codeOf(await pending), -ECANCELED);

@@ -44,7 +44,12 @@ function status(args: string[], uid?: number): { code: number | null; out: strin
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
-function scrape(options: { socketPath?: string; host?: string; port?: number; path?: string }): Promise<{ res: IncomingMessage; body: string }> {
+function scrape(options: {
+  socketPath?: string;
+  host?: string;
+  port?: number;
+  path?: string;
+}): Promise<{ res: IncomingMessage; body: string }> {
   return new Promise((resolve, reject) => {
     get({ ...options, path: options.path ?? '/metrics' }, (res) => {
       let body = '';
@@ -60,15 +65,22 @@ describe('openhook status', () => {
   before(async () => {
     d = await startDaemon(['--socket', sock, '--mode', '0666', `--allow=${vm}/:r`, `--deny=${vm}/private/`]);
     await using client = await connect(sock);
-    const outcomes = await Promise.all([
-      client.open(join(vm, 'disk.img')), // allowed
-      client.open(join(vm, 'missing')), // allowed, ENOENT
-      client.open('/etc/passwd'), // no rule
-      client.open(join(vm, 'private', 'key')), // deny rule
-      client.open(join(vm, 'disk.img'), 'r+'), // the rule grants r only
-      client.open(join(vm, 'disk.img'), C.O_PATH), // flags no rule can allow
-      client.open('relative/name'), // refused before any rule
-    ].map((p) => p.then((fd) => (closeSync(fd), 'fd'), (e: NodeJS.ErrnoException) => e.code)));
+    const outcomes = await Promise.all(
+      [
+        client.open(join(vm, 'disk.img')), // allowed
+        client.open(join(vm, 'missing')), // allowed, ENOENT
+        client.open('/etc/passwd'), // no rule
+        client.open(join(vm, 'private', 'key')), // deny rule
+        client.open(join(vm, 'disk.img'), 'r+'), // the rule grants r only
+        client.open(join(vm, 'disk.img'), C.O_PATH), // flags no rule can allow
+        client.open('relative/name'), // refused before any rule
+      ].map((p) =>
+        p.then(
+          (fd) => (closeSync(fd), 'fd'),
+          (e: NodeJS.ErrnoException) => e.code,
+        ),
+      ),
+    );
     assert.deepEqual(outcomes, ['fd', 'ENOENT', 'EACCES', 'EACCES', 'EACCES', 'EINVAL', 'EINVAL']);
     const lying = rfcOpenFrame(join(vm, 'disk.img'), C.O_RDONLY);
     lying.writeUInt16LE(3, 16);
@@ -96,7 +108,10 @@ describe('openhook status', () => {
     assert.equal(report.connections.open, 1, 'the status command itself');
     assert.ok(report.connections.total >= 3);
     assert.equal(report.latency.count, 7);
-    assert.equal(report.latency.buckets.reduce((sum, [, n]) => sum + n, 0), 7);
+    assert.equal(
+      report.latency.buckets.reduce((sum, [, n]) => sum + n, 0),
+      7,
+    );
     assert.ok(report.latency.sumSeconds > 0);
   });
 
@@ -118,10 +133,17 @@ describe('openhook status', () => {
     assert.match(r.err, /permission denied: the broker answers STATUS only to its own user and to root/);
     assert.equal(r.out, '');
 
-    const asNobody = spawnSync(process.execPath, ['-e', `
+    const asNobody = spawnSync(
+      process.execPath,
+      [
+        '-e',
+        `
       const { execFileSync } = require('node:child_process');
       process.stdout.write(execFileSync(${JSON.stringify(forOthers(fixture('rfc-probe')))}, [${JSON.stringify(sock)}, 'seqpacket', ${JSON.stringify(encodeStatusRequest().toString('hex'))}]));
-    `], { encoding: 'utf8', uid: NOBODY, gid: NOBODY });
+    `,
+      ],
+      { encoding: 'utf8', uid: NOBODY, gid: NOBODY },
+    );
     assert.equal(asNobody.stdout.trim(), `reply=${rfcReplyHex(0x103, -EACCES)} fds=0`, asNobody.stderr);
 
     const report = JSON.parse(status(['--socket', sock, '--json']).out) as StatusReport;
@@ -227,7 +249,10 @@ describe('Prometheus metrics', () => {
     // Histogram buckets are cumulative and never decrease.
     const buckets = [...body.matchAll(/^openhook_request_duration_seconds_bucket\{le="([^"]+)"\} (\d+)$/gm)].map((m) => Number(m[2]));
     assert.equal(buckets.length, 25);
-    assert.deepEqual(buckets, [...buckets].sort((a, b) => a - b));
+    assert.deepEqual(
+      buckets,
+      [...buckets].sort((a, b) => a - b),
+    );
     assert.equal((await scrape({ socketPath: metricsSock, path: '/' })).res.statusCode, 404);
 
     const port = Number(/metrics on 127\.0\.0\.1:(\d+)/.exec(tcp.stderr())![1]);
@@ -241,8 +266,18 @@ describe('Prometheus metrics', () => {
   });
 
   it('refuses to serve metrics on an address that is not loopback', async () => {
-    const { code, stderr } = await run(process.execPath, [CLI, 'serve', '--socket', join(tmp.path, 'x.sock'), `--allow=${vm}/:r`, '--metrics', '0.0.0.0:9464'])
-      .then(() => ({ code: 0, stderr: '' }), (e: { code: number; stderr: string }) => e);
+    const { code, stderr } = await run(process.execPath, [
+      CLI,
+      'serve',
+      '--socket',
+      join(tmp.path, 'x.sock'),
+      `--allow=${vm}/:r`,
+      '--metrics',
+      '0.0.0.0:9464',
+    ]).then(
+      () => ({ code: 0, stderr: '' }),
+      (e: { code: number; stderr: string }) => e,
+    );
     assert.notEqual(code, 0);
     assert.match(stderr, /loopback addresses only/);
   });

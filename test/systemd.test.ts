@@ -64,7 +64,10 @@ describe('socket activation', () => {
     const stream = await systemdSocket('multi-stream.sock', 'stream');
     const metrics = await systemdSocket('multi-metrics.sock', 'stream');
     const d = await startDaemon([`--allow=${vm}/:r`], { fds: [seq.fd, stream.fd, metrics.fd], names: ['seq', 'stream', 'metrics'] });
-    for (const [path, isStream] of [[seq.path, false], [stream.path, true]] as const) {
+    for (const [path, isStream] of [
+      [seq.path, false],
+      [stream.path, true],
+    ] as const) {
       await using client = await connect({ path, stream: isStream, reconnect: false });
       assert.equal(readAndClose(await client.open(join(vm, 'disk.img'))), 'disk');
     }
@@ -96,7 +99,11 @@ describe('socket activation', () => {
     const file = openSync(join(vm, 'disk.img'), 'r');
     const unbound = native.socket(C.SOCK_SEQPACKET);
     const [dgram] = native.socketpair(C.SOCK_DGRAM, false);
-    for (const [fd, message] of [[file, /ENOTSOCK/], [unbound, /not a listening socket/], [dgram, /neither SOCK_SEQPACKET nor SOCK_STREAM/]] as const) {
+    for (const [fd, message] of [
+      [file, /ENOTSOCK/],
+      [unbound, /not a listening socket/],
+      [dgram, /neither SOCK_SEQPACKET nor SOCK_STREAM/],
+    ] as const) {
       const d = await startDaemon([`--allow=${vm}/:r`], { fds: [fd], ready: false });
       assert.equal(await d.exited, 1, d.stderr());
       assert.match(d.stderr(), message);
@@ -164,7 +171,8 @@ describe('Type=notify', () => {
     const d = await startDaemon(['--socket', sock, '--policy', policy], { env: { NOTIFY_SOCKET: notify.address } });
     assert.equal(parseNotify(await notify.next()).fields.READY, '1');
     await using client = await connect(sock);
-    const tryOpen = (name: string): Promise<string> => client.open(join(tmp.path, name, 'f')).then(readAndClose, (e: NodeJS.ErrnoException) => e.code!);
+    const tryOpen = (name: string): Promise<string> =>
+      client.open(join(tmp.path, name, 'f')).then(readAndClose, (e: NodeJS.ErrnoException) => e.code!);
     assert.deepEqual([await tryOpen('a'), await tryOpen('b')], ['tree a', 'EACCES']);
 
     // ExecReload=kill -HUP $MAINPID
@@ -198,7 +206,9 @@ describe('Type=notify', () => {
     const policy = join(tmp.path, 'watch.toml');
     writeFileSync(policy, `[[rule]]\nallow = "${vm}/"\naccess = "r"\n`);
     const notify = await notifyListener(join(tmp.path, 'notify-watch.sock'));
-    const d = await startDaemon(['--socket', join(tmp.path, 'watch.sock'), '--policy', policy, '--watch'], { env: { NOTIFY_SOCKET: notify.address } });
+    const d = await startDaemon(['--socket', join(tmp.path, 'watch.sock'), '--policy', policy, '--watch'], {
+      env: { NOTIFY_SOCKET: notify.address },
+    });
     assert.equal(parseNotify(await notify.next()).fields.READY, '1');
     writeFileSync(policy, `[[rule]]\nallow = "${vm}/"\naccess = "rw"\n`);
     assert.equal(parseNotify(await notify.next()).fields.RELOADING, '1');
@@ -235,7 +245,13 @@ describe('Type=notify', () => {
 describe('parsing what systemd and operators say', () => {
   it('reads LISTEN_* as sd_listen_fds does, and removes them from the environment', () => {
     const env: NodeJS.ProcessEnv = { LISTEN_FDS: '2', LISTEN_PID: '42', LISTEN_FDNAMES: 'openhook:metrics' };
-    assert.deepEqual(listenFds(env, 42), { sockets: [{ fd: 3, name: 'openhook' }, { fd: 4, name: 'metrics' }], ignored: null });
+    assert.deepEqual(listenFds(env, 42), {
+      sockets: [
+        { fd: 3, name: 'openhook' },
+        { fd: 4, name: 'metrics' },
+      ],
+      ignored: null,
+    });
     assert.deepEqual(env, {}, 'no child inherits them');
     assert.deepEqual(listenFds({ LISTEN_FDS: '1', LISTEN_PID: '42' }, 42).sockets, [{ fd: 3, name: 'unknown' }]);
     assert.deepEqual(listenFds({}, 42), { sockets: [], ignored: null });
@@ -250,7 +266,15 @@ describe('parsing what systemd and operators say', () => {
     assert.deepEqual(parseMetricsAddress('127.0.0.1:9464'), { kind: 'tcp', host: '127.0.0.1', port: 9464 });
     assert.deepEqual(parseMetricsAddress('127.1.2.3:0'), { kind: 'tcp', host: '127.1.2.3', port: 0 });
     assert.deepEqual(parseMetricsAddress('[::1]:9464'), { kind: 'tcp', host: '::1', port: 9464 });
-    for (const bad of ['0.0.0.0:9464', '10.0.0.1:9464', '[::]:9464', 'localhost:9464', 'unix:relative.sock', '127.0.0.1', '127.0.0.1:70000']) {
+    for (const bad of [
+      '0.0.0.0:9464',
+      '10.0.0.1:9464',
+      '[::]:9464',
+      'localhost:9464',
+      'unix:relative.sock',
+      '127.0.0.1',
+      '127.0.0.1:70000',
+    ]) {
       assert.throws(() => parseMetricsAddress(bad), MetricsAddressError, bad);
     }
   });

@@ -18,7 +18,9 @@ function inWorker(code: string): Promise<{ ok: boolean; message: string }> {
 
 describe('worker threads', () => {
   it('refuse to load the native addon', async () => {
-    const r = await inWorker(`import(${JSON.stringify(join(ROOT, 'dist', 'native.js'))}).then(() => require('node:worker_threads').parentPort.postMessage('loaded'))`);
+    const r = await inWorker(
+      `import(${JSON.stringify(join(ROOT, 'dist', 'native.js'))}).then(() => require('node:worker_threads').parentPort.postMessage('loaded'))`,
+    );
     assert.equal(r.ok, false);
     assert.match(r.message, /must not be loaded in a worker thread/);
   });

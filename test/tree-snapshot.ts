@@ -28,7 +28,12 @@ export function snapshot(root: string, options: SnapshotOptions = {}): string[] 
       } else if (st.isSymbolicLink()) {
         out.push(`l ${path} -> ${readlinkSync(join(root, path))}`);
       } else if (st.isFile()) {
-        const content = options.skip?.includes(path) ? 'skipped' : createHash('sha256').update(readFileSync(join(root, path))).digest('hex').slice(0, 16);
+        const content = options.skip?.includes(path)
+          ? 'skipped'
+          : createHash('sha256')
+              .update(readFileSync(join(root, path)))
+              .digest('hex')
+              .slice(0, 16);
         out.push(`f ${path} ${mode} ${st.size} ${content} links=${st.nlink}${time}`);
       } else if (st.isFIFO()) {
         out.push(`p ${path} ${mode}`);

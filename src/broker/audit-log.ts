@@ -166,13 +166,17 @@ export class AuditLog implements AuditSink {
 
   #droppedLine(count: number): string {
     const time = new Date().toISOString();
-    return this.format === 'json' ? `{"time":"${time}","dropped":${count}}\n` : `dropped ${count} audit records (the log could not be written)\n`;
+    return this.format === 'json'
+      ? `{"time":"${time}","dropped":${count}}\n`
+      : `dropped ${count} audit records (the log could not be written)\n`;
   }
 
   #fail(message: string): void {
     if (this.#failing) return;
     this.#failing = true;
-    this.#warn(`${message}; ${this.failure === 'closed' ? 'refusing requests with EIO until it works again (fail-closed)' : 'serving on, dropping records (fail-open)'}`);
+    this.#warn(
+      `${message}; ${this.failure === 'closed' ? 'refusing requests with EIO until it works again (fail-closed)' : 'serving on, dropping records (fail-open)'}`,
+    );
   }
 
   #settle(): void {
@@ -279,6 +283,9 @@ export function prettyLine(e: AuditRecord): string {
   const t = new Date(e.time);
   const time = `${String(t.getHours()).padStart(2, '0')}:${String(t.getMinutes()).padStart(2, '0')}:${String(t.getSeconds()).padStart(2, '0')}.${String(t.getMilliseconds()).padStart(3, '0')}`;
   const who = `pid ${e.peer.pid} uid ${e.peer.uid}${e.peer.session !== undefined ? ` ${e.peer.session}` : ''}`;
-  const what = FILE_OP_COMMANDS.has(e.command) || HOOK_OPERATIONS.has(e.command) ? `${COMMAND_NAMES[e.command]} ${display(e.path)}${e.path2 !== undefined ? ` -> ${display(e.path2)}` : ''}` : `${display(e.path)} ${memo(flagsText, e.flags, describeFlags)}`;
+  const what =
+    FILE_OP_COMMANDS.has(e.command) || HOOK_OPERATIONS.has(e.command)
+      ? `${COMMAND_NAMES[e.command]} ${display(e.path)}${e.path2 !== undefined ? ` -> ${display(e.path2)}` : ''}`
+      : `${display(e.path)} ${memo(flagsText, e.flags, describeFlags)}`;
   return `${time} ${verdict(e).padEnd(13)} ${what} [${who}] ${e.reason} (${e.latencyUs} µs)\n`;
 }

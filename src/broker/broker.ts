@@ -16,7 +16,16 @@ import { display } from '../bytestring.js';
 import { C, native, type NativePoller, PollMode, check } from '../native.js';
 import type { Peer, Policy } from '../policy/policy.js';
 import type { AuditSink } from './audit.js';
-import { BATCH, Connection, DEFAULT_CONNECTION_LIMITS, type ConnectionFamily, type ConnectionHost, type ConnectionLimits, type SessionAnswer, type SocketKind } from './connection.js';
+import {
+  BATCH,
+  Connection,
+  DEFAULT_CONNECTION_LIMITS,
+  type ConnectionFamily,
+  type ConnectionHost,
+  type ConnectionLimits,
+  type SessionAnswer,
+  type SocketKind,
+} from './connection.js';
 import { Metrics, snapshot, type BrokerState, type StatusReport } from './metrics.js';
 import { encodeSessionReply, encodeStatusReply } from '../protocol/frames.js';
 import { Feature } from '../protocol/constants.js';
@@ -172,7 +181,12 @@ export class Broker implements ConnectionHost {
   listen(path: string, options: ListenOptions = {}): Listener {
     if (this.#closed) throw new Error('broker is closed');
     const kind: SocketKind = options.stream ? 'stream' : 'seqpacket';
-    const bound = native.listenUnix(Buffer.from(path), kind === 'stream' ? C.SOCK_STREAM : C.SOCK_SEQPACKET, options.mode ?? 0o600, options.backlog ?? 512);
+    const bound = native.listenUnix(
+      Buffer.from(path),
+      kind === 'stream' ? C.SOCK_STREAM : C.SOCK_SEQPACKET,
+      options.mode ?? 0o600,
+      options.backlog ?? 512,
+    );
     const listener = new Listener(this, path, bound.fd, kind, bound.identity);
     this.#listeners.add(listener);
     return listener;
@@ -204,7 +218,10 @@ export class Broker implements ConnectionHost {
     }
     if (!this.admits(peer.uid)) {
       // Over a cap: the client sees its connection closed at once, and learns nothing else.
-      this.warn(`connection from uid ${peer.uid} (pid ${peer.pid}) refused: ${this.#connections.size >= this.limits.connections ? `${this.limits.connections} connections` : `${this.limits.connectionsPerUid} connections for this uid`}`, `cap:${peer.uid}`);
+      this.warn(
+        `connection from uid ${peer.uid} (pid ${peer.pid}) refused: ${this.#connections.size >= this.limits.connections ? `${this.limits.connections} connections` : `${this.limits.connectionsPerUid} connections for this uid`}`,
+        `cap:${peer.uid}`,
+      );
       this.#ctx.metrics.connectionsRefused++;
       native.close(fd);
       return;
@@ -266,14 +283,21 @@ export class Broker implements ConnectionHost {
    * ask for another), and only where sessions are hosted.
    */
   session(conn: Connection, name: Buffer, claims: Buffer): SessionAnswer {
-    const refuse = (errno: number, reason: string): SessionAnswer => ({ result: -errno, reply: encodeSessionReply(-errno, reason), fd: -1 });
+    const refuse = (errno: number, reason: string): SessionAnswer => ({
+      result: -errno,
+      reply: encodeSessionReply(-errno, reason),
+      fd: -1,
+    });
     if (!this.#sessions) {
       // As for any command this broker does not serve.
       this.protocolError();
       return { result: -E.EPROTO, reply: encodeSessionReply(-E.EPROTO, ''), fd: -1 };
     }
     if (!this.#accepted.has(conn) || conn.peer.session !== undefined || this.#state === 'stopping') {
-      return refuse(EACCES, this.#state === 'stopping' ? 'the daemon is stopping' : 'SESSION is answered only on a connection to the daemon\'s socket');
+      return refuse(
+        EACCES,
+        this.#state === 'stopping' ? 'the daemon is stopping' : "SESSION is answered only on a connection to the daemon's socket",
+      );
     }
     return this.#sessions.start(conn, name, claims);
   }
@@ -389,10 +413,18 @@ export class Broker implements ConnectionHost {
     if (this.#closed) throw new Error('broker is closed');
     const info = native.socketInfo(fd);
     if (info.domain !== C.AF_UNIX) throw new Error(`fd ${fd} is not a UNIX domain socket`);
-    if (info.type !== C.SOCK_SEQPACKET && info.type !== C.SOCK_STREAM) throw new Error(`fd ${fd} is neither SOCK_SEQPACKET nor SOCK_STREAM`);
+    if (info.type !== C.SOCK_SEQPACKET && info.type !== C.SOCK_STREAM)
+      throw new Error(`fd ${fd} is neither SOCK_SEQPACKET nor SOCK_STREAM`);
     if (!info.listening) throw new Error(`fd ${fd} is not a listening socket`);
     native.setNonblockCloexec(fd);
-    const listener = new Listener(this, info.path ? display(info.path) : `fd ${fd}`, fd, info.type === C.SOCK_STREAM ? 'stream' : 'seqpacket', 0n, true);
+    const listener = new Listener(
+      this,
+      info.path ? display(info.path) : `fd ${fd}`,
+      fd,
+      info.type === C.SOCK_STREAM ? 'stream' : 'seqpacket',
+      0n,
+      true,
+    );
     this.#listeners.add(listener);
     return listener;
   }
@@ -509,7 +541,6 @@ export class Broker implements ConnectionHost {
   }
 }
 
-
 export class Listener {
   readonly path: string;
   readonly fd: number;
@@ -551,7 +582,10 @@ export class Listener {
       if (fd === -EMFILE || fd === -ENFILE || fd === -ENOBUFS || fd === -ENOMEM) {
         // The pending connection stays queued; polling again at once would spin. Pause instead.
         this.#broker.metrics.acceptErrors++;
-        this.#broker.warn(`accept: ${fd === -EMFILE ? 'EMFILE' : fd === -ENFILE ? 'ENFILE' : 'out of memory'}; pausing ${ACCEPT_PAUSE_MS} ms`, 'accept-pause');
+        this.#broker.warn(
+          `accept: ${fd === -EMFILE ? 'EMFILE' : fd === -ENFILE ? 'ENFILE' : 'out of memory'}; pausing ${ACCEPT_PAUSE_MS} ms`,
+          'accept-pause',
+        );
         this.#poller.start(0);
         this.#pause = setTimeout(() => {
           this.#pause = null;

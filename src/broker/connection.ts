@@ -20,7 +20,15 @@ import { C, native, PollMode, recvArena, recvMeta, type NativePoller } from '../
 import type { Peer } from '../policy/policy.js';
 import { Command } from '../protocol/constants.js';
 import { hostEndian } from '../protocol/endian.js';
-import { DecodeError, decodeRequest, encodeHelloReply, encodeReply, encodeTaggedReply, newRequest, type Request } from '../protocol/frames.js';
+import {
+  DecodeError,
+  decodeRequest,
+  encodeHelloReply,
+  encodeReply,
+  encodeTaggedReply,
+  newRequest,
+  type Request,
+} from '../protocol/frames.js';
 import { FrameAssembler } from '../protocol/stream.js';
 import { REPLY_SLOT, type ReplyBatch } from './reply-batch.js';
 import { fromBytes } from '../bytestring.js';
@@ -177,7 +185,13 @@ export class Connection {
     this.family = family ?? { derived: new Set() };
     this.derived = family !== null;
     this.#assembler = kind === 'stream' ? new FrameAssembler() : null;
-    this.#poller = new native.Poller(fd, PollMode.ReceiveDiscardFds, BATCH, (events, count, status) => this.#onPoll(events, count, status), kind === 'stream' ? STREAM_BUDGET : 0);
+    this.#poller = new native.Poller(
+      fd,
+      PollMode.ReceiveDiscardFds,
+      BATCH,
+      (events, count, status) => this.#onPoll(events, count, status),
+      kind === 'stream' ? STREAM_BUDGET : 0,
+    );
     this.#interest(C.UV_READABLE);
   }
 
@@ -220,7 +234,9 @@ export class Connection {
       const batch = this.#host.replies;
       if (count > 0 && !this.#assembler && (count === 1 || this.#sendRoom() >= count * REPLY_COST)) batch.owner = this;
       for (let i = 0, m = 0; i < count && !this.#closed && !this.#ending; i++) {
-        const offset = recvMeta[m]!, length = recvMeta[m + 1]!, flags = recvMeta[m + 2]!;
+        const offset = recvMeta[m]!,
+          length = recvMeta[m + 1]!,
+          flags = recvMeta[m + 2]!;
         m += 4; // no fds: the kernel dropped them (MSG_CTRUNC)
         this.#receive(offset, length, flags);
       }
@@ -316,7 +332,13 @@ export class Connection {
         if (typeof out !== 'number') {
           if (slot) slot.state = DONE;
           this.#slowTagged++;
-          out.then((fd) => this.#taggedDone(id, fd), (err: unknown) => this.#guard(() => { throw err; }));
+          out.then(
+            (fd) => this.#taggedDone(id, fd),
+            (err: unknown) =>
+              this.#guard(() => {
+                throw err;
+              }),
+          );
           return;
         }
         this.#inOrder(encodeTaggedReply(replyBuf, 0, id, out < 0 ? out : 0), out < 0 ? -1 : out, slot);
@@ -363,7 +385,11 @@ export class Connection {
       default: {
         // A file operation (decodeRequest knows no other commands): 0 or -errno; TMPFILE's fd.
         const out = serveFileOperation(this.#host.context(), this.peer, fileOperationFrom(request));
-        this.#inOrder(encodeReply(replyBuf, 0, request.command, out < 0 ? out : 0), out > 0 && request.command === Command.TMPFILE ? out : -1, slot);
+        this.#inOrder(
+          encodeReply(replyBuf, 0, request.command, out < 0 ? out : 0),
+          out > 0 && request.command === Command.TMPFILE ? out : -1,
+          slot,
+        );
         return;
       }
     }
@@ -455,18 +481,24 @@ export class Connection {
   #waitFor(slow: Promise<number>, slot: Entry | null): void {
     const entry = slot ?? this.#push(WAITING, EMPTY, -1);
     entry.state = WAITING;
-    slow.then((fd) => {
-      if (this.#closed) {
-        this.#release(fd, true);
-        return;
-      }
-      entry.state = READY;
-      entry.bytes = Buffer.alloc(12);
-      encodeReply(entry.bytes, 0, Command.QEMU_OPEN, fd < 0 ? fd : 0);
-      entry.fd = fd < 0 ? -1 : fd;
-      entry.slow = true;
-      this.#guard(() => this.#pump());
-    }, (err: unknown) => this.#guard(() => { throw err; }));
+    slow.then(
+      (fd) => {
+        if (this.#closed) {
+          this.#release(fd, true);
+          return;
+        }
+        entry.state = READY;
+        entry.bytes = Buffer.alloc(12);
+        encodeReply(entry.bytes, 0, Command.QEMU_OPEN, fd < 0 ? fd : 0);
+        entry.fd = fd < 0 ? -1 : fd;
+        entry.slow = true;
+        this.#guard(() => this.#pump());
+      },
+      (err: unknown) =>
+        this.#guard(() => {
+          throw err;
+        }),
+    );
   }
 
   /** A tagged open from the thread pool: its reply may overtake others. */

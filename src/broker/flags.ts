@@ -8,8 +8,21 @@ import { E } from '../errno.js';
 
 /** Every flag a client may send. Anything else (O_PATH, O_TMPFILE, FASYNC, unknown bits) is refused. */
 const ALLOWED =
-  C.O_ACCMODE | C.O_CREAT | C.O_EXCL | C.O_NOCTTY | C.O_TRUNC | C.O_APPEND | C.O_NONBLOCK | C.O_DSYNC |
-  C.O_SYNC | C.O_DIRECT | C.O_LARGEFILE | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_NOATIME | C.O_CLOEXEC;
+  C.O_ACCMODE |
+  C.O_CREAT |
+  C.O_EXCL |
+  C.O_NOCTTY |
+  C.O_TRUNC |
+  C.O_APPEND |
+  C.O_NONBLOCK |
+  C.O_DSYNC |
+  C.O_SYNC |
+  C.O_DIRECT |
+  C.O_LARGEFILE |
+  C.O_DIRECTORY |
+  C.O_NOFOLLOW |
+  C.O_NOATIME |
+  C.O_CLOEXEC;
 
 /** The errno for a flag word no rule can allow, or 0. */
 export function flagsError(flags: number): number {
@@ -32,11 +45,22 @@ export function accessFor(flags: number): number {
 }
 
 const names: ReadonlyArray<[string, number]> = [
-  ['O_CREAT', C.O_CREAT], ['O_EXCL', C.O_EXCL], ['O_NOCTTY', C.O_NOCTTY], ['O_TRUNC', C.O_TRUNC],
-  ['O_APPEND', C.O_APPEND], ['O_NONBLOCK', C.O_NONBLOCK], ['O_SYNC', C.O_SYNC], ['O_DSYNC', C.O_DSYNC],
-  ['O_DIRECT', C.O_DIRECT], ['O_LARGEFILE', C.O_LARGEFILE], ['O_DIRECTORY', C.O_DIRECTORY],
-  ['O_NOFOLLOW', C.O_NOFOLLOW], ['O_NOATIME', C.O_NOATIME], ['O_CLOEXEC', C.O_CLOEXEC],
-  ['O_PATH', C.O_PATH], ['O_TMPFILE', C.O_TMPFILE & ~C.O_DIRECTORY],
+  ['O_CREAT', C.O_CREAT],
+  ['O_EXCL', C.O_EXCL],
+  ['O_NOCTTY', C.O_NOCTTY],
+  ['O_TRUNC', C.O_TRUNC],
+  ['O_APPEND', C.O_APPEND],
+  ['O_NONBLOCK', C.O_NONBLOCK],
+  ['O_SYNC', C.O_SYNC],
+  ['O_DSYNC', C.O_DSYNC],
+  ['O_DIRECT', C.O_DIRECT],
+  ['O_LARGEFILE', C.O_LARGEFILE],
+  ['O_DIRECTORY', C.O_DIRECTORY],
+  ['O_NOFOLLOW', C.O_NOFOLLOW],
+  ['O_NOATIME', C.O_NOATIME],
+  ['O_CLOEXEC', C.O_CLOEXEC],
+  ['O_PATH', C.O_PATH],
+  ['O_TMPFILE', C.O_TMPFILE & ~C.O_DIRECTORY],
 ];
 
 /** 'O_RDWR|O_CREAT|0x40000000' — symbolic, for logs and messages. */

@@ -78,7 +78,8 @@ export class MetricsServer {
       server.listen(address.port, address.host);
     } else {
       const info = native.socketInfo(address.fd);
-      if (info.type !== C.SOCK_STREAM || !info.listening) throw new MetricsAddressError(`fd ${address.fd} is not a listening stream socket`);
+      if (info.type !== C.SOCK_STREAM || !info.listening)
+        throw new MetricsAddressError(`fd ${address.fd} is not a listening stream socket`);
       server.listen({ fd: address.fd });
       ms.description = `fd ${address.fd}`;
     }

@@ -79,7 +79,14 @@ export function fileOperationFrom(req: Request): FileOperation {
     command: req.command,
     path: fromBytes(req.buf, req.nameOffset, req.nameOffset + req.nameLength),
     path2: req.name2Length ? fromBytes(req.buf, req.name2Offset, req.name2Offset + req.name2Length) : '',
-    flags: req.flags, mode: req.mode, uid: req.uid, gid: req.gid, a: req.a, b: req.b, c: req.c, d: req.d,
+    flags: req.flags,
+    mode: req.mode,
+    uid: req.uid,
+    gid: req.gid,
+    a: req.a,
+    b: req.b,
+    c: req.c,
+    d: req.d,
   };
 }
 
@@ -108,8 +115,20 @@ export function serveFileOperation(ctx: ServiceContext, peer: Peer, op: FileOper
   if (!allowed && out.errno === 0) out.errno = E.EACCES; // never "allowed nothing, errno 0"
   const elapsedMs = performance.now() - started;
   ctx.audit?.record({
-    time: Date.now(), peer, command: op.command, path: op.path, path2: op.path2 || undefined, flags: op.flags, mode: op.mode,
-    access: out.access, access2: out.access2 || undefined, allowed, rule: out.decision?.rule ?? null, errno: result < 0 ? -result : 0, reason: out.reason, latencyUs: Math.round(elapsedMs * 1000),
+    time: Date.now(),
+    peer,
+    command: op.command,
+    path: op.path,
+    path2: op.path2 || undefined,
+    flags: op.flags,
+    mode: op.mode,
+    access: out.access,
+    access2: out.access2 || undefined,
+    allowed,
+    rule: out.decision?.rule ?? null,
+    errno: result < 0 ? -result : 0,
+    reason: out.reason,
+    latencyUs: Math.round(elapsedMs * 1000),
   });
   return result;
 }
@@ -128,8 +147,20 @@ export function serveLinkUnnamed(ctx: ServiceContext, peer: Peer, fd: number, pa
   const allowed = out.decision?.allowed ?? false;
   ctx.metrics.recordOperation('link', allowed, allowed && result < 0 ? -result : 0);
   ctx.audit?.record({
-    time: Date.now(), peer, command: Command.LINK, path: `/proc/self/fd/${fd}`, path2: path, flags: 0, mode: 0, access: 0, access2: out.access2, allowed,
-    rule: out.decision?.rule ?? null, errno: result < 0 ? -result : 0, reason: out.reason, latencyUs: Math.round((performance.now() - started) * 1000),
+    time: Date.now(),
+    peer,
+    command: Command.LINK,
+    path: `/proc/self/fd/${fd}`,
+    path2: path,
+    flags: 0,
+    mode: 0,
+    access: 0,
+    access2: out.access2,
+    allowed,
+    rule: out.decision?.rule ?? null,
+    errno: result < 0 ? -result : 0,
+    reason: out.reason,
+    latencyUs: Math.round((performance.now() - started) * 1000),
   });
   return result;
 }
@@ -173,13 +204,21 @@ function perform(ctx: ServiceContext, peer: Peer, op: FileOperation, out: Outcom
     case Command.TMPFILE:
       return single(ctx, peer, op.path, Access.CREATE, out, (at) => ops.tmpfile(at, op.flags, op.mode), ops);
     case Command.MKFIFO:
-      return single(ctx, peer, op.path, Access.CREATE, out, (at) => {
-        if (!at.options.fifos) {
-          out.reason = 'FIFOs are not allowed by this rule';
-          return -E.EACCES;
-        }
-        return ops.mkfifo(at, op.mode);
-      }, ops);
+      return single(
+        ctx,
+        peer,
+        op.path,
+        Access.CREATE,
+        out,
+        (at) => {
+          if (!at.options.fifos) {
+            out.reason = 'FIFOs are not allowed by this rule';
+            return -E.EACCES;
+          }
+          return ops.mkfifo(at, op.mode);
+        },
+        ops,
+      );
     case Command.LINK:
       return link(ctx, peer, op, out, ops);
     case Command.RENAME:
@@ -241,7 +280,16 @@ function allows(ctx: ServiceContext, peer: Peer, raw: ByteString, access: number
   return norm.ok && ctx.policy.decide(peer, norm.path, access).allowed;
 }
 
-function single(ctx: ServiceContext, peer: Peer, raw: ByteString, access: number, out: Outcome, step: (at: Place) => number, ops: Operations, second = false): number {
+function single(
+  ctx: ServiceContext,
+  peer: Peer,
+  raw: ByteString,
+  access: number,
+  out: Outcome,
+  step: (at: Place) => number,
+  ops: Operations,
+  second = false,
+): number {
   const at = decideAt(ctx, peer, raw, access, out, second);
   if (typeof at === 'number') return at;
   return done(ops, step(at), out);

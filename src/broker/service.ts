@@ -98,12 +98,21 @@ function perform(ctx: ServiceContext, req: OpenRequest, decision: Decision, canc
 }
 
 /** Counts the result and writes its audit record; returns it as the wire says it (fd or -errno). */
-function account(ctx: ServiceContext, peer: Peer, req: OpenRequest, started: number, access: number, decision: Decision | null, denial: number, result: OpenResult): number {
+function account(
+  ctx: ServiceContext,
+  peer: Peer,
+  req: OpenRequest,
+  started: number,
+  access: number,
+  decision: Decision | null,
+  denial: number,
+  result: OpenResult,
+): number {
   const elapsedMs = performance.now() - started;
   const errno = typeof result === 'number' ? 0 : result.errno;
   ctx.metrics.recordOpen(denial, errno, elapsedMs);
   if (ctx.audit) {
-    const reason = typeof result !== 'number' && result.reason ? result.reason : decision?.reason ?? '';
+    const reason = typeof result !== 'number' && result.reason ? result.reason : (decision?.reason ?? '');
     ctx.audit.record({
       time: Date.now(),
       peer,

@@ -52,7 +52,14 @@ export type SocketOperation = 'connect' | 'bind';
  * socket) to path (absolute, as the program named it). 0 or -errno. quiet: a -EAGAIN result is not
  * recorded (the caller tries again: a blocking connect to a listener whose backlog is full).
  */
-export function serveSocketOperation(ctx: ServiceContext, peer: Peer, which: SocketOperation, path: ByteString, sock: number, quiet = false): number {
+export function serveSocketOperation(
+  ctx: ServiceContext,
+  peer: Peer,
+  which: SocketOperation,
+  path: ByteString,
+  sock: number,
+  quiet = false,
+): number {
   const started = performance.now();
   const access = which === 'connect' ? Access.CONNECT : Access.BIND;
   let decision: Decision | null = null;
@@ -82,8 +89,18 @@ export function serveSocketOperation(ctx: ServiceContext, peer: Peer, which: Soc
   const command = which === 'connect' ? HookOperation.SOCKET_CONNECT : HookOperation.SOCKET_BIND;
   ctx.metrics.recordOperation(COMMAND_NAMES[command]!, allowed, allowed && result < 0 ? -result : 0);
   ctx.audit?.record({
-    time: Date.now(), peer, command, path, flags: 0, mode: 0, access, allowed, rule: decision?.rule ?? null,
-    errno: result < 0 ? -result : allowed ? 0 : E.EACCES, reason, latencyUs: Math.round((performance.now() - started) * 1000),
+    time: Date.now(),
+    peer,
+    command,
+    path,
+    flags: 0,
+    mode: 0,
+    access,
+    allowed,
+    rule: decision?.rule ?? null,
+    errno: result < 0 ? -result : allowed ? 0 : E.EACCES,
+    reason,
+    latencyUs: Math.round((performance.now() - started) * 1000),
   });
   return result;
 }

@@ -11,9 +11,13 @@ export interface AuditFlags {
 export function addAuditOptions(cmd: Command): Command {
   return cmd
     .option('--audit <FILE|->', 'write one audit line per decision to FILE (appended), or - for stderr')
-    .addOption(new Option('--audit-format <FORMAT>', 'audit lines as JSON, or pretty for a terminal').choices(['json', 'pretty']).default('json'))
     .addOption(
-      new Option('--audit-failure <MODE>', 'when the audit log cannot be written: closed refuses requests with EIO, open serves on').choices(['closed', 'open']).default('closed'),
+      new Option('--audit-format <FORMAT>', 'audit lines as JSON, or pretty for a terminal').choices(['json', 'pretty']).default('json'),
+    )
+    .addOption(
+      new Option('--audit-failure <MODE>', 'when the audit log cannot be written: closed refuses requests with EIO, open serves on')
+        .choices(['closed', 'open'])
+        .default('closed'),
     );
 }
 

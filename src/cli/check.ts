@@ -32,7 +32,10 @@ export function checkCommand(): Command {
   const cmd = new Command('check')
     .description('explain what the policy decides for PATH and ACCESS: exit 0 allow, 1 deny, 2 bad policy')
     .argument('<PATH>', 'absolute path a client would ask for')
-    .argument('<ACCESS>', `what the request needs: letters of rwcdmusaxnb or all (d: the path is a directory), or an operation: ${Object.keys(OPERATION_ACCESS).join(', ')}`)
+    .argument(
+      '<ACCESS>',
+      `what the request needs: letters of rwcdmusaxnb or all (d: the path is a directory), or an operation: ${Object.keys(OPERATION_ACCESS).join(', ')}`,
+    )
     .option('--uid <UID>', 'the client’s uid (default: yours)', parseId)
     .option('--gid <GID>', 'the client’s primary gid (default: yours)', parseId)
     .option('--groups <GID,...>', 'the client’s supplementary groups (default: yours, or none with --uid or --gid)', parseIds)
@@ -91,7 +94,9 @@ async function explain(pathText: string, accessText: string, opts: CheckOptions,
       return 1;
     }
     const d = policy.decide(peer, norm.path, want & ~Access.DIRECTORY);
-    let allowed = d.allowed, errno = d.errno, why = d.reason;
+    let allowed = d.allowed,
+      errno = d.errno,
+      why = d.reason;
     if (allowed && want & Access.DIRECTORY && !d.open.directories) {
       // What the resolver answers when it finds a directory that the rule does not allow.
       allowed = false;
@@ -108,7 +113,9 @@ async function explain(pathText: string, accessText: string, opts: CheckOptions,
     out(`  why: ${why}`);
     out(`  needs: ${explainAccess(want)}`);
     if (d.rule) out(`  rule: ${d.rule.origin}: ${describeRule(d.rule)}`);
-    out(`  client: ${who} -> ${section === null ? 'refused (matches no section; unmatched = "refuse")' : section === policy.defaultSection ? 'default section' : `section ${section.name}`}`);
+    out(
+      `  client: ${who} -> ${section === null ? 'refused (matches no section; unmatched = "refuse")' : section === policy.defaultSection ? 'default section' : `section ${section.name}`}`,
+    );
     if (allowed) out(`  opens: ${d.rest} beneath ${display(rootPathOf(norm.path, d.rest))}${d.open.followSymlinks ? following(d) : ''}`);
     return allowed ? 0 : 1;
   } finally {

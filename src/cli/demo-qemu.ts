@@ -17,7 +17,8 @@ import { runJob } from '../qemu/jobs.js';
 import { openhookRun, spawnQemu, type QemuProcess } from '../qemu/spawn.js';
 
 const MACHINE = ['-machine', 'pc,accel=tcg', '-S', '-nodefaults', '-display', 'none', '-m', '128'];
-const A = 0x41, B = 0x42;
+const A = 0x41,
+  B = 0x42;
 
 export function demoQemuCommand(): Command {
   return new Command('qemu')
@@ -41,10 +42,12 @@ function cliCommand(): string[] {
 
 function missingTools(cli: string[]): string | null {
   for (const tool of ['qemu-system-x86_64', 'qemu-img', 'qemu-io']) {
-    if (spawnSync(tool, ['--version'], { stdio: 'ignore' }).status !== 0) return `${tool} is not installed (Debian: apt-get install qemu-system-x86 qemu-utils)`;
+    if (spawnSync(tool, ['--version'], { stdio: 'ignore' }).status !== 0)
+      return `${tool} is not installed (Debian: apt-get install qemu-system-x86 qemu-utils)`;
   }
   const help = spawnSync(cli[0]!, [...cli.slice(1), 'run', '--help'], { encoding: 'utf8' });
-  if (help.status !== 0 || !help.stdout.includes('--preload')) return 'this build of openhook has no `run --preload` (the launcher and the interposer)';
+  if (help.status !== 0 || !help.stdout.includes('--preload'))
+    return 'this build of openhook has no `run --preload` (the launcher and the interposer)';
   return null;
 }
 
@@ -61,7 +64,9 @@ function contents(image: string): string {
 }
 
 function backingOf(image: string): string {
-  const info = JSON.parse(execFileSync('qemu-img', ['info', '--output=json', '-U', image], { encoding: 'utf8' })) as { 'backing-filename'?: string };
+  const info = JSON.parse(execFileSync('qemu-img', ['info', '--output=json', '-U', image], { encoding: 'utf8' })) as {
+    'backing-filename'?: string;
+  };
   return info['backing-filename'] ?? '(none)';
 }
 
@@ -73,15 +78,19 @@ async function runQemuDemo(keep: boolean): Promise<number> {
     return 1;
   }
   const root = mkdtempSync(join(tmpdir(), 'openhook-demo-qemu-'));
-  const vm = join(root, 'vm'), outside = join(root, 'outside');
+  const vm = join(root, 'vm'),
+    outside = join(root, 'outside');
   mkdirSync(vm);
   mkdirSync(outside);
-  const base = join(vm, 'base.qcow2'), overlay = join(vm, 'overlay.qcow2'), secret = join(outside, 'secret.qcow2');
+  const base = join(vm, 'base.qcow2'),
+    overlay = join(vm, 'overlay.qcow2'),
+    secret = join(outside, 'secret.qcow2');
   execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', base, '64M']);
   execFileSync('qemu-io', ['-c', `write -P ${A} 0 64k`, base], { stdio: 'ignore' });
   execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', secret, '64M']);
 
-  let allowed = 0, refused = 0;
+  let allowed = 0,
+    refused = 0;
   const narrate = (line: string): void => {
     // ALLOW, DENY errno (the policy refused), or FAIL errno (allowed, but the open failed: QEMU
     // probing whether a file exists).
@@ -102,7 +111,10 @@ async function runQemuDemo(keep: boolean): Promise<number> {
   let policyArgs: string[];
   if (runHelp.includes('--policy')) {
     const file = join(root, 'vm.toml');
-    writeFileSync(file, `# the VM may read, write and create files in its own directory, and nothing else\n[[rule]]\nallow = "${vm}/"\naccess = "rwc"\n`);
+    writeFileSync(
+      file,
+      `# the VM may read, write and create files in its own directory, and nothing else\n[[rule]]\nallow = "${vm}/"\naccess = "rwc"\n`,
+    );
     policyArgs = ['--policy', file];
     say('   The policy, vm.toml:');
     say(`     [[rule]]\n     allow = "${vm}/"\n     access = "rwc"`);
@@ -114,9 +126,12 @@ async function runQemuDemo(keep: boolean): Promise<number> {
   say();
 
   const disk = [
-    '-blockdev', `driver=file,node-name=base-file,filename=${base}`,
-    '-blockdev', 'driver=qcow2,node-name=base,file=base-file',
-    '-device', 'virtio-blk-pci,drive=base,id=disk0',
+    '-blockdev',
+    `driver=file,node-name=base-file,filename=${base}`,
+    '-blockdev',
+    'driver=qcow2,node-name=base,file=base-file',
+    '-device',
+    'virtio-blk-pci,drive=base,id=disk0',
   ];
   say('2. QEMU starts under `openhook run --preload`. Landlock and seccomp keep it from opening files');
   say('   itself; the interposer sends its opens to the broker. QMP is on its stdin, a socket it inherits.');
@@ -139,7 +154,9 @@ async function runQemuDemo(keep: boolean): Promise<number> {
       process.exit(status);
     });
   };
-  const onSigint = stopEarly(130), onSigterm = stopEarly(143), onStdoutError = stopEarly(1);
+  const onSigint = stopEarly(130),
+    onSigterm = stopEarly(143),
+    onStdoutError = stopEarly(1);
   process.once('SIGINT', onSigint).once('SIGTERM', onSigterm);
   process.stdout.on('error', onStdoutError);
   const unhook = (): void => {
@@ -162,7 +179,9 @@ async function runQemuDemo(keep: boolean): Promise<number> {
   try {
     const version = q.qmp.greeting.version.qemu;
     await pause();
-    say(`   QMP ready after ${Math.round(performance.now() - started)} ms: QEMU ${version.major}.${version.minor}.${version.micro}; the disk (virtio-blk) is vm/base.qcow2.`);
+    say(
+      `   QMP ready after ${Math.round(performance.now() - started)} ms: QEMU ${version.major}.${version.minor}.${version.micro}; the disk (virtio-blk) is vm/base.qcow2.`,
+    );
     say();
 
     say('3. Over QMP: blockdev-add of outside/secret.qcow2, which no rule allows.');
@@ -178,8 +197,13 @@ async function runQemuDemo(keep: boolean): Promise<number> {
     say();
 
     say('4. Over QMP: blockdev-snapshot-sync into a new overlay, vm/overlay.qcow2. QEMU creates the file');
-    say('   through the hook, and writes the base\'s path into its header:');
-    await q.qmp.execute('blockdev-snapshot-sync', { 'node-name': 'base', 'snapshot-file': overlay, 'snapshot-node-name': 'overlay', format: 'qcow2' });
+    say("   through the hook, and writes the base's path into its header:");
+    await q.qmp.execute('blockdev-snapshot-sync', {
+      'node-name': 'base',
+      'snapshot-file': overlay,
+      'snapshot-node-name': 'overlay',
+      format: 'qcow2',
+    });
     await pause();
     const backing = backingOf(overlay);
     say(`   overlay.qcow2 backing file: ${backing}`);
@@ -187,7 +211,9 @@ async function runQemuDemo(keep: boolean): Promise<number> {
     say();
 
     say("5. The guest writes 'B' over the first 4 KiB of its disk (qemu-io through the virtio-blk device):");
-    await q.qmp.execute('human-monitor-command', { 'command-line': `qemu-io -d /machine/peripheral/disk0/virtio-backend "write -P ${B} 0 4k"` });
+    await q.qmp.execute('human-monitor-command', {
+      'command-line': `qemu-io -d /machine/peripheral/disk0/virtio-backend "write -P ${B} 0 4k"`,
+    });
     await q.qmp.execute('human-monitor-command', { 'command-line': 'qemu-io -d /machine/peripheral/disk0/virtio-backend "flush"' });
     say(`   overlay.qcow2: ${contents(overlay)}`);
     say(`   base.qcow2:    ${contents(base)}`);
@@ -195,7 +221,12 @@ async function runQemuDemo(keep: boolean): Promise<number> {
     say();
 
     say('6. Over QMP: block-commit merges the overlay into the base; the disk is on base.qcow2 again.');
-    await runJob(q.qmp, 'block-commit', { 'job-id': 'commit', device: 'overlay', 'auto-dismiss': false }, { complete: true, timeout: 60_000 });
+    await runJob(
+      q.qmp,
+      'block-commit',
+      { 'job-id': 'commit', device: 'overlay', 'auto-dismiss': false },
+      { complete: true, timeout: 60_000 },
+    );
     const block = await q.qmp.execute<Array<{ qdev: string; inserted?: { 'node-name': string } }>>('query-block');
     const node = block.find((b) => b.qdev.includes('disk0'))?.inserted?.['node-name'];
     await pause();
@@ -213,9 +244,11 @@ async function runQemuDemo(keep: boolean): Promise<number> {
   check(holds(base, B, 0, 4096) && holds(base, A, 4096, 4096), "the base holds the guest's write, and the rest as it was");
   say();
   ok &&= exit.code === 0;
-  say(ok
-    ? `Demo finished: QEMU never opened an image itself; the broker decided every open (${allowed} allowed, ${refused} refused).`
-    : 'Demo failed: see the FAILED lines above.');
+  say(
+    ok
+      ? `Demo finished: QEMU never opened an image itself; the broker decided every open (${allowed} allowed, ${refused} refused).`
+      : 'Demo failed: see the FAILED lines above.',
+  );
   if (!keep) rmSync(root, { recursive: true, force: true });
   else say(`Files kept in ${root}`);
   return ok ? 0 : 1;

@@ -70,8 +70,12 @@ async function runDemo(keep: boolean): Promise<number> {
     onReport: (report) => {
       confined = report.landlock.enforced && report.seccomp.enforced;
       if (confined) {
-        say(`2. A client process starts confined: Landlock ABI ${report.landlock.abi} lets it read only ${report.landlock.rules.length} system paths (and the package),`);
-        say(`   and seccomp closes ${report.seccomp.rules.length} ways around that. It holds the hook socket as fd ${report.hookFd} (OPENHOOK_FD=${report.hookFd}).`);
+        say(
+          `2. A client process starts confined: Landlock ABI ${report.landlock.abi} lets it read only ${report.landlock.rules.length} system paths (and the package),`,
+        );
+        say(
+          `   and seccomp closes ${report.seccomp.rules.length} ways around that. It holds the hook socket as fd ${report.hookFd} (OPENHOOK_FD=${report.hookFd}).`,
+        );
       } else {
         say('2. A client process starts, but this kernel lacks Landlock or seccomp: it is NOT confined here,');
         say('   so it could open the files itself. `openhook run` refuses to start in that case.');
@@ -85,15 +89,21 @@ async function runDemo(keep: boolean): Promise<number> {
     const snap = statSync(join(vm, 'snap1.qcow2'));
     const text = readFileSync(join(vm, 'snap1.qcow2'), 'utf8').trim();
     say();
-    say(`7. After the client exits: vm/snap1.qcow2 exists (${snap.size} bytes, owner uid ${snap.uid}, mode ${(snap.mode & 0o777).toString(8)}): "${text}"`);
-    say('   The broker created it on the client\'s behalf; the client never held a path it could open itself.');
+    say(
+      `7. After the client exits: vm/snap1.qcow2 exists (${snap.size} bytes, owner uid ${snap.uid}, mode ${(snap.mode & 0o777).toString(8)}): "${text}"`,
+    );
+    say("   The broker created it on the client's behalf; the client never held a path it could open itself.");
   } catch {
     ok = false;
     say('7. The snapshot file was not created: something is wrong.');
   }
   ok = (await unmodifiedProgram(say, vm, secret)) && ok;
   say();
-  say(ok ? 'Demo finished: every open went through the broker, and the policy decided each one.' : `Demo failed (client exit status ${code}).`);
+  say(
+    ok
+      ? 'Demo finished: every open went through the broker, and the policy decided each one.'
+      : `Demo failed (client exit status ${code}).`,
+  );
   if (!keep) rmSync(root, { recursive: true, force: true });
   else say(`Files kept in ${root}`);
   return ok ? 0 : 1;

@@ -16,10 +16,12 @@ const PRIORITY = { error: 3, warn: 4, info: 6 } as const;
 
 export function daemonLog(stream: NodeJS.WriteStream = process.stderr, fd = 2): Log {
   const journal = underJournald(fd);
-  const line = (level: keyof typeof PRIORITY) => (message: string): void => {
-    const text = message.replace(/\n/g, '\n  ');
-    stream.write(journal ? `<${PRIORITY[level]}>${text}\n` : `openhook: ${text}\n`);
-  };
+  const line =
+    (level: keyof typeof PRIORITY) =>
+    (message: string): void => {
+      const text = message.replace(/\n/g, '\n  ');
+      stream.write(journal ? `<${PRIORITY[level]}>${text}\n` : `openhook: ${text}\n`);
+    };
   return { info: line('info'), warn: line('warn'), error: line('error') };
 }
 

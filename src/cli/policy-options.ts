@@ -18,11 +18,15 @@ export interface PolicyFlags {
   followSymlinks?: boolean;
 }
 
-
 export function addPolicyOptions(cmd: Command): Command {
   return cmd
     .option('--policy <FILE>', 'the policy file (TOML; see docs/policy.md)')
-    .option('--allow <PATH:ACCESS>', 'allow ACCESS (letters of rwcdmusaxnb, or all) on PATH; a trailing / means the tree (repeatable)', collect, [])
+    .option(
+      '--allow <PATH:ACCESS>',
+      'allow ACCESS (letters of rwcdmusaxnb, or all) on PATH; a trailing / means the tree (repeatable)',
+      collect,
+      [],
+    )
     .option('--deny <PATH>', 'deny PATH; a trailing / means the tree (repeatable)', collect, [])
     .option('--follow-symlinks', 'every --allow rule follows symlinks that stay beneath its root (default: the rules that grant s)')
     .option('--no-follow-symlinks', 'no --allow rule follows symlinks, not even those that grant s');
@@ -43,9 +47,13 @@ function exactDirectory(rule: Rule, warn: (message: string) => void): void {
   }
   const fix = `for the tree beneath it write --allow ${display(rule.path)}/:${formatAccess(rule.access)}`;
   if (!(rule.access & Access.DIRECTORY)) {
-    throw new PolicyError(`${rule.origin}: ${display(rule.path)} is a directory, and without a trailing '/' the rule covers only the directory itself, which it cannot open without 'd': ${fix}`);
+    throw new PolicyError(
+      `${rule.origin}: ${display(rule.path)} is a directory, and without a trailing '/' the rule covers only the directory itself, which it cannot open without 'd': ${fix}`,
+    );
   }
-  warn(`${rule.origin}: ${display(rule.path)} is a directory; without a trailing '/' the rule lets clients open (list) the directory itself, nothing in it: ${fix}`);
+  warn(
+    `${rule.origin}: ${display(rule.path)} is a directory; without a trailing '/' the rule lets clients open (list) the directory itself, nothing in it: ${fix}`,
+  );
 }
 
 /** Builds the policy from the flags; throws PolicyError with a message for people. */
@@ -54,7 +62,8 @@ function policyFromFlags(flags: PolicyFlags, warn: (message: string) => void): P
   if (flags.followSymlinks !== undefined) for (const rule of allows) rule.followSymlinks = flags.followSymlinks;
   const rules: Rule[] = [...allows, ...flags.deny.map(parseDenyFlag)];
   for (const rule of rules) exactDirectory(rule, warn);
-  if (rules.length === 0) throw new PolicyError('no rules: give --policy FILE, or --allow PATH:ACCESS (and --deny PATH), to say what clients may open');
+  if (rules.length === 0)
+    throw new PolicyError('no rules: give --policy FILE, or --allow PATH:ACCESS (and --deny PATH), to say what clients may open');
   return new Policy(rules);
 }
 
@@ -65,8 +74,12 @@ function policyFromFlags(flags: PolicyFlags, warn: (message: string) => void): P
  */
 export async function policyFromOptions(flags: PolicyFlags, warn: (message: string) => void): Promise<Policy> {
   if (flags.policy !== undefined) {
-    if (flags.allow.length > 0 || flags.deny.length > 0) throw new PolicyError('give either --policy FILE or --allow/--deny rules, not both');
-    if (flags.followSymlinks !== undefined) throw new PolicyError(`--${flags.followSymlinks ? '' : 'no-'}follow-symlinks applies to --allow rules; in a policy file write follow_symlinks = ${flags.followSymlinks} on each rule`);
+    if (flags.allow.length > 0 || flags.deny.length > 0)
+      throw new PolicyError('give either --policy FILE or --allow/--deny rules, not both');
+    if (flags.followSymlinks !== undefined)
+      throw new PolicyError(
+        `--${flags.followSymlinks ? '' : 'no-'}follow-symlinks applies to --allow rules; in a policy file write follow_symlinks = ${flags.followSymlinks} on each rule`,
+      );
     const { loadPolicyFile } = await import('../policy/file.js');
     return loadPolicyFile(flags.policy);
   }

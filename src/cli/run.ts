@@ -46,14 +46,15 @@ export interface RunOptions extends PolicyFlags, AuditFlags {
   privateTmp?: boolean;
 }
 
-
 function parseFd(text: string): number {
-  if (!/^\d+$/.test(text) || Number(text) < 3 || Number(text) > 1_048_575) throw new InvalidArgumentError(`the hook fd must be a number from 3 up, not '${text}'`);
+  if (!/^\d+$/.test(text) || Number(text) < 3 || Number(text) > 1_048_575)
+    throw new InvalidArgumentError(`the hook fd must be a number from 3 up, not '${text}'`);
   return Number(text);
 }
 
 function parsePassFd(text: string, previous: number[]): number[] {
-  if (!/^\d+$/.test(text) || Number(text) < 3 || Number(text) > 1_048_575) throw new InvalidArgumentError(`a passed fd must be a number from 3 up (0-2 are stdio), not '${text}'`);
+  if (!/^\d+$/.test(text) || Number(text) < 3 || Number(text) > 1_048_575)
+    throw new InvalidArgumentError(`a passed fd must be a number from 3 up (0-2 are stdio), not '${text}'`);
   return [...previous, Number(text)];
 }
 
@@ -96,18 +97,43 @@ export function runCommand(): Command {
     .argument('<command>', 'the program to run')
     .argument('[args...]', 'its arguments');
   addAuditOptions(addPolicyOptions(cmd))
-    .option('--ro <PATH>', 'let the program read and execute PATH itself, besides /usr /lib /lib64 /bin /sbin /etc (repeatable)', collect, [])
-    .option('--device <PATH>', 'let the program open the character device PATH itself, read-write with its ioctls, e.g. /dev/kvm (repeatable)', collect, [])
-    .option('--pass-fd <N>', "keep run's fd N open at N in the program, e.g. a listening socket for -chardev socket,fd=N (repeatable)", parsePassFd, [])
-    .option('--fd <N>', 'fd number of the hook socket in the program, exported as OPENHOOK_FD (default: 3, or the lowest not passed)', parseFd)
+    .option(
+      '--ro <PATH>',
+      'let the program read and execute PATH itself, besides /usr /lib /lib64 /bin /sbin /etc (repeatable)',
+      collect,
+      [],
+    )
+    .option(
+      '--device <PATH>',
+      'let the program open the character device PATH itself, read-write with its ioctls, e.g. /dev/kvm (repeatable)',
+      collect,
+      [],
+    )
+    .option(
+      '--pass-fd <N>',
+      "keep run's fd N open at N in the program, e.g. a listening socket for -chardev socket,fd=N (repeatable)",
+      parsePassFd,
+      [],
+    )
+    .option(
+      '--fd <N>',
+      'fd number of the hook socket in the program, exported as OPENHOOK_FD (default: 3, or the lowest not passed)',
+      parseFd,
+    )
     .option('--session <NAME>', "session name that policy sections match (default: the command's base name)")
     .option('--learn <FILE>', 'allow every request, then write a minimal policy for what the program asked to FILE')
     .option('--report', 'print the confinement that was enforced (Landlock, seccomp) before the program starts')
     .option('--log', 'print every broker decision to stderr, briefly (--audit for the full audit log)')
     .option('--allow-unconfined', 'run even if Landlock or seccomp is unavailable (not recommended)')
-    .option('--preload', "instead of the syscall hook: route a dynamically linked program's opens to the broker with the interposer (LD_PRELOAD; docs/interposer.md)")
+    .option(
+      '--preload',
+      "instead of the syscall hook: route a dynamically linked program's opens to the broker with the interposer (LD_PRELOAD; docs/interposer.md)",
+    )
     .option('--allow-unix-sockets', 'let the program create UNIX sockets; it can then connect to any socket path it can name')
-    .option('--no-private-tmp', 'give the program no private temporary directory (default: one per session, granted all, TMPDIR set, removed at the end)')
+    .option(
+      '--no-private-tmp',
+      'give the program no private temporary directory (default: one per session, granted all, TMPDIR set, removed at the end)',
+    )
     .passThroughOptions()
     .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : EXIT_REFUSED));
   return cmd.action(async (command: string, args: string[], opts: RunOptions) => {
@@ -123,7 +149,9 @@ const stderrLog: AuditSink = {
     // An open says its flags; any other operation (mkdir, rename, a socket's connect...) its name.
     const open = e.command === ProtocolCommand.QEMU_OPEN || e.command === ProtocolCommand.OPEN_TAGGED;
     const to = e.path2 ? ` -> ${display(e.path2)}` : '';
-    const what = open ? `${display(e.path)} ${describeFlags(e.flags)}` : `${COMMAND_NAMES[e.command] ?? `command ${e.command}`} ${display(e.path)}${to}`;
+    const what = open
+      ? `${display(e.path)} ${describeFlags(e.flags)}`
+      : `${COMMAND_NAMES[e.command] ?? `command ${e.command}`} ${display(e.path)}${to}`;
     process.stderr.write(`openhook: ${verdict(e)} ${what} (${e.reason})\n`);
   },
 };
@@ -143,7 +171,10 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
       policy = allowEverythingPolicy();
     } else {
       // No rules at all is a valid policy: the program gets nothing through its hook.
-      policy = opts.allow.length > 0 || opts.deny.length > 0 || opts.policy !== undefined ? await policyFromOptions(opts, (m) => say(`WARNING: ${m}`)) : new Policy([]);
+      policy =
+        opts.allow.length > 0 || opts.deny.length > 0 || opts.policy !== undefined
+          ? await policyFromOptions(opts, (m) => say(`WARNING: ${m}`))
+          : new Policy([]);
     }
   } catch (err) {
     if (err instanceof PolicyError) {
@@ -155,7 +186,8 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
 
   const session = opts.session ?? basename(command);
   const self = { pid: process.pid, uid: process.getuid!(), gid: process.getgid!(), groups: process.getgroups!(), session };
-  if (!policy.admits(self)) say(`WARNING: the policy has no section for session ${session} and refuses unmatched clients: every request will be denied`);
+  if (!policy.admits(self))
+    say(`WARNING: the policy has no section for session ${session} and refuses unmatched clients: every request will be denied`);
 
   // --preload: the interposer goes first in LD_PRELOAD, and the program may map it (read and execute).
   let env: Record<string, string> | undefined;
@@ -181,7 +213,11 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
     return EXIT_REFUSED;
   }
   // x (execute) is fixed at launch: Landlock lets the program read and run files beneath those rules itself.
-  const readOnly = [...opts.ro.map((path) => resolve(path)), ...(opts.preload ? [PRELOAD_LIBRARY] : []), ...(recorder ? [] : executableRoots(policy))];
+  const readOnly = [
+    ...opts.ro.map((path) => resolve(path)),
+    ...(opts.preload ? [PRELOAD_LIBRARY] : []),
+    ...(recorder ? [] : executableRoots(policy)),
+  ];
 
   let privateTmp: string | null = null;
   if (opts.privateTmp !== false) {
@@ -199,18 +235,31 @@ export async function run(command: string, args: string[], opts: RunOptions): Pr
   try {
     return await runWith(command, args, opts, policy, recorder, log, session, env, readOnly, devices);
   } finally {
-    if (privateTmp !== null && !removePrivateTmp(privateTmp)) say(`could not remove the private temporary directory ${privateTmp} entirely`);
+    if (privateTmp !== null && !removePrivateTmp(privateTmp))
+      say(`could not remove the private temporary directory ${privateTmp} entirely`);
   }
 }
 
 /** The roots of allow rules with x, in every section: what Landlock must let the program execute. */
 function executableRoots(policy: Policy): string[] {
   const rules: Rule[] = [...policy.rules, ...policy.sections.flatMap((s) => s.rules)];
-  return [...new Set(rules.filter((r) => r.effect === 'allow' && r.access & Access.EXECUTE).map((r) => (r.glob ? rootOf(r) : r.path)))].map((p) => Buffer.from(p, 'latin1').toString('utf8'));
+  return [...new Set(rules.filter((r) => r.effect === 'allow' && r.access & Access.EXECUTE).map((r) => (r.glob ? rootOf(r) : r.path)))].map(
+    (p) => Buffer.from(p, 'latin1').toString('utf8'),
+  );
 }
 
-async function runWith(command: string, args: string[], opts: RunOptions, policy: Policy, recorder: LearnRecorder | null, log: AuditSink | null, session: string, env: Record<string, string> | undefined, readOnly: string[], devices: string[]): Promise<number> {
-
+async function runWith(
+  command: string,
+  args: string[],
+  opts: RunOptions,
+  policy: Policy,
+  recorder: LearnRecorder | null,
+  log: AuditSink | null,
+  session: string,
+  env: Record<string, string> | undefined,
+  readOnly: string[],
+  devices: string[],
+): Promise<number> {
   let auditLog: AuditLog | null;
   try {
     auditLog = await auditFromOptions(opts, say);
@@ -257,7 +306,8 @@ async function runWith(command: string, args: string[], opts: RunOptions, policy
     say(failure);
     return result.status;
   }
-  if (result.status !== 0 && broker.metrics.requests === 0 && broker.metrics.operations.size === 0) say(unbrokeredFailure(command, result.status, opts.preload === true));
+  if (result.status !== 0 && broker.metrics.requests === 0 && broker.metrics.operations.size === 0)
+    say(unbrokeredFailure(command, result.status, opts.preload === true));
   if (recorder && opts.learn !== undefined) {
     const written = await writeLearned(opts.learn, recorder, [...learnedOptions(opts), '--', command, ...args], result.status);
     if (written !== 0) return written;
@@ -273,18 +323,24 @@ async function runWith(command: string, args: string[], opts: RunOptions, policy
 function unbrokeredFailure(command: string, status: number, preload: boolean): string {
   const why = `${command} exited with status ${status} and asked the broker for nothing`;
   if (!preload) {
-    return `${why}: if a call failed, the kernel refused it (Landlock or the seccomp filter), not the policy. ` +
-      `The syscall hook brokers only the calls --report lists as trapped; --ro PATH lets the program read PATH itself`;
+    return (
+      `${why}: if a call failed, the kernel refused it (Landlock or the seccomp filter), not the policy. ` +
+      `The syscall hook brokers only the calls --report lists as trapped; --ro PATH lets the program read PATH itself`
+    );
   }
-  return `${why}: if it failed to open a file, the kernel refused it (Landlock), not the policy. ` +
-    `Its opens went to the real call (OPENHOOK_TRACE=1 shows where each went); --ro PATH lets it read PATH itself`;
+  return (
+    `${why}: if it failed to open a file, the kernel refused it (Landlock), not the policy. ` +
+    `Its opens went to the real call (OPENHOOK_TRACE=1 shows where each went); --ro PATH lets it read PATH itself`
+  );
 }
 
 function announce(report: LaunchReport, opts: RunOptions): void {
   if (report.fatal) return; // described after the helper exits
   if (opts.report) for (const line of formatReport(report)) say(line);
-  if (!report.landlock.enforced && report.landlock.unavailable) say(`WARNING: running without Landlock (${report.landlock.unavailable}): the program can open any file you can`);
-  if (!report.seccomp.enforced && report.seccomp.unavailable) say(`WARNING: running without the seccomp filter (${report.seccomp.unavailable})`);
+  if (!report.landlock.enforced && report.landlock.unavailable)
+    say(`WARNING: running without Landlock (${report.landlock.unavailable}): the program can open any file you can`);
+  if (!report.seccomp.enforced && report.seccomp.unavailable)
+    say(`WARNING: running without the seccomp filter (${report.seccomp.unavailable})`);
 }
 
 /**
@@ -327,6 +383,8 @@ async function writeLearned(file: string, recorder: LearnRecorder, argv: string[
     say(`cannot write the learned policy to ${file}: ${(err as Error).message}`);
     return EXIT_REFUSED;
   }
-  say(`learned ${recorder.requests} requests on ${recorder.used.size} paths; wrote ${rules.length} rules to ${file}${status !== 0 ? ` (the program exited with status ${status}: check that it did all it should)` : ''}`);
+  say(
+    `learned ${recorder.requests} requests on ${recorder.used.size} paths; wrote ${rules.length} rules to ${file}${status !== 0 ? ` (the program exited with status ${status}: check that it did all it should)` : ''}`,
+  );
   return 0;
 }

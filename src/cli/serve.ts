@@ -52,7 +52,11 @@ export function serveCommand(): Command {
     .addOption(new Option('--mode <OCTAL>', 'file mode of the socket').argParser(parseMode).default(0o600, '0600'))
     .option('--max-connections <N>', `connections served at once (default ${DEFAULT_BROKER_LIMITS.connections})`, parseCount)
     .option('--max-connections-per-uid <N>', `connections per client uid (default ${DEFAULT_BROKER_LIMITS.connectionsPerUid})`, parseCount)
-    .option('--busy-poll <US>', 'after serving requests, keep polling up to US microseconds before sleeping: lower latency for synchronous clients, for up to US µs of CPU per wake-up (docs/performance.md)', parseBusyPoll);
+    .option(
+      '--busy-poll <US>',
+      'after serving requests, keep polling up to US microseconds before sleeping: lower latency for synchronous clients, for up to US µs of CPU per wake-up (docs/performance.md)',
+      parseBusyPoll,
+    );
   addPolicyOptions(cmd);
   addAuditOptions(cmd);
   return cmd
@@ -124,7 +128,8 @@ async function serve(opts: ServeOptions): Promise<void> {
   try {
     if (inherited.length > 0) {
       for (const s of inherited) broker.listenInherited(s.fd);
-      if (opts.socket && !broker.listeners.some((l) => l.path === opts.socket)) log.warn(`--socket ${opts.socket} ignored: serving the sockets systemd passed`);
+      if (opts.socket && !broker.listeners.some((l) => l.path === opts.socket))
+        log.warn(`--socket ${opts.socket} ignored: serving the sockets systemd passed`);
     } else if (opts.socket) {
       broker.listen(opts.socket, { stream: opts.stream, mode: opts.mode });
     } else {
@@ -180,7 +185,9 @@ async function serve(opts: ServeOptions): Promise<void> {
 
   if (opts.busyPoll) native.setBusyPoll(opts.busyPoll);
   warnUnwritableRoots(broker.policy, log);
-  const where = broker.listeners.map((l) => `${l.path} (${l.kind === 'stream' ? 'SOCK_STREAM' : 'SOCK_SEQPACKET'}${l.inherited ? ', from systemd' : ''})`).join(', ');
+  const where = broker.listeners
+    .map((l) => `${l.path} (${l.kind === 'stream' ? 'SOCK_STREAM' : 'SOCK_SEQPACKET'}${l.inherited ? ', from systemd' : ''})`)
+    .join(', ');
   log.info(`serving on ${where}${metrics.length ? `; metrics on ${metrics.map((m) => m.description).join(', ')}` : ''}`);
   notifier?.ready(summary(broker));
   notifier?.startWatchdog();
@@ -237,8 +244,12 @@ function warnUnwritableRoots(policy: Policy, log: Log): void {
       accessSync(toBytes(dir), fsConstants.W_OK);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'EROFS') log.warn(`${rule.origin}: ${display(dir)} is read-only for the broker (ProtectSystem=strict? add it to ReadWritePaths=): writes and creates there will fail with EROFS`);
-      else if (code === 'EACCES' && rule.access & Access.CREATE) log.warn(`${rule.origin}: the broker's user cannot write to ${display(dir)}: creates there will fail with EACCES`);
+      if (code === 'EROFS')
+        log.warn(
+          `${rule.origin}: ${display(dir)} is read-only for the broker (ProtectSystem=strict? add it to ReadWritePaths=): writes and creates there will fail with EROFS`,
+        );
+      else if (code === 'EACCES' && rule.access & Access.CREATE)
+        log.warn(`${rule.origin}: the broker's user cannot write to ${display(dir)}: creates there will fail with EACCES`);
     }
   }
 }

@@ -68,22 +68,41 @@ export function formatReport(r: StatusReport, socket: string): string {
   lines.push(`openhook broker at ${socket}: ${r.state} (pid ${r.pid}, uid ${r.uid}, version ${r.version})`);
   row('up', `${duration(r.uptimeSeconds)} (since ${r.startedAt})`);
   for (const l of r.listeners) row('listening', `${l.path} (${l.kind}${l.activated ? ', from systemd' : ''})`);
-  const failures = r.policy.reloadFailures ? `; ${r.policy.reloadFailures} failed reload(s)${r.policy.lastReloadError ? `, last: ${r.policy.lastReloadError}` : ''}` : '';
+  const failures = r.policy.reloadFailures
+    ? `; ${r.policy.reloadFailures} failed reload(s)${r.policy.lastReloadError ? `, last: ${r.policy.lastReloadError}` : ''}`
+    : '';
   row('policy', `generation ${r.policy.generation}, ${r.policy.rules} rule(s), loaded ${r.policy.loadedAt}${failures}`);
   row('connections', `${n(r.connections.open)} open, ${n(r.connections.total)} in all`);
-  row('requests', `${n(r.requests.total)}: ${n(r.requests.allowed)} allowed, ${n(r.requests.denied)} denied; ${n(r.requests.slow)} on the thread pool, ${n(r.requests.pending)} under way`);
-  row('denied', Object.entries(r.denials).map(([k, v]) => `${k} ${n(v)}`).join(' · '));
+  row(
+    'requests',
+    `${n(r.requests.total)}: ${n(r.requests.allowed)} allowed, ${n(r.requests.denied)} denied; ${n(r.requests.slow)} on the thread pool, ${n(r.requests.pending)} under way`,
+  );
+  row(
+    'denied',
+    Object.entries(r.denials)
+      .map(([k, v]) => `${k} ${n(v)}`)
+      .join(' · '),
+  );
   const openErrors = Object.entries(r.errors.open);
   row('open errors', openErrors.length ? openErrors.map(([k, v]) => `${k} ${n(v)}`).join(' · ') : 'none');
   // Brokers before file operations have no such field.
   const ops = Object.entries(r.operations ?? {});
-  if (ops.length) row('operations', ops.map(([k, v]) => `${k} ${n(v.done)}${v.denied ? ` (${n(v.denied)} denied)` : ''}${v.failed ? ` (${n(v.failed)} failed)` : ''}`).join(' · '));
-  row('faults', `${n(r.errors.protocol)} malformed frame(s), ${n(r.errors.faults)} dropped connection(s), ${n(r.errors.accept)} accept error(s)`);
+  if (ops.length)
+    row(
+      'operations',
+      ops
+        .map(([k, v]) => `${k} ${n(v.done)}${v.denied ? ` (${n(v.denied)} denied)` : ''}${v.failed ? ` (${n(v.failed)} failed)` : ''}`)
+        .join(' · '),
+    );
+  row(
+    'faults',
+    `${n(r.errors.protocol)} malformed frame(s), ${n(r.errors.faults)} dropped connection(s), ${n(r.errors.accept)} accept error(s)`,
+  );
   if (r.latency.count === 0) {
     row('latency', 'no requests yet');
   } else {
     const q = (p: number): string => `p${p * 100} < ${micro(quantileBound(r, p))}`;
-    row('latency', `${q(0.5)}, ${q(0.9)}, ${q(0.99)} (mean ${(r.latency.sumSeconds / r.latency.count * 1e6).toFixed(1)} µs)`);
+    row('latency', `${q(0.5)}, ${q(0.9)}, ${q(0.99)} (mean ${((r.latency.sumSeconds / r.latency.count) * 1e6).toFixed(1)} µs)`);
     const widest = Math.max(...r.latency.buckets.map(([, c]) => c));
     for (const [le, c] of r.latency.buckets) {
       const bar = '█'.repeat(Math.max(1, Math.round((c / widest) * 30)));
@@ -94,8 +113,10 @@ export function formatReport(r: StatusReport, socket: string): string {
     row('sessions', r.sessions.list.length ? `${n(r.sessions.list.length + r.sessions.more)}` : 'none');
     for (const x of r.sessions.list) {
       const h = x.hook;
-      lines.push(`    ${x.name}  pid ${x.pid}, uid ${x.uid}, ${x.state}, up ${duration(x.uptimeSeconds)}, section ${x.section}: ` +
-        `${n(h.notifications)} trapped (${n(h.installed)} opened, ${n(h.continued)} continued, ${n(h.performed)} performed, ${n(h.refused)} refused)`);
+      lines.push(
+        `    ${x.name}  pid ${x.pid}, uid ${x.uid}, ${x.state}, up ${duration(x.uptimeSeconds)}, section ${x.section}: ` +
+          `${n(h.notifications)} trapped (${n(h.installed)} opened, ${n(h.continued)} continued, ${n(h.performed)} performed, ${n(h.refused)} refused)`,
+      );
     }
     if (r.sessions.more) lines.push(`    and ${n(r.sessions.more)} more (openhook status --json lists ${r.sessions.list.length})`);
   }
@@ -110,7 +131,17 @@ function micro(seconds: number | null): string {
 
 function duration(seconds: number): string {
   const s = Math.floor(seconds);
-  const parts = [[Math.floor(s / 86400), 'd'], [Math.floor(s / 3600) % 24, 'h'], [Math.floor(s / 60) % 60, 'm'], [s % 60, 's']] as const;
+  const parts = [
+    [Math.floor(s / 86400), 'd'],
+    [Math.floor(s / 3600) % 24, 'h'],
+    [Math.floor(s / 60) % 60, 'm'],
+    [s % 60, 's'],
+  ] as const;
   const first = parts.findIndex(([v]) => v > 0);
-  return first < 0 ? '0s' : parts.slice(first).map(([v, u]) => `${v}${u}`).join(' ');
+  return first < 0
+    ? '0s'
+    : parts
+        .slice(first)
+        .map(([v, u]) => `${v}${u}`)
+        .join(' ');
 }

@@ -9,13 +9,15 @@ export function parseMode(text: string): number {
 
 /** A positive whole number, such as a limit. */
 export function parseCount(text: string): number {
-  if (!/^[1-9][0-9]*$/.test(text) || !Number.isSafeInteger(Number(text))) throw new InvalidArgumentError(`expected a positive whole number: '${text}'`);
+  if (!/^[1-9][0-9]*$/.test(text) || !Number.isSafeInteger(Number(text)))
+    throw new InvalidArgumentError(`expected a positive whole number: '${text}'`);
   return Number(text);
 }
 
 /** Milliseconds, 0 or more. */
 export function parseMs(text: string): number {
-  if (!/^\d+$/.test(text) || !Number.isSafeInteger(Number(text))) throw new InvalidArgumentError(`expected milliseconds, like 5000: '${text}'`);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(Number(text)))
+    throw new InvalidArgumentError(`expected milliseconds, like 5000: '${text}'`);
   return Number(text);
 }
 

@@ -122,7 +122,10 @@ export class Channel {
     if (this.#closed) return;
     if (events & C.UV_WRITABLE) this.#flush();
     for (let i = 0, m = 0; i < count; i++) {
-      const offset = recvMeta[m]!, length = recvMeta[m + 1]!, flags = recvMeta[m + 2]!, nfds = recvMeta[m + 3]!;
+      const offset = recvMeta[m]!,
+        length = recvMeta[m + 1]!,
+        flags = recvMeta[m + 2]!,
+        nfds = recvMeta[m + 3]!;
       const fdStart = m + 4;
       m = fdStart + nfds;
       if (this.#closed) {

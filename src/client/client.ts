@@ -17,7 +17,15 @@ import { EventEmitter } from 'node:events';
 import { E } from '../errno.js';
 import { C, native, systemError } from '../native.js';
 import { Command, COMMAND_NAMES, Feature, FILE_OP_COMMANDS, Size } from '../protocol/constants.js';
-import { encodeFileOp, encodeHello, encodeOpen, encodeStatusRequest, encodeTaggedOpen, type FileOpArgs, type Reply } from '../protocol/frames.js';
+import {
+  encodeFileOp,
+  encodeHello,
+  encodeOpen,
+  encodeStatusRequest,
+  encodeTaggedOpen,
+  type FileOpArgs,
+  type Reply,
+} from '../protocol/frames.js';
 import type { StatusReport } from '../broker/metrics.js';
 import { connectPath } from './channel.js';
 import { ClientClosedError, ConnectionLostError, ProtocolError, TimeoutError } from './errors.js';
@@ -89,7 +97,8 @@ const RECONNECT_DEFAULTS: Required<ReconnectOptions> = { initialDelay: 10, maxDe
 
 /** Connects to a broker by socket path, by inherited fd, or through $OPENHOOK_FD. */
 export async function connect(target?: string | number | ConnectOptions): Promise<OpenHookClient> {
-  const options: ConnectOptions = typeof target === 'string' ? { path: target } : typeof target === 'number' ? { fd: target } : (target ?? {});
+  const options: ConnectOptions =
+    typeof target === 'string' ? { path: target } : typeof target === 'number' ? { fd: target } : (target ?? {});
   let fd: number;
   let owned = true;
   if (options.path !== undefined) {
@@ -101,7 +110,10 @@ export async function connect(target?: string | number | ConnectOptions): Promis
   const type = native.socketType(fd);
   if (type < 0) throw systemError(type, 'getsockopt', `fd ${fd}`);
   if (type !== C.SOCK_SEQPACKET && type !== C.SOCK_STREAM) throw new TypeError(`fd ${fd} is not a SOCK_SEQPACKET or SOCK_STREAM socket`);
-  const reconnect = options.path === undefined || options.reconnect === false ? null : { ...RECONNECT_DEFAULTS, ...(options.reconnect === true ? {} : options.reconnect) };
+  const reconnect =
+    options.path === undefined || options.reconnect === false
+      ? null
+      : { ...RECONNECT_DEFAULTS, ...(options.reconnect === true ? {} : options.reconnect) };
   const client = new OpenHookClient({
     kind: type === C.SOCK_STREAM ? 'stream' : 'seqpacket',
     timeout: options.timeout ?? 0,
@@ -273,14 +285,26 @@ export class OpenHookClient extends EventEmitter {
 
   /** chown(path, uid, gid): succeeds only when nothing would change (-1 keeps an id); needs a. */
   chown(path: PathLike, uid: number, gid: number, options: RequestOptions & { noFollow?: boolean } = {}): Promise<void> {
-    return this.#fileOp(Command.CHOWN, path, null, { uid: uid >>> 0, gid: gid >>> 0, flags: options.noFollow ? C.AT_SYMLINK_NOFOLLOW : 0 }, options) as Promise<void>;
+    return this.#fileOp(
+      Command.CHOWN,
+      path,
+      null,
+      { uid: uid >>> 0, gid: gid >>> 0, flags: options.noFollow ? C.AT_SYMLINK_NOFOLLOW : 0 },
+      options,
+    ) as Promise<void>;
   }
 
   /** utimes(path, atime, mtime): needs a ('now' for both: a or w, as touch). */
   utimes(path: PathLike, atime: TimeLike, mtime: TimeLike, options: RequestOptions & { noFollow?: boolean } = {}): Promise<void> {
     const [a, b] = timespec(atime);
     const [c, d] = timespec(mtime);
-    return this.#fileOp(Command.UTIMES, path, null, { a, b, c, d, flags: options.noFollow ? C.AT_SYMLINK_NOFOLLOW : 0 }, options) as Promise<void>;
+    return this.#fileOp(
+      Command.UTIMES,
+      path,
+      null,
+      { a, b, c, d, flags: options.noFollow ? C.AT_SYMLINK_NOFOLLOW : 0 },
+      options,
+    ) as Promise<void>;
   }
 
   /** truncate(path, length): needs w. */
@@ -330,16 +354,27 @@ export class OpenHookClient extends EventEmitter {
 
   // ---- requests ----------------------------------------------------------------------------------
 
-  #request(command: Pending['command'], name: Buffer, flags: number, mode: number, shown: string, options: RequestOptions, frame: Buffer | null = null): Promise<Outcome> {
+  #request(
+    command: Pending['command'],
+    name: Buffer,
+    flags: number,
+    mode: number,
+    shown: string,
+    options: RequestOptions,
+    frame: Buffer | null = null,
+  ): Promise<Outcome> {
     const timeout = options.timeout ?? this.#settings.timeout;
     const signal = options.signal;
     // Most requests have neither timeout nor signal: they get a plain wait, without the closures.
-    const wait = timeout > 0 || signal ? new Wait<Outcome>({
-      timeout,
-      signal,
-      timeoutError: () => new TimeoutError(`no reply for '${shown}' within ${timeout} ms`),
-      onGiveUp: () => this.#forget(req),
-    }) : new Wait<Outcome>();
+    const wait =
+      timeout > 0 || signal
+        ? new Wait<Outcome>({
+            timeout,
+            signal,
+            timeoutError: () => new TimeoutError(`no reply for '${shown}' within ${timeout} ms`),
+            onGiveUp: () => this.#forget(req),
+          })
+        : new Wait<Outcome>();
     const req: Pending = { command, frame, name, flags, mode, path: shown, id: 0, retried: false, wait };
     if (!wait.settled) this.#dispatch(req);
     return wait.promise;
@@ -397,7 +432,10 @@ export class OpenHookClient extends EventEmitter {
       if (fd >= 0) native.close(fd);
       return;
     }
-    if (reply.result !== 0) req.wait.reject(systemError(reply.result, req.command === Command.QEMU_OPEN ? 'open' : COMMAND_NAMES[req.command] ?? 'request', req.path));
+    if (reply.result !== 0)
+      req.wait.reject(
+        systemError(reply.result, req.command === Command.QEMU_OPEN ? 'open' : (COMMAND_NAMES[req.command] ?? 'request'), req.path),
+      );
     else if (req.command === Command.STATUS) this.#resolveStatus(req, reply);
     else if (req.frame && req.command !== Command.TMPFILE) req.wait.resolve(undefined as unknown as number);
     else req.wait.resolve(fd);
@@ -436,7 +474,9 @@ export class OpenHookClient extends EventEmitter {
       return link;
     }
     const answer = new Wait<Reply>({
-      timeout: HELLO_TIMEOUT_MS, signal, timeoutError: () => new TimeoutError(`no HELLO reply within ${HELLO_TIMEOUT_MS} ms`),
+      timeout: HELLO_TIMEOUT_MS,
+      signal,
+      timeoutError: () => new TimeoutError(`no HELLO reply within ${HELLO_TIMEOUT_MS} ms`),
     });
     hello = (r, got) => {
       if (got >= 0) native.close(got);
@@ -484,9 +524,13 @@ export class OpenHookClient extends EventEmitter {
         req.retried = true;
         again.push(req);
       } else {
-        req.wait.reject(new ConnectionLostError(req.retried
-          ? `the broker went away twice before answering '${req.path}'`
-          : `the broker went away before answering '${req.path}'; ${req.frame ? `a ${COMMAND_NAMES[req.command]}` : 'an open with O_CREAT|O_EXCL'} may or may not have been done, so it is not sent again`));
+        req.wait.reject(
+          new ConnectionLostError(
+            req.retried
+              ? `the broker went away twice before answering '${req.path}'`
+              : `the broker went away before answering '${req.path}'; ${req.frame ? `a ${COMMAND_NAMES[req.command]}` : 'an open with O_CREAT|O_EXCL'} may or may not have been done, so it is not sent again`,
+          ),
+        );
       }
     }
     this.#waiting.unshift(...again);
@@ -541,7 +585,11 @@ export class OpenHookClient extends EventEmitter {
         const waiting = this.#waiting;
         this.#waiting = [];
         for (const req of waiting) {
-          req.wait.reject(new ConnectionLostError(`no broker at ${path} for ${opts.timeout} ms (${lastError?.message ?? 'no answer'})`, { cause: lastError }));
+          req.wait.reject(
+            new ConnectionLostError(`no broker at ${path} for ${opts.timeout} ms (${lastError?.message ?? 'no answer'})`, {
+              cause: lastError,
+            }),
+          );
         }
         return;
       }

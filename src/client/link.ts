@@ -94,7 +94,8 @@ export class Link {
     }
     if (this.#assembler) {
       for (let k = 0; k < nfds; k++) this.#fds.push(recvMeta[fdStart + k]!);
-      if (!this.#assembler.push(recvArena, offset, length, this.#onFrame)) this.#fail(new ProtocolError('the broker sent a frame of impossible size'));
+      if (!this.#assembler.push(recvArena, offset, length, this.#onFrame))
+        this.#fail(new ProtocolError('the broker sent a frame of impossible size'));
     } else {
       this.#onReply(recvArena, offset, length, fdStart, nfds);
     }
@@ -115,7 +116,8 @@ export class Link {
         if (k === 0 && wantsFd) fd = got;
         else native.close(got);
       }
-      if (reply && nfds !== (wantsFd ? 1 : 0)) return this.#fail(new ProtocolError(`a reply (result ${reply.result}) carried ${nfds} fds`), fd);
+      if (reply && nfds !== (wantsFd ? 1 : 0))
+        return this.#fail(new ProtocolError(`a reply (result ${reply.result}) carried ${nfds} fds`), fd);
     } else if (wantsFd) {
       fd = this.#fds.shift() ?? -1;
       if (fd < 0) return this.#fail(new ProtocolError('a successful reply arrived without its fd'));

@@ -41,7 +41,8 @@ export class Continuation {
     for (const g of grants) {
       if (!g.access.includes('r') && !g.access.includes('w')) continue;
       // Devices are single files: the built-in ones and --device grants (which may live anywhere).
-      if (g.device === true || DEVICES.some((d) => d.path === g.path)) this.#files.set(g.path, { write: g.access.includes('w'), truncate: g.access.includes('t') });
+      if (g.device === true || DEVICES.some((d) => d.path === g.path))
+        this.#files.set(g.path, { write: g.access.includes('w'), truncate: g.access.includes('t') });
       else trees.push(g.path === '/' ? '/' : `${g.path}/`);
     }
     this.#trees = trees;
@@ -80,7 +81,8 @@ export class Continuation {
     const mode = flags & C.O_ACCMODE;
     const file = this.#files.get(path);
     // O_CREAT of a granted device that exists opens it (shells write '> /dev/null' so); O_EXCL fails.
-    if (file !== undefined) return !(flags & C.O_EXCL && flags & C.O_CREAT) && (mode === C.O_RDONLY || file.write) && (!(flags & C.O_TRUNC) || file.truncate);
+    if (file !== undefined)
+      return !(flags & C.O_EXCL && flags & C.O_CREAT) && (mode === C.O_RDONLY || file.write) && (!(flags & C.O_TRUNC) || file.truncate);
     return mode === C.O_RDONLY && !(flags & (C.O_CREAT | C.O_TRUNC)) && this.beneath(path);
   }
 

@@ -107,7 +107,14 @@ function onePath(call: HookCall, dirfd: number, arg: number, answer: (path: Byte
 }
 
 /** Two paths (each with its dirfd). */
-function twoPaths(call: HookCall, dirfd1: number, arg1: number, dirfd2: number, arg2: number, answer: (from: ByteString, to: ByteString) => number): number {
+function twoPaths(
+  call: HookCall,
+  dirfd1: number,
+  arg1: number,
+  dirfd2: number,
+  arg2: number,
+  answer: (from: ByteString, to: ByteString) => number,
+): number {
   const from = readPath(call.n, dirfd1, arg1, 0);
   const to = typeof from === 'number' ? from : readPath(call.n, dirfd2, arg2, 1);
   if (!stillWaiting(call)) return GONE;
@@ -158,7 +165,8 @@ function trailingSlash(path: ByteString): number {
 /** rename(old, new), renameat(od, old, nd, new), renameat2(od, old, nd, new, flags). */
 export function rename(call: HookCall, which: 'rename' | 'renameat' | 'renameat2'): number {
   const n = call.n;
-  if (which === 'rename') return twoPaths(call, AT_FDCWD, 0, AT_FDCWD, 1, (from, to) => serve(call, operation(Command.RENAME, from, { path2: to })));
+  if (which === 'rename')
+    return twoPaths(call, AT_FDCWD, 0, AT_FDCWD, 1, (from, to) => serve(call, operation(Command.RENAME, from, { path2: to })));
   const flags = which === 'renameat2' ? n.uint(4) : 0;
   return twoPaths(call, n.int(0), 1, n.int(2), 3, (from, to) => serve(call, operation(Command.RENAME, from, { path2: to, flags })));
 }
@@ -166,7 +174,8 @@ export function rename(call: HookCall, which: 'rename' | 'renameat' | 'renameat2
 /** link(old, new), linkat(od, old, nd, new, flags). */
 export function link(call: HookCall, at: boolean): number {
   const n = call.n;
-  if (!at) return twoPaths(call, AT_FDCWD, 0, AT_FDCWD, 1, (from, to) => creating(serve(call, operation(Command.LINK, from, { path2: to })), to));
+  if (!at)
+    return twoPaths(call, AT_FDCWD, 0, AT_FDCWD, 1, (from, to) => creating(serve(call, operation(Command.LINK, from, { path2: to })), to));
   const flags = n.uint(4);
   if (flags & ~(AT_SYMLINK_FOLLOW | AT_EMPTY_PATH)) return -E.EINVAL;
   if (flags & AT_EMPTY_PATH) {
@@ -264,7 +273,8 @@ export function chown(call: HookCall, which: 'chown' | 'lchown' | 'fchownat'): n
   const arg = at ? 1 : 0;
   const flags = at ? n.uint(4) : which === 'lchown' ? AT_SYMLINK_NOFOLLOW : 0;
   if (flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH)) return -E.EINVAL;
-  const uid = n.uint(arg + 1), gid = n.uint(arg + 2);
+  const uid = n.uint(arg + 1),
+    gid = n.uint(arg + 2);
   return attribute(call, dirfd, arg, flags, (path) => operation(Command.CHOWN, path, { uid, gid, flags: flags & AT_SYMLINK_NOFOLLOW }));
 }
 
@@ -280,7 +290,10 @@ export function utimes(call: HookCall, which: 'utime' | 'utimes' | 'futimesat' |
   const flags = which === 'utimensat' ? n.uint(3) : 0;
   if (flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH)) return -E.EINVAL;
   const timesArg = arg + 1;
-  let a = 0, b = C.UTIME_NOW, c = 0, d = C.UTIME_NOW;
+  let a = 0,
+    b = C.UTIME_NOW,
+    c = 0,
+    d = C.UTIME_NOW;
   if (n.value(timesArg) !== 0) {
     const size = which === 'utime' ? 16 : 32;
     const got = notify.readMemory(n.tid, n.uint(timesArg), n.high(timesArg), timesBuffer, size);
@@ -307,7 +320,9 @@ export function utimes(call: HookCall, which: 'utime' | 'utimes' | 'futimesat' |
   }
   if (b === C.UTIME_OMIT && d === C.UTIME_OMIT) {
     // Nothing to change: the kernel still looks the name up.
-    return onePath(call, dirfd, arg, (path) => (exists(path.endsWith('/') && path.length > 1 ? path.slice(0, -1) : path) ? DONE : -E.ENOENT));
+    return onePath(call, dirfd, arg, (path) =>
+      exists(path.endsWith('/') && path.length > 1 ? path.slice(0, -1) : path) ? DONE : -E.ENOENT,
+    );
   }
   return attribute(call, dirfd, arg, flags, (path) => operation(Command.UTIMES, path, { a, b, c, d, flags: flags & AT_SYMLINK_NOFOLLOW }));
 }
@@ -404,5 +419,7 @@ export function mknod(call: HookCall, at: boolean): number {
   const mode = n.uint(arg + 1);
   if ((mode & C.S_IFMT) !== C.S_IFIFO) return -E.EPERM;
   const umask = umaskOf(n.tid);
-  return onePath(call, dirfd, arg, (path) => creating(serve(call, operation(Command.MKFIFO, path, { mode: mode & 0o7777 & ~umask })), path));
+  return onePath(call, dirfd, arg, (path) =>
+    creating(serve(call, operation(Command.MKFIFO, path, { mode: mode & 0o7777 & ~umask })), path),
+  );
 }

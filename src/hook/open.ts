@@ -76,9 +76,26 @@ export type Handler = (call: HookCall) => number | Promise<number>;
 const KERNEL_O_LARGEFILE = 0o100000;
 /** Every open(2) flag the kernel knows (its VALID_OPEN_FLAGS); open and openat ignore the rest, openat2 refuses them. */
 const VALID_OPEN_FLAGS =
-  C.O_ACCMODE | C.O_CREAT | C.O_EXCL | C.O_NOCTTY | C.O_TRUNC | C.O_APPEND | C.O_NONBLOCK | C.O_DSYNC | C.FASYNC |
-  C.O_DIRECT | KERNEL_O_LARGEFILE | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_NOATIME | C.O_CLOEXEC | C.O_PATH | C.O_TMPFILE | C.O_SYNC;
-const RESOLVE_KNOWN = C.RESOLVE_NO_XDEV | C.RESOLVE_NO_MAGICLINKS | C.RESOLVE_NO_SYMLINKS | C.RESOLVE_BENEATH | C.RESOLVE_IN_ROOT | C.RESOLVE_CACHED;
+  C.O_ACCMODE |
+  C.O_CREAT |
+  C.O_EXCL |
+  C.O_NOCTTY |
+  C.O_TRUNC |
+  C.O_APPEND |
+  C.O_NONBLOCK |
+  C.O_DSYNC |
+  C.FASYNC |
+  C.O_DIRECT |
+  KERNEL_O_LARGEFILE |
+  C.O_DIRECTORY |
+  C.O_NOFOLLOW |
+  C.O_NOATIME |
+  C.O_CLOEXEC |
+  C.O_PATH |
+  C.O_TMPFILE |
+  C.O_SYNC;
+const RESOLVE_KNOWN =
+  C.RESOLVE_NO_XDEV | C.RESOLVE_NO_MAGICLINKS | C.RESOLVE_NO_SYMLINKS | C.RESOLVE_BENEATH | C.RESOLVE_IN_ROOT | C.RESOLVE_CACHED;
 /** struct open_how: u64 flags, mode, resolve */
 const OPEN_HOW_SIZE = 24;
 const PAGE = 4096;
@@ -159,7 +176,19 @@ function tmpfile(call: HookCall, path: ByteString, flags: number, mode: number):
   const host = call.host;
   const keep = (flags & (C.O_ACCMODE | C.O_EXCL | C.O_CLOEXEC)) >>> 0;
   const umask = umaskOf(call.n.tid);
-  const op: FileOperation = { command: Command.TMPFILE, path, path2: '', flags: keep, mode: mode & ~umask, uid: 0, gid: 0, a: 0, b: 0, c: 0, d: 0 };
+  const op: FileOperation = {
+    command: Command.TMPFILE,
+    path,
+    path2: '',
+    flags: keep,
+    mode: mode & ~umask,
+    uid: 0,
+    gid: 0,
+    a: 0,
+    b: 0,
+    c: 0,
+    d: 0,
+  };
   return serveFileOperation(host.context(), host.peer, op);
 }
 
@@ -172,7 +201,9 @@ function readOpenHow(n: Notification): number {
   if (got === -E.ESRCH) return GONE;
   if (got < 0) return -E.EFAULT;
   for (let i = OPEN_HOW_SIZE; i < size; i++) if (howBuffer[i] !== 0) return -E.E2BIG;
-  const flags = howBuffer.readUInt32LE(0), mode = howBuffer.readUInt32LE(8), resolve = howBuffer.readUInt32LE(16);
+  const flags = howBuffer.readUInt32LE(0),
+    mode = howBuffer.readUInt32LE(8),
+    resolve = howBuffer.readUInt32LE(16);
   if (howBuffer.readUInt32LE(4) !== 0 || howBuffer.readUInt32LE(12) !== 0 || howBuffer.readUInt32LE(20) !== 0) return -E.EINVAL;
   if ((flags & ~VALID_OPEN_FLAGS) >>> 0 !== 0 || (resolve & ~RESOLVE_KNOWN) >>> 0 !== 0 || mode & ~0o7777) return -E.EINVAL;
   if (mode !== 0 && !(flags & C.O_CREAT) && (flags & C.O_TMPFILE) !== C.O_TMPFILE) return -E.EINVAL;

@@ -27,9 +27,23 @@ export type ProcPath =
 
 /** Facts about the machine in /proc, exact paths. */
 const PROC_FACTS = new Set([
-  'cpuinfo', 'meminfo', 'stat', 'loadavg', 'uptime', 'version', 'filesystems', 'cgroups', 'swaps',
-  'sys/kernel/osrelease', 'sys/kernel/ostype', 'sys/kernel/pid_max', 'sys/kernel/cap_last_cap',
-  'sys/kernel/ngroups_max', 'sys/kernel/threads-max', 'sys/vm/overcommit_memory', 'sys/fs/nr_open',
+  'cpuinfo',
+  'meminfo',
+  'stat',
+  'loadavg',
+  'uptime',
+  'version',
+  'filesystems',
+  'cgroups',
+  'swaps',
+  'sys/kernel/osrelease',
+  'sys/kernel/ostype',
+  'sys/kernel/pid_max',
+  'sys/kernel/cap_last_cap',
+  'sys/kernel/ngroups_max',
+  'sys/kernel/threads-max',
+  'sys/vm/overcommit_memory',
+  'sys/fs/nr_open',
   'sys/net/core/somaxconn',
 ]);
 
@@ -43,9 +57,20 @@ const SYS_FACTS = [
 
 /** Files of the program's own cgroup (v2) that runtimes read for their limits. */
 const CGROUP_FILES = new Set([
-  'cgroup.controllers', 'cgroup.type', 'memory.max', 'memory.high', 'memory.low', 'memory.min',
-  'memory.current', 'memory.swap.max', 'cpu.max', 'cpu.weight', 'cpuset.cpus.effective',
-  'cpuset.mems.effective', 'pids.max', 'pids.current',
+  'cgroup.controllers',
+  'cgroup.type',
+  'memory.max',
+  'memory.high',
+  'memory.low',
+  'memory.min',
+  'memory.current',
+  'memory.swap.max',
+  'cpu.max',
+  'cpu.weight',
+  'cpuset.cpus.effective',
+  'cpuset.mems.effective',
+  'pids.max',
+  'pids.current',
 ]);
 
 /** Classifies a collapsed absolute path beneath /proc or /sys; null for any other path. */
@@ -102,7 +127,11 @@ export function ownCgroupFile(rest: ByteString, cgroup: ByteString): boolean {
 
 /** Only plain reads: no write, create, truncate, O_PATH or O_TMPFILE beneath /proc and /sys. */
 export function readOnlyFlags(flags: number): boolean {
-  return (flags & C.O_ACCMODE) === C.O_RDONLY && (flags & (C.O_CREAT | C.O_TRUNC | C.O_PATH | C.O_APPEND)) === 0 && (flags & C.O_TMPFILE) !== C.O_TMPFILE;
+  return (
+    (flags & C.O_ACCMODE) === C.O_RDONLY &&
+    (flags & (C.O_CREAT | C.O_TRUNC | C.O_PATH | C.O_APPEND)) === 0 &&
+    (flags & C.O_TMPFILE) !== C.O_TMPFILE
+  );
 }
 
 const RESOLVE = C.RESOLVE_BENEATH | C.RESOLVE_NO_SYMLINKS | C.RESOLVE_NO_MAGICLINKS | C.RESOLVE_NO_XDEV;

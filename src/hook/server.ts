@@ -44,7 +44,16 @@ export class HookServer implements HookHost {
   readonly listener: number;
   readonly peer: Peer;
   readonly continuation: Continuation;
-  readonly stats: HookStats = { notifications: 0, installed: 0, continued: 0, refused: 0, gone: 0, installFailed: 0, proc: 0, performed: 0 };
+  readonly stats: HookStats = {
+    notifications: 0,
+    installed: 0,
+    continued: 0,
+    refused: 0,
+    gone: 0,
+    installFailed: 0,
+    proc: 0,
+    performed: 0,
+  };
   readonly #broker: Broker;
   readonly #poller: NativePoller;
   readonly #table: Map<number, SyscallEntry>;
@@ -125,13 +134,15 @@ export class HookServer implements HookHost {
     const { idLo, idHi } = n;
     const cloexec = call.cloexec;
     this.#pending++;
-    result.then(
-      (r) => this.#answer(idLo, idHi, r, cloexec, true),
-      () => this.#answer(idLo, idHi, -E.EIO, false, false),
-    ).finally(() => {
-      this.#pending--;
-      if (this.#hungUp) this.close();
-    });
+    result
+      .then(
+        (r) => this.#answer(idLo, idHi, r, cloexec, true),
+        () => this.#answer(idLo, idHi, -E.EIO, false, false),
+      )
+      .finally(() => {
+        this.#pending--;
+        if (this.#hungUp) this.close();
+      });
   }
 
   #answer(idLo: number, idHi: number, result: number, cloexec: boolean, slow: boolean): void {

@@ -48,7 +48,8 @@ export function authorise(policy: Policy, peer: Peer, name: string, daemonUid: n
   const section = policy.sectionFor({ ...peer, session: name });
   if (section === null || !section.sessions?.includes(name)) {
     const first = named[0]!;
-    if (!named.some((s) => s.matches({ ...peer, session: name }))) return `section ${first.name} is for session "${name}", but not for uid ${peer.uid}, gid ${peer.gid}`;
+    if (!named.some((s) => s.matches({ ...peer, session: name })))
+      return `section ${first.name} is for session "${name}", but not for uid ${peer.uid}, gid ${peer.gid}`;
     return `for uid ${peer.uid} and session "${name}", ${section ? `section ${section.name}` : 'no section'} comes first, and it does not name the session`;
   }
   if (section.uids === null && section.gids === null && peer.uid !== 0 && peer.uid !== daemonUid) {
@@ -70,7 +71,10 @@ function parseClaims(claims: Buffer): Grant[] | null {
   if (claims.length === 0) return [];
   if (claims[claims.length - 1] !== 0) return null;
   const grants: Grant[] = [];
-  for (const entry of claims.subarray(0, claims.length - 1).toString('utf8').split('\0')) {
+  for (const entry of claims
+    .subarray(0, claims.length - 1)
+    .toString('utf8')
+    .split('\0')) {
     const space = entry.indexOf(' ');
     const kind = entry.slice(0, space);
     const path = entry.slice(space + 1);
@@ -96,7 +100,15 @@ class Session {
   readonly #broker: Broker;
   readonly #onEnd: (s: Session) => void;
 
-  constructor(name: string, peer: Peer, section: string, hook: Connection, continuation: Continuation, broker: Broker, onEnd: (s: Session) => void) {
+  constructor(
+    name: string,
+    peer: Peer,
+    section: string,
+    hook: Connection,
+    continuation: Continuation,
+    broker: Broker,
+    onEnd: (s: Session) => void,
+  ) {
     this.name = name;
     this.peer = peer;
     this.section = section;
@@ -128,11 +140,20 @@ class Session {
     }
     if (!isListener(listener)) {
       native.close(listener);
-      this.#broker.warn(`session ${this.name} (pid ${this.peer.pid}): the launcher sent an fd that is not a seccomp listener; session ended`);
+      this.#broker.warn(
+        `session ${this.name} (pid ${this.peer.pid}): the launcher sent an fd that is not a seccomp listener; session ended`,
+      );
       this.end();
       return;
     }
-    this.server = new HookServer({ listener, broker: this.#broker, peer: this.peer, continuation: this.#continuation, onClose: () => this.end(), log: (m) => this.#broker.warn(`session ${this.name}: ${m}`) });
+    this.server = new HookServer({
+      listener,
+      broker: this.#broker,
+      peer: this.peer,
+      continuation: this.#continuation,
+      onClose: () => this.end(),
+      log: (m) => this.#broker.warn(`session ${this.name}: ${m}`),
+    });
   }
 
   #closeControl(): void {
@@ -162,7 +183,14 @@ class Session {
       state: this.server ? 'running' : 'starting',
       startedAt: new Date(this.startedAt).toISOString(),
       uptimeSeconds: Math.round((now - this.startedAt) / 100) / 10,
-      hook: { notifications: s?.notifications ?? 0, installed: s?.installed ?? 0, continued: s?.continued ?? 0, performed: s?.performed ?? 0, refused: s?.refused ?? 0, gone: s?.gone ?? 0 },
+      hook: {
+        notifications: s?.notifications ?? 0,
+        installed: s?.installed ?? 0,
+        continued: s?.continued ?? 0,
+        performed: s?.performed ?? 0,
+        refused: s?.refused ?? 0,
+        gone: s?.gone ?? 0,
+      },
     };
   }
 }

@@ -148,14 +148,17 @@ function connectBlocking(call: HookCall, path: string, sock: number): number | P
   const first = attempt(true);
   if (first !== -E.EAGAIN) return first;
   const { idLo, idHi } = n;
-  return hold(sock, (async () => {
-    for (let wait = WAIT_FIRST_MS; ; wait = Math.min(wait * 2, WAIT_MAX_MS)) {
-      await pause(wait);
-      if (notify.notifyIdValid(host.listener, idLo, idHi) !== 0) return GONE;
-      const r = attempt(true);
-      if (r !== -E.EAGAIN) return r;
-    }
-  })());
+  return hold(
+    sock,
+    (async () => {
+      for (let wait = WAIT_FIRST_MS; ; wait = Math.min(wait * 2, WAIT_MAX_MS)) {
+        await pause(wait);
+        if (notify.notifyIdValid(host.listener, idLo, idHi) !== 0) return GONE;
+        const r = attempt(true);
+        if (r !== -E.EAGAIN) return r;
+      }
+    })(),
+  );
 }
 
 /**
@@ -175,14 +178,17 @@ function connectCopy(call: HookCall, sock: number, length: number, nonblocking: 
   }
   const { host, n } = call;
   const { idLo, idHi } = n;
-  return hold(sock, (async () => {
-    for (let wait = WAIT_FIRST_MS; ; wait = Math.min(wait * 2, WAIT_MAX_MS)) {
-      await pause(wait);
-      if (sockets.pollWritable(sock) !== 0) break;
-      if (notify.notifyIdValid(host.listener, idLo, idHi) !== 0) return GONE;
-    }
-    sockets.setNonblock(sock, false);
-    const err = sockets.socketError(sock);
-    return err > 0 ? -err : err;
-  })());
+  return hold(
+    sock,
+    (async () => {
+      for (let wait = WAIT_FIRST_MS; ; wait = Math.min(wait * 2, WAIT_MAX_MS)) {
+        await pause(wait);
+        if (sockets.pollWritable(sock) !== 0) break;
+        if (notify.notifyIdValid(host.listener, idLo, idHi) !== 0) return GONE;
+      }
+      sockets.setNonblock(sock, false);
+      const err = sockets.socketError(sock);
+      return err > 0 ? -err : err;
+    })(),
+  );
 }

@@ -71,7 +71,7 @@ export function locate(tid: number, dirfd: number, raw: ByteString, options: Loc
  */
 export function collapse(base: ByteString, rel: ByteString, confine: 'beneath' | 'in-root' | null): ByteString | null {
   if (rel.charCodeAt(0) === 0x2f && !confine && !/\/\/|\/\.\.?(?:\/|$)/.test(rel)) return rel;
-  const out = base === '/' || rel.charCodeAt(0) === 0x2f && !confine ? [] : base.slice(1).split('/');
+  const out = base === '/' || (rel.charCodeAt(0) === 0x2f && !confine) ? [] : base.slice(1).split('/');
   const floor = confine ? out.length : 0;
   const parts = rel.split('/');
   for (const part of parts) {

@@ -75,7 +75,8 @@ export function confinementFor(readOnly: readonly string[] = [], devices: readon
 function checkListable(option: string, path: string): void {
   if (!path.startsWith('/')) throw new ConfinementError(`${option} ${path}: the path must be absolute`);
   // OPENHOOK_PASSTHROUGH is a ':'-separated list; a name containing ':' could not be listed exactly.
-  if (path.includes(':') || path.includes('\n')) throw new ConfinementError(`${option} ${path}: the path must not contain ':' or a newline`);
+  if (path.includes(':') || path.includes('\n'))
+    throw new ConfinementError(`${option} ${path}: the path must not contain ':' or a newline`);
 }
 
 /**

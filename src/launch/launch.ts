@@ -103,9 +103,15 @@ export class LaunchError extends Error {
 export async function launch(options: LaunchOptions): Promise<LaunchResult> {
   const passFds = checkPassFds(options.passFds ?? []);
   const hookFd = options.hookFd ?? lowestFree(passFds);
-  if (!Number.isInteger(hookFd) || hookFd < 3) throw new LaunchError(`the hook fd must be an integer of 3 or more, not ${hookFd}`, 'ERR_INVALID_ARG_VALUE');
-  if (passFds.has(hookFd)) throw new LaunchError(`the hook fd ${hookFd} is also a passed fd: give the hook another number, or leave it to be chosen`, 'ERR_INVALID_ARG_VALUE');
-  if (!existsSync(HELPER_PATH)) throw new LaunchError(`the launch helper is missing (${HELPER_PATH}); run npm install to build it`, 'ERR_HELPER_MISSING');
+  if (!Number.isInteger(hookFd) || hookFd < 3)
+    throw new LaunchError(`the hook fd must be an integer of 3 or more, not ${hookFd}`, 'ERR_INVALID_ARG_VALUE');
+  if (passFds.has(hookFd))
+    throw new LaunchError(
+      `the hook fd ${hookFd} is also a passed fd: give the hook another number, or leave it to be chosen`,
+      'ERR_INVALID_ARG_VALUE',
+    );
+  if (!existsSync(HELPER_PATH))
+    throw new LaunchError(`the launch helper is missing (${HELPER_PATH}); run npm install to build it`, 'ERR_HELPER_MISSING');
   const confinement = confinementFor(options.readOnly, options.devices);
 
   const env: NodeJS.ProcessEnv = { ...process.env };
@@ -122,7 +128,16 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
   const hookFrom = lowestFree(passFds);
   const reportFrom = lowestFree(new Set([...passFds, hookFrom]));
   const notifyFrom = options.syscallHook ? lowestFree(new Set([...passFds, hookFrom, reportFrom])) : -1;
-  const args = ['--hook-from', String(hookFrom), '--hook-fd', String(hookFd), '--report-fd', String(reportFrom), '--parent', String(process.pid)];
+  const args = [
+    '--hook-from',
+    String(hookFrom),
+    '--hook-fd',
+    String(hookFd),
+    '--report-fd',
+    String(reportFrom),
+    '--parent',
+    String(process.pid),
+  ];
   if (options.waitForReport) args.push('--wait');
   if (options.allowUnconfined) args.push('--allow-unconfined');
   if (options.allowUnixSockets) args.push('--allow-unix-sockets');
@@ -171,10 +186,20 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
   for (const s of early.splice(0)) forward(s);
   native.close(clientEnd); // the program's end lives only in the program now
   const pid = spawned.pid ?? -1;
-  const connection = options.broker.adopt(brokerEnd, 'seqpacket', { session: options.session ?? basename(options.command), ...(pid > 0 ? { pid } : {}) });
-  const hook = options.syscallHook && listenerEnd >= 0
-    ? serveSyscallHook(listenerEnd, options.broker, { ...connection.peer }, new Continuation(confinement.grants, options.syscallHook.continueAlways), options.syscallHook)
-    : null;
+  const connection = options.broker.adopt(brokerEnd, 'seqpacket', {
+    session: options.session ?? basename(options.command),
+    ...(pid > 0 ? { pid } : {}),
+  });
+  const hook =
+    options.syscallHook && listenerEnd >= 0
+      ? serveSyscallHook(
+          listenerEnd,
+          options.broker,
+          { ...connection.peer },
+          new Continuation(confinement.grants, options.syscallHook.continueAlways),
+          options.syscallHook,
+        )
+      : null;
 
   const report = emptyReport();
   let reported = false;
@@ -222,7 +247,13 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
  * Waits for the helper to send its seccomp listener over socket, then serves it. The program's
  * first trapped open waits in the kernel until then.
  */
-function serveSyscallHook(socket: number, broker: Broker, peer: Peer, continuation: Continuation, hook: { onServer?: (server: HookServer) => void }): { close(): void } {
+function serveSyscallHook(
+  socket: number,
+  broker: Broker,
+  peer: Peer,
+  continuation: Continuation,
+  hook: { onServer?: (server: HookServer) => void },
+): { close(): void } {
   let server: HookServer | null = null;
   let closed = false;
   const watcher = new native.Poller(socket, PollMode.Notify, 1, () => {
@@ -262,11 +293,15 @@ function lowestFree(taken: ReadonlySet<number>): number {
 /** The passed fds as a set, each an fd of this process that is open now. */
 function checkPassFds(fds: readonly number[]): Set<number> {
   for (const fd of fds) {
-    if (!Number.isInteger(fd) || fd < 3) throw new LaunchError(`a passed fd must be an integer of 3 or more (0-2 are stdio), not ${fd}`, 'ERR_INVALID_ARG_VALUE');
+    if (!Number.isInteger(fd) || fd < 3)
+      throw new LaunchError(`a passed fd must be an integer of 3 or more (0-2 are stdio), not ${fd}`, 'ERR_INVALID_ARG_VALUE');
     try {
       fstatSync(fd);
     } catch (err) {
-      throw new LaunchError(`fd ${fd} cannot be passed: it is not open (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, 'EBADF');
+      throw new LaunchError(
+        `fd ${fd} cannot be passed: it is not open (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+        'EBADF',
+      );
     }
   }
   return new Set(fds);
@@ -279,14 +314,19 @@ export function describeFailure(result: LaunchResult, command: string): string |
     const { stage, code, message } = report.fatal;
     if (stage === 'landlock' || stage === 'seccomp') {
       const what = stage === 'landlock' ? 'Landlock' : 'seccomp';
-      return `${what} is not available (${code}: ${message}); refusing to run ${command} unconfined. ` +
-        `Use --allow-unconfined to run it without this protection.`;
+      return (
+        `${what} is not available (${code}: ${message}); refusing to run ${command} unconfined. ` +
+        `Use --allow-unconfined to run it without this protection.`
+      );
     }
     if (stage === 'notify') {
-      return `the syscall hook is not available (${code}: ${message}); ${command} cannot get its files this way. ` +
-        `Use --preload to route a dynamically linked program's opens through the interposer instead.`;
+      return (
+        `the syscall hook is not available (${code}: ${message}); ${command} cannot get its files this way. ` +
+        `Use --preload to route a dynamically linked program's opens through the interposer instead.`
+      );
     }
-    if (stage === 'device') return `--device ${message}: ${code === 'ENODEV' ? 'not a character device' : code === 'ENOENT' ? 'no such device node' : code}; refusing to start ${command}`;
+    if (stage === 'device')
+      return `--device ${message}: ${code === 'ENODEV' ? 'not a character device' : code === 'ENOENT' ? 'no such device node' : code}; refusing to start ${command}`;
     return `cannot confine ${command}: ${stage}: ${code}: ${message}`;
   }
   if (report.execError) {

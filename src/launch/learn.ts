@@ -65,7 +65,16 @@ export function allowEverythingPolicy(mounts: readonly ByteString[] = mountPoint
     const fd = native.open(path, C.O_PATH | C.O_DIRECTORY, 0);
     if (fd < 0) continue; // a file bind-mount, or a mount this process cannot reach
     native.close(fd);
-    rules.push({ effect: 'allow', path, tree: true, glob: false, access: EVERYTHING, followSymlinks: false, denyErrno: 0, origin: 'learn mode' });
+    rules.push({
+      effect: 'allow',
+      path,
+      tree: true,
+      glob: false,
+      access: EVERYTHING,
+      followSymlinks: false,
+      denyErrno: 0,
+      origin: 'learn mode',
+    });
   }
   return new Policy(rules, { source: 'learn mode' });
 }

@@ -66,7 +66,11 @@ function childOf(dir: ByteString, name: ByteString): ByteString {
 }
 
 /** The minimal rules for the paths used (normalised path → access bits), sorted by path. */
-export function minimalRules(used: ReadonlyMap<ByteString, number>, list: ListDirectory = listDirectory, isDir: IsDirectory = isDirectory): LearnedRule[] {
+export function minimalRules(
+  used: ReadonlyMap<ByteString, number>,
+  list: ListDirectory = listDirectory,
+  isDir: IsDirectory = isDirectory,
+): LearnedRule[] {
   // Directories with something used beneath them: only these can collapse, and only these are read.
   const ancestors = new Set<ByteString>();
   for (const path of used.keys()) {
@@ -146,7 +150,9 @@ export function formatPolicy(rules: readonly LearnedRule[], header: readonly str
     lines.push('');
     if (value === null) {
       // TOML holds only UTF-8 text; such a name cannot be written as a rule.
-      lines.push(`# not written: the name is not UTF-8: ${oneLine(display(rule.path))}${rule.tree ? '/' : ''} (access ${formatAccess(rule.access)})`);
+      lines.push(
+        `# not written: the name is not UTF-8: ${oneLine(display(rule.path))}${rule.tree ? '/' : ''} (access ${formatAccess(rule.access)})`,
+      );
       continue;
     }
     lines.push('[[rule]]', `allow = ${value}`, `access = "${formatAccess(rule.access)}"`);

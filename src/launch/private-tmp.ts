@@ -20,7 +20,7 @@ import { ALL_ACCESS } from '../policy/access.js';
 import { Policy } from '../policy/policy.js';
 import type { Rule } from '../policy/rule.js';
 
-export const PRIVATE_TMP_ORIGIN = 'the session\'s private temporary directory';
+export const PRIVATE_TMP_ORIGIN = "the session's private temporary directory";
 
 /** Makes the directory (0700, as mkdtemp makes it). */
 export function makePrivateTmp(parent: string = tmpdir()): string {
@@ -29,7 +29,16 @@ export function makePrivateTmp(parent: string = tmpdir()): string {
 
 /** The rule that grants it: everything in this tree. */
 export function privateTmpRule(dir: string): Rule {
-  return { effect: 'allow', path: dir, tree: true, glob: false, access: ALL_ACCESS, followSymlinks: false, denyErrno: 0, origin: PRIVATE_TMP_ORIGIN };
+  return {
+    effect: 'allow',
+    path: dir,
+    tree: true,
+    glob: false,
+    access: ALL_ACCESS,
+    followSymlinks: false,
+    denyErrno: 0,
+    origin: PRIVATE_TMP_ORIGIN,
+  };
 }
 
 /** The environment that points a program at it. */
@@ -52,7 +61,12 @@ export function withRule(policy: Policy, rule: Rule): Policy {
     rules: s.includeDefault ? s.rules : [...s.rules, rule],
     includeDefault: s.includeDefault,
   }));
-  const next = new Policy([...policy.rules, rule], { denyErrno: policy.denyErrno, unmatched: policy.unmatched, source: policy.source, sections });
+  const next = new Policy([...policy.rules, rule], {
+    denyErrno: policy.denyErrno,
+    unmatched: policy.unmatched,
+    source: policy.source,
+    sections,
+  });
   policy.close();
   return next;
 }

@@ -139,7 +139,10 @@ export function parseRequestAccess(text: string): number {
   let bits = 0;
   for (const ch of op) {
     const entry = letters.find(([l]) => l === ch);
-    if (!entry) throw new AccessError(`unknown access '${text}': give letters of ${ACCESS_LETTERS}, 'all', or an operation (${Object.keys(OPERATION_ACCESS).join(', ')})`);
+    if (!entry)
+      throw new AccessError(
+        `unknown access '${text}': give letters of ${ACCESS_LETTERS}, 'all', or an operation (${Object.keys(OPERATION_ACCESS).join(', ')})`,
+      );
     bits |= entry[1];
   }
   if (bits === 0) throw new AccessError(`empty access: give letters of ${ACCESS_LETTERS}`);
@@ -148,5 +151,8 @@ export function parseRequestAccess(text: string): number {
 
 /** 'm make directories, u remove files and directories' for the letters of bits. */
 export function explainAccess(bits: number): string {
-  return letters.filter(([, b]) => bits & b).map(([l]) => `${l} ${ACCESS_MEANING[l]}`).join(', ');
+  return letters
+    .filter(([, b]) => bits & b)
+    .map(([l]) => `${l} ${ACCESS_MEANING[l]}`)
+    .join(', ');
 }

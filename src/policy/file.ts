@@ -18,5 +18,11 @@ export function compilePolicy(spec: PolicySpec): Policy {
 /** compilePolicy() in slices that yield to the event loop (for reloads, while the old policy serves). */
 export async function compilePolicySliced(spec: PolicySpec): Promise<Policy> {
   const tries = await compileTriesSliced(spec.rules, spec.sections);
-  return new Policy(spec.rules, { denyErrno: spec.denyErrno, sections: spec.sections, unmatched: spec.unmatched, source: spec.source, tries });
+  return new Policy(spec.rules, {
+    denyErrno: spec.denyErrno,
+    sections: spec.sections,
+    unmatched: spec.unmatched,
+    source: spec.source,
+    tries,
+  });
 }

@@ -15,8 +15,17 @@ export interface Position {
   column: number;
 }
 
-const NL = 0x0a, HASH = 0x23, LBRACK = 0x5b, RBRACK = 0x5d, LBRACE = 0x7b, RBRACE = 0x7d;
-const COMMA = 0x2c, DOT = 0x2e, DQ = 0x22, SQ = 0x27, BSLASH = 0x5c;
+const NL = 0x0a,
+  HASH = 0x23,
+  LBRACK = 0x5b,
+  RBRACK = 0x5d,
+  LBRACE = 0x7b,
+  RBRACE = 0x7d;
+const COMMA = 0x2c,
+  DOT = 0x2e,
+  DQ = 0x22,
+  SQ = 0x27,
+  BSLASH = 0x5c;
 /** Nesting of arrays and inline tables that smol-toml accepts (its maxDepth default). */
 const MAX_DEPTH = 1000;
 
@@ -122,7 +131,8 @@ class Scanner {
   #header(): string {
     const s = this.#s;
     const start = this.#i;
-    const line = this.#line, column = this.#i - this.#lineStart + 1;
+    const line = this.#line,
+      column = this.#i - this.#lineStart + 1;
     const array = s.charCodeAt(this.#i + 1) === LBRACK;
     // A header written again right after its own tables (`[[rule]]` 100,000 times) names the same
     // array: no header in between can have changed the index of an enclosing table.
@@ -243,7 +253,8 @@ class Scanner {
       for (let k = 0; ; k++) {
         this.#skipBlank(true);
         if (this.#i >= s.length || s.charCodeAt(this.#i) === RBRACK) break;
-        const element = (s.charCodeAt(this.#i) === LBRACE && this.#element(path, this.#line, this.#i - this.#lineStart + 1)) || `${path}[${k}]`;
+        const element =
+          (s.charCodeAt(this.#i) === LBRACE && this.#element(path, this.#line, this.#i - this.#lineStart + 1)) || `${path}[${k}]`;
         if (this.#keys) this.#out.set(element, this.#pos());
         this.#value(element, depth + 1);
         this.#skipBlank(true);

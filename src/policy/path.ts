@@ -22,7 +22,8 @@ export function normalise(path: ByteString): NormaliseResult {
   if (path.length >= PATH_MAX) return { ok: false, errno: 'ENAMETOOLONG', reason: 'name longer than PATH_MAX' };
   // The common case is already normal: no empty, '.' or '..' components and no trailing slash.
   if (!/\/\/|\/\.\.?(?:\/|$)/.test(path) && (path.length === 1 || path.charCodeAt(path.length - 1) !== 0x2f)) {
-    if (path.length > NAME_MAX && hasLongComponent(path)) return { ok: false, errno: 'ENAMETOOLONG', reason: 'component longer than NAME_MAX' };
+    if (path.length > NAME_MAX && hasLongComponent(path))
+      return { ok: false, errno: 'ENAMETOOLONG', reason: 'component longer than NAME_MAX' };
     return { ok: true, path };
   }
   const parts: string[] = [];

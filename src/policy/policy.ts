@@ -97,9 +97,12 @@ class CompiledRule implements Entry {
     this.root = root;
     this.rootLength = root === null || root.path === '/' ? 0 : root.path.length;
     const dirs = (rule.access & Access.DIRECTORY) !== 0;
-    this.open = rule.followSymlinks || rule.fifos || rule.hardlinks
-      ? { followSymlinks: rule.followSymlinks, directories: dirs, fifos: rule.fifos, hardlinks: rule.hardlinks }
-      : dirs ? DIRECTORIES : NO_OPTIONS;
+    this.open =
+      rule.followSymlinks || rule.fifos || rule.hardlinks
+        ? { followSymlinks: rule.followSymlinks, directories: dirs, fifos: rule.fifos, hardlinks: rule.hardlinks }
+        : dirs
+          ? DIRECTORIES
+          : NO_OPTIONS;
   }
 }
 
@@ -160,7 +163,12 @@ export class Section {
   /** per following rule: whether its real paths need checking (carve-outs.ts), found once */
   readonly #checked = new Map<Rule, boolean>();
 
-  constructor(spec: Omit<SectionSpec, 'rules'> & { rules: readonly Rule[] }, trie: Trie<CompiledRule>, isDefault = false, defaultRules: readonly Rule[] = []) {
+  constructor(
+    spec: Omit<SectionSpec, 'rules'> & { rules: readonly Rule[] },
+    trie: Trie<CompiledRule>,
+    isDefault = false,
+    defaultRules: readonly Rule[] = [],
+  ) {
     this.name = spec.name ?? spec.origin;
     this.origin = spec.origin;
     this.uids = spec.uids?.length ? spec.uids : null;
@@ -181,7 +189,8 @@ export class Section {
     let checks = this.#checked.get(rule);
     // The scan is linear in the rules: in a large policy, checking is kept rather than scanning
     // per rule (quadratic over a policy of many following rules).
-    if (checks === undefined) this.#checked.set(rule, (checks = this.#trieRules.length > CARVE_OUT_SCAN_LIMIT || !noCarveOuts(rule, this.#trieRules)));
+    if (checks === undefined)
+      this.#checked.set(rule, (checks = this.#trieRules.length > CARVE_OUT_SCAN_LIMIT || !noCarveOuts(rule, this.#trieRules)));
     return checks;
   }
 
@@ -238,13 +247,18 @@ export class Policy {
   /** Decides on a normalised absolute path (see path.ts) and the access the request needs. */
   decide(peer: Peer, path: ByteString, access: number): Decision {
     const section = this.sectionFor(peer);
-    if (section === null) return deny(null, this.denyErrno, 'this client matches no section of the policy, and unmatched clients are refused');
+    if (section === null)
+      return deny(null, this.denyErrno, 'this client matches no section of the policy, and unmatched clients are refused');
     const c = section.trie.match(path);
     if (c === null) return deny(null, this.denyErrno, section.noRule);
     const rule = c.rule;
     if (rule.effect === 'deny') return deny(rule, rule.denyErrno || this.denyErrno, c.reason);
     if ((rule.access & access) !== access) {
-      return deny(rule, this.denyErrno, `${rule.origin} grants '${formatAccess(rule.access)}', the request needs '${formatAccess(access)}'`);
+      return deny(
+        rule,
+        this.denyErrno,
+        `${rule.origin} grants '${formatAccess(rule.access)}', the request needs '${formatAccess(access)}'`,
+      );
     }
     const directoryOnly = rule.glob && section.trie.matchedTreeRoot;
     const refusal = directoryOnly ? treeRootRefusal(rule, path, access) : null;
@@ -252,10 +266,24 @@ export class Policy {
     const rest = path.length === c.rootLength || path === '/' ? '.' : path.slice(c.rootLength + 1);
     // Following rules check the real path only where a carve-out could be reached: without one,
     // RESOLVE_BENEATH alone keeps the answer (carve-outs.ts), and opens keep the fast path.
-    const open = rule.followSymlinks && section.checksRealPaths(rule)
-      ? { ...c.open, verify: (real: ByteString, rootReal: ByteString, type: number) => this.#verify(section, access, c, real, rootReal, type) }
-      : c.open;
-    if (directoryOnly) return { allowed: true, errno: 0, rule, root: c.root!.path, rest, reason: c.reason, open: directoriesOnly(open, this.denyErrno), directoryOnly };
+    const open =
+      rule.followSymlinks && section.checksRealPaths(rule)
+        ? {
+            ...c.open,
+            verify: (real: ByteString, rootReal: ByteString, type: number) => this.#verify(section, access, c, real, rootReal, type),
+          }
+        : c.open;
+    if (directoryOnly)
+      return {
+        allowed: true,
+        errno: 0,
+        rule,
+        root: c.root!.path,
+        rest,
+        reason: c.reason,
+        open: directoriesOnly(open, this.denyErrno),
+        directoryOnly,
+      };
     return { allowed: true, errno: 0, rule, root: c.root!.path, rest, reason: c.reason, open };
   }
 
@@ -271,7 +299,8 @@ export class Policy {
     const root = rule.root!.path;
     if (real === rootReal) lexical = root;
     else if (rootReal === '/' && real.startsWith('/')) lexical = joinPath(root, real.slice(1));
-    else if (real.startsWith(rootReal) && real.charCodeAt(rootReal.length) === 0x2f) lexical = joinPath(root, real.slice(rootReal.length + 1));
+    else if (real.startsWith(rootReal) && real.charCodeAt(rootReal.length) === 0x2f)
+      lexical = joinPath(root, real.slice(rootReal.length + 1));
     else return this.denyErrno; // outside the root: the kernel should have refused already
     const again = section.trie.match(lexical)?.rule ?? null;
     if (again === null || again.effect === 'deny') return again?.denyErrno || this.denyErrno;

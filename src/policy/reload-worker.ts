@@ -20,7 +20,11 @@ parentPort!.on('message', (file: string) => {
       const rules = lists[list]!;
       for (let i = 0; i < rules.length; i += CHUNK) parentPort!.postMessage({ kind: 'rules', list, rules: rules.slice(i, i + CHUNK) });
     }
-    parentPort!.postMessage({ kind: 'done', ok: true, spec: { ...spec, rules: [], sections: spec.sections.map((s) => ({ ...s, rules: [] })) } });
+    parentPort!.postMessage({
+      kind: 'done',
+      ok: true,
+      spec: { ...spec, rules: [], sections: spec.sections.map((s) => ({ ...s, rules: [] })) },
+    });
   } catch (err) {
     parentPort!.postMessage({ kind: 'done', ok: false, policyError: err instanceof PolicyError, message: (err as Error).message });
   }

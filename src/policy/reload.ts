@@ -77,7 +77,9 @@ export class PolicyReloader {
       const policy = await compilePolicySliced(reply.spec);
       this.#opts.apply(policy);
       this.loaded++;
-      this.#opts.log(`policy reloaded (${why}) from ${this.#opts.file}: ${policy.ruleCount} rules in ${Math.round(performance.now() - started)} ms`);
+      this.#opts.log(
+        `policy reloaded (${why}) from ${this.#opts.file}: ${policy.ruleCount} rules in ${Math.round(performance.now() - started)} ms`,
+      );
       return true;
     } catch (err) {
       // Whatever went wrong (a bad file, or a fault of ours), the old policy stays in force.

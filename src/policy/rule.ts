@@ -50,7 +50,8 @@ export class PolicyError extends Error {
   readonly key: string | undefined;
 
   constructor(message: string, where?: { file?: string; line?: number; column?: number; key?: string }) {
-    const prefix = where?.file !== undefined ? `${where.file}${where.line ? `:${where.line}${where.column ? `:${where.column}` : ''}` : ''}: ` : '';
+    const prefix =
+      where?.file !== undefined ? `${where.file}${where.line ? `:${where.line}${where.column ? `:${where.column}` : ''}` : ''}: ` : '';
     super(prefix + message);
     this.file = where?.file;
     this.line = where?.line;
@@ -108,8 +109,7 @@ function splitStars(part: string): string[] {
     else if (ch === '*') {
       pieces.push(cur);
       cur = '';
-    }
-    else cur += ch;
+    } else cur += ch;
   }
   pieces.push(cur);
   return pieces;
@@ -176,7 +176,6 @@ export function parseErrno(value: string | number): number {
   return n;
 }
 
-
 /** A rule as written, with the policy file's key names. */
 export interface RuleSpec {
   allow?: string;
@@ -209,7 +208,8 @@ export function makeRule(spec: RuleSpec, origin: string): Rule {
   const rule: Rule = { effect, path, tree, glob, access, followSymlinks, denyErrno, origin };
   if (spec.fifos) rule.fifos = true;
   if (spec.hardlinks !== undefined) {
-    if (!HARDLINK_RULES.includes(spec.hardlinks)) throw new PolicyError(`hardlinks must be one of ${HARDLINK_RULES.join(', ')}`, { key: 'hardlinks' });
+    if (!HARDLINK_RULES.includes(spec.hardlinks))
+      throw new PolicyError(`hardlinks must be one of ${HARDLINK_RULES.join(', ')}`, { key: 'hardlinks' });
     rule.hardlinks = spec.hardlinks;
   }
   return rule;
@@ -253,7 +253,8 @@ export function describeRule(rule: Rule): string {
   const path = display(rule.path) + (rule.tree && rule.path !== '/' ? '/' : '');
   if (rule.effect === 'deny') return `deny ${path}${rule.denyErrno ? ` (${errnoName(rule.denyErrno)})` : ''}`;
   // follow_symlinks is named where it is not what the letters imply (docs/policy.md).
-  const follow = rule.followSymlinks === followsByDefault(rule.access) ? false : rule.followSymlinks ? 'follow_symlinks' : 'follow_symlinks = false';
+  const follow =
+    rule.followSymlinks === followsByDefault(rule.access) ? false : rule.followSymlinks ? 'follow_symlinks' : 'follow_symlinks = false';
   const options = [follow, rule.fifos && 'fifos', rule.hardlinks && `hardlinks ${rule.hardlinks}`].filter(Boolean);
   return `allow ${path} ${formatAccess(rule.access)}${options.length ? ` (${options.join(', ')})` : ''}`;
 }

@@ -60,9 +60,22 @@ type FieldType = 'string' | 'boolean' | 'errno' | 'ids' | 'strings' | 'tables' |
 
 const TOP: Record<string, FieldType> = { deny_errno: 'errno', unmatched: ['default', 'refuse'], rule: 'tables', client: 'tables' };
 const RULE: Record<string, FieldType> = {
-  allow: 'string', deny: 'string', access: 'string', follow_symlinks: 'boolean', fifos: 'boolean', hardlinks: ['allow', 'read-only', 'refuse'], deny_errno: 'errno',
+  allow: 'string',
+  deny: 'string',
+  access: 'string',
+  follow_symlinks: 'boolean',
+  fifos: 'boolean',
+  hardlinks: ['allow', 'read-only', 'refuse'],
+  deny_errno: 'errno',
 };
-const CLIENT: Record<string, FieldType> = { name: 'string', uid: 'ids', gid: 'ids', session: 'strings', include_default: 'boolean', rule: 'tables' };
+const CLIENT: Record<string, FieldType> = {
+  name: 'string',
+  uid: 'ids',
+  gid: 'ids',
+  session: 'strings',
+  include_default: 'boolean',
+  rule: 'tables',
+};
 
 const typeNames: Record<string, string> = {
   string: 'a string',
@@ -114,7 +127,11 @@ function checkType(v: unknown, type: FieldType): boolean {
 function checkTable(t: Table, schema: Record<string, FieldType>, path: string, what: string): void {
   for (const key in t) {
     const type = schema[key];
-    if (type === undefined) throw new Issue(path ? `${path}.${key}` : key, `unknown key '${key}' in ${what} (expected one of: ${Object.keys(schema).join(', ')})`);
+    if (type === undefined)
+      throw new Issue(
+        path ? `${path}.${key}` : key,
+        `unknown key '${key}' in ${what} (expected one of: ${Object.keys(schema).join(', ')})`,
+      );
     if (!checkType(t[key], type)) {
       const expected = Array.isArray(type) ? type.map((s) => `"${s}"`).join(' or ') : typeNames[type as string];
       throw new Issue(path ? `${path}.${key}` : key, `'${key}' must be ${expected}`);
@@ -233,7 +250,13 @@ class Builder {
     }
     let denyErrno = 13;
     if (top.deny_errno !== undefined) denyErrno = wrap('deny_errno', () => parseErrno(top.deny_errno as string | number));
-    return { rules: this.rules, sections: this.sections, denyErrno, unmatched: (top.unmatched as 'default' | 'refuse' | undefined) ?? 'default', source: this.#file };
+    return {
+      rules: this.rules,
+      sections: this.sections,
+      denyErrno,
+      unmatched: (top.unmatched as 'default' | 'refuse' | undefined) ?? 'default',
+      source: this.#file,
+    };
   }
 }
 
@@ -248,7 +271,8 @@ function buildRules(list: Table[], base: string, originOf: (i: number) => string
       const isAllow = t.allow !== undefined;
       if (isAllow === (t.deny !== undefined)) throw new Issue('', 'a rule needs exactly one of allow = "PATH" or deny = "PATH"');
       if (isAllow && t.access === undefined) throw new Issue('', 'an allow rule needs access = "LETTERS" (rwcdmusaxnb, or "all")');
-      if (isAllow && t.deny_errno !== undefined) throw new Issue('deny_errno', 'deny_errno belongs on deny rules (or at the top, for every denial)');
+      if (isAllow && t.deny_errno !== undefined)
+        throw new Issue('deny_errno', 'deny_errno belongs on deny rules (or at the top, for every denial)');
       if (!isAllow && t.access !== undefined) throw new Issue('access', 'a deny rule takes no access letters: it denies every access');
       for (const key of ['follow_symlinks', 'fifos', 'hardlinks'] as const) {
         if (!isAllow && t[key] !== undefined) throw new Issue(key, `${key} belongs on allow rules`);
@@ -276,8 +300,9 @@ function wrap<T>(path: string, f: () => T): T {
 
 /** The line and column of the first byte that is not part of a well-formed UTF-8 sequence. */
 function firstBadUtf8(bytes: Buffer): { line: number; column: number } {
-  let line = 1, lineStart = 0;
-  for (let i = 0; i < bytes.length; ) {
+  let line = 1,
+    lineStart = 0;
+  for (let i = 0; i < bytes.length;) {
     const b = bytes[i]!;
     const n = b < 0x80 ? 1 : b >= 0xc2 && b < 0xe0 ? 2 : b >= 0xe0 && b < 0xf0 ? 3 : b >= 0xf0 && b < 0xf5 ? 4 : 0;
     if (n === 0 || i + n > bytes.length || !isUtf8(bytes.subarray(i, i + n))) return { line, column: i - lineStart + 1 };

@@ -15,8 +15,10 @@ import type { Rule } from './rule.js';
 
 /** Why rule cannot allow access on path, its glob tree's own root, before anything is looked at; or null. */
 export function treeRootRefusal(rule: Rule, path: ByteString, access: number): string | null {
-  if (access & Access.CREATE) return `${rule.origin} covers ${display(path)} only as a directory (a tree's root): nothing can be created as it`;
-  if (!(rule.access & Access.DIRECTORY)) return `${rule.origin} covers ${display(path)} only as a directory (a tree's root), and grants no 'd'`;
+  if (access & Access.CREATE)
+    return `${rule.origin} covers ${display(path)} only as a directory (a tree's root): nothing can be created as it`;
+  if (!(rule.access & Access.DIRECTORY))
+    return `${rule.origin} covers ${display(path)} only as a directory (a tree's root), and grants no 'd'`;
   return null;
 }
 

@@ -28,8 +28,12 @@ export interface Entry {
   readonly rule: Rule;
 }
 
-const LIT = 4, PART = 3, STAR = 2, WIDE = 1;
-const END_EXACT = 2, END_TREE = 1;
+const LIT = 4,
+  PART = 3,
+  STAR = 2,
+  WIDE = 1;
+const END_EXACT = 2,
+  END_TREE = 1;
 
 interface GlobEdge<E extends Entry> {
   glob: Glob;
@@ -59,7 +63,8 @@ function better(a: Entry, aSeq: number, b: Entry | null, bSeq: number): boolean 
 
 /** Whether a component matches a partial glob: pieces[0] * pieces[1] * ... * pieces[k]. */
 function matchPart(pieces: readonly ByteString[], c: ByteString): boolean {
-  const first = pieces[0]!, last = pieces[pieces.length - 1]!;
+  const first = pieces[0]!,
+    last = pieces[pieces.length - 1]!;
   const end = c.length - last.length;
   if (end < first.length || !c.startsWith(first) || !c.endsWith(last)) return false;
   let pos = first.length;
@@ -151,7 +156,7 @@ export class Trie<E extends Entry> {
     // Deny rules open nothing: no root. "/" and files directly in it open beneath "/".
     const rootEnd = rule.effect === 'deny' ? -1 : rule.tree ? path.length : path.lastIndexOf('/');
     if (rootEnd === 0 || (rootEnd > 0 && path === '/')) root = node.root ??= new Root('/');
-    for (let start = 1; start < path.length; ) {
+    for (let start = 1; start < path.length;) {
       let end = path.indexOf('/', start);
       if (end < 0) end = path.length;
       const name = path.slice(start, end);

@@ -74,8 +74,19 @@ export const Feature = {
 
 /** The file-operation commands, in order. */
 export const FILE_OP_COMMANDS: ReadonlySet<number> = new Set([
-  Command.MKDIR, Command.UNLINK, Command.RMDIR, Command.RENAME, Command.LINK, Command.SYMLINK, Command.CHMOD,
-  Command.CHOWN, Command.UTIMES, Command.TRUNCATE, Command.ACCESS, Command.MKFIFO, Command.TMPFILE,
+  Command.MKDIR,
+  Command.UNLINK,
+  Command.RMDIR,
+  Command.RENAME,
+  Command.LINK,
+  Command.SYMLINK,
+  Command.CHMOD,
+  Command.CHOWN,
+  Command.UTIMES,
+  Command.TRUNCATE,
+  Command.ACCESS,
+  Command.MKFIFO,
+  Command.TMPFILE,
 ]);
 
 /**
@@ -91,12 +102,27 @@ export const HOOK_OPERATIONS: ReadonlySet<number> = new Set(Object.values(HookOp
 
 /** Each command's name, for the audit log and status. */
 export const COMMAND_NAMES: Readonly<Record<number, string>> = {
-  [Command.QEMU_OPEN]: 'open', [Command.OPEN_TAGGED]: 'open', [Command.HELLO]: 'hello', [Command.CONNECT]: 'connect',
-  [Command.STATUS]: 'status', [Command.SESSION]: 'session', [Command.MKDIR]: 'mkdir', [Command.UNLINK]: 'unlink', [Command.RMDIR]: 'rmdir',
-  [Command.RENAME]: 'rename', [Command.LINK]: 'link', [Command.SYMLINK]: 'symlink', [Command.CHMOD]: 'chmod',
-  [Command.CHOWN]: 'chown', [Command.UTIMES]: 'utimes', [Command.TRUNCATE]: 'truncate', [Command.ACCESS]: 'access',
-  [Command.MKFIFO]: 'mkfifo', [Command.TMPFILE]: 'tmpfile',
-  [HookOperation.SOCKET_CONNECT]: 'socket-connect', [HookOperation.SOCKET_BIND]: 'socket-bind',
+  [Command.QEMU_OPEN]: 'open',
+  [Command.OPEN_TAGGED]: 'open',
+  [Command.HELLO]: 'hello',
+  [Command.CONNECT]: 'connect',
+  [Command.STATUS]: 'status',
+  [Command.SESSION]: 'session',
+  [Command.MKDIR]: 'mkdir',
+  [Command.UNLINK]: 'unlink',
+  [Command.RMDIR]: 'rmdir',
+  [Command.RENAME]: 'rename',
+  [Command.LINK]: 'link',
+  [Command.SYMLINK]: 'symlink',
+  [Command.CHMOD]: 'chmod',
+  [Command.CHOWN]: 'chown',
+  [Command.UTIMES]: 'utimes',
+  [Command.TRUNCATE]: 'truncate',
+  [Command.ACCESS]: 'access',
+  [Command.MKFIFO]: 'mkfifo',
+  [Command.TMPFILE]: 'tmpfile',
+  [HookOperation.SOCKET_CONNECT]: 'socket-connect',
+  [HookOperation.SOCKET_BIND]: 'socket-bind',
 };
 
 /** Byte sizes of the fixed parts of frames. */

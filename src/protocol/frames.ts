@@ -34,7 +34,25 @@ export interface Request {
 }
 
 export function newRequest(): Request {
-  return { command: 0, id: 0, flags: 0, mode: 0, version: 0, features: 0, buf: Buffer.alloc(0), nameOffset: 0, nameLength: 0, name2Offset: 0, name2Length: 0, uid: 0, gid: 0, a: 0, b: 0, c: 0, d: 0 };
+  return {
+    command: 0,
+    id: 0,
+    flags: 0,
+    mode: 0,
+    version: 0,
+    features: 0,
+    buf: Buffer.alloc(0),
+    nameOffset: 0,
+    nameLength: 0,
+    name2Offset: 0,
+    name2Length: 0,
+    uid: 0,
+    gid: 0,
+    a: 0,
+    b: 0,
+    c: 0,
+    d: 0,
+  };
 }
 
 /** Why a frame could not be decoded. Every one is answered with -EPROTO. */
@@ -218,7 +236,8 @@ export function encodeHelloReply(buf: Buffer, offset: number, features: number):
 /** A whole STATUS reply: the 12-byte reply header with result 0, then the JSON document. */
 export function encodeStatusReply(json: string): Buffer {
   const body = Buffer.from(json, 'utf8');
-  if (Size.REPLY + body.length > MAX_STATUS_REPLY) throw new RangeError(`status report of ${body.length} bytes exceeds ${MAX_STATUS_REPLY}`);
+  if (Size.REPLY + body.length > MAX_STATUS_REPLY)
+    throw new RangeError(`status report of ${body.length} bytes exceeds ${MAX_STATUS_REPLY}`);
   const buf = Buffer.allocUnsafe(Size.REPLY + body.length);
   writeU32(buf, 0, buf.length);
   writeU32(buf, 4, Command.STATUS);
@@ -320,7 +339,6 @@ export function decodeReply(buf: Buffer, offset: number, length: number): Reply 
   }
   return reply;
 }
-
 
 /**
  * A SESSION request: the session's name, and the grants the launcher adds to the daemon's base

@@ -171,10 +171,20 @@ export class FdSetImages {
     const added: string[] = [];
     try {
       await this.qmp.execute('blockdev-add', {
-        driver: 'file', 'node-name': fileNodeName, filename: fdset.path, 'read-only': access === 'r', ...options.fileOptions,
+        driver: 'file',
+        'node-name': fileNodeName,
+        filename: fdset.path,
+        'read-only': access === 'r',
+        ...options.fileOptions,
       });
       added.push(fileNodeName);
-      const formatArgs: Record<string, unknown> = { driver: format, 'node-name': options.nodeName, file: fileNodeName, 'read-only': access === 'r', ...options.options };
+      const formatArgs: Record<string, unknown> = {
+        driver: format,
+        'node-name': options.nodeName,
+        file: fileNodeName,
+        'read-only': access === 'r',
+        ...options.options,
+      };
       if (BACKING_FORMATS.has(format)) formatArgs.backing = options.backing ?? null;
       await this.qmp.execute('blockdev-add', formatArgs);
     } catch (err) {
@@ -205,10 +215,21 @@ export class FdSetImages {
     try {
       await this.qmp.execute('blockdev-add', { driver: 'file', 'node-name': fileNodeName, filename: fdset.path, ...options.fileOptions });
       added.push(fileNodeName);
-      await runJob(this.qmp, 'blockdev-create', {
-        'job-id': `create-${options.nodeName}`,
-        options: { driver: 'qcow2', file: fileNodeName, size: info.image['virtual-size'], 'backing-file': backingFile, 'backing-fmt': info.drv },
-      }, { timeout: options.timeout ?? 30_000 });
+      await runJob(
+        this.qmp,
+        'blockdev-create',
+        {
+          'job-id': `create-${options.nodeName}`,
+          options: {
+            driver: 'qcow2',
+            file: fileNodeName,
+            size: info.image['virtual-size'],
+            'backing-file': backingFile,
+            'backing-fmt': info.drv,
+          },
+        },
+        { timeout: options.timeout ?? 30_000 },
+      );
       await this.qmp.execute('blockdev-add', { driver: 'qcow2', 'node-name': options.nodeName, file: fileNodeName, backing: null });
       added.push(options.nodeName);
       await this.qmp.execute('blockdev-snapshot', { node: baseNode, overlay: options.nodeName });
@@ -230,7 +251,11 @@ export class FdSetImages {
   async commit(top: string, base: string, options: CommitOptions = {}): Promise<void> {
     const device = options.device ?? top;
     const args: Record<string, unknown> & { 'job-id': string } = {
-      'job-id': options.jobId ?? `commit-${top}`, device, 'top-node': top, 'base-node': base, 'auto-dismiss': false,
+      'job-id': options.jobId ?? `commit-${top}`,
+      device,
+      'top-node': top,
+      'base-node': base,
+      'auto-dismiss': false,
     };
     if (device !== top) args['backing-file'] = this.#realPath(base, await this.#nodeInfo(base));
     await runJob(this.qmp, 'block-commit', args, { complete: device === top, timeout: options.timeout ?? 60_000 });

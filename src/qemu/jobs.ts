@@ -22,7 +22,12 @@ interface JobInfo {
 }
 
 /** Runs `command` with args (which must name its 'job-id') to its end; rejects with QmpJobError if it failed. */
-export async function runJob(qmp: QmpClient, command: string, args: Record<string, unknown> & { 'job-id': string }, options: JobOptions = {}): Promise<void> {
+export async function runJob(
+  qmp: QmpClient,
+  command: string,
+  args: Record<string, unknown> & { 'job-id': string },
+  options: JobOptions = {},
+): Promise<void> {
   const id = args['job-id'];
   let completedError: string | undefined;
   let aborted = false;
@@ -44,9 +49,13 @@ export async function runJob(qmp: QmpClient, command: string, args: Record<strin
   try {
     await qmp.execute(command, args, { signal: options.signal, timeout: options.timeout });
     const ended = new Wait<void>({
-      timeout: options.timeout, timeoutError: () => new QmpTimeoutError(`job ${id} did not end within ${options.timeout} ms`),
+      timeout: options.timeout,
+      timeoutError: () => new QmpTimeoutError(`job ${id} did not end within ${options.timeout} ms`),
     });
-    concluded.then(() => ended.resolve(), (err: Error) => ended.reject(err));
+    concluded.then(
+      () => ended.resolve(),
+      (err: Error) => ended.reject(err),
+    );
     await ended.promise;
   } finally {
     qmp.off('event', onEvent);

@@ -48,7 +48,10 @@ export class PolicyOpener implements ImageOpener {
     this.#resolver = options.resolver ?? new Resolver();
     this.#audit = options.audit ?? null;
     this.#peer = {
-      pid: process.pid, uid: process.getuid?.() ?? -1, gid: process.getgid?.() ?? -1, groups: null,
+      pid: process.pid,
+      uid: process.getuid?.() ?? -1,
+      gid: process.getgid?.() ?? -1,
+      groups: null,
       ...(options.session !== undefined ? { session: options.session } : {}),
     };
   }
@@ -70,7 +73,8 @@ export class PolicyOpener implements ImageOpener {
   }
 
   #context(): ServiceContext {
-    if (this.#source instanceof Policy) return { policy: this.#source, resolver: this.#resolver, audit: this.#audit, metrics: this.#metrics };
+    if (this.#source instanceof Policy)
+      return { policy: this.#source, resolver: this.#resolver, audit: this.#audit, metrics: this.#metrics };
     // A broker's context follows its policy reloads; an audit given here wins over the broker's.
     const ctx = this.#source.context();
     return this.#audit ? { ...ctx, audit: this.#audit } : ctx;

@@ -94,11 +94,14 @@ export async function connectQmp(target: string | number | QmpConnectOptions): P
   else if (options.path !== undefined) {
     // QEMU creates its socket while it starts: not there yet, or not listening yet.
     fd = await connectPath(options.path, {
-      type: C.SOCK_STREAM, signal: options.signal, retry: ['ENOENT', 'ECONNREFUSED'], retryMs: 10, deadline,
+      type: C.SOCK_STREAM,
+      signal: options.signal,
+      retry: ['ENOENT', 'ECONNREFUSED'],
+      retryMs: 10,
+      deadline,
       timeoutError: (code) => new QmpTimeoutError(`QMP socket ${options.path} did not accept a connection in time (${code})`),
     });
-  }
-  else throw new TypeError('connectQmp: give a socket path or a connected fd');
+  } else throw new TypeError('connectQmp: give a socket path or a connected fd');
   return QmpClient.start(fd, options.commandTimeout ?? 0, Math.max(1, deadline - Date.now()), options.signal);
 }
 
@@ -180,7 +183,9 @@ export class QmpClient extends EventEmitter {
     });
     if (wait.settled) return wait.promise as Promise<T>;
     const req: Pending = { id: `openhook-${this.#nextId++}`, command, wait, withFds: fds !== null };
-    const message = Buffer.from(JSON.stringify(args === undefined ? { execute: command, id: req.id } : { execute: command, arguments: args, id: req.id }) + '\n');
+    const message = Buffer.from(
+      JSON.stringify(args === undefined ? { execute: command, id: req.id } : { execute: command, arguments: args, id: req.id }) + '\n',
+    );
     const send = (): void => {
       if (this.#closed) return; // #shutdown has rejected it
       if (req.wait.settled) {
@@ -238,7 +243,9 @@ export class QmpClient extends EventEmitter {
 
   async #handshake(timeoutMs: number, signal?: AbortSignal): Promise<void> {
     this.#greetingWait = new Wait<QmpGreeting>({
-      timeout: timeoutMs, signal, timeoutError: () => new QmpTimeoutError(`no QMP greeting within ${timeoutMs} ms`),
+      timeout: timeoutMs,
+      signal,
+      timeoutError: () => new QmpTimeoutError(`no QMP greeting within ${timeoutMs} ms`),
     });
     this.#updateRef();
     try {
@@ -372,7 +379,9 @@ export class QmpListener {
     const timeout = options.timeout ?? 10_000;
     const deadline = Date.now() + timeout;
     const accepted = new Wait<number>({
-      timeout, signal: options.signal, timeoutError: () => new QmpTimeoutError(`QEMU did not connect to ${this.path} within ${timeout} ms`),
+      timeout,
+      signal: options.signal,
+      timeoutError: () => new QmpTimeoutError(`QEMU did not connect to ${this.path} within ${timeout} ms`),
     });
     if (!accepted.settled) {
       this.#cancel = () => accepted.reject(new QmpClosedError('the QMP listener was closed'));

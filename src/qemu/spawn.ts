@@ -67,7 +67,8 @@ export async function spawnQemu(args: string[], options: SpawnQemuOptions = {}):
   const wiring = options.qmp ?? 'stdin';
   const timeout = options.timeout ?? 30_000;
   const command = [...(options.prefix ?? []), options.binary ?? 'qemu-system-x86_64', ...args, ...qmpArgs(wiring)];
-  let ours = -1, theirs = -1;
+  let ours = -1,
+    theirs = -1;
   let listener: QmpListener | null = null;
   if (wiring === 'stdin') [ours, theirs] = native.socketpair(C.SOCK_STREAM, false);
   else listener = new QmpListener(wiring.listen);
@@ -119,7 +120,10 @@ export async function spawnQemu(args: string[], options: SpawnQemuOptions = {}):
   let qmp: QmpClient;
   try {
     const ready = listener ? listener.accept({ timeout }) : connectQmp({ fd: ours, timeout });
-    ready.then((q) => died.catch(() => q.close()), () => {}); // the loser of the race must not leak
+    ready.then(
+      (q) => died.catch(() => q.close()),
+      () => {},
+    ); // the loser of the race must not leak
     qmp = await Promise.race([ready, died]);
   } catch (e) {
     listener?.close();

@@ -121,7 +121,14 @@ export class OpenMachine {
         if (reopened) return this.#done(answer);
         if (answer === -E.EAGAIN) return this.#again();
         if (answer === -E.ENOENT && this.#create) {
-          return this.#run(Step.CREATE, this.#rootFd, this.#rest, this.ioFlags | C.O_CREAT | C.O_EXCL, this.#createMode, createResolve(this.#lookupResolve, this.#options));
+          return this.#run(
+            Step.CREATE,
+            this.#rootFd,
+            this.#rest,
+            this.ioFlags | C.O_CREAT | C.O_EXCL,
+            this.#createMode,
+            createResolve(this.#lookupResolve, this.#options),
+          );
         }
         if (answer < 0) return this.#done(answer);
         this.#found = answer;
@@ -163,8 +170,11 @@ export class OpenMachine {
   /** What the lookup found may be reopened with the request's flags, or the open ends refused. */
   #vet(found: number, fileMode: number, nlink: number): Step {
     const options = this.#options;
-    let refused: Refusal | null = this.#exclusive ? failed(E.EEXIST) : check(fileMode, nlink, this.#flags, options, this.#settings.hardlinks);
-    if (refused === null && options.directoriesOnly !== undefined && (fileMode & C.S_IFMT) !== C.S_IFDIR) refused = notADirectory(options.directoriesOnly);
+    let refused: Refusal | null = this.#exclusive
+      ? failed(E.EEXIST)
+      : check(fileMode, nlink, this.#flags, options, this.#settings.hardlinks);
+    if (refused === null && options.directoriesOnly !== undefined && (fileMode & C.S_IFMT) !== C.S_IFDIR)
+      refused = notADirectory(options.directoriesOnly);
     if (refused === null && options.verify) {
       const errno = verify(found, this.#rootFd, fileMode & C.S_IFMT, options.verify);
       if (errno) refused = failed(errno);

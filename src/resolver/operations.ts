@@ -86,7 +86,7 @@ export class Operations {
    * it cannot be made, removed or renamed through its rule (EBUSY, as for a mount point).
    */
   withParent(at: Place, step: (dirFd: number, name: ByteString) => number): number {
-    if (at.rest === '.') return this.#refuse('the rule\'s root itself', E.EBUSY);
+    if (at.rest === '.') return this.#refuse("the rule's root itself", E.EBUSY);
     const slash = at.rest.lastIndexOf('/');
     const name = lastName(at.rest);
     return this.#inDirectory(at, slash < 0 ? '.' : at.rest.slice(0, slash), (dir) => step(dir, name), name);
@@ -164,7 +164,9 @@ export class Operations {
   /** renameat2 between two parents, each found beneath its own root (two rules: two roots). */
   rename(from: Place, to: Place, flags: number): number {
     this.refusal = '';
-    return this.withParent(from, (fromDir, fromName) => this.withParent(to, (toDir, toName) => native.renameat2(fromDir, fromName, toDir, toName, flags)));
+    return this.withParent(from, (fromDir, fromName) =>
+      this.withParent(to, (toDir, toName) => native.renameat2(fromDir, fromName, toDir, toName, flags)),
+    );
   }
 
   /** symlink: the target is stored as given; following it later is checked as every resolution is. */
@@ -194,7 +196,8 @@ export class Operations {
       const type = found.mode & C.S_IFMT;
       if (type === C.S_IFDIR) return -E.EPERM;
       if (type !== C.S_IFREG && type !== C.S_IFLNK) return this.#refuse('only regular files and symlinks may be linked', E.EACCES);
-      if ((from.options.hardlinks ?? this.resolver.hardlinks) === 'refuse') return this.#refuse('the source\'s rule refuses hard-linked files', E.EACCES);
+      if ((from.options.hardlinks ?? this.resolver.hardlinks) === 'refuse')
+        return this.#refuse("the source's rule refuses hard-linked files", E.EACCES);
       return this.withParent(to, (dir, name) => native.linkFd(found.fd, dir, name));
     } finally {
       native.close(found.fd);
@@ -209,7 +212,8 @@ export class Operations {
   linkUnnamed(fd: number, to: Place): number {
     this.refusal = '';
     if (native.fstat(fd, stat) < 0) return -E.EBADF;
-    if ((stat[0]! & C.S_IFMT) !== C.S_IFREG || stat[1] !== 0) return this.#refuse('only an unnamed file (O_TMPFILE) may be linked by fd', E.EACCES);
+    if ((stat[0]! & C.S_IFMT) !== C.S_IFREG || stat[1] !== 0)
+      return this.#refuse('only an unnamed file (O_TMPFILE) may be linked by fd', E.EACCES);
     return this.withParent(to, (dir, name) => native.linkFd(fd, dir, name));
   }
 
@@ -322,4 +326,3 @@ function lastName(rest: ByteString): ByteString {
   const slash = rest.lastIndexOf('/');
   return slash < 0 ? rest : rest.slice(slash + 1);
 }
-

@@ -107,7 +107,8 @@ const BLOCKING_FILESYSTEMS = new Set([
   0x65735546, // FUSE (sshfs, virtiofs, ...)
   0x00c36400, // Ceph
   0x01021997, // 9P
-  0x6b414653, 0x5346414f, // AFS
+  0x6b414653,
+  0x5346414f, // AFS
   0x73757245, // Coda
   0x7461636f, // OCFS2
   0x01161970, // GFS2
@@ -188,7 +189,14 @@ export class Resolver {
    * fd for the whole open, so that neither the table's bound nor a reload closes it meanwhile, and
    * runs the open on the event loop or, where it may block, on the pool (a promise then).
    */
-  openBeneath(root: ByteString, rest: ByteString, flags: number, mode: number, options: OpenOptions, cancel: OpenCancel | null): OpenResult | Promise<OpenResult> {
+  openBeneath(
+    root: ByteString,
+    rest: ByteString,
+    flags: number,
+    mode: number,
+    options: OpenOptions,
+    cancel: OpenCancel | null,
+  ): OpenResult | Promise<OpenResult> {
     const h = this.roots.acquire(root);
     if (typeof h === 'number') return refusal(-h, `its root ${display(root)} cannot be opened (${errnoName(h)})`);
     if (this.offloads(h, options)) {
@@ -241,7 +249,8 @@ export class Resolver {
     const stat = this.#stat;
     let step = m.start(rootFd, rest, flags, this.createMode(mode), options);
     while (step !== Step.DONE) {
-      let answer: number, reopened = false;
+      let answer: number,
+        reopened = false;
       if (step === Step.LOOKUP) {
         if (m.mayReopen) {
           // The native side reopens at once what the machine always allows (a regular file with
@@ -265,7 +274,14 @@ export class Resolver {
    * The same machine as open(), each step a job on a pool thread, so that a stalled filesystem or a
    * FIFO waiting for its other end never blocks the event loop: the pool driver. Never rejects.
    */
-  openSlow(rootFd: number, rest: ByteString, flags: number, mode: number, options: OpenOptions, cancel: OpenCancel | null): Promise<OpenResult> {
+  openSlow(
+    rootFd: number,
+    rest: ByteString,
+    flags: number,
+    mode: number,
+    options: OpenOptions,
+    cancel: OpenCancel | null,
+  ): Promise<OpenResult> {
     this.stats.slowOpens++;
     // The caller's fd may be closed while the jobs wait. Hold our own.
     const root = native.dup(rootFd);
@@ -273,7 +289,15 @@ export class Resolver {
     return this.#runPool(new OpenMachine(this), root, rest, flags, mode, options, cancel).finally(() => native.close(root));
   }
 
-  async #runPool(m: OpenMachine, rootFd: number, rest: ByteString, flags: number, mode: number, options: OpenOptions, cancel: OpenCancel | null): Promise<OpenResult> {
+  async #runPool(
+    m: OpenMachine,
+    rootFd: number,
+    rest: ByteString,
+    flags: number,
+    mode: number,
+    options: OpenOptions,
+    cancel: OpenCancel | null,
+  ): Promise<OpenResult> {
     let step = m.start(rootFd, rest, flags, this.createMode(mode), options);
     while (step !== Step.DONE) {
       if (cancel?.cancelled) {
@@ -323,7 +347,8 @@ export class Resolver {
 
   #job(job: number, dirfd: number, path: ByteString, flags: number, mode: number, resolve: number): Promise<JobResult> {
     if (this.#closed) return Promise.resolve({ result: -E.ECANCELED, mode: 0, nlink: 0 });
-    if (!this.#pool) this.#pool = new native.OpenPool(this.#poolThreads, this.#poolQueue, (id, result, m, n) => this.#done(id, result, m, n));
+    if (!this.#pool)
+      this.#pool = new native.OpenPool(this.#poolThreads, this.#poolQueue, (id, result, m, n) => this.#done(id, result, m, n));
     const id = this.#nextJob;
     this.#nextJob = (this.#nextJob % 0xffffffff) + 1;
     const queued = this.#pool.submit(id, job, dirfd, path, flags, mode, resolve);

@@ -42,12 +42,15 @@ export function listenFds(env: NodeJS.ProcessEnv = process.env, pid: number = pr
   delete env.LISTEN_PID;
   delete env.LISTEN_FDNAMES;
   if (count === undefined) return { sockets: [], ignored: forPid !== undefined ? 'LISTEN_PID is set without LISTEN_FDS' : null };
-  if (forPid === undefined || !/^\d+$/.test(forPid)) throw new ActivationError(`LISTEN_FDS is set, but LISTEN_PID is ${forPid === undefined ? 'missing' : `not a pid: '${forPid}'`}`);
+  if (forPid === undefined || !/^\d+$/.test(forPid))
+    throw new ActivationError(`LISTEN_FDS is set, but LISTEN_PID is ${forPid === undefined ? 'missing' : `not a pid: '${forPid}'`}`);
   if (Number(forPid) !== pid) return { sockets: [], ignored: `LISTEN_PID is ${forPid}, not this process (${pid})` };
-  if (!/^\d+$/.test(count) || Number(count) < 1 || Number(count) > 1024) throw new ActivationError(`LISTEN_FDS is not a count of fds: '${count}'`);
+  if (!/^\d+$/.test(count) || Number(count) < 1 || Number(count) > 1024)
+    throw new ActivationError(`LISTEN_FDS is not a count of fds: '${count}'`);
   const n = Number(count);
   const labels = names?.split(':') ?? [];
-  if (names !== undefined && labels.length !== n) throw new ActivationError(`LISTEN_FDNAMES names ${labels.length} fds, LISTEN_FDS says ${n}`);
+  if (names !== undefined && labels.length !== n)
+    throw new ActivationError(`LISTEN_FDNAMES names ${labels.length} fds, LISTEN_FDS says ${n}`);
   return {
     sockets: Array.from({ length: n }, (_, i) => ({ fd: LISTEN_FDS_START + i, name: labels[i] || 'unknown' })),
     ignored: null,
