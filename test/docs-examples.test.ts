@@ -225,7 +225,15 @@ function runDocument(file: string, list: Example[]): { status: number | null; ou
   // /usr/local/games: under /usr, so that a confined program may run what is there.
   const init = `
 set -euo pipefail
+# The checkout may itself lie beneath one of the tmpfs below (a clone in /tmp): hold it by an fd and
+# bind it back at its own path, so that the tests never depend on where the checkout lives (mount
+# must not canonicalize /proc/self/fd/9 to the path, which the tmpfs hides by then).
+exec 9< '${ROOT}'
 for d in /srv /home /tmp /run /var/log /usr/local/games; do mount -t tmpfs -o mode=0755 docs "$d"; done
+case '${ROOT}/' in
+  /srv/*|/home/*|/tmp/*|/run/*|/var/log/*|/usr/local/games/*) mkdir -p '${ROOT}' && mount --no-canonicalize --bind /proc/self/fd/9 '${ROOT}' ;;
+esac
+exec 9<&-
 chmod 1777 /tmp
 cp -a '${join(dir, 'bin')}'/. /usr/local/games/
 export PATH=/usr/local/games:$PATH
