@@ -60,14 +60,12 @@ export interface HookHost {
   readonly stats: HookStats;
 }
 
-/** One trapped call being answered. The server reuses it; handlers fill cloexec and slow. */
+/** One trapped call being answered. The server reuses it; handlers fill cloexec. */
 export interface HookCall {
   n: Notification;
   host: HookHost;
   /** install the fd close-on-exec (the program asked for O_CLOEXEC) */
   cloexec: boolean;
-  /** the fd came from the resolver's thread pool (close it there) */
-  slow: boolean;
 }
 
 export type Handler = (call: HookCall) => number | Promise<number>;
