@@ -209,9 +209,15 @@ function readOpenHow(n: Notification): number {
   return 0;
 }
 
+/** The scratch request every trapped open fills, as the connection does: serveOpen copies what outlives it. */
+const scratchRequest: OpenRequest = { command: Command.QEMU_OPEN, path: '', flags: 0, mode: 0 };
+
 /** The request the broker's request path takes, made from a trapped call: an open, as QEMU_OPEN says it. */
-export function openRequest(path: ByteString, flags: number, mode: number): OpenRequest {
-  return { command: Command.QEMU_OPEN, path, flags: flags >>> 0, mode };
+function openRequest(path: ByteString, flags: number, mode: number): OpenRequest {
+  scratchRequest.path = path;
+  scratchRequest.flags = flags >>> 0;
+  scratchRequest.mode = mode;
+  return scratchRequest;
 }
 
 /**
