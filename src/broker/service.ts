@@ -14,7 +14,7 @@ import { E } from '../errno.js';
 import { C } from '../native.js';
 import type { Decision, Policy, Peer } from '../policy/policy.js';
 import { normalise } from '../policy/path.js';
-import { Command, Feature } from '../protocol/constants.js';
+import { Feature } from '../protocol/constants.js';
 import type { OpenCancel, Resolver } from '../resolver/resolver.js';
 import type { OpenResult } from '../resolver/result.js';
 import { accessFor, flagsError } from './flags.js';
@@ -138,8 +138,4 @@ function failedWith(errno: number, reason: string): OpenResult {
 
 function endsWithSlash(path: ByteString): boolean {
   return path.length > 1 && path.charCodeAt(path.length - 1) === 0x2f;
-}
-
-export function isOpenCommand(command: number): boolean {
-  return command === Command.QEMU_OPEN || command === Command.OPEN_TAGGED;
 }

@@ -60,14 +60,12 @@ export interface HookHost {
   readonly stats: HookStats;
 }
 
-/** One trapped call being answered. The server reuses it; handlers fill cloexec and slow. */
+/** One trapped call being answered. The server reuses it; handlers fill cloexec. */
 export interface HookCall {
   n: Notification;
   host: HookHost;
   /** install the fd close-on-exec (the program asked for O_CLOEXEC) */
   cloexec: boolean;
-  /** the fd came from the resolver's thread pool (close it there) */
-  slow: boolean;
 }
 
 export type Handler = (call: HookCall) => number | Promise<number>;
@@ -211,9 +209,15 @@ function readOpenHow(n: Notification): number {
   return 0;
 }
 
+/** The scratch request every trapped open fills, as the connection does: serveOpen copies what outlives it. */
+const scratchRequest: OpenRequest = { command: Command.QEMU_OPEN, path: '', flags: 0, mode: 0 };
+
 /** The request the broker's request path takes, made from a trapped call: an open, as QEMU_OPEN says it. */
-export function openRequest(path: ByteString, flags: number, mode: number): OpenRequest {
-  return { command: Command.QEMU_OPEN, path, flags: flags >>> 0, mode };
+function openRequest(path: ByteString, flags: number, mode: number): OpenRequest {
+  scratchRequest.path = path;
+  scratchRequest.flags = flags >>> 0;
+  scratchRequest.mode = mode;
+  return scratchRequest;
 }
 
 /**

@@ -74,7 +74,7 @@ export class HookServer implements HookHost {
     this.#onClose = options.onClose;
     this.#log = options.log ?? ((m) => process.stderr.write(`openhook: ${m}\n`));
     this.#table = syscallTable();
-    this.#call = { n: this.#n, host: this, cloexec: false, slow: false };
+    this.#call = { n: this.#n, host: this, cloexec: false };
     notify.notifySyncWakeUp(this.listener); // an optimisation only: older kernels answer EINVAL
     this.#poller = new native.Poller(this.listener, PollMode.Notify, 1, (events, _count, status) => this.#wake(events, status));
     this.#poller.start(C.UV_READABLE | C.UV_DISCONNECT);
@@ -112,7 +112,6 @@ export class HookServer implements HookHost {
     const n = this.#n;
     const call = this.#call;
     call.cloexec = false;
-    call.slow = false;
     const entry = n.arch === AUDIT_ARCH ? this.#table.get(n.nr) : undefined;
     if (entry === undefined) {
       // The filter sends nothing else; a newer helper might: refuse as an older kernel would.

@@ -26,11 +26,6 @@ export function refusal(errno: number, reason: string): Refusal {
   return Object.freeze({ errno, reason });
 }
 
-/** A native call's answer (an fd or -errno) as a result. */
-export function resultOf(fdOrErrno: number): OpenResult {
-  return fdOrErrno >= 0 ? fdOrErrno : failed(-fdOrErrno);
-}
-
 /** The result as the wire says it: the fd, or -errno. */
 export function codeOf(result: OpenResult): number {
   return typeof result === 'number' ? result : -result.errno;
