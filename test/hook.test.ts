@@ -161,6 +161,10 @@ describe('syscall hook: programs as they are', () => {
     same(['/usr/bin/python3', '-c', "import subprocess; subprocess.run(['cat', 'a.txt'], check=True)"]);
   });
 
+  it('an open with O_ASYNC succeeds as it does unconfined (the flag enables nothing on open)', () => {
+    same(['/usr/bin/python3', '-c', "import os; fd = os.open('a.txt', os.O_RDONLY | os.O_ASYNC); print(os.read(fd, 5).decode())"]);
+  });
+
   it('a SIGALRM handler with SA_RESTART firing during opens: no EINTR, no failure, no restart loop', () => {
     const r = run([PROBE, 'alarm', join(tree, 'a.txt'), '3000', 'restart']);
     assert.equal(r.status, 0, r.stderr);

@@ -135,7 +135,9 @@ export function openFamily(call: HookCall, which: 'open' | 'creat' | 'openat' | 
       break;
     }
   }
-  flags = (flags & ~KERNEL_O_LARGEFILE) >>> 0;
+  // O_ASYNC on open() enables nothing (open(2), BUGS: only fcntl F_SETFL does), and the broker refuses
+  // the bit (invariant 3): drop it, so that the program gets the open the kernel would give it.
+  flags = (flags & ~(KERNEL_O_LARGEFILE | C.FASYNC)) >>> 0;
   if (resolve & C.RESOLVE_CACHED) return -E.EAGAIN; // "not in the cache": callers retry without it
 
   // 2. the path, once
@@ -232,7 +234,7 @@ function pathOnly(host: HookHost, ctx: ServiceContext, path: ByteString): number
   const grants = host.continuation;
   if (grants.beneath(path) && (grants.usable(ctx.policy) || noRule(ctx, host.peer, path))) return CONTINUE;
   const norm = normalise(path.length > 1 && path.endsWith('/') ? path.slice(0, -1) : path);
-  if (!norm.ok) return -E.EACCES;
+  if (!norm.ok) return -ctx.policy.denyErrno;
   let decision = ctx.policy.decide(host.peer, norm.path, Access.READ);
   if (!decision.allowed && decision.rule?.effect === 'allow') {
     decision = ctx.policy.decide(host.peer, norm.path, Access.DIRECTORY); // a directory it may only list
