@@ -6,7 +6,10 @@ import { C } from '../native.js';
 import { Access } from '../policy/access.js';
 import { E } from '../errno.js';
 
-/** Every flag a client may send. Anything else (O_PATH, O_TMPFILE, FASYNC, unknown bits) is refused. */
+/**
+ * Every flag a client may send. Anything else (O_PATH, O_TMPFILE, FASYNC, unknown bits) is refused.
+ * (The syscall hook first reads a trapped call's flags as the kernel would: src/hook/open.ts.)
+ */
 const ALLOWED =
   C.O_ACCMODE |
   C.O_CREAT |

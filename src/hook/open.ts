@@ -72,7 +72,11 @@ export type Handler = (call: HookCall) => number | Promise<number>;
 
 /** The kernel's O_LARGEFILE (Node's constant is 0 on 64-bit): implied on 64-bit, so dropped. */
 const KERNEL_O_LARGEFILE = 0o100000;
-/** Every open(2) flag the kernel knows (its VALID_OPEN_FLAGS); open and openat ignore the rest, openat2 refuses them. */
+/**
+ * Every open(2) flag the kernel knows (its VALID_OPEN_FLAGS); open and openat ignore the rest, openat2
+ * refuses them. Not the broker's allow-list (src/broker/flags.ts ALLOWED): this says what the program
+ * asked, as the kernel reads it; that decides what the broker will do.
+ */
 const VALID_OPEN_FLAGS =
   C.O_ACCMODE |
   C.O_CREAT |
