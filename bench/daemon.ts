@@ -19,22 +19,10 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { LAUNCHER_PATH } from '../src/hook/sessions.js';
-import { spawnQemu } from '../src/qemu/spawn.js';
-import { CLI, median, printTable, ROOT, startOpenhook, workspace, type Row } from './lib.js';
+import { CLI, median, printTable, ROOT, startOpenhook, workspace, type Row, QEMU_MACHINE, qmpReadyMs } from './lib.js';
 
 export interface DaemonBenchOptions {
   runs: number;
-}
-
-const MACHINE = ['-machine', 'pc,accel=tcg', '-S', '-nodefaults', '-display', 'none', '-m', '128'];
-
-async function readyMs(args: string[], prefix: string[]): Promise<number> {
-  const started = performance.now();
-  const q = await spawnQemu(args, { prefix });
-  const ms = performance.now() - started;
-  const exit = await q.quit();
-  if (exit.code !== 0) throw new Error(`QEMU exited with ${exit.signal ?? exit.code}: ${q.stderr()}`);
-  return ms;
 }
 
 function trueMs(command: string[]): number {
@@ -56,7 +44,7 @@ export async function benchDaemon(opts: DaemonBenchOptions): Promise<Row[]> {
   const socket = join(ws.dir, 'daemon.sock');
   const daemon = await startOpenhook(socket, ['--policy', policy]);
   const args = [
-    ...MACHINE,
+    ...QEMU_MACHINE,
     '-blockdev',
     `driver=file,node-name=base-file,filename=${image}`,
     '-blockdev',
@@ -74,12 +62,12 @@ export async function benchDaemon(opts: DaemonBenchOptions): Promise<Row[]> {
     runTrue: number[] = [],
     wrapperTrue: number[] = [];
   try {
-    await readyMs(args, []);
-    await readyMs(args, exec);
+    await qmpReadyMs(args, []);
+    await qmpReadyMs(args, exec);
     for (const c of [['/bin/true'], [...exec, '/bin/true'], [...run, '/bin/true'], [...wrapper, '/bin/true']]) trueMs(c);
     for (let i = 0; i < opts.runs; i++) {
-      plainQmp.push(await readyMs(args, []));
-      execQmp.push(await readyMs(args, exec));
+      plainQmp.push(await qmpReadyMs(args, []));
+      execQmp.push(await qmpReadyMs(args, exec));
     }
     for (let i = 0; i < Math.max(opts.runs, 10); i++) {
       plainTrue.push(trueMs(['/bin/true']));

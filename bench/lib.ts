@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { spawnQemu } from '../src/qemu/spawn.js';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 /** The openhook CLI the brokers run: this tree's, or $OPENHOOK_BENCH_CLI (another revision's dist/cli/main.js, to compare). */
@@ -213,4 +214,17 @@ export function printTable(rows: Row[]): void {
   console.log(row(header));
   console.log('|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|');
   for (const l of lines) console.log(row(l));
+}
+
+/** A small TCG VM that waits (-S): what the QMP-ready figures start. */
+export const QEMU_MACHINE = ['-machine', 'pc,accel=tcg', '-S', '-nodefaults', '-display', 'none', '-m', '128'];
+
+/** Starts QEMU (behind prefix, a launcher), waits for QMP to be ready, quits it; returns the ms until ready. */
+export async function qmpReadyMs(args: string[], prefix: string[]): Promise<number> {
+  const started = performance.now();
+  const q = await spawnQemu(args, { prefix });
+  const ms = performance.now() - started;
+  const exit = await q.quit();
+  if (exit.code !== 0) throw new Error(`QEMU exited with ${exit.signal ?? exit.code}: ${q.stderr()}`);
+  return ms;
 }

@@ -31,23 +31,11 @@ import { C, native } from '../src/native.js';
 import { Policy } from '../src/policy/policy.js';
 import { parseAllowFlag } from '../src/policy/rule.js';
 import { connectQmp } from '../src/qemu/qmp.js';
-import { qmpArgs, spawnQemu } from '../src/qemu/spawn.js';
-import { CLI, median, printTable, ROOT, workspace, type Row } from './lib.js';
+import { qmpArgs } from '../src/qemu/spawn.js';
+import { CLI, median, printTable, ROOT, workspace, type Row, QEMU_MACHINE, qmpReadyMs } from './lib.js';
 
 export interface QemuBenchOptions {
   runs: number;
-}
-
-const MACHINE = ['-machine', 'pc,accel=tcg', '-S', '-nodefaults', '-display', 'none', '-m', '128'];
-
-/** Starts QEMU, waits for QMP to be ready, quits it; returns the ms until ready. */
-async function readyMs(args: string[], prefix: string[]): Promise<number> {
-  const started = performance.now();
-  const q = await spawnQemu(args, { prefix });
-  const ms = performance.now() - started;
-  const exit = await q.quit();
-  if (exit.code !== 0) throw new Error(`QEMU exited with ${exit.signal ?? exit.code}: ${q.stderr()}`);
-  return ms;
 }
 
 /** The same start through launch() in this process: confined, with the interposer, served by an in-process broker. */
@@ -90,7 +78,7 @@ export async function benchQemu(opts: QemuBenchOptions): Promise<Row[]> {
   const image = join(vm, 'base.qcow2');
   execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', image, '64M']);
   const args = [
-    ...MACHINE,
+    ...QEMU_MACHINE,
     '-blockdev',
     `driver=file,node-name=base-file,filename=${image}`,
     '-blockdev',
@@ -109,16 +97,16 @@ export async function benchQemu(opts: QemuBenchOptions): Promise<Row[]> {
   const inProcess: number[] = [];
   try {
     // Warm all three (page cache for QEMU, its firmware, Node and the CLI) before measuring.
-    await readyMs(args, []);
-    await readyMs(args, confined);
-    await readyMs(args, wrapper);
-    if (other) await readyMs(args, other);
+    await qmpReadyMs(args, []);
+    await qmpReadyMs(args, confined);
+    await qmpReadyMs(args, wrapper);
+    if (other) await qmpReadyMs(args, other);
     await readyInProcess(args, vm);
     for (let i = 0; i < opts.runs; i++) {
-      plain.push(await readyMs(args, []));
-      cli.push(await readyMs(args, confined));
-      wrapped.push(await readyMs(args, wrapper));
-      if (other) compared.push(await readyMs(args, other));
+      plain.push(await qmpReadyMs(args, []));
+      cli.push(await qmpReadyMs(args, confined));
+      wrapped.push(await qmpReadyMs(args, wrapper));
+      if (other) compared.push(await qmpReadyMs(args, other));
       inProcess.push(await readyInProcess(args, vm));
     }
   } finally {

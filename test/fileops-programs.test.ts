@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, realpathSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { CLI, tempDir } from './helpers.js';
+import { CLI, programStderr, tempDir, type Ran } from './helpers.js';
 import { snapshot, type SnapshotOptions } from './tree-snapshot.js';
 
 const tmp = tempDir('openhook-programs-');
@@ -53,20 +53,6 @@ const ENV: NodeJS.ProcessEnv = {
   GIT_COMMITTER_DATE: '2020-05-06T07:08:09Z',
   TZ: 'UTC',
 };
-
-interface Ran {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Drops run's own notes: what is left is the program's. */
-function programStderr(stderr: string): string {
-  return stderr
-    .split('\n')
-    .filter((l) => !l.startsWith('openhook run:') && !l.startsWith('openhook:'))
-    .join('\n');
-}
 
 /** The tree granted `access`, symlinks beneath it followed (as a venv or node_modules/.bin need). */
 function confined(tree: string, access: string, script: string): Ran {

@@ -214,3 +214,18 @@ export function receiveOne(fd: number, timeoutMs = 5000): Promise<{ bytes: strin
 }
 
 export { sleep };
+
+/** A program's run, for comparing a confined run with an unconfined one. */
+export interface Ran {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** A confined run's stderr less `openhook run`'s own notes: what is left is the program's. */
+export function programStderr(stderr: string): string {
+  return stderr
+    .split('\n')
+    .filter((l) => !l.startsWith('openhook run:') && !l.startsWith('openhook:'))
+    .join('\n');
+}

@@ -14,7 +14,7 @@ import { noCarveOuts } from '../src/policy/carve-outs.js';
 import { Policy } from '../src/policy/policy.js';
 import { describeRule, makeRule, parseAllowFlag, parseDenyFlag, type Rule } from '../src/policy/rule.js';
 import { Access } from '../src/policy/access.js';
-import { CLI, tempDir } from './helpers.js';
+import { CLI, programStderr, tempDir, type Ran } from './helpers.js';
 import { snapshot } from './tree-snapshot.js';
 
 const tmp = tempDir('openhook-symlinks-');
@@ -23,19 +23,6 @@ const base = realpathSync(tmp.path);
 let counter = 0;
 
 const ENV: NodeJS.ProcessEnv = { PATH: '/usr/bin:/bin', LANG: 'C', LC_ALL: 'C', TZ: 'UTC' };
-
-interface Ran {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function programStderr(stderr: string): string {
-  return stderr
-    .split('\n')
-    .filter((l) => !l.startsWith('openhook run:') && !l.startsWith('openhook:'))
-    .join('\n');
-}
 
 /** The script under `run --allow TREE/:all` (and any more flags), no policy file: what a user types. */
 function confined(tree: string, script: string, flags: string[] = []): Ran {
